@@ -1,0 +1,440 @@
+/* api_client.c owns the libcurl multi handle, its sockets and timer on the event loop,
+ * the gateway's credential, and every in-flight API call. */
+#include "api_client.h"
+
+#include "log.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define API_BODY_MAX (1024 * 1024)  /* larger answers are bad_response */
+#define CREDENTIAL_MAX 16384        /* longest credential file accepted */
+#define CREDENTIAL_RECHECK_MS 1000  /* stat the credential file at most this often */
+#define RETRY_AFTER_MAX_S 60        /* cap on a Retry-After passed on to clients */
+
+struct api_client {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    char *server_url;
+    char *ca_file;
+    char *token_file;
+    int64_t timeout_ms;
+    void (*observe)(const struct api_response *response, void *arg);
+    void *observe_arg;
+    size_t in_flight;
+    struct api_call *calls; /* every running call, so api_client_free can abort them */
+    /* The credential: read from token_file, re-read when the file changes or after a 401. */
+    char credential[CREDENTIAL_MAX];
+    size_t credential_len;
+    struct stat credential_stat;
+    int64_t credential_checked_ms;
+    bool credential_stale;
+};
+
+/* One call: owns the easy handle, the request body, the header list and the answer. */
+typedef struct api_call {
+    api_client *client;
+    struct api_call *prev, *next; /* in client->calls while added to the multi handle */
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    size_t body_len;
+    char *response;
+    size_t response_len, response_cap;
+    bool response_too_large;
+    int retry_after_s;
+    api_done_fn done;
+    void *arg;
+    struct timespec started;
+    char curl_error[CURL_ERROR_SIZE];
+} api_call;
+
+/* One per socket curl asks us to watch (curl_multi_assign), freed on CURL_POLL_REMOVE. */
+typedef struct api_socket {
+    curl_socket_t fd;
+    struct event *ev;
+} api_socket;
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void check_multi_info(api_client *client);
+
+static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+{
+    api_client *client = arg;
+    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(client->multi, fd, action, &running);
+    check_multi_info(client);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    api_client *client = arg;
+    int running = 0;
+    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(client);
+}
+
+/* CURLMOPT_TIMERFUNCTION: only (re)arms our timer; libcurl is never called from here. */
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *arg)
+{
+    (void)multi;
+    api_client *client = arg;
+    if (timeout_ms < 0) {
+        evtimer_del(client->timer);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(client->timer, &tv);
+    return 0;
+}
+
+/* CURLMOPT_SOCKETFUNCTION: mirror what curl wants to wait for onto a persistent event. */
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *socket_arg)
+{
+    (void)easy;
+    api_client *client = arg;
+    api_socket *sock = socket_arg;
+    if (what == CURL_POLL_REMOVE) {
+        if (sock) {
+            event_free(sock->ev);
+            free(sock);
+            curl_multi_assign(client->multi, fd, NULL);
+        }
+        return 0;
+    }
+    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
+    if (!sock) {
+        sock = calloc(1, sizeof(*sock));
+        if (!sock) return -1;
+        sock->fd = fd;
+        curl_multi_assign(client->multi, fd, sock);
+    } else {
+        event_free(sock->ev);
+    }
+    sock->ev = event_new(client->base, fd, kind, on_socket_event, client);
+    if (!sock->ev || event_add(sock->ev, NULL) != 0) return -1;
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+    api_call *call = arg;
+    size_t n = size * nmemb;
+    if (call->response_len + n > API_BODY_MAX) {
+        call->response_too_large = true;
+        return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
+    }
+    if (call->response_len + n + 1 > call->response_cap) {
+        size_t cap = call->response_cap ? call->response_cap : 4096;
+        while (cap < call->response_len + n + 1) cap *= 2;
+        /* Answers may echo the token (spec.token): grow by copy-and-wipe, never realloc. */
+        char *grown = malloc(cap);
+        if (!grown) return 0;
+        if (call->response_len) memcpy(grown, call->response, call->response_len);
+        if (call->response) {
+            OPENSSL_cleanse(call->response, call->response_len);
+            free(call->response);
+        }
+        call->response = grown;
+        call->response_cap = cap;
+    }
+    memcpy(call->response + call->response_len, data, n);
+    call->response_len += n;
+    call->response[call->response_len] = '\0';
+    return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    api_call *call = arg;
+    size_t n = size * nmemb;
+    static const char name[] = "retry-after:";
+    if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
+        /* Delay-seconds form only; an HTTP-date is treated as 1 second. */
+        long v = 0;
+        size_t i = sizeof(name) - 1;
+        while (i < n && (data[i] == ' ' || data[i] == '\t')) i++;
+        bool digits = false;
+        while (i < n && data[i] >= '0' && data[i] <= '9' && v < 100000) {
+            v = v * 10 + (data[i++] - '0');
+            digits = true;
+        }
+        call->retry_after_s = digits ? (int)(v > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : v) : 1;
+    }
+    return n;
+}
+
+/* Reads the credential file when it changed (or was marked stale by a 401). The stat is
+ * rate-limited so a storm of misses does not become a storm of syscalls. */
+static int refresh_credential(api_client *client)
+{
+    int64_t now = monotonic_ms();
+    if (client->credential_len && !client->credential_stale &&
+        now - client->credential_checked_ms < CREDENTIAL_RECHECK_MS)
+        return 0;
+    client->credential_checked_ms = now;
+    struct stat st;
+    if (stat(client->token_file, &st) != 0) {
+        log_error("cannot stat the API credential file", "path", client->token_file, "error", strerror(errno), NULL);
+        return client->credential_len ? 0 : -1;
+    }
+    if (client->credential_len && !client->credential_stale && st.st_ino == client->credential_stat.st_ino &&
+        st.st_size == client->credential_stat.st_size && st.st_mtim.tv_sec == client->credential_stat.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == client->credential_stat.st_mtim.tv_nsec)
+        return 0;
+
+    int fd = open(client->token_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        log_error("cannot open the API credential file", "path", client->token_file, "error", strerror(errno), NULL);
+        return client->credential_len ? 0 : -1;
+    }
+    char buf[CREDENTIAL_MAX];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    close(fd);
+    size_t len = n > 0 ? (size_t)n : 0;
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' ' || buf[len - 1] == '\t')) len--;
+    bool valid = n > 0 && (size_t)n < sizeof(buf) && len > 0;
+    for (size_t i = 0; valid && i < len; i++)
+        if ((unsigned char)buf[i] <= 0x20 || (unsigned char)buf[i] >= 0x7f) valid = false;
+    if (!valid) {
+        OPENSSL_cleanse(buf, sizeof(buf));
+        log_error("the API credential file is empty, too large or not a bearer token", "path", client->token_file,
+                  NULL);
+        return client->credential_len ? 0 : -1;
+    }
+    OPENSSL_cleanse(client->credential, sizeof(client->credential));
+    memcpy(client->credential, buf, len);
+    client->credential_len = len;
+    OPENSSL_cleanse(buf, sizeof(buf));
+    client->credential_stat = st;
+    client->credential_stale = false;
+    log_info("loaded the API credential", "path", client->token_file, NULL);
+    return 0;
+}
+
+static void wipe_headers(struct curl_slist *list)
+{
+    for (struct curl_slist *h = list; h; h = h->next) OPENSSL_cleanse(h->data, strlen(h->data));
+    curl_slist_free_all(list);
+}
+
+static void api_call_free(api_call *call)
+{
+    if (!call) return;
+    if (call->easy) {
+        curl_multi_remove_handle(call->client->multi, call->easy);
+        curl_easy_cleanup(call->easy);
+    }
+    if (call->prev || call->next || call->client->calls == call) {
+        if (call->prev) call->prev->next = call->next;
+        else call->client->calls = call->next;
+        if (call->next) call->next->prev = call->prev;
+    }
+    wipe_headers(call->headers);
+    if (call->body) {
+        OPENSSL_cleanse(call->body, call->body_len);
+        free(call->body);
+    }
+    if (call->response) {
+        OPENSSL_cleanse(call->response, call->response_len);
+        free(call->response);
+    }
+    free(call);
+}
+
+api_client *api_client_new(struct event_base *base, const api_client_options *options)
+{
+    api_client *client = calloc(1, sizeof(*client));
+    if (!client) return NULL;
+    client->base = base;
+    client->timeout_ms = options->timeout_ms;
+    client->observe = options->observe;
+    client->observe_arg = options->observe_arg;
+    client->server_url = strdup(options->server_url);
+    client->ca_file = strdup(options->ca_file);
+    client->token_file = strdup(options->token_file);
+    client->multi = curl_multi_init();
+    client->timer = evtimer_new(base, on_timer, client);
+    if (!client->server_url || !client->ca_file || !client->token_file || !client->multi || !client->timer)
+        goto err;
+    size_t url_len = strlen(client->server_url);
+    while (url_len && client->server_url[url_len - 1] == '/') client->server_url[--url_len] = '\0';
+
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
+    curl_multi_setopt(client->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    /* Bounded connections to the API server; beyond it curl queues (still deadline-bound). */
+    curl_multi_setopt(client->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
+    if (refresh_credential(client) != 0) goto err;
+    return client;
+err:
+    log_error("cannot create the API client", "server", options->server_url, NULL);
+    api_client_free(client);
+    return NULL;
+}
+
+void api_client_free(api_client *client)
+{
+    if (!client) return;
+    if (client->multi) {
+        /* Abort what is still running; owners are told by being freed themselves. */
+        while (client->calls) api_call_free(client->calls);
+        curl_multi_cleanup(client->multi);
+    }
+    if (client->timer) event_free(client->timer);
+    free(client->server_url);
+    free(client->ca_file);
+    free(client->token_file);
+    OPENSSL_cleanse(client->credential, sizeof(client->credential));
+    free(client);
+}
+
+struct event_base *api_client_base(const api_client *client)
+{
+    return client->base;
+}
+
+size_t api_client_in_flight(const api_client *client)
+{
+    return client->in_flight;
+}
+
+int api_client_post(api_client *client, const char *path, char *body, size_t body_len, api_done_fn done,
+                    void *arg)
+{
+    api_call *call = calloc(1, sizeof(*call));
+    if (!call) {
+        OPENSSL_cleanse(body, body_len);
+        free(body);
+        return -1;
+    }
+    call->client = client;
+    call->body = body;
+    call->body_len = body_len;
+    call->done = done;
+    call->arg = arg;
+    clock_gettime(CLOCK_MONOTONIC, &call->started);
+    if (refresh_credential(client) != 0) goto err;
+
+    char url[2048];
+    if ((size_t)snprintf(url, sizeof(url), "%s%s", client->server_url, path) >= sizeof(url)) goto err;
+    char auth[CREDENTIAL_MAX + 32];
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %.*s", (int)client->credential_len, client->credential);
+    call->headers = curl_slist_append(NULL, auth);
+    OPENSSL_cleanse(auth, sizeof(auth));
+    struct curl_slist *more = call->headers ? curl_slist_append(call->headers, "Content-Type: application/json") : NULL;
+    more = more ? curl_slist_append(more, "Accept: application/json") : NULL;
+    /* Disable "Expect: 100-continue": it costs a round trip per review. */
+    more = more ? curl_slist_append(more, "Expect:") : NULL;
+    if (!more) goto err;
+
+    call->easy = curl_easy_init();
+    if (!call->easy) goto err;
+    CURL *e = call->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)call->body_len);
+    curl_easy_setopt(e, CURLOPT_CAINFO, client->ca_file);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L); /* prefer multiplexing on an existing h2 connection */
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)client->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->curl_error);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "tokengate");
+    if (curl_multi_add_handle(client->multi, e) != CURLM_OK) goto err;
+    call->next = client->calls;
+    if (client->calls) client->calls->prev = call;
+    client->calls = call;
+    client->in_flight++;
+    return 0;
+err:
+    api_call_free(call);
+    return -1;
+}
+
+/* Classifies a finished transfer. */
+static api_error classify(const api_call *call, CURLcode code, long status)
+{
+    if (code == CURLE_OPERATION_TIMEDOUT) return API_ERROR_TIMEOUT;
+    if (code == CURLE_WRITE_ERROR && call->response_too_large) return API_ERROR_BAD_RESPONSE;
+    if (code != CURLE_OK) return API_ERROR_NETWORK;
+    if (status == 429) return API_ERROR_THROTTLED;
+    if (status == 200 || status == 201) return API_ERROR_NONE;
+    return API_ERROR_HTTP;
+}
+
+static void finish_call(api_client *client, api_call *call, CURLcode code)
+{
+    long status = 0;
+    curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char detail[CURL_ERROR_SIZE + 64];
+    api_response response = {
+        .error = classify(call, code, status),
+        .http_status = status,
+        .retry_after_s = call->retry_after_s,
+        .body = call->response ? call->response : "",
+        .body_len = call->response_len,
+        .latency_s = (double)(now.tv_sec - call->started.tv_sec) + (now.tv_nsec - call->started.tv_nsec) / 1e9,
+        .detail = detail,
+    };
+    if (code != CURLE_OK)
+        snprintf(detail, sizeof(detail), "%s", call->curl_error[0] ? call->curl_error : curl_easy_strerror(code));
+    else
+        snprintf(detail, sizeof(detail), "HTTP %ld", status);
+    if (status == 401) {
+        /* The gateway's own credential was refused: re-read the file before the next call. */
+        client->credential_stale = true;
+        log_error("the API server refused the gateway's credential (401); re-reading it", "path", client->token_file,
+                  NULL);
+    }
+    client->in_flight--;
+    if (client->observe) client->observe(&response, client->observe_arg);
+    call->done(&response, call->arg);
+    api_call_free(call);
+}
+
+static void check_multi_info(api_client *client)
+{
+    CURLMsg *msg;
+    int pending;
+    while ((msg = curl_multi_info_read(client->multi, &pending))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        api_call *call = NULL;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
+        finish_call(client, call, code);
+    }
+}

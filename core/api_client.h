@@ -1,0 +1,64 @@
+/* The API server client: HTTPS POSTs of review objects through one libcurl multi handle
+ * driven by the owner's libevent loop (the hiperfifo pattern). Nothing here blocks: calls
+ * complete through a callback on the loop. Connections are reused (HTTP/2 multiplexing
+ * when the server offers it), TLS is always verified against the configured CA, and every
+ * call has a hard deadline.
+ *
+ * Threading: an api_client belongs to one event loop and is used only from its thread. */
+#ifndef TOKENGATE_API_CLIENT_H
+#define TOKENGATE_API_CLIENT_H
+
+#include "metrics.h"
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct api_client api_client;
+struct api_response;
+
+typedef struct api_client_options {
+    const char *server_url; /* "https://host:port", no trailing path */
+    const char *ca_file;
+    const char *token_file; /* the gateway's own bearer credential, re-read when changed */
+    int64_t timeout_ms;     /* deadline of one call, connect included */
+    /* Optional: told of every finished call before its own callback (readiness tracking). */
+    void (*observe)(const struct api_response *response, void *arg);
+    void *observe_arg;
+} api_client_options;
+
+/* The outcome of one call. body is valid only during the callback. */
+typedef struct api_response {
+    api_error error;   /* API_ERROR_NONE for a 200/201 answer */
+    long http_status;  /* 0 when no HTTP answer arrived */
+    int retry_after_s; /* from a Retry-After header, 0 if none */
+    const char *body;
+    size_t body_len;
+    double latency_s;
+    const char *detail; /* short diagnostic for logs (curl's message, "HTTP 403"); no secrets */
+} api_response;
+
+typedef void (*api_done_fn)(const api_response *response, void *arg);
+
+/* Creates a client on base. Returns NULL (and logs why) on failure. Caller owns it. */
+api_client *api_client_new(struct event_base *base, const api_client_options *options);
+
+/* Aborts calls still running (their callbacks are NOT called) and frees the client. */
+void api_client_free(api_client *client);
+
+/* Starts an HTTPS POST of body to server_url + path. Takes ownership of body (malloc'd;
+ * it is wiped with OPENSSL_cleanse and freed when the call ends, since review bodies hold
+ * tokens). done is called exactly once, later, on the loop — never from inside this
+ * function. Returns 0, or -1 (body already freed, done not called) when the call cannot
+ * be started, e.g. the credential file is unreadable. */
+int api_client_post(api_client *client, const char *path, char *body, size_t body_len, api_done_fn done,
+                    void *arg);
+
+/* The event base the client runs on. */
+struct event_base *api_client_base(const api_client *client);
+
+/* Calls currently running. */
+size_t api_client_in_flight(const api_client *client);
+
+#endif

@@ -1,0 +1,118 @@
+/* bearer.c owns the parsing of untrusted token text: the Authorization header and the
+ * unverified JWT payload. Every length is bounded before anything is copied. */
+#include "bearer.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <string.h>
+#include <strings.h>
+
+/* A JWT payload larger than this is not read (the token limit bounds it anyway). */
+#define JWT_PAYLOAD_MAX 8192
+
+static bool is_b64token_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+}
+
+bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, const char **token,
+                             size_t *token_len)
+{
+    if (!header_value) return BEARER_MISSING;
+    const char *p = header_value;
+    if (strncasecmp(p, "Bearer", 6) != 0) return BEARER_MALFORMED;
+    p += 6;
+    if (*p != ' ') return BEARER_MALFORMED;
+    while (*p == ' ') p++;
+
+    const char *start = p;
+    while (is_b64token_char((unsigned char)*p)) p++;
+    if (p == start) return BEARER_MALFORMED;
+    while (*p == '=') p++;
+    size_t len = (size_t)(p - start);
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p != '\0') return BEARER_MALFORMED;
+    if (len > max_token_bytes) return BEARER_TOO_LONG;
+    *token = start;
+    *token_len = len;
+    return BEARER_OK;
+}
+
+const char *bearer_status_reason(bearer_status status)
+{
+    switch (status) {
+    case BEARER_OK: return "ok";
+    case BEARER_MISSING: return "missing bearer token";
+    case BEARER_MALFORMED: return "malformed bearer token";
+    case BEARER_TOO_LONG: return "bearer token too long";
+    }
+    return "invalid bearer token";
+}
+
+static int base64url_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+}
+
+/* Decodes unpadded (or '='-padded) base64url into out; returns the length or -1. */
+static long base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
+{
+    while (len > 0 && in[len - 1] == '=') len--;
+    if (len % 4 == 1) return -1;
+    size_t n = 0;
+    unsigned int acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = base64url_value((unsigned char)in[i]);
+        if (v < 0) return -1;
+        acc = (acc << 6) | (unsigned int)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n == cap) return -1;
+            out[n++] = (unsigned char)((acc >> bits) & 0xff);
+        }
+    }
+    return (long)n;
+}
+
+int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out)
+{
+    const char *dot1 = memchr(token, '.', token_len);
+    if (!dot1) return -1;
+    const char *payload = dot1 + 1;
+    size_t rest = token_len - (size_t)(payload - token);
+    const char *dot2 = memchr(payload, '.', rest);
+    if (!dot2 || memchr(dot2 + 1, '.', token_len - (size_t)(dot2 + 1 - token))) return -1;
+    size_t payload_len = (size_t)(dot2 - payload);
+    if (payload_len == 0 || payload_len > JWT_PAYLOAD_MAX * 4 / 3 + 4) return -1;
+
+    unsigned char decoded[JWT_PAYLOAD_MAX];
+    long decoded_len = base64url_decode(payload, payload_len, decoded, sizeof(decoded));
+    if (decoded_len <= 0) return -1;
+
+    json_error_t error;
+    json_t *claims = json_loadb((const char *)decoded, (size_t)decoded_len, JSON_REJECT_DUPLICATES, &error);
+    int rc = -1;
+    if (!claims || !json_is_object(claims)) goto done;
+    json_t *exp = json_object_get(claims, "exp");
+    if (json_is_integer(exp)) {
+        *exp_out = (int64_t)json_integer_value(exp);
+        rc = 0;
+    } else if (json_is_real(exp)) {
+        double v = json_real_value(exp);
+        if (v > 0 && v < 1e15) {
+            *exp_out = (int64_t)v;
+            rc = 0;
+        }
+    }
+done:
+    json_decref(claims);
+    return rc;
+}

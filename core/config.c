@@ -1,0 +1,252 @@
+/* config.c owns the command line: the flag table, defaults, parsing and --check output. */
+#include "config.h"
+
+#include "duration.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef TOKENGATE_VERSION
+#define TOKENGATE_VERSION "0.0.0"
+#endif
+#ifndef TOKENGATE_GIT
+#define TOKENGATE_GIT "unknown"
+#endif
+
+typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_AUDIENCES, FLAG_BOOL } flag_kind;
+
+/* One row per flag; offset locates the field in struct config. */
+typedef struct flag_spec {
+    const char *name;
+    flag_kind kind;
+    size_t offset;
+    const char *help;
+} flag_spec;
+
+#define FIELD(f) offsetof(config, f)
+
+static const flag_spec flag_table[] = {
+    {"--listen", FLAG_STRING, FIELD(listen), "main listener host:port (default 0.0.0.0:8080)"},
+    {"--admin-listen", FLAG_STRING, FIELD(admin_listen),
+     "admin listener: metrics, health, cache flush (default 127.0.0.1:9090)"},
+    {"--mode", FLAG_STRING, FIELD(mode), "authz (default; external auth service)"},
+    {"--cache-ttl", FLAG_DURATION, FIELD(cache_ttl_ms), "positive TokenReview TTL (default 2m)"},
+    {"--cache-negative-ttl", FLAG_DURATION, FIELD(cache_negative_ttl_ms),
+     "TTL of authenticated:false verdicts (default 10s)"},
+    {"--cache-max-ttl", FLAG_DURATION, FIELD(cache_max_ttl_ms), "upper bound of any TTL (default 10m)"},
+    {"--cache-max-entries", FLAG_SIZE, FIELD(cache_max_entries),
+     "cache bound, all shards together (default 10000)"},
+    {"--review-timeout", FLAG_DURATION, FIELD(review_timeout_ms),
+     "hard deadline of one TokenReview (default 5s)"},
+    {"--max-token-bytes", FLAG_SIZE, FIELD(max_token_bytes), "longest accepted token (default 16384)"},
+    {"--apiserver", FLAG_STRING, FIELD(apiserver), "API server URL, https://host:port"},
+    {"--apiserver-ca", FLAG_STRING, FIELD(apiserver_ca), "CA bundle that signs the API server's certificate"},
+    {"--apiserver-token-file", FLAG_STRING, FIELD(apiserver_token_file),
+     "file holding the gateway's own bearer credential; re-read when it changes"},
+    {"--audiences", FLAG_AUDIENCES, 0, "comma-separated audiences sent in each TokenReview"},
+    {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
+    {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
+};
+
+static void config_defaults(config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = "0.0.0.0:8080";
+    cfg->admin_listen = "127.0.0.1:9090";
+    cfg->mode = "authz";
+    cfg->cache_ttl_ms = 2 * 60 * 1000;
+    cfg->cache_negative_ttl_ms = 10 * 1000;
+    cfg->cache_max_ttl_ms = 10 * 60 * 1000;
+    cfg->cache_max_entries = 10000;
+    cfg->review_timeout_ms = 5000;
+    cfg->max_token_bytes = 16384;
+    cfg->log_level = "info";
+}
+
+static void print_help(FILE *out)
+{
+    fprintf(out, "usage: tokengate [flags]\n\n"
+                 "Authenticates Kubernetes ServiceAccount tokens with cached TokenReviews.\n\n");
+    for (size_t i = 0; i < sizeof(flag_table) / sizeof(flag_table[0]); i++) {
+        const char *arg = flag_table[i].kind == FLAG_BOOL       ? ""
+                          : flag_table[i].kind == FLAG_DURATION ? " DURATION"
+                          : flag_table[i].kind == FLAG_SIZE     ? " N"
+                                                                : " VALUE";
+        fprintf(out, "  %s%s\n      %s\n", flag_table[i].name, arg, flag_table[i].help);
+    }
+    fprintf(out, "  --help, --version\n\nDurations are Go-style: 500ms, 30s, 2m, 1h30m.\n");
+}
+
+/* Splits text (a copy owned by cfg) on commas into cfg->audiences. */
+static int parse_audiences(config *cfg, const char *text, FILE *out)
+{
+    size_t len = strlen(text);
+    if (len >= sizeof(cfg->audiences_text)) {
+        fprintf(out, "tokengate: --audiences is longer than %zu bytes\n", sizeof(cfg->audiences_text) - 1);
+        return -1;
+    }
+    memcpy(cfg->audiences_text, text, len + 1);
+    cfg->n_audiences = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(cfg->audiences_text, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (cfg->n_audiences == CONFIG_MAX_AUDIENCES) {
+            fprintf(out, "tokengate: at most %d audiences\n", CONFIG_MAX_AUDIENCES);
+            return -1;
+        }
+        cfg->audiences[cfg->n_audiences++] = tok;
+    }
+    return 0;
+}
+
+static int parse_size(const char *text, size_t *out_value)
+{
+    if (!text || !*text || *text == '-') return -1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end || v > (1ULL << 40)) return -1;
+    *out_value = (size_t)v;
+    return 0;
+}
+
+static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FILE *out)
+{
+    char *field = (char *)cfg + spec->offset;
+    switch (spec->kind) {
+    case FLAG_STRING:
+        *(const char **)field = value;
+        return 0;
+    case FLAG_DURATION:
+        if (duration_parse(value, (int64_t *)field) == 0) return 0;
+        fprintf(out, "tokengate: %s: not a duration: \"%s\" (use e.g. 500ms, 30s, 2m)\n", spec->name, value);
+        return -1;
+    case FLAG_SIZE:
+        if (parse_size(value, (size_t *)field) == 0) return 0;
+        fprintf(out, "tokengate: %s: not a non-negative integer: \"%s\"\n", spec->name, value);
+        return -1;
+    case FLAG_AUDIENCES:
+        return parse_audiences(cfg, value, out);
+    case FLAG_BOOL:
+        *(bool *)field = true;
+        return 0;
+    }
+    return -1;
+}
+
+config_action config_parse(config *cfg, int argc, char **argv, FILE *out)
+{
+    config_defaults(cfg);
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            (void)out;
+            print_help(stdout);
+            return CONFIG_EXIT_OK;
+        }
+        if (strcmp(arg, "--version") == 0) {
+            printf("tokengate %s (%s)\n", TOKENGATE_VERSION, TOKENGATE_GIT);
+            return CONFIG_EXIT_OK;
+        }
+        /* Accept both "--flag value" and "--flag=value". */
+        const char *eq = strchr(arg, '=');
+        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const flag_spec *spec = NULL;
+        for (size_t f = 0; f < sizeof(flag_table) / sizeof(flag_table[0]); f++) {
+            if (strlen(flag_table[f].name) == name_len && strncmp(flag_table[f].name, arg, name_len) == 0) {
+                spec = &flag_table[f];
+                break;
+            }
+        }
+        if (!spec) {
+            fprintf(out, "tokengate: unknown flag %.*s (see --help)\n", (int)name_len, arg);
+            return CONFIG_EXIT_ERROR;
+        }
+        const char *value = NULL;
+        if (spec->kind == FLAG_BOOL) {
+            if (eq) {
+                fprintf(out, "tokengate: %s takes no value\n", spec->name);
+                return CONFIG_EXIT_ERROR;
+            }
+        } else if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            fprintf(out, "tokengate: %s needs a value\n", spec->name);
+            return CONFIG_EXIT_ERROR;
+        }
+        if (apply_flag(cfg, spec, value, out) != 0) return CONFIG_EXIT_ERROR;
+    }
+    return CONFIG_RUN;
+}
+
+static int check_readable(const char *flag, const char *path, FILE *out)
+{
+    if (access(path, R_OK) == 0) return 0;
+    fprintf(out, "tokengate: %s %s: %s\n", flag, path, strerror(errno));
+    return -1;
+}
+
+int config_validate(const config *cfg, FILE *out)
+{
+    int rc = 0;
+    if (strcmp(cfg->mode, "authz") != 0) {
+        fprintf(out, "tokengate: --mode %s: only \"authz\" is implemented in this build\n", cfg->mode);
+        rc = -1;
+    }
+    if (!cfg->apiserver || strncmp(cfg->apiserver, "https://", 8) != 0) {
+        fprintf(out, "tokengate: --apiserver https://HOST:PORT is required (TLS is always verified)\n");
+        rc = -1;
+    }
+    if (!cfg->apiserver_ca) {
+        fprintf(out, "tokengate: --apiserver-ca is required\n");
+        rc = -1;
+    } else if (check_readable("--apiserver-ca", cfg->apiserver_ca, out) != 0) {
+        rc = -1;
+    }
+    if (!cfg->apiserver_token_file) {
+        fprintf(out, "tokengate: --apiserver-token-file is required\n");
+        rc = -1;
+    } else if (check_readable("--apiserver-token-file", cfg->apiserver_token_file, out) != 0) {
+        rc = -1;
+    }
+    if (cfg->cache_max_entries == 0) {
+        fprintf(out, "tokengate: --cache-max-entries must be at least 1\n");
+        rc = -1;
+    }
+    if (cfg->review_timeout_ms < 1) {
+        fprintf(out, "tokengate: --review-timeout must be positive\n");
+        rc = -1;
+    }
+    if (cfg->max_token_bytes < 1 || cfg->max_token_bytes > 1024 * 1024) {
+        fprintf(out, "tokengate: --max-token-bytes must be between 1 and 1048576\n");
+        rc = -1;
+    }
+    if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
+        strcmp(cfg->log_level, "warn") && strcmp(cfg->log_level, "error")) {
+        fprintf(out, "tokengate: --log-level %s: use debug, info, warn or error\n", cfg->log_level);
+        rc = -1;
+    }
+    return rc;
+}
+
+void config_print(const config *cfg, FILE *out)
+{
+    char ttl[32], neg[32], max[32], timeout[32];
+    duration_format(cfg->cache_ttl_ms, ttl, sizeof(ttl));
+    duration_format(cfg->cache_negative_ttl_ms, neg, sizeof(neg));
+    duration_format(cfg->cache_max_ttl_ms, max, sizeof(max));
+    duration_format(cfg->review_timeout_ms, timeout, sizeof(timeout));
+    fprintf(out, "mode: %s\nlisten: %s\nadmin-listen: %s\n", cfg->mode, cfg->listen, cfg->admin_listen);
+    fprintf(out, "apiserver: %s (configured by: explicit flags)\n", cfg->apiserver ? cfg->apiserver : "(none)");
+    fprintf(out, "apiserver-ca: %s\napiserver-token-file: %s\n", cfg->apiserver_ca ? cfg->apiserver_ca : "(none)",
+            cfg->apiserver_token_file ? cfg->apiserver_token_file : "(none)");
+    fprintf(out, "cache-ttl: %s\ncache-negative-ttl: %s\ncache-max-ttl: %s\ncache-max-entries: %zu\n", ttl, neg,
+            max, cfg->cache_max_entries);
+    fprintf(out, "review-timeout: %s\nmax-token-bytes: %zu\naudiences:", timeout, cfg->max_token_bytes);
+    if (cfg->n_audiences == 0) fprintf(out, " (none)");
+    for (size_t i = 0; i < cfg->n_audiences; i++) fprintf(out, " %s", cfg->audiences[i]);
+    fprintf(out, "\nlog-level: %s\n", cfg->log_level);
+}

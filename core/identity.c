@@ -1,0 +1,151 @@
+/* identity.c owns the packed identity format used by cache entries. */
+#include "identity.h"
+
+#include <string.h>
+
+static void put_u16(unsigned char *p, size_t v)
+{
+    p[0] = (unsigned char)(v & 0xff);
+    p[1] = (unsigned char)(v >> 8);
+}
+
+static size_t get_u16(const unsigned char *p)
+{
+    return (size_t)p[0] | ((size_t)p[1] << 8);
+}
+
+void identity_builder_init(identity_builder *b, unsigned char *buf, size_t cap)
+{
+    b->buf = buf;
+    b->cap = cap;
+    b->len = 0;
+    b->failed = false;
+}
+
+void identity_builder_count(identity_builder *b, size_t n)
+{
+    if (b->failed || n > IDENTITY_LIST_MAX || b->cap - b->len < 2) {
+        b->failed = true;
+        return;
+    }
+    put_u16(b->buf + b->len, n);
+    b->len += 2;
+}
+
+void identity_builder_string(identity_builder *b, const char *s, size_t len)
+{
+    if (b->failed || len > IDENTITY_STRING_MAX || b->cap - b->len < 2 + len) {
+        b->failed = true;
+        return;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            b->failed = true;
+            return;
+        }
+    }
+    put_u16(b->buf + b->len, len);
+    memcpy(b->buf + b->len + 2, s, len);
+    b->len += 2 + len;
+}
+
+/* Bounds-checked readers for validation. */
+typedef struct reader {
+    const unsigned char *pos, *end;
+    bool failed;
+} reader;
+
+static size_t reader_u16(reader *r)
+{
+    if (r->failed || r->end - r->pos < 2) {
+        r->failed = true;
+        return 0;
+    }
+    size_t v = get_u16(r->pos);
+    r->pos += 2;
+    return v;
+}
+
+static void reader_string(reader *r, str_view *out)
+{
+    size_t len = reader_u16(r);
+    if (r->failed || (size_t)(r->end - r->pos) < len) {
+        r->failed = true;
+        return;
+    }
+    if (out) {
+        out->ptr = (const char *)r->pos;
+        out->len = len;
+    }
+    r->pos += len;
+}
+
+int identity_view_parse(const void *packed, size_t len, identity_view *view)
+{
+    reader r = {packed, (const unsigned char *)packed + len, false};
+    memset(view, 0, sizeof(*view));
+    reader_string(&r, &view->username);
+    reader_string(&r, &view->uid);
+    view->n_groups = reader_u16(&r);
+    view->groups = r.pos;
+    for (size_t i = 0; i < view->n_groups && !r.failed; i++) reader_string(&r, NULL);
+    view->n_extra = reader_u16(&r);
+    view->extra = r.pos;
+    for (size_t i = 0; i < view->n_extra && !r.failed; i++) {
+        reader_string(&r, NULL);
+        size_t n_values = reader_u16(&r);
+        for (size_t v = 0; v < n_values && !r.failed; v++) reader_string(&r, NULL);
+    }
+    return r.failed || r.pos != r.end ? -1 : 0;
+}
+
+void identity_read_string(const unsigned char **pos, str_view *out)
+{
+    out->len = get_u16(*pos);
+    out->ptr = (const char *)*pos + 2;
+    *pos += 2 + out->len;
+}
+
+size_t identity_read_count(const unsigned char **pos)
+{
+    size_t n = get_u16(*pos);
+    *pos += 2;
+    return n;
+}
+
+bool identity_serviceaccount(str_view username, str_view *namespace_out, str_view *name_out)
+{
+    static const char prefix[] = "system:serviceaccount:";
+    const size_t plen = sizeof(prefix) - 1;
+    if (username.len <= plen || memcmp(username.ptr, prefix, plen) != 0) return false;
+    const char *ns = username.ptr + plen;
+    size_t rest = username.len - plen;
+    const char *colon = memchr(ns, ':', rest);
+    if (!colon || colon == ns || (size_t)(colon - ns) + 1 >= rest) return false;
+    const char *name = colon + 1;
+    size_t name_len = rest - (size_t)(name - ns);
+    if (memchr(name, ':', name_len)) return false;
+    namespace_out->ptr = ns;
+    namespace_out->len = (size_t)(colon - ns);
+    name_out->ptr = name;
+    name_out->len = name_len;
+    return true;
+}
+
+long identity_join_groups(const identity_view *view, char *out, size_t cap)
+{
+    size_t len = 0;
+    const unsigned char *pos = view->groups;
+    for (size_t i = 0; i < view->n_groups; i++) {
+        str_view g;
+        identity_read_string(&pos, &g);
+        if (len + g.len + (i ? 1 : 0) + 1 > cap) return -1;
+        if (i) out[len++] = '|';
+        memcpy(out + len, g.ptr, g.len);
+        len += g.len;
+    }
+    if (cap == 0) return -1;
+    out[len] = '\0';
+    return (long)len;
+}

@@ -1,0 +1,99 @@
+/* log.c owns the process's log output: JSON lines on stderr. */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_LINE_MAX 4096
+
+/* The only mutable logging state; set once at start-up. */
+static struct log_settings {
+    log_level min_level;
+} log_settings = {LOG_INFO};
+
+void log_set_level(log_level level)
+{
+    log_settings.min_level = level;
+}
+
+static const char *log_level_name(log_level level)
+{
+    switch (level) {
+    case LOG_DEBUG: return "debug";
+    case LOG_INFO: return "info";
+    case LOG_WARN: return "warn";
+    default: return "error";
+    }
+}
+
+/* Appends s JSON-escaped; never writes past end. Returns the new position. */
+static char *append_json_string(char *pos, char *end, const char *s)
+{
+    if (pos < end) *pos++ = '"';
+    for (; *s && pos < end; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            if (end - pos < 2) break;
+            *pos++ = '\\';
+            *pos++ = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            if (end - pos < 6) break;
+            pos += snprintf(pos, 7, "\\u%04x", c);
+        } else {
+            *pos++ = (char)c;
+        }
+    }
+    if (pos < end) *pos++ = '"';
+    return pos;
+}
+
+static char *append_raw(char *pos, char *end, const char *s)
+{
+    while (*s && pos < end) *pos++ = *s++;
+    return pos;
+}
+
+void log_event(log_level level, const char *msg, ...)
+{
+    if (level < log_settings.min_level) return;
+    char line[LOG_LINE_MAX];
+    char *end = line + sizeof(line) - 2; /* room for '}' and '\n' */
+    char *pos = line;
+
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    char ts[96];
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (long)(tv.tv_usec / 1000));
+
+    pos = append_raw(pos, end, "{\"ts\":\"");
+    pos = append_raw(pos, end, ts);
+    pos = append_raw(pos, end, "\",\"level\":\"");
+    pos = append_raw(pos, end, log_level_name(level));
+    pos = append_raw(pos, end, "\",\"msg\":");
+    pos = append_json_string(pos, end, msg);
+
+    va_list ap;
+    va_start(ap, msg);
+    for (;;) {
+        const char *key = va_arg(ap, const char *);
+        if (!key) break;
+        const char *value = va_arg(ap, const char *);
+        pos = append_raw(pos, end, ",");
+        pos = append_json_string(pos, end, key);
+        pos = append_raw(pos, end, ":");
+        pos = value ? append_json_string(pos, end, value) : append_raw(pos, end, "null");
+    }
+    va_end(ap);
+    *pos++ = '}';
+    *pos++ = '\n';
+    ssize_t ignored = write(STDERR_FILENO, line, (size_t)(pos - line));
+    (void)ignored;
+}

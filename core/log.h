@@ -1,0 +1,24 @@
+/* JSON log lines on stderr.
+ *
+ * One event per line: {"ts":"...","level":"info","msg":"...", key: value ...}. Fields are
+ * string key/value pairs; values are JSON-escaped. Nothing secret may be passed here: the
+ * callers log a token only as its token_id (first 8 hex digits of its cache key). */
+#ifndef TOKENGATE_LOG_H
+#define TOKENGATE_LOG_H
+
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
+
+/* Sets the minimum level written. Call before threads start. */
+void log_set_level(log_level level);
+
+/* Writes one line: msg plus NULL-terminated (key, value) string pairs. A NULL value is
+ * written as JSON null. Thread-safe: the line is formatted in a local buffer (truncated at
+ * 4 KiB) and written with one write(2). */
+void log_event(log_level level, const char *msg, ...);
+
+#define log_info(...) log_event(LOG_INFO, __VA_ARGS__)
+#define log_warn(...) log_event(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_event(LOG_ERROR, __VA_ARGS__)
+#define log_debug(...) log_event(LOG_DEBUG, __VA_ARGS__)
+
+#endif

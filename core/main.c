@@ -1,0 +1,53 @@
+/* main.c: flags in, server out. Also makes jansson wipe what it frees, because the JSON
+ * the gateway parses and builds can hold tokens (a TokenReview answer echoes spec.token). */
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <malloc.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *wiping_json_malloc(size_t size)
+{
+    return malloc(size);
+}
+
+static void wiping_json_free(void *ptr)
+{
+    if (!ptr) return;
+    OPENSSL_cleanse(ptr, malloc_usable_size(ptr));
+    free(ptr);
+}
+
+int main(int argc, char **argv)
+{
+    config cfg;
+    switch (config_parse(&cfg, argc, argv, stderr)) {
+    case CONFIG_EXIT_OK: return 0;
+    case CONFIG_EXIT_ERROR: return 2;
+    case CONFIG_RUN: break;
+    }
+    if (config_validate(&cfg, stderr) != 0) return 1;
+    if (cfg.check_only) {
+        config_print(&cfg, stdout);
+        printf("configuration ok\n");
+        return 0;
+    }
+    log_set_level(strcmp(cfg.log_level, "debug") == 0  ? LOG_DEBUG
+                  : strcmp(cfg.log_level, "warn") == 0 ? LOG_WARN
+                  : strcmp(cfg.log_level, "error") == 0 ? LOG_ERROR
+                                                        : LOG_INFO);
+    json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed", NULL);
+        return 1;
+    }
+    int rc = server_run(&cfg);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,0 +1,137 @@
+/* metrics.c owns the metric names, bucket bounds and the Prometheus text rendering. */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* Seconds; fit both sub-millisecond cache hits and multi-second API stalls. */
+static const double bucket_bounds[METRICS_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                      0.025,  0.05,    0.1,    0.25,  0.5,    1,     5};
+
+const char *api_error_name(api_error error)
+{
+    switch (error) {
+    case API_ERROR_TIMEOUT: return "timeout";
+    case API_ERROR_THROTTLED: return "throttled";
+    case API_ERROR_HTTP: return "http";
+    case API_ERROR_NETWORK: return "network";
+    case API_ERROR_BAD_RESPONSE: return "bad_response";
+    default: return "none";
+    }
+}
+
+void metrics_histogram_observe(metrics_histogram *h, double seconds)
+{
+    for (int i = 0; i < METRICS_BUCKETS; i++) {
+        if (seconds <= bucket_bounds[i]) {
+            h->bucket_counts[i]++;
+            break;
+        }
+    }
+    h->count++;
+    h->sum += seconds;
+}
+
+void metrics_count_request(gateway_metrics *m, int status, double seconds)
+{
+    if (status >= METRICS_STATUS_MIN && status <= METRICS_STATUS_MAX)
+        m->requests_by_code[status - METRICS_STATUS_MIN]++;
+    metrics_histogram_observe(&m->request_duration, seconds);
+}
+
+static int render_counter(struct evbuffer *out, const char *name, const char *help, uint64_t value)
+{
+    return evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                               (unsigned long long)value) < 0
+               ? -1
+               : 0;
+}
+
+static int render_gauge(struct evbuffer *out, const char *name, const char *help, double value)
+{
+    return evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, value) < 0
+               ? -1
+               : 0;
+}
+
+static int render_histogram(struct evbuffer *out, const char *name, const char *help, const metrics_histogram *h)
+{
+    int rc = evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cumulative = 0;
+    for (int i = 0; i < METRICS_BUCKETS && rc >= 0; i++) {
+        cumulative += h->bucket_counts[i];
+        rc = evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_bounds[i],
+                                 (unsigned long long)cumulative);
+    }
+    if (rc >= 0)
+        rc = evbuffer_add_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.17g\n%s_count %llu\n", name,
+                                 (unsigned long long)h->count, name, h->sum, name, (unsigned long long)h->count);
+    return rc < 0 ? -1 : 0;
+}
+
+static int render_review_family(struct evbuffer *out, const char *family, const review_metrics *r,
+                                size_t entries, uint64_t evictions)
+{
+    char name[128];
+    int rc = 0;
+#define NAME(suffix) (snprintf(name, sizeof(name), "gateway_%s_%s", family, suffix), name)
+    rc |= render_counter(out, NAME("cache_hits_total"), "Lookups answered from the cache.", r->cache_hits);
+    rc |= render_counter(out, NAME("cache_misses_total"), "Lookups not in the cache.", r->cache_misses);
+    rc |= render_counter(out, NAME("api_calls_total"), "Reviews sent to the API server.", r->api_calls);
+    rc |= render_histogram(out, NAME("api_latency_seconds"), "Latency of reviews sent to the API server.",
+                           &r->api_latency);
+    NAME("api_errors_total");
+    rc |= evbuffer_add_printf(out, "# HELP %s Failed API calls by reason.\n# TYPE %s counter\n", name, name) < 0;
+    for (int e = 0; e < API_ERROR_KINDS; e++)
+        rc |= evbuffer_add_printf(out, "%s{reason=\"%s\"} %llu\n", name, api_error_name((api_error)e),
+                                  (unsigned long long)r->api_errors[e]) < 0;
+    rc |= render_counter(out, NAME("coalesced_total"), "Requests that joined an in-flight review.", r->coalesced);
+    rc |= render_gauge(out, NAME("cache_entries"), "Entries in the cache.", (double)entries);
+    rc |= render_counter(out, NAME("cache_evictions_total"), "Entries evicted to stay within the bound.",
+                         evictions);
+#undef NAME
+    return rc ? -1 : 0;
+}
+
+static double process_resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long size = 0, resident = 0;
+    int n = fscanf(f, "%lu %lu", &size, &resident);
+    fclose(f);
+    return n == 2 ? (double)resident * (double)sysconf(_SC_PAGESIZE) : 0;
+}
+
+static double process_cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics_gauges *g)
+{
+    int rc = render_review_family(out, "tokenreview", &m->tokenreview, g->tokenreview_cache_entries,
+                                  g->tokenreview_cache_evictions);
+    rc |= evbuffer_add_printf(out, "# HELP gateway_requests_total Answered requests by HTTP status.\n"
+                                   "# TYPE gateway_requests_total counter\n") < 0;
+    for (int s = METRICS_STATUS_MIN; s <= METRICS_STATUS_MAX; s++) {
+        uint64_t v = m->requests_by_code[s - METRICS_STATUS_MIN];
+        if (v) rc |= evbuffer_add_printf(out, "gateway_requests_total{code=\"%d\"} %llu\n", s, (unsigned long long)v) < 0;
+    }
+    rc |= render_histogram(out, "gateway_request_duration_seconds", "Time from request to answer.",
+                           &m->request_duration);
+    rc |= render_counter(out, "gateway_cache_flushes_total", "Cache flushes requested on the admin listener.",
+                         m->cache_flushes);
+    rc |= render_gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.",
+                       g->process_start_time_seconds);
+    rc |= render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
+                       process_resident_bytes());
+    rc |= evbuffer_add_printf(out, "# HELP process_cpu_seconds_total Total user and system CPU time in seconds.\n"
+                                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+                              process_cpu_seconds()) < 0;
+    return rc ? -1 : 0;
+}

@@ -1,0 +1,68 @@
+/* Metrics: plain counters and fixed-bucket histograms in structs owned by the server, and
+ * their rendering in the Prometheus text format (names are SPEC.md's contract).
+ *
+ * The counters are plain integers updated by the event-loop thread that owns the struct;
+ * a scrape reads them on the same thread (the admin listener runs on that loop). */
+#ifndef TOKENGATE_METRICS_H
+#define TOKENGATE_METRICS_H
+
+#include <event2/buffer.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Why an API call failed; the label values of gateway_*_api_errors_total{reason}. */
+typedef enum {
+    API_ERROR_NONE = -1,
+    API_ERROR_TIMEOUT = 0,
+    API_ERROR_THROTTLED,
+    API_ERROR_HTTP,
+    API_ERROR_NETWORK,
+    API_ERROR_BAD_RESPONSE,
+    API_ERROR_KINDS
+} api_error;
+
+const char *api_error_name(api_error error);
+
+#define METRICS_BUCKETS 14
+
+typedef struct metrics_histogram {
+    uint64_t bucket_counts[METRICS_BUCKETS]; /* not cumulative; rendered cumulatively */
+    uint64_t count;
+    double sum;
+} metrics_histogram;
+
+void metrics_histogram_observe(metrics_histogram *h, double seconds);
+
+/* One family per kind of review (tokenreview, later subjectaccessreview). */
+typedef struct review_metrics {
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    uint64_t api_calls;
+    uint64_t coalesced;
+    uint64_t api_errors[API_ERROR_KINDS];
+    metrics_histogram api_latency;
+} review_metrics;
+
+#define METRICS_STATUS_MIN 100
+#define METRICS_STATUS_MAX 599
+
+typedef struct gateway_metrics {
+    review_metrics tokenreview;
+    uint64_t requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
+    metrics_histogram request_duration;
+    uint64_t cache_flushes;
+} gateway_metrics;
+
+void metrics_count_request(gateway_metrics *m, int status, double seconds);
+
+/* Values that are read from elsewhere at scrape time. */
+typedef struct metrics_gauges {
+    size_t tokenreview_cache_entries;
+    uint64_t tokenreview_cache_evictions;
+    double process_start_time_seconds;
+} metrics_gauges;
+
+/* Appends the whole exposition to out. Returns 0, or -1 if out could not grow. */
+int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics_gauges *g);
+
+#endif

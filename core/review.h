@@ -1,0 +1,99 @@
+/* The review machinery shared by every kind of review (TokenReview now,
+ * SubjectAccessReview later): single-flight of concurrent misses for one cache key, the
+ * API call, classification of its answer, storing the verdict in that kind's cache, and
+ * waking every waiter.
+ *
+ * A flight lives independently of its waiters: a waiter whose client went away is still
+ * answered (evhttp keeps such requests until answered), and the verdict is cached for the
+ * next caller. Errors are never cached.
+ *
+ * Threading: a review_engine belongs to one event loop (its api_client's). */
+#ifndef TOKENGATE_REVIEW_H
+#define TOKENGATE_REVIEW_H
+
+#include "api_client.h"
+#include "cache_key.h"
+#include "metrics.h"
+#include "token_cache.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    REVIEW_POSITIVE = 0, /* authenticated / allowed */
+    REVIEW_NEGATIVE,     /* not authenticated / denied: a verdict, cached briefly */
+    REVIEW_ERROR,        /* no verdict (API error, bad answer): never cached, fail closed */
+} review_verdict;
+
+/* What a kind's parser makes of a 200/201 answer. */
+typedef struct review_parsed {
+    review_verdict verdict; /* POSITIVE, NEGATIVE, or ERROR for a bad response */
+    size_t value_len;       /* bytes written to the value buffer (POSITIVE only) */
+    char reason[256];       /* NEGATIVE or ERROR: why, safe to log */
+} review_parsed;
+
+/* One kind of review: where it is posted, how its answer is read, where verdicts go. */
+typedef struct review_kind {
+    const char *name;     /* "tokenreview": for logs */
+    const char *api_path; /* e.g. TOKENREVIEW_API_PATH */
+    token_cache *cache;   /* verdicts of this kind (not owned) */
+    review_metrics *metrics;
+    /* Parses body into value (cap TOKEN_CACHE_VALUE_MAX) and *out. parse_arg comes from
+     * the review_request. Must not log the body: it may echo the token. */
+    void (*parse)(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
+                  review_parsed *out);
+} review_kind;
+
+/* What a waiter is told. Pointers are valid only during the callback. */
+typedef struct review_outcome {
+    review_verdict verdict;
+    api_error error;     /* REVIEW_ERROR: the reason class */
+    int retry_after_s;   /* REVIEW_ERROR: seconds for the client's Retry-After (>= 1) */
+    const unsigned char *value;
+    size_t value_len;
+    const char *reason;
+} review_outcome;
+
+typedef void (*review_done_fn)(const review_outcome *outcome, void *arg);
+
+/* Embedded in the waiting request's own context: joining a flight allocates nothing. */
+typedef struct review_waiter {
+    review_done_fn done;
+    void *arg;
+    struct review_waiter *next;
+} review_waiter;
+
+/* A new flight's parameters. */
+typedef struct review_request {
+    cache_key key;
+    char *body; /* ownership passes to review_start; wiped and freed */
+    size_t body_len;
+    const void *parse_arg;   /* handed to kind->parse; must outlive the flight */
+    int64_t positive_ttl_ms; /* already bounded by max TTL and token expiry; <= 0: don't cache */
+    int64_t negative_ttl_ms; /* <= 0: don't cache */
+    char token_id[9];        /* for logs */
+} review_request;
+
+typedef struct review_engine review_engine;
+
+/* Creates an engine on client. Returns NULL on allocation failure. Caller owns it. */
+review_engine *review_engine_new(api_client *client);
+
+/* Frees the engine. Waiters of unfinished flights are not called: free only after the
+ * loop has stopped and their requests are gone. */
+void review_engine_free(review_engine *engine);
+
+/* If a flight for key is running, adds waiter to it and returns true (counted as
+ * coalesced in kind's metrics). Otherwise returns false and does nothing. */
+bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter);
+
+/* Starts a flight for request->key with waiter as its first waiter; the caller has checked
+ * review_join first. Takes ownership of request->body in every case. On failure to start
+ * the waiter is still called, on a later loop turn, with REVIEW_ERROR. Returns 0. */
+int review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter);
+
+/* Flights currently running. */
+size_t review_engine_flights(const review_engine *engine);
+
+#endif

@@ -1,0 +1,595 @@
+/* server.c owns the listeners and the request path: a request enters authz_handle(), is
+ * answered from the cache or waits on a review, and leaves through exactly one reply_*()
+ * call. The admin listener's handlers are at the end of the file. */
+#include "server.h"
+
+#include "api_client.h"
+#include "bearer.h"
+#include "cache_key.h"
+#include "identity.h"
+#include "log.h"
+#include "metrics.h"
+#include "review.h"
+#include "token_cache.h"
+#include "tokenreview.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <sys/queue.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define READINESS_PROBE_INTERVAL_S 5
+#define READINESS_PROBE_TOKEN "tokengate-readiness-probe"
+#define GROUPS_HEADER_MAX 8192
+#define MAIN_MAX_BODY_BYTES 65536
+
+/* What kind->parse needs for a TokenReview: the audiences that were requested. */
+typedef struct tokenreview_parse_arg {
+    const char *const *audiences;
+    size_t n_audiences;
+} tokenreview_parse_arg;
+
+typedef struct server {
+    const config *cfg;
+    struct event_base *base;
+    struct evhttp *main_http;
+    struct evhttp *admin_http;
+    struct event *sigterm_event, *sigint_event;
+    struct event *probe_timer;
+    cache_keyer *keyer;
+    token_cache *tokenreview_cache;
+    api_client *api;
+    review_engine *reviews;
+    review_kind tokenreview_kind;
+    tokenreview_parse_arg tokenreview_arg;
+    gateway_metrics metrics;
+    double start_time_s;
+    bool api_ready;     /* the API server answered a review */
+    bool probe_running;
+} server;
+
+/* One request waiting for a review; freed by the reply. */
+typedef struct authz_request {
+    server *srv;
+    struct evhttp_request *req;
+    struct timespec started;
+    review_waiter waiter;
+} authz_request;
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* ---- answers ------------------------------------------------------------------------ */
+
+static void reply(server *srv, struct evhttp_request *req, const struct timespec *started, int status,
+                  const char *reason, const char *body)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    evhttp_add_header(out, "Cache-Control", "no-store");
+    struct evbuffer *buf = NULL;
+    if (body) {
+        evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
+        buf = evbuffer_new();
+        if (buf) evbuffer_add_printf(buf, "%s\n", body);
+    }
+    evhttp_send_reply(req, status, reason, buf);
+    if (buf) evbuffer_free(buf);
+    metrics_count_request(&srv->metrics, status, seconds_since(started));
+}
+
+static void reply_unauthorized(server *srv, struct evhttp_request *req, const struct timespec *started,
+                               const char *why)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate\"");
+    reply(srv, req, started, 401, "Unauthorized", why);
+}
+
+static void reply_unavailable(server *srv, struct evhttp_request *req, const struct timespec *started,
+                              int retry_after_s, const char *why)
+{
+    char value[16];
+    snprintf(value, sizeof(value), "%d", retry_after_s > 0 ? retry_after_s : 1);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", value);
+    reply(srv, req, started, 503, "Service Unavailable", why);
+}
+
+/* 200 with the identity headers. The packed identity was validated when it was cached;
+ * it is checked again here because a malformed one must never become an allow. */
+static void reply_identity(server *srv, struct evhttp_request *req, const struct timespec *started,
+                           const unsigned char *packed, size_t packed_len)
+{
+    identity_view view;
+    char groups[GROUPS_HEADER_MAX];
+    if (identity_view_parse(packed, packed_len, &view) != 0 ||
+        identity_join_groups(&view, groups, sizeof(groups)) < 0) {
+        log_error("cached identity is malformed; failing closed", NULL);
+        reply(srv, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    char user[IDENTITY_STRING_MAX + 1], uid[IDENTITY_STRING_MAX + 1];
+    memcpy(user, view.username.ptr, view.username.len);
+    user[view.username.len] = '\0';
+    memcpy(uid, view.uid.ptr, view.uid.len);
+    uid[view.uid.len] = '\0';
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    evhttp_add_header(out, "X-Remote-User", user);
+    evhttp_add_header(out, "X-Remote-Uid", uid);
+    evhttp_add_header(out, "X-Remote-Groups", groups);
+    reply(srv, req, started, 200, "OK", NULL);
+}
+
+/* ---- the authz request path -------------------------------------------------------- */
+
+static void on_review_done(const review_outcome *outcome, void *arg)
+{
+    authz_request *ar = arg;
+    switch (outcome->verdict) {
+    case REVIEW_POSITIVE:
+        reply_identity(ar->srv, ar->req, &ar->started, outcome->value, outcome->value_len);
+        break;
+    case REVIEW_NEGATIVE:
+        reply_unauthorized(ar->srv, ar->req, &ar->started, "token not authenticated");
+        break;
+    case REVIEW_ERROR:
+        reply_unavailable(ar->srv, ar->req, &ar->started, outcome->retry_after_s,
+                          outcome->error == API_ERROR_THROTTLED ? "API server throttled the review"
+                                                                : "token review unavailable");
+        break;
+    }
+    free(ar);
+}
+
+/* Returns the only Authorization header's value, NULL if there is none, and sets
+ * *several when there is more than one (ambiguous: refused). */
+static const char *single_authorization(struct evkeyvalq *headers, bool *several)
+{
+    const char *value = NULL;
+    *several = false;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, headers, next)
+    {
+        if (strcasecmp(kv->key, "Authorization") != 0) continue;
+        if (value) *several = true;
+        value = kv->value;
+    }
+    return value;
+}
+
+/* TTL of a positive verdict: --cache-ttl, bounded by --cache-max-ttl and the JWT's exp. */
+static int64_t positive_ttl_ms(const config *cfg, const char *token, size_t token_len)
+{
+    int64_t ttl = cfg->cache_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_ttl_ms : cfg->cache_max_ttl_ms;
+    int64_t exp;
+    if (jwt_read_exp(token, token_len, &exp) == 0) {
+        int64_t left_ms = (exp - (int64_t)time(NULL)) * 1000;
+        if (left_ms < ttl) ttl = left_ms;
+    }
+    return ttl;
+}
+
+static void authz_handle(struct evhttp_request *req, void *arg)
+{
+    server *srv = arg;
+    const config *cfg = srv->cfg;
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+
+    bool several = false;
+    const char *header = single_authorization(evhttp_request_get_input_headers(req), &several);
+    if (several) {
+        reply_unauthorized(srv, req, &started, "several Authorization headers");
+        return;
+    }
+    const char *token;
+    size_t token_len;
+    bearer_status bs = bearer_extract(header, cfg->max_token_bytes, &token, &token_len);
+    if (bs != BEARER_OK) {
+        reply_unauthorized(srv, req, &started, bearer_status_reason(bs));
+        return;
+    }
+
+    cache_key key;
+    if (cache_key_for_token(srv->keyer, token, token_len, cfg->audiences, cfg->n_audiences, &key) != 0) {
+        reply(srv, req, &started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    size_t value_len = 0;
+    review_metrics *rm = &srv->metrics.tokenreview;
+    switch (token_cache_lookup(srv->tokenreview_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
+    case TOKEN_CACHE_HIT_POSITIVE:
+        rm->cache_hits++;
+        reply_identity(srv, req, &started, value, value_len);
+        return;
+    case TOKEN_CACHE_HIT_NEGATIVE:
+        rm->cache_hits++;
+        reply_unauthorized(srv, req, &started, "token not authenticated");
+        return;
+    case TOKEN_CACHE_MISS:
+        rm->cache_misses++;
+        break;
+    }
+
+    authz_request *ar = calloc(1, sizeof(*ar));
+    if (!ar) {
+        reply_unavailable(srv, req, &started, 1, "out of memory");
+        return;
+    }
+    ar->srv = srv;
+    ar->req = req;
+    ar->started = started;
+    ar->waiter.done = on_review_done;
+    ar->waiter.arg = ar;
+    if (review_join(srv->reviews, &srv->tokenreview_kind, &key, &ar->waiter)) return;
+
+    review_request rr = {.key = key, .parse_arg = &srv->tokenreview_arg};
+    rr.positive_ttl_ms = positive_ttl_ms(cfg, token, token_len);
+    rr.negative_ttl_ms = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
+                                                                             : cfg->cache_max_ttl_ms;
+    cache_key_id(&key, rr.token_id);
+    rr.body = tokenreview_request_body(token, token_len, cfg->audiences, cfg->n_audiences, &rr.body_len);
+    if (!rr.body) {
+        free(ar);
+        reply_unavailable(srv, req, &started, 1, "out of memory");
+        return;
+    }
+    review_start(srv->reviews, &srv->tokenreview_kind, &rr, &ar->waiter);
+}
+
+/* kind->parse for TokenReview. */
+static void tokenreview_parse(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
+                              review_parsed *out)
+{
+    const tokenreview_parse_arg *arg = parse_arg;
+    size_t len = 0;
+    switch (tokenreview_parse_response(body, body_len, arg->audiences, arg->n_audiences, value, TOKEN_CACHE_VALUE_MAX,
+                                       &len, out->reason, sizeof(out->reason))) {
+    case TOKENREVIEW_AUTHENTICATED:
+        out->verdict = REVIEW_POSITIVE;
+        out->value_len = len;
+        break;
+    case TOKENREVIEW_UNAUTHENTICATED:
+        out->verdict = REVIEW_NEGATIVE;
+        break;
+    case TOKENREVIEW_BAD_RESPONSE:
+        out->verdict = REVIEW_ERROR;
+        break;
+    }
+}
+
+/* ---- readiness ---------------------------------------------------------------------- */
+
+static void schedule_probe(server *srv);
+
+/* Every API answer updates readiness: a review answer proves the API server and the
+ * gateway's RBAC work; 401/403 prove the gateway's own credential or RBAC does not. */
+static void observe_api(const api_response *response, void *arg)
+{
+    server *srv = arg;
+    if (response->error == API_ERROR_NONE) {
+        if (!srv->api_ready) log_info("API server answered; ready", NULL);
+        srv->api_ready = true;
+    } else if (response->http_status == 401 || response->http_status == 403) {
+        if (response->http_status == 403)
+            log_error("the gateway's ServiceAccount may not create tokenreviews (403 Forbidden); grant it "
+                      "create on tokenreviews.authentication.k8s.io",
+                      NULL);
+        srv->api_ready = false;
+        schedule_probe(srv);
+    }
+}
+
+static void on_probe_done(const api_response *response, void *arg)
+{
+    server *srv = arg;
+    srv->probe_running = false;
+    if (response->error != API_ERROR_NONE) {
+        log_warn("readiness probe of the API server failed", "detail", response->detail, NULL);
+        schedule_probe(srv);
+    }
+}
+
+static void on_probe_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    server *srv = arg;
+    if (srv->api_ready || srv->probe_running) return;
+    size_t len = 0;
+    char *body = tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), srv->cfg->audiences,
+                                          srv->cfg->n_audiences, &len);
+    if (body && api_client_post(srv->api, TOKENREVIEW_API_PATH, body, len, on_probe_done, srv) == 0)
+        srv->probe_running = true;
+    else
+        schedule_probe(srv);
+}
+
+static void schedule_probe(server *srv)
+{
+    if (srv->probe_running || evtimer_pending(srv->probe_timer, NULL)) return;
+    struct timeval tv = {READINESS_PROBE_INTERVAL_S, 0};
+    evtimer_add(srv->probe_timer, &tv);
+}
+
+/* ---- admin listener ------------------------------------------------------------------ */
+
+static void admin_text(struct evhttp_request *req, int status, const char *reason, const char *content_type,
+                       struct evbuffer *body)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+    evhttp_send_reply(req, status, reason, body);
+}
+
+static void admin_simple(struct evhttp_request *req, int status, const char *reason, const char *text)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (buf) evbuffer_add_printf(buf, "%s\n", text);
+    admin_text(req, status, reason, "text/plain; charset=utf-8", buf);
+    if (buf) evbuffer_free(buf);
+}
+
+static void admin_metrics(server *srv, struct evhttp_request *req)
+{
+    token_cache_stats cs;
+    token_cache_get_stats(srv->tokenreview_cache, &cs);
+    metrics_gauges g = {
+        .tokenreview_cache_entries = cs.entries,
+        .tokenreview_cache_evictions = cs.evictions,
+        .process_start_time_seconds = srv->start_time_s,
+    };
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf || metrics_render(buf, &srv->metrics, &g) != 0) {
+        if (buf) evbuffer_free(buf);
+        evhttp_send_error(req, 500, "metrics unavailable");
+        return;
+    }
+    admin_text(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", buf);
+    evbuffer_free(buf);
+}
+
+typedef struct flush_filter {
+    const char *user;
+    const char *namespace_name;
+} flush_filter;
+
+static bool flush_matches(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    const flush_filter *f = ctx;
+    identity_view view;
+    if (negative || identity_view_parse(value, value_len, &view) != 0) return false;
+    if (f->user)
+        return view.username.len == strlen(f->user) && memcmp(view.username.ptr, f->user, view.username.len) == 0;
+    str_view ns, name;
+    return identity_serviceaccount(view.username, &ns, &name) && ns.len == strlen(f->namespace_name) &&
+           memcmp(ns.ptr, f->namespace_name, ns.len) == 0;
+}
+
+static void admin_flush(server *srv, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        admin_simple(req, 405, "Method Not Allowed", "use POST");
+        return;
+    }
+    struct evkeyvalq query;
+    TAILQ_INIT(&query);
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (q && evhttp_parse_query_str(q, &query) != 0) {
+        admin_simple(req, 400, "Bad Request", "malformed query");
+        return;
+    }
+    flush_filter filter = {evhttp_find_header(&query, "user"), evhttp_find_header(&query, "namespace")};
+    const char *scope = "all";
+    size_t flushed;
+    if ((filter.user && filter.namespace_name) || (filter.user && !*filter.user) ||
+        (filter.namespace_name && !*filter.namespace_name)) {
+        evhttp_clear_headers(&query);
+        admin_simple(req, 400, "Bad Request", "give at most one of user= or namespace=, non-empty");
+        return;
+    }
+    if (filter.user || filter.namespace_name) {
+        scope = filter.user ? "user" : "namespace";
+        flushed = token_cache_flush_matching(srv->tokenreview_cache, flush_matches, &filter);
+    } else {
+        flushed = token_cache_flush_all(srv->tokenreview_cache);
+    }
+    srv->metrics.cache_flushes++;
+    char count[32];
+    snprintf(count, sizeof(count), "%zu", flushed);
+    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, "entries",
+             count, NULL);
+    struct evbuffer *buf = evbuffer_new();
+    if (buf) evbuffer_add_printf(buf, "{\"flushed\":%zu}\n", flushed);
+    evhttp_clear_headers(&query);
+    admin_text(req, 200, "OK", "application/json", buf);
+    if (buf) evbuffer_free(buf);
+}
+
+static void admin_handle(struct evhttp_request *req, void *arg)
+{
+    server *srv = arg;
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    if (!path) path = "/";
+    if (strcmp(path, "/metrics") == 0) {
+        admin_metrics(srv, req);
+    } else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0) {
+        admin_simple(req, 200, "OK", "ok");
+    } else if (strcmp(path, "/readyz") == 0) {
+        if (srv->api_ready) admin_simple(req, 200, "OK", "ok");
+        else admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
+    } else if (strcmp(path, "/cache/flush") == 0) {
+        admin_flush(srv, req);
+    } else {
+        admin_simple(req, 404, "Not Found", "not found");
+    }
+}
+
+/* ---- start-up and shutdown ---------------------------------------------------------- */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    server *srv = arg;
+    log_info("stopping", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    event_base_loopexit(srv->base, NULL);
+}
+
+/* Binds http to "host:port" and logs the bound address (port 0 picks a free one). */
+static int bind_listener(struct evhttp *http, const char *name, const char *hostport)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || (size_t)(colon - hostport) >= sizeof(host)) {
+        log_error("listen address must be host:port", "listener", name, "addr", hostport, NULL);
+        return -1;
+    }
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    /* Accept "[::1]:8080". */
+    char *h = host;
+    if (h[0] == '[' && h[strlen(h) - 1] == ']') {
+        h[strlen(h) - 1] = '\0';
+        h++;
+    }
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (!*(colon + 1) || *end || port < 0 || port > 65535) {
+        log_error("bad port", "listener", name, "addr", hostport, NULL);
+        return -1;
+    }
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(http, h, (ev_uint16_t)port);
+    if (!bound) {
+        log_error("cannot listen", "listener", name, "addr", hostport, NULL);
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char addr[INET6_ADDRSTRLEN + 16] = "?";
+    if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &len) == 0) {
+        char ip[INET6_ADDRSTRLEN];
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+            snprintf(addr, sizeof(addr), "[%s]:%u", ip, ntohs(s6->sin6_port));
+        } else {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+            snprintf(addr, sizeof(addr), "%s:%u", ip, ntohs(s4->sin_port));
+        }
+    }
+    log_info("listening", "listener", name, "addr", addr, NULL);
+    return 0;
+}
+
+static void server_teardown(server *srv)
+{
+    if (srv->main_http) evhttp_free(srv->main_http);
+    if (srv->admin_http) evhttp_free(srv->admin_http);
+    review_engine_free(srv->reviews);
+    api_client_free(srv->api);
+    token_cache_free(srv->tokenreview_cache);
+    cache_keyer_free(srv->keyer);
+    if (srv->probe_timer) event_free(srv->probe_timer);
+    if (srv->sigterm_event) event_free(srv->sigterm_event);
+    if (srv->sigint_event) event_free(srv->sigint_event);
+    if (srv->base) event_base_free(srv->base);
+}
+
+int server_run(const config *cfg)
+{
+    server srv_storage;
+    server *srv = &srv_storage;
+    memset(srv, 0, sizeof(*srv));
+    srv->cfg = cfg;
+    int rc = 1;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    srv->start_time_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
+    signal(SIGPIPE, SIG_IGN);
+
+    srv->base = event_base_new();
+    if (!srv->base) goto done;
+    srv->keyer = cache_keyer_new();
+    token_cache_options co = {.max_entries = cfg->cache_max_entries};
+    srv->tokenreview_cache = token_cache_new(&co);
+    api_client_options ao = {
+        .server_url = cfg->apiserver,
+        .ca_file = cfg->apiserver_ca,
+        .token_file = cfg->apiserver_token_file,
+        .timeout_ms = cfg->review_timeout_ms,
+        .observe = observe_api,
+        .observe_arg = srv,
+    };
+    srv->api = api_client_new(srv->base, &ao);
+    srv->reviews = srv->api ? review_engine_new(srv->api) : NULL;
+    srv->probe_timer = evtimer_new(srv->base, on_probe_timer, srv);
+    if (!srv->keyer || !srv->tokenreview_cache || !srv->api || !srv->reviews || !srv->probe_timer) goto done;
+
+    srv->tokenreview_arg.audiences = cfg->audiences;
+    srv->tokenreview_arg.n_audiences = cfg->n_audiences;
+    srv->tokenreview_kind = (review_kind){
+        .name = "tokenreview",
+        .api_path = TOKENREVIEW_API_PATH,
+        .cache = srv->tokenreview_cache,
+        .metrics = &srv->metrics.tokenreview,
+        .parse = tokenreview_parse,
+    };
+
+    srv->main_http = evhttp_new(srv->base);
+    srv->admin_http = evhttp_new(srv->base);
+    if (!srv->main_http || !srv->admin_http) goto done;
+    /* authz mode: auth_request / ext_authz / forwardAuth send any method, rarely a body. */
+    evhttp_set_allowed_methods(srv->main_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                                   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                                   EVHTTP_REQ_PATCH);
+    evhttp_set_max_headers_size(srv->main_http, (ev_ssize_t)(cfg->max_token_bytes + 32768));
+    evhttp_set_max_body_size(srv->main_http, MAIN_MAX_BODY_BYTES);
+    evhttp_set_timeout(srv->main_http, 60);
+    evhttp_set_gencb(srv->main_http, authz_handle, srv);
+    evhttp_set_allowed_methods(srv->admin_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    evhttp_set_max_body_size(srv->admin_http, 4096);
+    evhttp_set_timeout(srv->admin_http, 30);
+    evhttp_set_gencb(srv->admin_http, admin_handle, srv);
+    if (bind_listener(srv->main_http, "main", cfg->listen) != 0 ||
+        bind_listener(srv->admin_http, "admin", cfg->admin_listen) != 0)
+        goto done;
+
+    srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
+    srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
+    if (!srv->sigterm_event || !srv->sigint_event || evsignal_add(srv->sigterm_event, NULL) != 0 ||
+        evsignal_add(srv->sigint_event, NULL) != 0)
+        goto done;
+
+    struct timeval now = {0, 0};
+    evtimer_add(srv->probe_timer, &now);
+    log_info("started", "mode", cfg->mode, "apiserver", cfg->apiserver, NULL);
+    event_base_dispatch(srv->base);
+    rc = 0;
+done:
+    if (rc != 0) log_error("start-up failed", NULL);
+    server_teardown(srv);
+    return rc;
+}

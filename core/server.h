@@ -1,0 +1,13 @@
+/* The gateway process: its event loop, the main (authz) and admin listeners, and the
+ * objects every request touches (keyer, cache, API client, review engine, metrics). */
+#ifndef TOKENGATE_SERVER_H
+#define TOKENGATE_SERVER_H
+
+#include "config.h"
+
+/* Builds everything from cfg (which must outlive the call), serves until SIGTERM/SIGINT,
+ * tears everything down. Returns the process exit code: 0 after a signal, 1 when start-up
+ * failed (reason logged). */
+int server_run(const config *cfg);
+
+#endif

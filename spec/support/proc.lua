@@ -1,0 +1,101 @@
+-- Process helpers for integration specs: start a real program in the background with its
+-- output in a log file, find the address it logged, stop it. No luasocket/luaposix on a
+-- minimal Debian, so this goes through the shell; every wait is bounded.
+local system = require("system")
+
+local proc = {}
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+proc.quote = shell_quote
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+proc.read_file = read_file
+
+function proc.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- A fresh private directory for one spec's files (certs, logs, token tables).
+function proc.tmpdir()
+  local p = io.popen("mktemp -d /tmp/tokengate-spec.XXXXXX")
+  local dir = p:read("*l")
+  p:close()
+  return dir
+end
+
+function proc.run(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("*a")
+  local ok, _, code = p:close()
+  return out, (ok and 0 or code)
+end
+
+-- Start argv (a list) in the background; stdout+stderr go to log_path.
+-- Returns a handle { pid, log }.
+function proc.spawn(argv, log_path, env)
+  local parts = {}
+  for k, v in pairs(env or {}) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
+  for _, a in ipairs(argv) do parts[#parts + 1] = shell_quote(a) end
+  local cmd = "exec " .. table.concat(parts, " ") .. " >" .. shell_quote(log_path) .. " 2>&1"
+  local p = io.popen("sh -c " .. shell_quote(cmd) .. " </dev/null >/dev/null 2>&1 & echo $!")
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  assert(pid, "could not start " .. argv[1])
+  return { pid = pid, log = log_path }
+end
+
+function proc.alive(h)
+  return os.execute("kill -0 " .. h.pid .. " 2>/dev/null") == 0
+end
+
+-- Wait (bounded) until the process's log has a JSON line with "msg":"listening" for the
+-- named listener; return its "addr" (host:port).
+function proc.wait_listening(h, listener, timeout_s)
+  local deadline = system.gettime() + (timeout_s or 10)
+  local pattern = '"msg":"listening"[^\n]*"listener":"' .. listener .. '"[^\n]*"addr":"([^"]+)"'
+  while system.gettime() < deadline do
+    local log = read_file(h.log) or ""
+    local addr = log:match(pattern)
+    if addr then return addr end
+    if not proc.alive(h) then
+      error("process exited before listening on " .. listener .. ":\n" .. log)
+    end
+    system.sleep(0.02)
+  end
+  error("timed out waiting for " .. listener .. " listener:\n" .. (read_file(h.log) or ""))
+end
+
+function proc.signal(h, sig)
+  os.execute("kill -" .. sig .. " " .. h.pid .. " 2>/dev/null")
+end
+
+-- Stop with SIGTERM, then SIGKILL after timeout_s. Returns the exit status if it could be
+-- observed (it cannot for a process not our child, so this just waits for it to vanish).
+function proc.stop(h, timeout_s)
+  if not h then return end
+  proc.signal(h, "TERM")
+  local deadline = system.gettime() + (timeout_s or 5)
+  while proc.alive(h) and system.gettime() < deadline do system.sleep(0.02) end
+  if proc.alive(h) then proc.signal(h, "KILL") end
+end
+
+function proc.sleep(s) system.sleep(s) end
+function proc.now() return system.gettime() end
+
+-- Build paths come from CTest's environment; fall back to ./build for manual runs.
+function proc.build_path(name)
+  local dir = os.getenv("TOKENGATE_BUILD_DIR") or "build"
+  return dir .. "/" .. name
+end
+
+return proc
