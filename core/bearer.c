@@ -102,9 +102,13 @@ int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out)
     int rc = -1;
     if (!claims || !json_is_object(claims)) goto done;
     json_t *exp = json_object_get(claims, "exp");
+    /* Bounded like the real branch: later arithmetic (ms, differences) must not overflow. */
     if (json_is_integer(exp)) {
-        *exp_out = (int64_t)json_integer_value(exp);
-        rc = 0;
+        json_int_t v = json_integer_value(exp);
+        if (v > 0 && v < 1000000000000000LL) {
+            *exp_out = (int64_t)v;
+            rc = 0;
+        }
     } else if (json_is_real(exp)) {
         double v = json_real_value(exp);
         if (v > 0 && v < 1e15) {

@@ -25,8 +25,8 @@ bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, c
 const char *bearer_status_reason(bearer_status status);
 
 /* If token is a JWT (three base64url segments) whose payload is a JSON object with a
- * numeric "exp", stores it (seconds since the epoch) in *exp_out and returns 0; otherwise
- * returns -1. The signature is not checked. Allocates only inside jansson while parsing. */
+ * numeric "exp" in (0, 1e15), stores it (seconds since the epoch) in *exp_out and returns 0;
+ * otherwise returns -1. The signature is not checked. Allocates only inside jansson while parsing. */
 int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out);
 
 #endif

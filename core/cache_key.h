@@ -31,8 +31,9 @@ void cache_keyer_free(cache_keyer *keyer);
 int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len,
                         const char *const *audiences, size_t n_audiences, cache_key *out);
 
-/* Key over a list of byte strings, each length-prefixed (used for SubjectAccessReview and
- * by cache_key_for_token). domain separates kinds of keys. Returns 0 or -1. */
+/* Key over a list of byte strings: domain byte, be32(n_parts), then each part
+ * length-prefixed (for SubjectAccessReview attributes). A non-zero domain keeps these
+ * encodings distinct from token keys, whose first byte is the high byte of a length. */
 int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *const *parts,
                         const size_t *lens, size_t n_parts, cache_key *out);
 

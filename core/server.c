@@ -182,7 +182,7 @@ static int64_t positive_ttl_ms(const config *cfg, const char *token, size_t toke
 {
     int64_t ttl = cfg->cache_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_ttl_ms : cfg->cache_max_ttl_ms;
     int64_t exp;
-    if (jwt_read_exp(token, token_len, &exp) == 0) {
+    if (jwt_read_exp(token, token_len, &exp) == 0) { /* exp is bounded: no overflow here */
         int64_t left_ms = (exp - (int64_t)time(NULL)) * 1000;
         if (left_ms < ttl) ttl = left_ms;
     }
@@ -305,7 +305,11 @@ static void on_probe_done(const api_response *response, void *arg)
 {
     server *srv = arg;
     srv->probe_running = false;
+    /* The probe is a real API call: count it with the others. */
+    srv->metrics.tokenreview.api_calls++;
+    metrics_histogram_observe(&srv->metrics.tokenreview.api_latency, response->latency_s);
     if (response->error != API_ERROR_NONE) {
+        srv->metrics.tokenreview.api_errors[response->error]++;
         log_warn("readiness probe of the API server failed", "detail", response->detail, NULL);
         schedule_probe(srv);
     }

@@ -78,6 +78,8 @@ token_cache *token_cache_new(const token_cache_options *options)
         /* Spread the bound exactly: the shards' capacities add up to max_entries. */
         shard->capacity = options->max_entries / n_shards + (i < options->max_entries % n_shards ? 1 : 0);
         shard->negative_capacity = shard->capacity * negative_percent / 100;
+        /* Even a small shard keeps one negative, so a garbage-token flood stays cached. */
+        if (shard->negative_capacity == 0 && shard->capacity >= 2) shard->negative_capacity = 1;
         size_t n_buckets = round_up_pow2(shard->capacity < 8 ? 8 : shard->capacity);
         shard->buckets = calloc(n_buckets, sizeof(cache_entry *));
         if (!shard->buckets) goto err;
@@ -188,7 +190,11 @@ int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, 
 {
     if (value_len > TOKEN_CACHE_VALUE_MAX || expires_at_ms <= now_ms) return -1;
     cache_shard *shard = &cache->shards[key_shard(cache, key)];
-    if (negative && shard->negative_capacity == 0) return 1;
+    if (negative && shard->negative_capacity == 0) {
+        /* Not stored, but the verdict is newer than any entry for key: drop that entry. */
+        token_cache_remove(cache, key);
+        return 1;
+    }
 
     /* Allocate outside the lock; the lock covers only pointer work. */
     cache_entry *fresh = malloc(sizeof(*fresh) + value_len);

@@ -16,8 +16,10 @@ char *tokenreview_request_body(const char *token, size_t token_len, const char *
     char *aud_json = NULL;
     if (n_audiences) {
         json_t *arr = json_array();
-        for (size_t i = 0; arr && i < n_audiences; i++) json_array_append_new(arr, json_string(audiences[i]));
-        aud_json = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+        bool complete = arr != NULL;
+        for (size_t i = 0; complete && i < n_audiences; i++)
+            complete = json_array_append_new(arr, json_string(audiences[i])) == 0; /* NULL for bad UTF-8 */
+        aud_json = complete ? json_dumps(arr, JSON_COMPACT) : NULL;
         json_decref(arr);
         if (!aud_json) return NULL;
     }

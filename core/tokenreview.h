@@ -16,7 +16,7 @@ typedef enum {
 
 /* Builds the request JSON for token (which must be a validated b64token: it is inserted
  * without escaping) and the audiences. Returns a malloc'd NUL-terminated body and its
- * length in *len, or NULL. The body contains the token: the caller must
+ * length in *len, or NULL (also when an audience is not valid UTF-8). The body contains the token: the caller must
  * OPENSSL_cleanse it before free. */
 char *tokenreview_request_body(const char *token, size_t token_len, const char *const *audiences,
                                size_t n_audiences, size_t *len);

@@ -40,6 +40,37 @@ static int unit_checks;
         }                                                                                          \
     } while (0)
 
+#define CHECK_MEM(a, b, n)                                                                         \
+    do {                                                                                           \
+        unit_checks++;                                                                             \
+        if (memcmp((a), (b), (n)) != 0) {                                                          \
+            unit_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%zu bytes differ)\n", __FILE__,        \
+                    __LINE__, #a, #b, (size_t)(n));                                                \
+        }                                                                                          \
+    } while (0)
+
+/* Compares a (pointer, length) string that need not be NUL-terminated with a C string. */
+#define CHECK_STRN(ptr, len, expected)                                                             \
+    do {                                                                                           \
+        const char *unit_p_ = (ptr), *unit_e_ = (expected);                                        \
+        size_t unit_l_ = (size_t)(len);                                                            \
+        unit_checks++;                                                                             \
+        if (!unit_p_ || unit_l_ != strlen(unit_e_) || memcmp(unit_p_, unit_e_, unit_l_) != 0) {    \
+            unit_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == \"%s\" (got \"%.*s\")\n", __FILE__,        \
+                    __LINE__, #ptr, unit_e_, unit_p_ ? (int)unit_l_ : 6,                           \
+                    unit_p_ ? unit_p_ : "(null)");                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* Checks cond and returns from the (void) test function when it fails. */
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        CHECK(cond);                                                                               \
+        if (!(cond)) return;                                                                       \
+    } while (0)
+
 #define RUN(test)                                                                                  \
     do {                                                                                           \
         int before_ = unit_failures;                                                               \
