@@ -9,8 +9,9 @@ local counter = 0
 
 function http.request(opts)
   counter = counter + 1
-  local dir = os.getenv("TMPDIR") or "/tmp"
-  local base = string.format("%s/tg-http-%d-%d", dir, math.random(1, 1e9), counter)
+  -- os.tmpname() creates a unique file: its name is a safe prefix even when several spec
+  -- processes run at once (math.random is not seeded per process).
+  local base = os.tmpname()
   local args = { "curl", "-sS", "-o", base .. ".body", "-D", base .. ".hdr",
     "-w", "%{http_code} %{time_total}", "-X", opts.method or "GET",
     "--max-time", tostring(opts.timeout or 20) }
@@ -41,7 +42,7 @@ function http.request(opts)
       res.header_list[#res.header_list + 1] = { name, value }
     end
   end
-  os.remove(base .. ".body"); os.remove(base .. ".hdr"); os.remove(base .. ".req")
+  os.remove(base .. ".body"); os.remove(base .. ".hdr"); os.remove(base .. ".req"); os.remove(base)
   return res
 end
 
