@@ -34,7 +34,7 @@
 /* What tokengate sends for an allowed ServiceAccount (see SPEC "Answers in authz mode"). */
 #define BARE_REMOTE_USER "system:serviceaccount:team-a:webhook-sender"
 #define BARE_REMOTE_UID "5d0c1f2e-8b7a-4c3d-9e6f-1a2b3c4d5e6f"
-#define BARE_REMOTE_GROUPS                                                                    \
+#define BARE_REMOTE_GROUPS                                                                         \
     "system:serviceaccounts|system:serviceaccounts:team-a|system:authenticated"
 
 struct worker {
@@ -189,8 +189,7 @@ int main(int argc, char **argv)
         fd = bind_listener(i == 0 ? res->ai_addr : (struct sockaddr *)&bound,
                            i == 0 ? res->ai_addrlen : bound_len);
         if (fd < 0) {
-            fprintf(stderr, "bare-server: cannot listen on %s: %s\n", listen_arg,
-                    strerror(errno));
+            fprintf(stderr, "bare-server: cannot listen on %s: %s\n", listen_arg, strerror(errno));
             goto out;
         }
         if (i == 0 && getsockname(fd, (struct sockaddr *)&bound, &bound_len) < 0) {
@@ -235,7 +234,8 @@ int main(int argc, char **argv)
         goto out;
     snprintf(addr_out, sizeof(addr_out), bound.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", hbuf,
              pbuf);
-    fprintf(stderr, "{\"msg\":\"listening\",\"listener\":\"main\",\"addr\":\"%s\",\"threads\":%d}\n",
+    fprintf(stderr,
+            "{\"msg\":\"listening\",\"listener\":\"main\",\"addr\":\"%s\",\"threads\":%d}\n",
             addr_out, nthreads);
 
     event_base_dispatch(main_base);

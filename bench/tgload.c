@@ -57,9 +57,9 @@
 
 #define TGLOAD_MAX_SAMPLES (1u << 24) /* 16.7M samples, 128 MiB */
 #define TGLOAD_MAX_CONNS 10000
-#define TGLOAD_MAX_LINE 16384           /* longest status/header line accepted */
-#define TGLOAD_MAX_ERROR_LOGS 5         /* distinct transport errors echoed on stderr */
-#define TGLOAD_RETRY_DELAY_US 10000     /* pause after a failed connect before retrying */
+#define TGLOAD_MAX_LINE 16384       /* longest status/header line accepted */
+#define TGLOAD_MAX_ERROR_LOGS 5     /* distinct transport errors echoed on stderr */
+#define TGLOAD_RETRY_DELAY_US 10000 /* pause after a failed connect before retrying */
 
 enum parse_state {
     P_STATUS,      /* waiting for the status line */
@@ -114,11 +114,11 @@ struct load {
     uint64_t total;  /* -n; 0 when running for a duration */
     double duration; /* -d seconds */
     struct timeval timeout_tv;
-    int running;         /* all connections opened (or given up on), requests fired */
-    int stopping;        /* no more requests to issue */
-    size_t opening;      /* connections still opening before the fire */
-    size_t open_failed;  /* connections that did not open before the fire */
-    uint64_t issued;     /* requests handed to a connection */
+    int running;        /* all connections opened (or given up on), requests fired */
+    int stopping;       /* no more requests to issue */
+    size_t opening;     /* connections still opening before the fire */
+    size_t open_failed; /* connections that did not open before the fire */
+    uint64_t issued;    /* requests handed to a connection */
     uint64_t inflight;
     uint64_t errors;
     uint64_t codes[600];
@@ -894,8 +894,10 @@ static void raise_nofile(size_t want)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"url", required_argument, NULL, 'u'},   {"tokens", required_argument, NULL, 't'},
-        {"timeout", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
+        {"url", required_argument, NULL, 'u'},
+        {"tokens", required_argument, NULL, 't'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct load ld;

@@ -85,7 +85,7 @@ wait_listening() {
 
 # json_num KEY: the number after "KEY": in the JSON on stdin.
 json_num() { sed -n 's/.*"'"$1"'":\([0-9.eE+-]*\).*/\1/p' | head -n 1; }
-# codes_of: "200:1430 401:570" from a tgload result on stdin.
+# codes_of: "200 x 1430, 401 x 570" from a tgload result on stdin.
 codes_of() { sed -n 's/.*"codes":{\([^}]*\)}.*/\1/p' | tr -d '"' | sed 's/:/ x /g; s/,/, /g'; }
 code_count() { # code_count CODE < tgload-json
   sed -n 's/.*"codes":{[^}]*"'"$1"'":\([0-9]*\).*/\1/p' | head -n 1 | grep . || echo 0
