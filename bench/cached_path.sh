@@ -119,7 +119,7 @@ echo "   $WORKERS event-loop thread(s) for both servers"
 token="bench.$(openssl rand -hex 24)"
 printf '%s\n' "$token" >"$tmp/tokens.txt"
 cat >"$tmp/tokens.json" <<EOF
-{"tokens":[{"token":"$token","username":"system:serviceaccount:bench:load-client","uid":"0b6f2a8e-3c1d-4e5f-9a7b-8c9d0e1f2a3b","groups":["system:serviceaccounts","system:serviceaccounts:bench","system:authenticated"]}]}
+{"tokens":[{"token":"$token","username":"system:serviceaccount:bench:load-client","uid":"0b6f2a8e-3c1d-4e5f-9a7b-8c9d0e1f2a3b","groups":["system:serviceaccounts","system:serviceaccounts:bench","system:authenticated"]}],"sar_rules":[{"verb":"get","path":"/*"}]}
 EOF
 printf 'gateway-credential-%s\n' "$(openssl rand -hex 16)" >"$tmp/cred.txt"
 

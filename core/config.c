@@ -46,6 +46,17 @@ static const flag_spec flag_table[] = {
     {"--apiserver-token-file", FLAG_STRING, FIELD(apiserver_token_file),
      "file holding the gateway's own bearer credential; re-read when it changes"},
     {"--audiences", FLAG_AUDIENCES, 0, "comma-separated audiences sent in each TokenReview"},
+    {"--policy", FLAG_STRING, FIELD(policy),
+     "Lua policy file, reloaded on SIGHUP (default: built-in policies/default.lua; \"none\": allow every "
+     "authenticated caller without running Lua)"},
+    {"--policy-watch", FLAG_BOOL, FIELD(policy_watch),
+     "also reload the policy when its file changes (ConfigMap volumes swap a symlink)"},
+    {"--policy-max-instructions", FLAG_SIZE, FIELD(policy_max_instructions),
+     "Lua instructions one policy hook may run (default 1000000)"},
+    {"--policy-max-memory-bytes", FLAG_SIZE, FIELD(policy_max_memory_bytes),
+     "memory cap of each policy Lua state (default 67108864)"},
+    {"--sar-allowed-ttl", FLAG_DURATION, FIELD(sar_allowed_ttl_ms), "TTL of allowed SubjectAccessReviews (default 5m)"},
+    {"--sar-denied-ttl", FLAG_DURATION, FIELD(sar_denied_ttl_ms), "TTL of denied SubjectAccessReviews (default 30s)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -63,6 +74,15 @@ static void config_defaults(config *cfg)
     cfg->review_timeout_ms = 5000;
     cfg->max_token_bytes = 16384;
     cfg->log_level = "info";
+    cfg->policy_max_instructions = 1000000;
+    cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
+    cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
+    cfg->sar_denied_ttl_ms = 30 * 1000;
+}
+
+bool config_policy_enabled(const config *cfg)
+{
+    return !(cfg->policy && strcmp(cfg->policy, "none") == 0);
 }
 
 static void print_help(FILE *out)
@@ -196,21 +216,28 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --mode %s: only \"authz\" is implemented in this build\n", cfg->mode);
         rc = -1;
     }
-    if (!cfg->apiserver || strncmp(cfg->apiserver, "https://", 8) != 0) {
-        fprintf(out, "tokengate: --apiserver https://HOST:PORT is required (TLS is always verified)\n");
-        rc = -1;
-    }
-    if (!cfg->apiserver_ca) {
-        fprintf(out, "tokengate: --apiserver-ca is required\n");
-        rc = -1;
-    } else if (check_readable("--apiserver-ca", cfg->apiserver_ca, out) != 0) {
-        rc = -1;
-    }
-    if (!cfg->apiserver_token_file) {
-        fprintf(out, "tokengate: --apiserver-token-file is required\n");
-        rc = -1;
-    } else if (check_readable("--apiserver-token-file", cfg->apiserver_token_file, out) != 0) {
-        rc = -1;
+    /* `--check --policy FILE` alone validates a policy: the API server flags are then
+     * reported as missing but do not fail the check. */
+    bool policy_only = cfg->check_only && !cfg->apiserver && !cfg->apiserver_ca && !cfg->apiserver_token_file;
+    if (policy_only) {
+        fprintf(out, "tokengate: note: no API server configured (needed to serve, not to check a policy)\n");
+    } else {
+        if (!cfg->apiserver || strncmp(cfg->apiserver, "https://", 8) != 0) {
+            fprintf(out, "tokengate: --apiserver https://HOST:PORT is required (TLS is always verified)\n");
+            rc = -1;
+        }
+        if (!cfg->apiserver_ca) {
+            fprintf(out, "tokengate: --apiserver-ca is required\n");
+            rc = -1;
+        } else if (check_readable("--apiserver-ca", cfg->apiserver_ca, out) != 0) {
+            rc = -1;
+        }
+        if (!cfg->apiserver_token_file) {
+            fprintf(out, "tokengate: --apiserver-token-file is required\n");
+            rc = -1;
+        } else if (check_readable("--apiserver-token-file", cfg->apiserver_token_file, out) != 0) {
+            rc = -1;
+        }
     }
     if (cfg->cache_max_entries == 0) {
         fprintf(out, "tokengate: --cache-max-entries must be at least 1\n");
@@ -222,6 +249,15 @@ int config_validate(const config *cfg, FILE *out)
     }
     if (cfg->max_token_bytes < 1 || cfg->max_token_bytes > 1024 * 1024) {
         fprintf(out, "tokengate: --max-token-bytes must be between 1 and 1048576\n");
+        rc = -1;
+    }
+    if (cfg->policy && config_policy_enabled(cfg) && check_readable("--policy", cfg->policy, out) != 0) rc = -1;
+    if (cfg->policy_watch && !(cfg->policy && config_policy_enabled(cfg))) {
+        fprintf(out, "tokengate: --policy-watch needs --policy FILE\n");
+        rc = -1;
+    }
+    if (cfg->policy_max_instructions < 1000 || cfg->policy_max_memory_bytes < 1024 * 1024) {
+        fprintf(out, "tokengate: --policy-max-instructions must be >= 1000 and --policy-max-memory-bytes >= 1048576\n");
         rc = -1;
     }
     if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
@@ -248,5 +284,13 @@ void config_print(const config *cfg, FILE *out)
     fprintf(out, "review-timeout: %s\nmax-token-bytes: %zu\naudiences:", timeout, cfg->max_token_bytes);
     if (cfg->n_audiences == 0) fprintf(out, " (none)");
     for (size_t i = 0; i < cfg->n_audiences; i++) fprintf(out, " %s", cfg->audiences[i]);
-    fprintf(out, "\nlog-level: %s\n", cfg->log_level);
+    char sar_allowed[32], sar_denied[32];
+    duration_format(cfg->sar_allowed_ttl_ms, sar_allowed, sizeof(sar_allowed));
+    duration_format(cfg->sar_denied_ttl_ms, sar_denied, sizeof(sar_denied));
+    fprintf(out, "\npolicy: %s%s\n", cfg->policy ? cfg->policy : "(built-in default)",
+            cfg->policy_watch ? " (watched)" : "");
+    fprintf(out, "policy-max-instructions: %zu\npolicy-max-memory-bytes: %zu\n", cfg->policy_max_instructions,
+            cfg->policy_max_memory_bytes);
+    fprintf(out, "sar-allowed-ttl: %s\nsar-denied-ttl: %s\n", sar_allowed, sar_denied);
+    fprintf(out, "log-level: %s\n", cfg->log_level);
 }

@@ -34,6 +34,15 @@ typedef struct config {
     const char *audiences[CONFIG_MAX_AUDIENCES];
     size_t n_audiences;
 
+    /* Lua policy: NULL = the built-in default; "none" = no policy (every authenticated
+     * identity allowed, no Lua on the request path). */
+    const char *policy;
+    bool policy_watch;             /* reload when the file changes on disk */
+    size_t policy_max_instructions;
+    size_t policy_max_memory_bytes;
+    int64_t sar_allowed_ttl_ms;
+    int64_t sar_denied_ttl_ms;
+
     const char *log_level;
     bool check_only; /* --check */
 } config;
@@ -47,6 +56,9 @@ config_action config_parse(config *cfg, int argc, char **argv, FILE *out);
 /* Checks cross-flag rules and that files are readable. Returns 0 or -1 with a message on
  * out. Does not contact the API server. */
 int config_validate(const config *cfg, FILE *out);
+
+/* True when requests go through a Lua policy (--policy is not "none"). */
+bool config_policy_enabled(const config *cfg);
 
 /* Prints the effective configuration (what --check shows). Never prints a credential. */
 void config_print(const config *cfg, FILE *out);

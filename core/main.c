@@ -35,6 +35,8 @@ int main(int argc, char **argv)
     if (config_validate(&cfg, stderr) != 0) return 1;
     if (cfg.check_only) {
         config_print(&cfg, stdout);
+        json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);
+        if (server_check_policy(&cfg, stdout) != 0) return 1;
         printf("configuration ok\n");
         return 0;
     }

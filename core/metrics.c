@@ -116,6 +116,19 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
 {
     int rc = render_review_family(out, "tokenreview", &m->tokenreview, g->tokenreview_cache_entries,
                                   g->tokenreview_cache_evictions);
+    rc |= render_review_family(out, "subjectaccessreview", &m->subjectaccessreview,
+                               g->subjectaccessreview_cache_entries, g->subjectaccessreview_cache_evictions);
+    rc |= evbuffer_add_printf(out, "# HELP gateway_policy_reloads_total Policy loads by result.\n"
+                                   "# TYPE gateway_policy_reloads_total counter\n"
+                                   "gateway_policy_reloads_total{result=\"success\"} %llu\n"
+                                   "gateway_policy_reloads_total{result=\"failure\"} %llu\n",
+                              (unsigned long long)m->policy_reloads_success,
+                              (unsigned long long)m->policy_reloads_failure) < 0;
+    rc |= render_counter(out, "gateway_policy_errors_total",
+                         "Policy hook calls that raised an error or returned a wrong value (answered 500).",
+                         m->policy_errors);
+    rc |= render_gauge(out, "gateway_policy_last_reload_success_timestamp_seconds",
+                       "When the running policy was loaded (Unix time).", m->policy_last_reload_success_s);
     rc |= evbuffer_add_printf(out, "# HELP gateway_requests_total Answered requests by HTTP status.\n"
                                    "# TYPE gateway_requests_total counter\n") < 0;
     for (int s = METRICS_STATUS_MIN; s <= METRICS_STATUS_MAX; s++) {

@@ -48,6 +48,11 @@ typedef struct review_metrics {
 
 typedef struct gateway_metrics {
     review_metrics tokenreview;
+    review_metrics subjectaccessreview;
+    uint64_t policy_reloads_success;
+    uint64_t policy_reloads_failure;
+    uint64_t policy_errors;
+    double policy_last_reload_success_s; /* Unix time; 0 before the first load */
     uint64_t requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     metrics_histogram request_duration;
     uint64_t cache_flushes;
@@ -59,6 +64,8 @@ void metrics_count_request(gateway_metrics *m, int status, double seconds);
 typedef struct metrics_gauges {
     size_t tokenreview_cache_entries;
     uint64_t tokenreview_cache_evictions;
+    size_t subjectaccessreview_cache_entries;
+    uint64_t subjectaccessreview_cache_evictions;
     double process_start_time_seconds;
 } metrics_gauges;
 

@@ -19,8 +19,9 @@ typedef struct review_flight {
     cache_key key;
     review_waiter *waiters, **waiters_tail;
     size_t n_waiters;
-    const void *parse_arg;
-    int64_t positive_ttl_ms, negative_ttl_ms;
+    void *parse_arg;
+    void (*parse_arg_free)(void *);
+    int64_t positive_ttl_ms, positive_ttl_cap_ms, negative_ttl_ms;
     char token_id[9];
     struct event *failed_start; /* set when the API call could not start */
 } review_flight;
@@ -60,6 +61,7 @@ void review_engine_free(review_engine *engine)
         while (f) {
             review_flight *next = f->hash_next;
             if (f->failed_start) event_free(f->failed_start);
+            if (f->parse_arg_free) f->parse_arg_free(f->parse_arg);
             free(f);
             f = next;
         }
@@ -107,6 +109,7 @@ static void flight_finish(review_flight *flight, const review_outcome *outcome)
         w = next;
     }
     if (flight->failed_start) event_free(flight->failed_start);
+    if (flight->parse_arg_free) flight->parse_arg_free(flight->parse_arg);
     free(flight);
 }
 
@@ -136,10 +139,13 @@ static void on_api_done(const api_response *response, void *arg)
     } else {
         int64_t now = monotonic_ms();
         bool negative = outcome.verdict == REVIEW_NEGATIVE;
-        int64_t ttl = negative ? flight->negative_ttl_ms : flight->positive_ttl_ms;
+        outcome.value = value;
+        outcome.value_len = parsed.value_len;
+        int64_t ttl = flight->negative_ttl_ms;
         if (!negative) {
-            outcome.value = value;
-            outcome.value_len = parsed.value_len;
+            ttl = flight->positive_ttl_ms;
+            if (kind->positive_ttl) ttl = kind->positive_ttl(kind->ctx, value, parsed.value_len, ttl);
+            if (ttl > flight->positive_ttl_cap_ms) ttl = flight->positive_ttl_cap_ms;
         }
         if (ttl > 0)
             token_cache_insert(kind->cache, &flight->key, negative, outcome.value, outcome.value_len, now + ttl, now);
@@ -167,6 +173,7 @@ int review_start(review_engine *engine, const review_kind *kind, review_request 
         /* No memory for even the flight: answer the waiter now with an error. */
         OPENSSL_cleanse(request->body, request->body_len);
         free(request->body);
+        if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
         review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
                                   .reason = "out of memory"};
         waiter->done(&outcome, waiter->arg);
@@ -176,7 +183,9 @@ int review_start(review_engine *engine, const review_kind *kind, review_request 
     flight->kind = kind;
     flight->key = request->key;
     flight->parse_arg = request->parse_arg;
+    flight->parse_arg_free = request->parse_arg_free;
     flight->positive_ttl_ms = request->positive_ttl_ms;
+    flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
     flight->negative_ttl_ms = request->negative_ttl_ms;
     memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
     waiter->next = NULL;

@@ -29,7 +29,7 @@ typedef enum {
 /* What a kind's parser makes of a 200/201 answer. */
 typedef struct review_parsed {
     review_verdict verdict; /* POSITIVE, NEGATIVE, or ERROR for a bad response */
-    size_t value_len;       /* bytes written to the value buffer (POSITIVE only) */
+    size_t value_len;       /* bytes written to the value buffer: what the cache keeps */
     char reason[256];       /* NEGATIVE or ERROR: why, safe to log */
 } review_parsed;
 
@@ -43,6 +43,11 @@ typedef struct review_kind {
      * the review_request. Must not log the body: it may echo the token. */
     void (*parse)(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
                   review_parsed *out);
+    /* Optional: TTL of a positive verdict given its value (e.g. the policy's ttl(user)).
+     * Returns milliseconds, or default_ms when it has no opinion; <= 0 means don't cache.
+     * The engine bounds the result by the request's positive_ttl_cap_ms. */
+    int64_t (*positive_ttl)(void *ctx, const unsigned char *value, size_t value_len, int64_t default_ms);
+    void *ctx;
 } review_kind;
 
 /* What a waiter is told. Pointers are valid only during the callback. */
@@ -69,9 +74,11 @@ typedef struct review_request {
     cache_key key;
     char *body; /* ownership passes to review_start; wiped and freed */
     size_t body_len;
-    const void *parse_arg;   /* handed to kind->parse; must outlive the flight */
-    int64_t positive_ttl_ms; /* already bounded by max TTL and token expiry; <= 0: don't cache */
-    int64_t negative_ttl_ms; /* <= 0: don't cache */
+    void *parse_arg;                 /* handed to kind->parse; owned by the flight */
+    void (*parse_arg_free)(void *);  /* frees parse_arg when the flight ends; may be NULL */
+    int64_t positive_ttl_ms;     /* default TTL of a positive verdict; <= 0: don't cache */
+    int64_t positive_ttl_cap_ms; /* upper bound (max TTL, token expiry) of any positive TTL */
+    int64_t negative_ttl_ms;     /* <= 0: don't cache */
     char token_id[9];        /* for logs */
 } review_request;
 
@@ -89,7 +96,7 @@ void review_engine_free(review_engine *engine);
 bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter);
 
 /* Starts a flight for request->key with waiter as its first waiter; the caller has checked
- * review_join first. Takes ownership of request->body in every case. On failure to start
+ * review_join first. Takes ownership of request->body and request->parse_arg in every case. On failure to start
  * the waiter is still called, on a later loop turn, with REVIEW_ERROR. Returns 0. */
 int review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter);
 

@@ -6,10 +6,13 @@
 #include "api_client.h"
 #include "bearer.h"
 #include "cache_key.h"
+#include "custom_metrics.h"
 #include "identity.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
 #include "review.h"
+#include "sar.h"
 #include "token_cache.h"
 #include "tokenreview.h"
 
@@ -17,6 +20,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <jansson.h>
 #include <sys/queue.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
@@ -27,17 +31,24 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define READINESS_PROBE_INTERVAL_S 5
 #define READINESS_PROBE_TOKEN "tokengate-readiness-probe"
 #define GROUPS_HEADER_MAX 8192
 #define MAIN_MAX_BODY_BYTES 65536
+#define URI_MAX 8192
+#define POLICY_WATCH_INTERVAL_S 2
+#define CUSTOM_SERIES_PER_METRIC 1000 /* label sets one policy metric may hold */
 
-/* What kind->parse needs for a TokenReview: the audiences that were requested. */
+/* What kind->parse needs for a TokenReview: the audiences that were requested. Owned by
+ * the flight (one allocation: the struct, the pointer array and the strings), because a
+ * policy reload may change the audiences while the review runs. */
 typedef struct tokenreview_parse_arg {
-    const char *const *audiences;
     size_t n_audiences;
+    const char *audiences[POLICY_MAX_AUDIENCES > CONFIG_MAX_AUDIENCES ? POLICY_MAX_AUDIENCES : CONFIG_MAX_AUDIENCES];
+    char strings[];
 } tokenreview_parse_arg;
 
 typedef struct server {
@@ -45,26 +56,34 @@ typedef struct server {
     struct event_base *base;
     struct evhttp *main_http;
     struct evhttp *admin_http;
-    struct event *sigterm_event, *sigint_event;
+    struct event *sigterm_event, *sigint_event, *sighup_event;
     struct event *probe_timer;
+    struct event *policy_watch_timer;
+    struct stat policy_file_stat; /* what --policy-watch compares against */
     cache_keyer *keyer;
     token_cache *tokenreview_cache;
+    token_cache *sar_cache;
     api_client *api;
     review_engine *reviews;
     review_kind tokenreview_kind;
-    tokenreview_parse_arg tokenreview_arg;
+    review_kind sar_kind;
+    custom_metrics *custom;
+    policy_host *policy; /* NULL with --policy none */
     gateway_metrics metrics;
     double start_time_s;
-    bool api_ready;     /* the API server answered a review */
+    bool api_ready; /* the API server answered a review */
     bool probe_running;
 } server;
 
-/* One request waiting for a review; freed by the reply. */
+/* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
+ * it carries the packed identity it will answer with. */
 typedef struct authz_request {
     server *srv;
     struct evhttp_request *req;
     struct timespec started;
     review_waiter waiter;
+    size_t identity_len;
+    unsigned char identity[];
 } authz_request;
 
 static int64_t monotonic_ms(void)
@@ -115,10 +134,11 @@ static void reply_unavailable(server *srv, struct evhttp_request *req, const str
     reply(srv, req, started, 503, "Service Unavailable", why);
 }
 
-/* 200 with the identity headers. The packed identity was validated when it was cached;
- * it is checked again here because a malformed one must never become an allow. */
+/* 200 with the identity headers (and the policy's allow headers, if any). The packed
+ * identity was validated when it was cached; it is checked again here because a
+ * malformed one must never become an allow. */
 static void reply_identity(server *srv, struct evhttp_request *req, const struct timespec *started,
-                           const unsigned char *packed, size_t packed_len)
+                           const unsigned char *packed, size_t packed_len, const policy_decision *allow)
 {
     identity_view view;
     char groups[GROUPS_HEADER_MAX];
@@ -134,20 +154,134 @@ static void reply_identity(server *srv, struct evhttp_request *req, const struct
     memcpy(uid, view.uid.ptr, view.uid.len);
     uid[view.uid.len] = '\0';
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    if (allow)
+        for (size_t i = 0; i < allow->n_headers; i++) evhttp_add_header(out, allow->header_names[i], allow->header_values[i]);
     evhttp_add_header(out, "X-Remote-User", user);
     evhttp_add_header(out, "X-Remote-Uid", uid);
     evhttp_add_header(out, "X-Remote-Groups", groups);
     reply(srv, req, started, 200, "OK", NULL);
 }
 
+static void reply_forbidden(server *srv, struct evhttp_request *req, const struct timespec *started,
+                            const char *reason, size_t reason_len)
+{
+    char body[320];
+    snprintf(body, sizeof(body), "forbidden: %.*s", (int)(reason_len > 256 ? 256 : reason_len), reason);
+    reply(srv, req, started, 403, "Forbidden", body);
+}
+
+static void reply_policy_error(server *srv, struct evhttp_request *req, const struct timespec *started,
+                               const char *hook, const char *message)
+{
+    srv->metrics.policy_errors++;
+    log_warn("policy error; answering 500", "hook", hook, "error", message, NULL);
+    reply(srv, req, started, 500, "Internal Server Error", "policy error");
+}
+
+/* ---- what the policy sees of a request ---------------------------------------------- */
+
+/* Storage for a policy_request's strings that are not header values. */
+typedef struct request_text {
+    char uri[URI_MAX];
+    char client_ip[64];
+} request_text;
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
+/* Fills pr from req: the original method, URI and host as the proxy in front reports
+ * them (Traefik X-Forwarded-*, nginx X-Original-*), else the request itself (Envoy
+ * ext_authz forwards the client's method and path). Returns -1 if the URI is too long. */
+static int describe_request(struct evhttp_request *req, policy_request *pr, request_text *text)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *method = evhttp_find_header(h, "X-Forwarded-Method");
+    if (!method) method = evhttp_find_header(h, "X-Original-Method");
+    const char *uri = evhttp_find_header(h, "X-Forwarded-Uri");
+    if (!uri) uri = evhttp_find_header(h, "X-Original-URI");
+    if (!uri) uri = evhttp_request_get_uri(req);
+    const char *host = evhttp_find_header(h, "X-Forwarded-Host");
+    if (!host) host = evhttp_find_header(h, "Host");
+    if (!uri || strlen(uri) >= sizeof(text->uri)) return -1;
+    strcpy(text->uri, uri);
+    char *q = strchr(text->uri, '?');
+    if (q) *q++ = '\0';
+    text->client_ip[0] = '\0';
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    if (conn) {
+        char *addr = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(conn, &addr, &port);
+        if (addr) snprintf(text->client_ip, sizeof(text->client_ip), "%s", addr);
+    }
+    pr->method = method ? method : method_name(evhttp_request_get_command(req));
+    pr->path = text->uri[0] ? text->uri : "/";
+    pr->query = q ? q : "";
+    pr->host = host ? host : "";
+    pr->client_ip = text->client_ip;
+    pr->headers = h;
+    return 0;
+}
+
 /* ---- the authz request path -------------------------------------------------------- */
 
-static void on_review_done(const review_outcome *outcome, void *arg)
+static void sar_ask(server *srv, struct evhttp_request *req, const struct timespec *started,
+                    const unsigned char *packed, size_t packed_len, const identity_view *view,
+                    const sar_attributes *attrs);
+
+/* An authenticated identity: let the policy decide (or allow, with --policy none). */
+static void authorize_identity(server *srv, struct evhttp_request *req, const struct timespec *started,
+                               const unsigned char *packed, size_t packed_len)
+{
+    if (!srv->policy) {
+        reply_identity(srv, req, started, packed, packed_len, NULL);
+        return;
+    }
+    identity_view view;
+    if (identity_view_parse(packed, packed_len, &view) != 0) {
+        reply(srv, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    policy_request pr;
+    request_text text;
+    if (describe_request(req, &pr, &text) != 0) {
+        reply(srv, req, started, 414, "URI Too Long", "request URI too long");
+        return;
+    }
+    policy_decision *d = malloc(sizeof(*d));
+    if (!d) {
+        reply_unavailable(srv, req, started, 1, "out of memory");
+        return;
+    }
+    policy_authorize(srv->policy, &pr, &view, d);
+    switch (d->kind) {
+    case POLICY_ALLOW: reply_identity(srv, req, started, packed, packed_len, d); break;
+    case POLICY_DENY: reply_forbidden(srv, req, started, d->message, strlen(d->message)); break;
+    case POLICY_ERROR: reply_policy_error(srv, req, started, "authorize", d->message); break;
+    case POLICY_SAR: sar_ask(srv, req, started, packed, packed_len, &view, &d->sar); break;
+    }
+    free(d);
+}
+
+static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
-        reply_identity(ar->srv, ar->req, &ar->started, outcome->value, outcome->value_len);
+        authorize_identity(ar->srv, ar->req, &ar->started, outcome->value, outcome->value_len);
         break;
     case REVIEW_NEGATIVE:
         reply_unauthorized(ar->srv, ar->req, &ar->started, "token not authenticated");
@@ -159,6 +293,86 @@ static void on_review_done(const review_outcome *outcome, void *arg)
         break;
     }
     free(ar);
+}
+
+static void on_sar_done(const review_outcome *outcome, void *arg)
+{
+    authz_request *ar = arg;
+    switch (outcome->verdict) {
+    case REVIEW_POSITIVE:
+        reply_identity(ar->srv, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
+        break;
+    case REVIEW_NEGATIVE:
+        reply_forbidden(ar->srv, ar->req, &ar->started, (const char *)outcome->value, outcome->value_len);
+        break;
+    case REVIEW_ERROR:
+        reply_unavailable(ar->srv, ar->req, &ar->started, outcome->retry_after_s,
+                          outcome->error == API_ERROR_THROTTLED ? "API server throttled the review"
+                                                                : "access review unavailable");
+        break;
+    }
+    free(ar);
+}
+
+static authz_request *authz_request_new(server *srv, struct evhttp_request *req, const struct timespec *started,
+                                        review_done_fn done, const unsigned char *identity, size_t identity_len)
+{
+    authz_request *ar = malloc(sizeof(*ar) + identity_len);
+    if (!ar) return NULL;
+    memset(ar, 0, sizeof(*ar));
+    ar->srv = srv;
+    ar->req = req;
+    ar->started = *started;
+    ar->waiter.done = done;
+    ar->waiter.arg = ar;
+    ar->identity_len = identity_len;
+    if (identity_len) memcpy(ar->identity, identity, identity_len);
+    return ar;
+}
+
+/* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
+static void sar_ask(server *srv, struct evhttp_request *req, const struct timespec *started,
+                    const unsigned char *packed, size_t packed_len, const identity_view *view,
+                    const sar_attributes *attrs)
+{
+    cache_key key;
+    if (sar_cache_key(srv->keyer, view, attrs, &key) != 0) {
+        reply(srv, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    size_t value_len = 0;
+    review_metrics *rm = &srv->metrics.subjectaccessreview;
+    switch (token_cache_lookup(srv->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
+    case TOKEN_CACHE_HIT_POSITIVE:
+        rm->cache_hits++;
+        reply_identity(srv, req, started, packed, packed_len, NULL);
+        return;
+    case TOKEN_CACHE_HIT_NEGATIVE:
+        rm->cache_hits++;
+        reply_forbidden(srv, req, started, (const char *)value, value_len);
+        return;
+    case TOKEN_CACHE_MISS:
+        rm->cache_misses++;
+        break;
+    }
+    authz_request *ar = authz_request_new(srv, req, started, on_sar_done, packed, packed_len);
+    if (!ar) {
+        reply_unavailable(srv, req, started, 1, "out of memory");
+        return;
+    }
+    if (review_join(srv->reviews, &srv->sar_kind, &key, &ar->waiter)) return;
+    review_request rr = {.key = key};
+    rr.positive_ttl_ms = rr.positive_ttl_cap_ms = srv->cfg->sar_allowed_ttl_ms;
+    rr.negative_ttl_ms = srv->cfg->sar_denied_ttl_ms;
+    cache_key_id(&key, rr.token_id);
+    rr.body = sar_request_body(view, attrs, &rr.body_len);
+    if (!rr.body) {
+        free(ar);
+        reply_policy_error(srv, req, started, "authorize", "the SubjectAccessReview could not be encoded");
+        return;
+    }
+    review_start(srv->reviews, &srv->sar_kind, &rr, &ar->waiter);
 }
 
 /* Returns the only Authorization header's value, NULL if there is none, and sets
@@ -177,16 +391,86 @@ static const char *single_authorization(struct evkeyvalq *headers, bool *several
     return value;
 }
 
-/* TTL of a positive verdict: --cache-ttl, bounded by --cache-max-ttl and the JWT's exp. */
-static int64_t positive_ttl_ms(const config *cfg, const char *token, size_t token_len)
+/* Default TTL of a positive verdict and its cap: --cache-ttl, bounded by --cache-max-ttl
+ * and the JWT's exp. */
+static void positive_ttls(const config *cfg, const char *token, size_t token_len, int64_t *ttl_ms, int64_t *cap_ms)
 {
-    int64_t ttl = cfg->cache_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_ttl_ms : cfg->cache_max_ttl_ms;
+    int64_t cap = cfg->cache_max_ttl_ms;
     int64_t exp;
     if (jwt_read_exp(token, token_len, &exp) == 0) { /* exp is bounded: no overflow here */
         int64_t left_ms = (exp - (int64_t)time(NULL)) * 1000;
-        if (left_ms < ttl) ttl = left_ms;
+        if (left_ms < cap) cap = left_ms;
     }
-    return ttl;
+    *cap_ms = cap;
+    *ttl_ms = cfg->cache_ttl_ms < cap ? cfg->cache_ttl_ms : cap;
+}
+
+/* kind->positive_ttl for TokenReview: the policy's ttl(user), if it has one. */
+static int64_t tokenreview_policy_ttl(void *ctx, const unsigned char *value, size_t value_len, int64_t default_ms)
+{
+    server *srv = ctx;
+    identity_view view;
+    if (!srv->policy || identity_view_parse(value, value_len, &view) != 0) return default_ms;
+    int64_t ttl_ms = 0;
+    char err[512];
+    switch (policy_ttl(srv->policy, &view, &ttl_ms, err, sizeof(err))) {
+    case 1: return ttl_ms;
+    case 0: return default_ms;
+    default:
+        /* A failing ttl hook must not extend trust: don't cache this verdict at all. */
+        srv->metrics.policy_errors++;
+        log_warn("policy error; verdict not cached", "hook", "ttl", "error", err, NULL);
+        return 0;
+    }
+}
+
+static tokenreview_parse_arg *tokenreview_parse_arg_new(const char *const *audiences, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += strlen(audiences[i]) + 1;
+    tokenreview_parse_arg *arg = malloc(sizeof(*arg) + bytes);
+    if (!arg) return NULL;
+    arg->n_audiences = n;
+    char *p = arg->strings;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(audiences[i]) + 1;
+        memcpy(p, audiences[i], len);
+        arg->audiences[i] = p;
+        p += len;
+    }
+    return arg;
+}
+
+/* The audiences in force: the policy's if it declares any, else --audiences. */
+static size_t current_audiences(const server *srv, const char *const **out)
+{
+    size_t n = srv->policy ? policy_audiences(srv->policy, out) : 0;
+    if (n) return n;
+    *out = srv->cfg->audiences;
+    return srv->cfg->n_audiences;
+}
+
+/* No usable token: 401, unless the policy's anonymous(req) lets the request through
+ * (answered 200 without identity headers). */
+static void handle_no_token(server *srv, struct evhttp_request *req, const struct timespec *started, const char *why)
+{
+    if (srv->policy) {
+        policy_request pr;
+        request_text text;
+        char err[512];
+        if (describe_request(req, &pr, &text) == 0) {
+            int rc = policy_anonymous(srv->policy, &pr, err, sizeof(err));
+            if (rc < 0) {
+                reply_policy_error(srv, req, started, "anonymous", err);
+                return;
+            }
+            if (rc == 1) {
+                reply(srv, req, started, 200, "OK", NULL);
+                return;
+            }
+        }
+    }
+    reply_unauthorized(srv, req, started, why);
 }
 
 static void authz_handle(struct evhttp_request *req, void *arg)
@@ -206,12 +490,14 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     size_t token_len;
     bearer_status bs = bearer_extract(header, cfg->max_token_bytes, &token, &token_len);
     if (bs != BEARER_OK) {
-        reply_unauthorized(srv, req, &started, bearer_status_reason(bs));
+        handle_no_token(srv, req, &started, bearer_status_reason(bs));
         return;
     }
 
+    const char *const *audiences;
+    size_t n_audiences = current_audiences(srv, &audiences);
     cache_key key;
-    if (cache_key_for_token(srv->keyer, token, token_len, cfg->audiences, cfg->n_audiences, &key) != 0) {
+    if (cache_key_for_token(srv->keyer, token, token_len, audiences, n_audiences, &key) != 0) {
         reply(srv, req, &started, 500, "Internal Server Error", "internal error");
         return;
     }
@@ -221,7 +507,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     switch (token_cache_lookup(srv->tokenreview_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
-        reply_identity(srv, req, &started, value, value_len);
+        authorize_identity(srv, req, &started, value, value_len);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
@@ -232,25 +518,23 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         break;
     }
 
-    authz_request *ar = calloc(1, sizeof(*ar));
+    authz_request *ar = authz_request_new(srv, req, &started, on_tokenreview_done, NULL, 0);
     if (!ar) {
         reply_unavailable(srv, req, &started, 1, "out of memory");
         return;
     }
-    ar->srv = srv;
-    ar->req = req;
-    ar->started = started;
-    ar->waiter.done = on_review_done;
-    ar->waiter.arg = ar;
     if (review_join(srv->reviews, &srv->tokenreview_kind, &key, &ar->waiter)) return;
 
-    review_request rr = {.key = key, .parse_arg = &srv->tokenreview_arg};
-    rr.positive_ttl_ms = positive_ttl_ms(cfg, token, token_len);
+    review_request rr = {.key = key};
+    positive_ttls(cfg, token, token_len, &rr.positive_ttl_ms, &rr.positive_ttl_cap_ms);
     rr.negative_ttl_ms = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
                                                                              : cfg->cache_max_ttl_ms;
     cache_key_id(&key, rr.token_id);
-    rr.body = tokenreview_request_body(token, token_len, cfg->audiences, cfg->n_audiences, &rr.body_len);
+    rr.parse_arg = tokenreview_parse_arg_new(audiences, n_audiences);
+    rr.parse_arg_free = free;
+    rr.body = rr.parse_arg ? tokenreview_request_body(token, token_len, audiences, n_audiences, &rr.body_len) : NULL;
     if (!rr.body) {
+        free(rr.parse_arg);
         free(ar);
         reply_unavailable(srv, req, &started, 1, "out of memory");
         return;
@@ -272,8 +556,30 @@ static void tokenreview_parse(const char *body, size_t body_len, const void *par
         break;
     case TOKENREVIEW_UNAUTHENTICATED:
         out->verdict = REVIEW_NEGATIVE;
+        out->value_len = 0;
         break;
     case TOKENREVIEW_BAD_RESPONSE:
+        out->verdict = REVIEW_ERROR;
+        break;
+    }
+}
+
+/* kind->parse for SubjectAccessReview: a denied verdict keeps its reason as its value. */
+static void sar_parse(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
+                      review_parsed *out)
+{
+    (void)parse_arg;
+    switch (sar_parse_response(body, body_len, out->reason, sizeof(out->reason))) {
+    case SAR_ALLOWED:
+        out->verdict = REVIEW_POSITIVE;
+        out->value_len = 0;
+        break;
+    case SAR_DENIED:
+        out->verdict = REVIEW_NEGATIVE;
+        out->value_len = strlen(out->reason);
+        memcpy(value, out->reason, out->value_len);
+        break;
+    case SAR_BAD_RESPONSE:
         out->verdict = REVIEW_ERROR;
         break;
     }
@@ -322,8 +628,10 @@ static void on_probe_timer(evutil_socket_t fd, short what, void *arg)
     server *srv = arg;
     if (srv->api_ready || srv->probe_running) return;
     size_t len = 0;
-    char *body = tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), srv->cfg->audiences,
-                                          srv->cfg->n_audiences, &len);
+    const char *const *audiences;
+    size_t n_audiences = current_audiences(srv, &audiences);
+    char *body = tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), audiences,
+                                          n_audiences, &len);
     if (body && api_client_post(srv->api, TOKENREVIEW_API_PATH, body, len, on_probe_done, srv) == 0)
         srv->probe_running = true;
     else
@@ -357,15 +665,18 @@ static void admin_simple(struct evhttp_request *req, int status, const char *rea
 
 static void admin_metrics(server *srv, struct evhttp_request *req)
 {
-    token_cache_stats cs;
+    token_cache_stats cs, ss;
     token_cache_get_stats(srv->tokenreview_cache, &cs);
+    token_cache_get_stats(srv->sar_cache, &ss);
     metrics_gauges g = {
         .tokenreview_cache_entries = cs.entries,
         .tokenreview_cache_evictions = cs.evictions,
+        .subjectaccessreview_cache_entries = ss.entries,
+        .subjectaccessreview_cache_evictions = ss.evictions,
         .process_start_time_seconds = srv->start_time_s,
     };
     struct evbuffer *buf = evbuffer_new();
-    if (!buf || metrics_render(buf, &srv->metrics, &g) != 0) {
+    if (!buf || metrics_render(buf, &srv->metrics, &g) != 0 || custom_metrics_render(srv->custom, buf) != 0) {
         if (buf) evbuffer_free(buf);
         evhttp_send_error(req, 500, "metrics unavailable");
         return;
@@ -432,6 +743,35 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     if (buf) evbuffer_free(buf);
 }
 
+/* GET /policy: which policy runs, its sha256, when it was loaded, the last reload error. */
+static void admin_policy(server *srv, struct evhttp_request *req)
+{
+    json_t *doc;
+    if (srv->policy) {
+        policy_info info;
+        policy_host_info(srv->policy, &info);
+        doc = json_pack("{s:s, s:s, s:f, s:s, s:b, s:{s:I, s:I}, s:b}", "path", info.path, "sha256", info.sha256_hex,
+                        "loaded_at", info.loaded_at, "last_error", info.last_error, "loaded", info.loaded, "reloads",
+                        "success", (json_int_t)srv->metrics.policy_reloads_success, "failure",
+                        (json_int_t)srv->metrics.policy_reloads_failure, "watch", srv->cfg->policy_watch);
+    } else {
+        doc = json_pack("{s:s, s:b}", "path", "none", "loaded", 0);
+    }
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+    json_decref(doc);
+    struct evbuffer *buf = evbuffer_new();
+    if (!text || !buf) {
+        free(text);
+        if (buf) evbuffer_free(buf);
+        evhttp_send_error(req, 500, "policy info unavailable");
+        return;
+    }
+    evbuffer_add_printf(buf, "%s\n", text);
+    free(text);
+    admin_text(req, 200, "OK", "application/json", buf);
+    evbuffer_free(buf);
+}
+
 static void admin_handle(struct evhttp_request *req, void *arg)
 {
     server *srv = arg;
@@ -442,13 +782,63 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0) {
         admin_simple(req, 200, "OK", "ok");
     } else if (strcmp(path, "/readyz") == 0) {
-        if (srv->api_ready) admin_simple(req, 200, "OK", "ok");
-        else admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
+        if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
+        else admin_simple(req, 200, "OK", "ok");
     } else if (strcmp(path, "/cache/flush") == 0) {
         admin_flush(srv, req);
+    } else if (strcmp(path, "/policy") == 0) {
+        admin_policy(srv, req);
     } else {
         admin_simple(req, 404, "Not Found", "not found");
     }
+}
+
+/* ---- policy loading and hot reload ------------------------------------------------- */
+
+/* Loads (or reloads) the policy file. On failure the running policy keeps serving. */
+static int load_policy(server *srv, const char *trigger)
+{
+    char err[1024];
+    const char *path = srv->cfg->policy;
+    if (policy_host_load(srv->policy, path, err, sizeof(err)) != 0) {
+        srv->metrics.policy_reloads_failure++;
+        log_error("policy load failed; the previous policy keeps running", "trigger", trigger, "path",
+                  path ? path : "(built-in default)", "error", err, NULL);
+        return -1;
+    }
+    policy_info info;
+    policy_host_info(srv->policy, &info);
+    srv->metrics.policy_reloads_success++;
+    srv->metrics.policy_last_reload_success_s = info.loaded_at;
+    log_info("policy loaded", "trigger", trigger, "path", info.path, "sha256", info.sha256_hex, NULL);
+    return 0;
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    server *srv = arg;
+    if (srv->policy) load_policy(srv, "SIGHUP");
+}
+
+static bool same_file_version(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* --policy-watch: stat() follows symlinks, so a ConfigMap's atomic ..data swap shows up
+ * as a new inode even though the path never changes. */
+static void on_policy_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    server *srv = arg;
+    struct stat st;
+    if (stat(srv->cfg->policy, &st) != 0 || same_file_version(&st, &srv->policy_file_stat)) return;
+    srv->policy_file_stat = st;
+    load_policy(srv, "file changed");
 }
 
 /* ---- start-up and shutdown ---------------------------------------------------------- */
@@ -514,11 +904,16 @@ static void server_teardown(server *srv)
     if (srv->admin_http) evhttp_free(srv->admin_http);
     review_engine_free(srv->reviews);
     api_client_free(srv->api);
+    policy_host_free(srv->policy);
+    custom_metrics_free(srv->custom);
+    token_cache_free(srv->sar_cache);
     token_cache_free(srv->tokenreview_cache);
     cache_keyer_free(srv->keyer);
     if (srv->probe_timer) event_free(srv->probe_timer);
     if (srv->sigterm_event) event_free(srv->sigterm_event);
     if (srv->sigint_event) event_free(srv->sigint_event);
+    if (srv->sighup_event) event_free(srv->sighup_event);
+    if (srv->policy_watch_timer) event_free(srv->policy_watch_timer);
     if (srv->base) event_base_free(srv->base);
 }
 
@@ -539,6 +934,8 @@ int server_run(const config *cfg)
     srv->keyer = cache_keyer_new();
     token_cache_options co = {.max_entries = cfg->cache_max_entries};
     srv->tokenreview_cache = token_cache_new(&co);
+    srv->sar_cache = token_cache_new(&co);
+    srv->custom = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
     api_client_options ao = {
         .server_url = cfg->apiserver,
         .ca_file = cfg->apiserver_ca,
@@ -550,16 +947,37 @@ int server_run(const config *cfg)
     srv->api = api_client_new(srv->base, &ao);
     srv->reviews = srv->api ? review_engine_new(srv->api) : NULL;
     srv->probe_timer = evtimer_new(srv->base, on_probe_timer, srv);
-    if (!srv->keyer || !srv->tokenreview_cache || !srv->api || !srv->reviews || !srv->probe_timer) goto done;
+    if (!srv->keyer || !srv->tokenreview_cache || !srv->sar_cache || !srv->custom || !srv->api || !srv->reviews ||
+        !srv->probe_timer)
+        goto done;
+    if (config_policy_enabled(cfg)) {
+        policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
+                                .max_memory_bytes = cfg->policy_max_memory_bytes};
+        srv->policy = policy_host_new(srv->custom, &limits);
+        if (!srv->policy || load_policy(srv, "start-up") != 0) goto done;
+        if (cfg->policy_watch) {
+            stat(cfg->policy, &srv->policy_file_stat);
+            srv->policy_watch_timer = event_new(srv->base, -1, EV_PERSIST, on_policy_watch, srv);
+            struct timeval every = {POLICY_WATCH_INTERVAL_S, 0};
+            if (!srv->policy_watch_timer || evtimer_add(srv->policy_watch_timer, &every) != 0) goto done;
+        }
+    }
 
-    srv->tokenreview_arg.audiences = cfg->audiences;
-    srv->tokenreview_arg.n_audiences = cfg->n_audiences;
     srv->tokenreview_kind = (review_kind){
         .name = "tokenreview",
         .api_path = TOKENREVIEW_API_PATH,
         .cache = srv->tokenreview_cache,
         .metrics = &srv->metrics.tokenreview,
         .parse = tokenreview_parse,
+        .positive_ttl = tokenreview_policy_ttl,
+        .ctx = srv,
+    };
+    srv->sar_kind = (review_kind){
+        .name = "subjectaccessreview",
+        .api_path = SAR_API_PATH,
+        .cache = srv->sar_cache,
+        .metrics = &srv->metrics.subjectaccessreview,
+        .parse = sar_parse,
     };
 
     srv->main_http = evhttp_new(srv->base);
@@ -583,8 +1001,10 @@ int server_run(const config *cfg)
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
-    if (!srv->sigterm_event || !srv->sigint_event || evsignal_add(srv->sigterm_event, NULL) != 0 ||
-        evsignal_add(srv->sigint_event, NULL) != 0)
+    srv->sighup_event = evsignal_new(srv->base, SIGHUP, on_sighup, srv);
+    if (!srv->sigterm_event || !srv->sigint_event || !srv->sighup_event ||
+        evsignal_add(srv->sigterm_event, NULL) != 0 || evsignal_add(srv->sigint_event, NULL) != 0 ||
+        evsignal_add(srv->sighup_event, NULL) != 0)
         goto done;
 
     struct timeval now = {0, 0};
@@ -595,5 +1015,32 @@ int server_run(const config *cfg)
 done:
     if (rc != 0) log_error("start-up failed", NULL);
     server_teardown(srv);
+    return rc;
+}
+
+int server_check_policy(const config *cfg, FILE *out)
+{
+    if (!config_policy_enabled(cfg)) {
+        fprintf(out, "policy: none (every authenticated caller is allowed)\n");
+        return 0;
+    }
+    custom_metrics *scratch = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
+    policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
+                            .max_memory_bytes = cfg->policy_max_memory_bytes};
+    policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
+    char err[1024] = "out of memory";
+    int rc = host ? policy_host_load(host, cfg->policy, err, sizeof(err)) : -1;
+    if (rc == 0) {
+        policy_info info;
+        policy_host_info(host, &info);
+        const char *const *aud;
+        size_t n = policy_audiences(host, &aud);
+        fprintf(out, "policy ok: %s (sha256 %s, %zu audiences, %zu metrics)\n", info.path, info.sha256_hex, n,
+                custom_metrics_count(scratch));
+    } else {
+        fprintf(out, "policy error: %s\n", err);
+    }
+    policy_host_free(host);
+    custom_metrics_free(scratch);
     return rc;
 }

@@ -5,9 +5,15 @@
 
 #include "config.h"
 
+#include <stdio.h>
+
 /* Builds everything from cfg (which must outlive the call), serves until SIGTERM/SIGINT,
  * tears everything down. Returns the process exit code: 0 after a signal, 1 when start-up
  * failed (reason logged). */
 int server_run(const config *cfg);
+
+/* --check: loads the configured policy in a scratch host, prints the outcome to out.
+ * Returns 0 when it loads (or --policy none), -1 otherwise. */
+int server_check_policy(const config *cfg, FILE *out);
 
 #endif

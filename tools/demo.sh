@@ -146,7 +146,9 @@ echo "  - TLS certificates for a fake Kubernetes API server"
       "$sep" "$tok" "$ns" "$name" "$uid" "$ns"
     sep=","
   done
-  printf ']}\n'
+  # RBAC of the fake API server, asked by the default policy's SubjectAccessReview
+  # (non-resource: the request's path and verb): every ServiceAccount may GET any path.
+  printf '],"sar_rules":[{"verb":"get","path":"/*"}]}\n'
 } >"$tmp/tokens.json"
 # A token of a ServiceAccount that was deleted: well-formed, but the API server says no.
 invalid_token=$(sa_token team-a old-deployer 11111111-2222-4333-8444-555555555555)

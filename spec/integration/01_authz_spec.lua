@@ -50,7 +50,8 @@ describe("tokengate authz mode", function()
 
   lazy_setup(function()
     fake = fake_mod.start{ tokens = token_table }
-    gw = gateway_mod.start{ fake = fake, args = { "--cache-ttl", "2m", "--cache-negative-ttl", "2s" } }
+    -- --policy none: every authenticated identity is allowed (policies have their own spec).
+    gw = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "2m", "--cache-negative-ttl", "2s" } }
   end)
 
   lazy_teardown(function()
@@ -158,7 +159,7 @@ describe("tokengate authz mode", function()
 
   describe("when the API server is slower than --review-timeout", function()
     it("answers 503 with Retry-After within the timeout plus a margin, and caches nothing", function()
-      local gw2 = gateway_mod.start{ fake = fake, args = { "--review-timeout", "500ms" } }
+      local gw2 = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--review-timeout", "500ms" } }
       fake:reset_stats()
       fake:config{ latency_ms = 3000 }
       local t0 = proc.now()
@@ -204,7 +205,7 @@ describe("tokengate authz mode", function()
 
   describe("cache expiry", function()
     it("makes exactly one new call after --cache-ttl", function()
-      local gw2 = gateway_mod.start{ fake = fake, args = { "--cache-ttl", "1s" } }
+      local gw2 = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "1s" } }
       fake:reset_stats()
       assert.equal(200, gw2:request("tok-team-a-sender").status)
       assert.equal(200, gw2:request("tok-team-a-sender").status)
@@ -291,7 +292,7 @@ describe("tokengate authz mode", function()
     it("is re-read from its file when it changes", function()
       local cred = fake.dir .. "/gateway-cred.txt"
       proc.write_file(cred, "stale-credential\n")
-      local gw2 = gateway_mod.start{ fake = fake, token_file = cred, wait_ready = false }
+      local gw2 = gateway_mod.start{ fake = fake, token_file = cred, wait_ready = false, args = { "--policy", "none" } }
       fake:reset_stats()
       local res = gw2:request("tok-team-a-sender")
       assert.equal(503, res.status) -- the API server answered 401 to the gateway: fail closed

@@ -33,11 +33,15 @@ function proc.tmpdir()
   return dir
 end
 
+-- Runs cmd through sh; returns its output (stdout and stderr) and its exit status.
+-- LuaJIT's popen():close() does not report the status, so the shell prints it last.
 function proc.run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen("( " .. cmd .. "\n) 2>&1; echo \"__tokengate_exit=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  return out, (ok and 0 or code)
+  p:close()
+  local code = tonumber(out:match("__tokengate_exit=(%d+)%s*$"))
+  out = out:gsub("__tokengate_exit=%d+%s*$", "")
+  return out, code or -1
 end
 
 -- Start argv (a list) in the background; stdout+stderr go to log_path.

@@ -1,0 +1,837 @@
+/* policy.c owns the Lua states that run policies: their creation (allocator with a cap,
+ * JIT off so the instruction hook fires, only the libraries the sandbox needs, embedded
+ * tokengate modules), the C functions policies reach through tokengate.host, and every
+ * protected call into Lua. The sandbox rules themselves live in lua/tokengate/sandbox.lua,
+ * shared with the busted kit. */
+#include "policy.h"
+
+#include "embedded.h"
+#include "log.h"
+
+#include <event2/keyvalq_struct.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+#include <lualib.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#define POLICY_SOURCE_MAX (1024 * 1024)
+#define HOOK_STEP 1000 /* instructions between two count-hook calls */
+#define BUDGET_ERROR "tokengate: policy exceeded its instruction budget"
+#define DEFAULT_POLICY_PATH "policies/default.lua"
+
+/* One Lua state and what was read from the policy it runs. The allocator's ud points
+ * here, which is how the hook and the allocator find it. */
+typedef struct policy_state {
+    lua_State *L;
+    policy_host *host;
+    size_t mem_used, mem_max;
+    uint64_t instructions, max_instructions;
+    int sandbox_ref; /* require("tokengate.sandbox") */
+    int policy_ref;  /* the checked policy table */
+    bool has_ttl, has_anonymous;
+    char *audiences[POLICY_MAX_AUDIENCES];
+    size_t n_audiences;
+} policy_state;
+
+struct policy_host {
+    custom_metrics *metrics;
+    policy_limits limits;
+    policy_state *current;
+    char *path;
+    char sha256_hex[65];
+    double loaded_at;
+    char last_error[1024];
+};
+
+/* ---- the state -------------------------------------------------------------------- */
+
+static void *limited_alloc(void *ud, void *ptr, size_t old_size, size_t new_size)
+{
+    policy_state *ps = ud;
+    if (new_size == 0) {
+        free(ptr);
+        ps->mem_used -= old_size;
+        return NULL;
+    }
+    size_t old_counted = ptr ? old_size : 0;
+    if (new_size > old_counted && ps->mem_used - old_counted + new_size > ps->mem_max) return NULL;
+    void *p = realloc(ptr, new_size);
+    if (p) ps->mem_used = ps->mem_used - old_counted + new_size;
+    return p;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    policy_state *ps = ud;
+    ps->instructions += HOOK_STEP;
+    if (ps->instructions > ps->max_instructions) luaL_error(L, BUDGET_ERROR);
+}
+
+static int on_panic(lua_State *L)
+{
+    log_error("unprotected Lua error; aborting (fail closed)", "error", lua_tostring(L, -1), NULL);
+    abort();
+}
+
+static int load_embedded_module(lua_State *L)
+{
+    const embedded_file *f = lua_touserdata(L, lua_upvalueindex(1));
+    char chunkname[256];
+    snprintf(chunkname, sizeof(chunkname), "=%s", f->path);
+    if (luaL_loadbuffer(L, f->data, f->size, chunkname) != 0) return lua_error(L);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+/* ---- tokengate.host: the C side of tg.metrics and tg.log ---------------------------- */
+
+static policy_state *state_of(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Reads a list of at most max strings at index idx into out (pointers into Lua strings,
+ * valid while they stay on the stack/in the table). Returns the count or -1. */
+static int read_string_list(lua_State *L, int idx, const char **out, size_t max)
+{
+    if (lua_isnoneornil(L, idx)) return 0;
+    if (!lua_istable(L, idx)) return -1;
+    size_t n = lua_objlen(L, idx);
+    if (n > max) return -1;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, (int)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            return -1;
+        }
+        out[i] = lua_tostring(L, -1);
+        lua_pop(L, 1); /* still referenced by the table */
+    }
+    return (int)n;
+}
+
+static int host_metric_declare(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    const char *kind_text = luaL_checkstring(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    const char *help = luaL_optstring(L, 3, "");
+    custom_metric_kind kind = strcmp(kind_text, "counter") == 0 ? CUSTOM_COUNTER
+                              : strcmp(kind_text, "gauge") == 0 ? CUSTOM_GAUGE
+                              : strcmp(kind_text, "histogram") == 0 ? CUSTOM_HISTOGRAM
+                                                                    : (custom_metric_kind)-1;
+    const char *labels[CUSTOM_METRICS_MAX_LABELS];
+    int n_labels = read_string_list(L, 4, labels, CUSTOM_METRICS_MAX_LABELS);
+    double buckets[CUSTOM_METRICS_MAX_BUCKETS];
+    size_t n_buckets = 0;
+    if (lua_istable(L, 5)) {
+        n_buckets = lua_objlen(L, 5);
+        if (n_buckets > CUSTOM_METRICS_MAX_BUCKETS) n_labels = -1;
+        for (size_t i = 0; n_labels >= 0 && i < n_buckets; i++) {
+            lua_rawgeti(L, 5, (int)i + 1);
+            buckets[i] = lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    char err[256] = "invalid metric declaration";
+    int id = -1;
+    if ((int)kind >= 0 && n_labels >= 0)
+        id = custom_metrics_declare(ps->host->metrics, kind, name, help, labels, (size_t)n_labels, buckets,
+                                    n_buckets, err, sizeof(err));
+    if (id < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int host_metric_update(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    int id = (int)luaL_checkinteger(L, 1);
+    const char *op_text = luaL_checkstring(L, 2);
+    const char *values[CUSTOM_METRICS_MAX_LABELS];
+    int n = read_string_list(L, 3, values, CUSTOM_METRICS_MAX_LABELS);
+    double value = luaL_checknumber(L, 4);
+    custom_metric_op op = strcmp(op_text, "inc") == 0 ? CUSTOM_OP_INC
+                          : strcmp(op_text, "set") == 0 ? CUSTOM_OP_SET
+                          : strcmp(op_text, "observe") == 0 ? CUSTOM_OP_OBSERVE
+                                                            : (custom_metric_op)-1;
+    char err[256] = "invalid metric update";
+    if (n < 0 || (int)op < 0 ||
+        custom_metrics_update(ps->host->metrics, id, op, values, (size_t)n, value, err, sizeof(err)) < 0)
+        return luaL_error(L, "%s", err);
+    return 0;
+}
+
+static int host_log(lua_State *L)
+{
+    const char *level = luaL_checkstring(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    log_level lv = strcmp(level, "debug") == 0 ? LOG_DEBUG
+                   : strcmp(level, "warn") == 0 ? LOG_WARN
+                   : strcmp(level, "error") == 0 ? LOG_ERROR
+                                                 : LOG_INFO;
+    /* Fields become one JSON string: log_event takes a fixed argument list. */
+    char fields[1024] = "";
+    size_t used = 0;
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3) != 0 && used < sizeof(fields) - 1) {
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                const char *v = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
+                int w = snprintf(fields + used, sizeof(fields) - used, "%s%s=%s", used ? " " : "",
+                                 lua_tostring(L, -2), v ? v : "?");
+                if (w > 0) used += (size_t)w;
+                if (used >= sizeof(fields)) used = sizeof(fields) - 1;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    log_event(lv, msg, "source", "policy", "fields", used ? fields : NULL, NULL);
+    return 0;
+}
+
+/* pcall and xpcall for policies: like the originals, except that once the instruction
+ * budget is spent the error propagates instead of being caught — otherwise
+ * `while true do pcall(loop) end` would outlive any budget. */
+static bool over_budget(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    return ps->instructions > ps->max_instructions;
+}
+
+static int budget_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (status != 0 && over_budget(L)) return lua_error(L);
+    lua_pushboolean(L, status == 0);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+static int budget_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checkany(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2); /* handler, at n + 1 */
+    lua_pushvalue(L, 1);
+    for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
+    int status = lua_pcall(L, n > 2 ? n - 2 : 0, LUA_MULTRET, n + 1);
+    if (status != 0 && over_budget(L)) return lua_error(L);
+    lua_pushboolean(L, status == 0);
+    lua_replace(L, n + 1);
+    return lua_gettop(L) - n;
+}
+
+static int open_host_module(lua_State *L)
+{
+    static const luaL_Reg functions[] = {
+        {"metric_declare", host_metric_declare},
+        {"metric_update", host_metric_update},
+        {"log", host_log},
+        {NULL, NULL},
+    };
+    lua_newtable(L);
+    luaL_register(L, NULL, functions);
+    return 1;
+}
+
+/* Opens one standard library by its luaopen_ function (LuaJIT wants lua_call). */
+static void open_library(lua_State *L, lua_CFunction open, const char *name)
+{
+    lua_pushcfunction(L, open);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 0);
+}
+
+/* Sets up the libraries and module searchers of a fresh state. Runs under lua_cpcall. */
+static int prepare_state(lua_State *L)
+{
+    open_library(L, luaopen_base, "");
+    open_library(L, luaopen_table, LUA_TABLIBNAME);
+    open_library(L, luaopen_string, LUA_STRLIBNAME);
+    open_library(L, luaopen_math, LUA_MATHLIBNAME);
+    open_library(L, luaopen_os, LUA_OSLIBNAME);
+    open_library(L, luaopen_package, LUA_LOADLIBNAME);
+
+    lua_pushcfunction(L, budget_pcall);
+    lua_setglobal(L, "pcall");
+    lua_pushcfunction(L, budget_xpcall);
+    lua_setglobal(L, "xpcall");
+
+    /* string.dump stays reachable through ("").dump whatever the env holds: remove it
+     * from the real table (the sandbox module also hides it from the string methods). */
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+
+    /* Modules come only from package.preload: the embedded tokengate modules and the C host. */
+    lua_getglobal(L, "package");
+    lua_pushstring(L, "");
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, "");
+    lua_setfield(L, -2, "cpath");
+    lua_getfield(L, -1, "loaders");
+    for (int i = (int)lua_objlen(L, -1); i >= 2; i--) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, open_host_module);
+    lua_setfield(L, -2, "tokengate.host");
+    for (const embedded_file *f = embedded_files; f->path; f++) {
+        static const char prefix[] = "lua/";
+        size_t len = strlen(f->path);
+        if (strncmp(f->path, prefix, 4) != 0 || len < 8 || strcmp(f->path + len - 4, ".lua") != 0) continue;
+        /* lua/tokengate/init.lua → tokengate; lua/tokengate/sandbox.lua → tokengate.sandbox */
+        char module[128];
+        snprintf(module, sizeof(module), "%.*s", (int)(len - 4 - 4), f->path + 4);
+        for (char *p = module; *p; p++)
+            if (*p == '/') *p = '.';
+        size_t mlen = strlen(module);
+        if (mlen > 5 && strcmp(module + mlen - 5, ".init") == 0) module[mlen - 5] = '\0';
+        lua_pushlightuserdata(L, (void *)f);
+        lua_pushcclosure(L, load_embedded_module, 1);
+        lua_setfield(L, -2, module);
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
+static void state_free(policy_state *ps)
+{
+    if (!ps) return;
+    if (ps->L) lua_close(ps->L);
+    for (size_t i = 0; i < ps->n_audiences; i++) free(ps->audiences[i]);
+    free(ps);
+}
+
+/* Pushes the error value at the top as text into err. */
+static void copy_error(lua_State *L, char *err, size_t err_cap)
+{
+    const char *msg = lua_tostring(L, -1);
+    snprintf(err, err_cap, "%s", msg ? msg : "(error object is not a string)");
+}
+
+/* Calls the sandbox function `name` with nargs arguments already pushed above it.
+ * Resets the instruction budget first. Returns lua_pcall's code. */
+static int call_sandbox(policy_state *ps, const char *name, int nargs, int nresults)
+{
+    lua_State *L = ps->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    lua_insert(L, -(nargs + 1));
+    ps->instructions = 0;
+    return lua_pcall(L, nargs, nresults, 0);
+}
+
+/* Reads what the checked policy declares: hooks present, audiences. */
+static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
+{
+    lua_State *L = ps->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    lua_getfield(L, -1, "ttl");
+    ps->has_ttl = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "anonymous");
+    ps->has_anonymous = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "audiences");
+    int rc = 0;
+    if (lua_istable(L, -1)) {
+        size_t n = lua_objlen(L, -1);
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            size_t len = 0;
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (!s || len == 0 || strlen(s) != len || i >= POLICY_MAX_AUDIENCES ||
+                !(ps->audiences[ps->n_audiences] = strdup(s))) {
+                snprintf(err, err_cap, "audiences must be at most %d non-empty strings", POLICY_MAX_AUDIENCES);
+                rc = -1;
+            } else {
+                ps->n_audiences++;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 2);
+    return rc;
+}
+
+/* Builds a state running source; NULL with err on any failure. */
+static policy_state *state_load(policy_host *host, const char *source, size_t source_len, const char *chunkname,
+                                char *err, size_t err_cap)
+{
+    policy_state *ps = calloc(1, sizeof(*ps));
+    if (!ps) {
+        snprintf(err, err_cap, "out of memory");
+        return NULL;
+    }
+    ps->host = host;
+    ps->mem_max = host->limits.max_memory_bytes;
+    ps->max_instructions = host->limits.max_instructions;
+    ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
+    ps->L = lua_newstate(limited_alloc, ps);
+    if (!ps->L) {
+        snprintf(err, err_cap, "cannot create a Lua state");
+        goto err;
+    }
+    lua_State *L = ps->L;
+    lua_atpanic(L, on_panic);
+    /* Hooks do not fire inside compiled traces: the budget needs the interpreter. */
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    if (lua_cpcall(L, prepare_state, NULL) != 0) {
+        copy_error(L, err, err_cap);
+        goto err;
+    }
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "tokengate.sandbox");
+    ps->instructions = 0;
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        copy_error(L, err, err_cap);
+        goto err;
+    }
+    ps->sandbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* The sandbox module has set up the string metatable; now freeze it so a policy can
+     * neither read nor replace it (getmetatable("") returns false). */
+    lua_pushstring(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_pushlstring(L, source, source_len);
+    lua_pushstring(L, chunkname);
+    if (call_sandbox(ps, "load", 2, 2) != 0) {
+        copy_error(L, err, err_cap);
+        goto err;
+    }
+    if (!lua_istable(L, -2)) {
+        const char *msg = lua_tostring(L, -1);
+        snprintf(err, err_cap, "%s", msg ? msg : "policy did not load");
+        goto err;
+    }
+    lua_pop(L, 1);
+    ps->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (read_policy_fields(ps, err, err_cap) != 0) goto err;
+    return ps;
+err:
+    state_free(ps);
+    return NULL;
+}
+
+/* ---- host ------------------------------------------------------------------------- */
+
+policy_host *policy_host_new(custom_metrics *metrics, const policy_limits *limits)
+{
+    policy_host *host = calloc(1, sizeof(*host));
+    if (!host) return NULL;
+    host->metrics = metrics;
+    host->limits = *limits;
+    if (!host->limits.max_instructions) host->limits.max_instructions = 1000000;
+    if (!host->limits.max_memory_bytes) host->limits.max_memory_bytes = 64 * 1024 * 1024;
+    return host;
+}
+
+void policy_host_free(policy_host *host)
+{
+    if (!host) return;
+    state_free(host->current);
+    free(host->path);
+    free(host);
+}
+
+static char *read_policy_file(const char *path, size_t *len, char *err, size_t err_cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, err_cap, "cannot open %s", path);
+        return NULL;
+    }
+    char *buf = malloc(POLICY_SOURCE_MAX + 1);
+    size_t n = buf ? fread(buf, 1, POLICY_SOURCE_MAX + 1, f) : 0;
+    bool failed = ferror(f);
+    fclose(f);
+    if (!buf || failed || n > POLICY_SOURCE_MAX) {
+        snprintf(err, err_cap, "cannot read %s (or larger than %d bytes)", path, POLICY_SOURCE_MAX);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+static void sha256_hex(const char *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int md_len = 0;
+    static const char hex[] = "0123456789abcdef";
+    if (!EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL)) md_len = 0;
+    for (unsigned int i = 0; i < 32; i++) {
+        out[2 * i] = i < md_len ? hex[md[i] >> 4] : '0';
+        out[2 * i + 1] = i < md_len ? hex[md[i] & 0xf] : '0';
+    }
+    out[64] = '\0';
+}
+
+int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap)
+{
+    char *owned = NULL;
+    const char *source;
+    size_t len;
+    const char *chunkname;
+    if (path) {
+        owned = read_policy_file(path, &len, err, err_cap);
+        if (!owned) goto fail;
+        source = owned;
+        chunkname = path;
+    } else {
+        const embedded_file *f = embedded_find(DEFAULT_POLICY_PATH);
+        if (!f) {
+            snprintf(err, err_cap, "the built-in default policy is missing from this build");
+            goto fail;
+        }
+        source = f->data;
+        len = f->size;
+        chunkname = DEFAULT_POLICY_PATH;
+    }
+    policy_state *ps = state_load(host, source, len, chunkname, err, err_cap);
+    if (!ps) goto fail;
+    char *new_path = strdup(path ? path : "(built-in default)");
+    if (!new_path) {
+        state_free(ps);
+        snprintf(err, err_cap, "out of memory");
+        goto fail;
+    }
+    state_free(host->current);
+    host->current = ps;
+    free(host->path);
+    host->path = new_path;
+    sha256_hex(source, len, host->sha256_hex);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    host->loaded_at = (double)now.tv_sec + now.tv_nsec / 1e9;
+    host->last_error[0] = '\0';
+    free(owned);
+    return 0;
+fail:
+    snprintf(host->last_error, sizeof(host->last_error), "%s", err);
+    free(owned);
+    return -1;
+}
+
+void policy_host_info(const policy_host *host, policy_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->path = host->path ? host->path : "";
+    memcpy(out->sha256_hex, host->sha256_hex, sizeof(out->sha256_hex));
+    out->loaded_at = host->loaded_at;
+    out->last_error = host->last_error;
+    out->loaded = host->current != NULL;
+}
+
+size_t policy_audiences(const policy_host *host, const char *const **out)
+{
+    if (!host->current) return 0;
+    *out = (const char *const *)host->current->audiences;
+    return host->current->n_audiences;
+}
+
+/* ---- calling hooks -------------------------------------------------------------------- */
+
+/* Pushes sandbox.make_user(username, uid, groups, extra) built from the packed view. */
+static int push_user(policy_state *ps, const identity_view *user)
+{
+    lua_State *L = ps->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    lua_getfield(L, -1, "make_user");
+    lua_remove(L, -2);
+    lua_pushlstring(L, user->username.ptr, user->username.len);
+    lua_pushlstring(L, user->uid.ptr, user->uid.len);
+    lua_createtable(L, (int)user->n_groups, 0);
+    const unsigned char *pos = user->groups;
+    for (size_t i = 0; i < user->n_groups; i++) {
+        str_view g;
+        identity_read_string(&pos, &g);
+        lua_pushlstring(L, g.ptr, g.len);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_createtable(L, 0, (int)user->n_extra);
+    pos = user->extra;
+    for (size_t i = 0; i < user->n_extra; i++) {
+        str_view key;
+        identity_read_string(&pos, &key);
+        size_t n_values = identity_read_count(&pos);
+        lua_pushlstring(L, key.ptr, key.len);
+        lua_createtable(L, (int)n_values, 0);
+        for (size_t v = 0; v < n_values; v++) {
+            str_view value;
+            identity_read_string(&pos, &value);
+            lua_pushlstring(L, value.ptr, value.len);
+            lua_rawseti(L, -2, (int)v + 1);
+        }
+        lua_rawset(L, -3);
+    }
+    ps->instructions = 0;
+    return lua_pcall(L, 4, 1, 0);
+}
+
+/* Pushes sandbox.make_request(...). The credential headers are never shown to policies. */
+static int push_request(policy_state *ps, const policy_request *req)
+{
+    lua_State *L = ps->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    lua_getfield(L, -1, "make_request");
+    lua_remove(L, -2);
+    lua_pushstring(L, req->method ? req->method : "");
+    lua_pushstring(L, req->path ? req->path : "/");
+    lua_pushstring(L, req->query ? req->query : "");
+    lua_pushstring(L, req->host ? req->host : "");
+    lua_pushstring(L, req->client_ip ? req->client_ip : "");
+    lua_newtable(L);
+    if (req->headers) {
+        struct evkeyval *kv;
+        TAILQ_FOREACH(kv, req->headers, next) {
+            if (strcasecmp(kv->key, "authorization") == 0 || strcasecmp(kv->key, "proxy-authorization") == 0)
+                continue;
+            char name[128];
+            size_t n = strlen(kv->key);
+            if (n >= sizeof(name)) continue;
+            for (size_t i = 0; i <= n; i++)
+                name[i] = (char)((kv->key[i] >= 'A' && kv->key[i] <= 'Z') ? kv->key[i] + 32 : kv->key[i]);
+            lua_pushstring(L, name);
+            lua_pushstring(L, kv->value);
+            lua_rawset(L, -3);
+        }
+    }
+    ps->instructions = 0;
+    return lua_pcall(L, 6, 1, 0);
+}
+
+static const char *arena_copy(policy_decision *d, const char *s, size_t len)
+{
+    if (!s || d->arena_used + len + 1 > sizeof(d->arena)) return NULL;
+    char *p = d->arena + d->arena_used;
+    memcpy(p, s, len);
+    p[len] = '\0';
+    d->arena_used += len + 1;
+    return p;
+}
+
+static void decision_error(policy_decision *d, const char *message)
+{
+    d->kind = POLICY_ERROR;
+    d->n_headers = 0;
+    d->arena_used = 0;
+    d->message = arena_copy(d, message, strlen(message));
+    if (!d->message) d->message = "policy error";
+}
+
+static bool header_value_ok(const char *v, size_t len)
+{
+    if (len > 1024 || strlen(v) != len) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+    }
+    return true;
+}
+
+static bool header_name_ok(const char *n, size_t len)
+{
+    static const char *const refused[] = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                                          "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+                                          "authorization", NULL};
+    if (len == 0 || len > 128 || strlen(n) != len) return false;
+    for (size_t i = 0; i < len; i++)
+        if (!strchr("!#$%&'*+-.^_`|~", n[i]) && !((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'z') ||
+                                                 (n[i] >= 'A' && n[i] <= 'Z')))
+            return false;
+    if (strncasecmp(n, "x-remote-", 9) == 0) return false;
+    for (const char *const *r = refused; *r; r++)
+        if (strcasecmp(n, *r) == 0) return false;
+    return true;
+}
+
+/* Copies the allow payload ({{name, value}, ...}) at the top of the stack, re-validating
+ * in C what the Lua module already validated: an allow header must never smuggle. */
+static void read_allow(lua_State *L, policy_decision *d)
+{
+    if (!lua_istable(L, -1)) return decision_error(d, "allow payload is not a table");
+    size_t n = lua_objlen(L, -1);
+    if (n > POLICY_MAX_HEADERS) return decision_error(d, "too many allow headers");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        size_t nl = 0, vl = 0;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
+        const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
+        bool ok = name && value && header_name_ok(name, nl) && header_value_ok(value, vl);
+        if (ok) {
+            d->header_names[i] = arena_copy(d, name, nl);
+            d->header_values[i] = arena_copy(d, value, vl);
+            ok = d->header_names[i] && d->header_values[i];
+        }
+        lua_pop(L, 3);
+        if (!ok) return decision_error(d, "policy returned an invalid allow header");
+    }
+    d->n_headers = n;
+    d->kind = POLICY_ALLOW;
+}
+
+/* Copies field `key` of the table at the top into the arena; NULL if absent. *bad is set
+ * when it is present but not a clean string. */
+static const char *read_attribute(lua_State *L, policy_decision *d, const char *key, bool *bad)
+{
+    lua_getfield(L, -1, key);
+    const char *out = NULL;
+    if (!lua_isnil(L, -1)) {
+        size_t len = 0;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!s || len > 256 || !header_value_ok(s, len) || !(out = arena_copy(d, s, len))) *bad = true;
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
+static void read_sar(lua_State *L, policy_decision *d)
+{
+    if (!lua_istable(L, -1)) return decision_error(d, "sar payload is not a table");
+    bool bad = false;
+    const char *kind = read_attribute(L, d, "kind", &bad);
+    sar_attributes *a = &d->sar;
+    memset(a, 0, sizeof(*a));
+    a->nonresource = kind && strcmp(kind, "nonresource") == 0;
+    a->verb = read_attribute(L, d, "verb", &bad);
+    if (a->nonresource) {
+        a->path = read_attribute(L, d, "path", &bad);
+    } else {
+        a->namespace_ = read_attribute(L, d, "namespace", &bad);
+        a->group = read_attribute(L, d, "group", &bad);
+        a->version = read_attribute(L, d, "version", &bad);
+        a->resource = read_attribute(L, d, "resource", &bad);
+        a->subresource = read_attribute(L, d, "subresource", &bad);
+        a->name = read_attribute(L, d, "name", &bad);
+    }
+    if (bad || !kind || !sar_attributes_valid(a)) return decision_error(d, "policy returned invalid sar attributes");
+    d->kind = POLICY_SAR;
+}
+
+void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user, policy_decision *out)
+{
+    memset(out, 0, offsetof(policy_decision, arena));
+    out->arena_used = 0;
+    policy_state *ps = host->current;
+    if (!ps) return decision_error(out, "no policy loaded");
+    lua_State *L = ps->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    lua_getfield(L, -1, "authorize");
+    lua_remove(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    if (push_request(ps, req) != 0 || push_user(ps, user) != 0) {
+        decision_error(out, lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot build the hook arguments");
+        lua_settop(L, top);
+        return;
+    }
+    ps->instructions = 0;
+    if (lua_pcall(L, 3, 2, 0) != 0) {
+        decision_error(out, lua_tostring(L, -1) ? lua_tostring(L, -1) : "authorize failed");
+        lua_settop(L, top);
+        return;
+    }
+    const char *kind = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (strcmp(kind, "allow") == 0) {
+        read_allow(L, out);
+    } else if (strcmp(kind, "deny") == 0) {
+        size_t len = 0;
+        const char *reason = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : "denied by policy";
+        if (lua_type(L, -1) != LUA_TSTRING) len = strlen(reason);
+        if (!header_value_ok(reason, len > 256 ? 256 : len)) reason = "denied by policy", len = strlen(reason);
+        out->kind = POLICY_DENY;
+        out->message = arena_copy(out, reason, len > 256 ? 256 : len);
+        if (!out->message) out->message = "denied by policy";
+    } else if (strcmp(kind, "sar") == 0) {
+        read_sar(L, out);
+    } else {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "authorize returned no decision";
+        decision_error(out, msg);
+    }
+    lua_settop(L, top);
+}
+
+int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, char *err, size_t err_cap)
+{
+    policy_state *ps = host->current;
+    if (!ps || !ps->has_ttl) return 0;
+    lua_State *L = ps->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    if (push_user(ps, user) != 0 || call_sandbox(ps, "ttl", 2, 2) != 0) {
+        copy_error(L, err, err_cap);
+        lua_settop(L, top);
+        return -1;
+    }
+    int rc = -1;
+    if (lua_type(L, -2) == LUA_TNUMBER) {
+        double seconds = lua_tonumber(L, -2);
+        if (isfinite(seconds) && seconds >= 0 && seconds < 1e9) {
+            *ttl_ms = (int64_t)(seconds * 1000);
+            rc = 1;
+        }
+    }
+    if (rc < 0) snprintf(err, err_cap, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "ttl returned no number");
+    lua_settop(L, top);
+    return rc;
+}
+
+int policy_anonymous(policy_host *host, const policy_request *req, char *err, size_t err_cap)
+{
+    policy_state *ps = host->current;
+    if (!ps || !ps->has_anonymous) return 0;
+    lua_State *L = ps->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    if (push_request(ps, req) != 0 || call_sandbox(ps, "anonymous", 2, 2) != 0) {
+        copy_error(L, err, err_cap);
+        lua_settop(L, top);
+        return -1;
+    }
+    int rc;
+    if (lua_isstring(L, -1)) {
+        snprintf(err, err_cap, "%s", lua_tostring(L, -1));
+        rc = -1;
+    } else {
+        rc = lua_toboolean(L, -2) ? 1 : 0;
+    }
+    lua_settop(L, top);
+    return rc;
+}

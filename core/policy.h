@@ -1,0 +1,95 @@
+/* The Lua policy host: one LuaJIT state per event loop running a policy file (or the
+ * built-in policies/default.lua) inside the sandbox that lua/tokengate/sandbox.lua
+ * defines, with an instruction budget and a memory cap enforced from C.
+ *
+ * Every call into Lua is a protected call whose outcome becomes a value: an error, a
+ * timeout (budget) or a wrong return value is reported as POLICY_ERROR, never as an
+ * allow. Loading compiles and checks the file in a fresh state and replaces the running
+ * policy only on success (hot reload).
+ *
+ * Threading: a policy_host belongs to one event loop. */
+#ifndef TOKENGATE_POLICY_H
+#define TOKENGATE_POLICY_H
+
+#include "custom_metrics.h"
+#include "identity.h"
+#include "sar.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct evkeyvalq;
+
+#define POLICY_MAX_HEADERS 16
+#define POLICY_MAX_AUDIENCES 16
+#define POLICY_ARENA_BYTES 24576
+
+typedef struct policy_limits {
+    uint64_t max_instructions; /* per hook call (and for loading the file) */
+    size_t max_memory_bytes;   /* per Lua state */
+} policy_limits;
+
+/* The request as policies see it (req.method, req.path, ...). */
+typedef struct policy_request {
+    const char *method, *path, *query, *host, *client_ip;
+    const struct evkeyvalq *headers; /* Authorization and Proxy-Authorization are hidden */
+} policy_request;
+
+typedef enum { POLICY_ALLOW = 0, POLICY_DENY, POLICY_SAR, POLICY_ERROR } policy_decision_kind;
+
+/* A decision with its strings copied into its own arena: valid as long as the struct. */
+typedef struct policy_decision {
+    policy_decision_kind kind;
+    size_t n_headers; /* ALLOW: extra headers for the upstream/answer */
+    const char *header_names[POLICY_MAX_HEADERS];
+    const char *header_values[POLICY_MAX_HEADERS];
+    const char *message;  /* DENY: reason; ERROR: what went wrong (safe to log) */
+    sar_attributes sar;   /* SAR: the question */
+    char arena[POLICY_ARENA_BYTES];
+    size_t arena_used;
+} policy_decision;
+
+typedef struct policy_host policy_host;
+
+/* Creates a host with no policy loaded. metrics (not owned) receives tg.metrics
+ * declarations and updates and must outlive the host. Returns NULL on failure. */
+policy_host *policy_host_new(custom_metrics *metrics, const policy_limits *limits);
+
+/* Closes the Lua state and frees the host. NULL is a no-op. */
+void policy_host_free(policy_host *host);
+
+/* Loads path (NULL: the built-in default policy) into a fresh state and checks it. On
+ * success it replaces the running policy and returns 0; on failure the running policy is
+ * kept, err receives the Lua error with file and line, and -1 is returned. */
+int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap);
+
+/* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
+ * out->kind is POLICY_ERROR with out->message set. */
+void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,
+                      policy_decision *out);
+
+/* ttl(user) in milliseconds. Returns 1 and sets *ttl_ms when the policy has a ttl hook
+ * that answered, 0 when it has none, -1 (message in err) when the hook failed. */
+int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, char *err, size_t err_cap);
+
+/* anonymous(req): 1 allow without a token, 0 not (also when there is no hook), -1 error
+ * (which never allows). */
+int policy_anonymous(policy_host *host, const policy_request *req, char *err, size_t err_cap);
+
+/* The audiences the running policy declares (count; *out points into the host, valid
+ * until the next successful load). 0 when it declares none. */
+size_t policy_audiences(const policy_host *host, const char *const **out);
+
+/* What GET /policy shows. Strings live in the host. */
+typedef struct policy_info {
+    const char *path;      /* "(built-in default)" for the embedded policy */
+    char sha256_hex[65];   /* of the policy source */
+    double loaded_at;      /* Unix time of the last successful load */
+    const char *last_error; /* "" when the last load succeeded */
+    bool loaded;
+} policy_info;
+
+void policy_host_info(const policy_host *host, policy_info *out);
+
+#endif

@@ -1,0 +1,346 @@
+/* sar.c owns the SubjectAccessReview request encoding, the answer's validation and the
+ * encoding of SubjectAccessReview cache keys. */
+#include "sar.h"
+
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- attributes ---- */
+
+static bool nonempty(const char *s)
+{
+    return s && s[0] != '\0';
+}
+
+bool sar_attributes_valid(const sar_attributes *attrs)
+{
+    if (!attrs || !nonempty(attrs->verb))
+        return false;
+    if (attrs->nonresource)
+        return nonempty(attrs->path) && !attrs->namespace_ && !attrs->group && !attrs->version &&
+               !attrs->resource && !attrs->subresource && !attrs->name;
+    return nonempty(attrs->resource) && !attrs->path;
+}
+
+/* ---- request body ---- */
+
+/* Sets key to a JSON string of s (NULL s: nothing to do). Returns 0, or -1 when s is not
+ * valid UTF-8 or memory runs out (json_string returns NULL; set_new then fails). */
+static int set_string(json_t *obj, const char *key, const char *s)
+{
+    if (!s)
+        return 0;
+    return json_object_set_new(obj, key, json_string(s));
+}
+
+static int set_stringn(json_t *obj, const char *key, str_view s)
+{
+    return json_object_set_new(obj, key, json_stringn(s.ptr, s.len));
+}
+
+/* Reads n string records at *pos into a new JSON array; NULL on bad UTF-8 or no memory. */
+static json_t *string_array(const unsigned char **pos, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        str_view s;
+        identity_read_string(pos, &s);
+        if (json_array_append_new(arr, json_stringn(s.ptr, s.len)) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+/* The "extra" object of the identity; NULL on bad UTF-8, a repeated key or no memory. */
+static json_t *extra_object(const identity_view *user)
+{
+    json_t *obj = json_object();
+    const unsigned char *pos = user->extra;
+    for (size_t i = 0; obj && i < user->n_extra; i++) {
+        str_view key;
+        identity_read_string(&pos, &key);
+        size_t n_values = identity_read_count(&pos);
+        /* A repeated key would silently replace the first one's values: refuse it. */
+        bool ok = json_object_getn(obj, key.ptr, key.len) == NULL;
+        /* setn_new consumes values (NULL included) and checks the key's UTF-8. */
+        ok = ok && json_object_setn_new(obj, key.ptr, key.len, string_array(&pos, n_values)) == 0;
+        if (!ok) {
+            json_decref(obj);
+            obj = NULL;
+        }
+    }
+    return obj;
+}
+
+static json_t *attributes_object(const sar_attributes *attrs)
+{
+    json_t *obj = json_object();
+    if (!obj)
+        return NULL;
+    int rc = 0;
+    if (attrs->nonresource) {
+        rc |= set_string(obj, "path", attrs->path);
+        rc |= set_string(obj, "verb", attrs->verb);
+    } else {
+        rc |= set_string(obj, "namespace", attrs->namespace_);
+        rc |= set_string(obj, "verb", attrs->verb);
+        rc |= set_string(obj, "group", attrs->group);
+        rc |= set_string(obj, "version", attrs->version);
+        rc |= set_string(obj, "resource", attrs->resource);
+        rc |= set_string(obj, "subresource", attrs->subresource);
+        rc |= set_string(obj, "name", attrs->name);
+    }
+    if (rc != 0) {
+        json_decref(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+static json_t *spec_object(const identity_view *user, const sar_attributes *attrs)
+{
+    json_t *spec = json_object();
+    if (!spec)
+        return NULL;
+    int rc = set_stringn(spec, "user", user->username);
+    if (user->uid.len)
+        rc |= set_stringn(spec, "uid", user->uid);
+    const unsigned char *pos = user->groups;
+    rc |= json_object_set_new(spec, "groups", string_array(&pos, user->n_groups));
+    if (user->n_extra)
+        rc |= json_object_set_new(spec, "extra", extra_object(user));
+    rc |= json_object_set_new(spec,
+                              attrs->nonresource ? "nonResourceAttributes" : "resourceAttributes",
+                              attributes_object(attrs));
+    if (rc != 0) {
+        json_decref(spec);
+        return NULL;
+    }
+    return spec;
+}
+
+char *sar_request_body(const identity_view *user, const sar_attributes *attrs, size_t *len)
+{
+    if (!user || !len || !sar_attributes_valid(attrs))
+        return NULL;
+    json_t *root = json_object();
+    if (!root)
+        return NULL;
+    /* json_object_set_new consumes its value even on failure, NULL included. */
+    int rc = json_object_set_new(root, "apiVersion", json_string("authorization.k8s.io/v1"));
+    rc |= json_object_set_new(root, "kind", json_string("SubjectAccessReview"));
+    rc |= json_object_set_new(root, "spec", spec_object(user, attrs));
+    char *body = rc == 0 ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    if (body)
+        *len = strlen(body); /* jansson escapes NUL as \u0000: strlen is the length */
+    return body;
+}
+
+/* ---- answer ---- */
+
+/* Copies the NUL-terminated UTF-8 text into reason (cap bytes, NUL-terminated), replacing
+ * C0 controls, DEL and C1 controls (U+0080..U+009F) with '?' and stopping before a
+ * character that does not fit, so a truncated reason is still valid UTF-8. */
+static void set_reason(char *reason, size_t cap, const char *text)
+{
+    if (!reason || cap == 0)
+        return;
+    size_t out = 0;
+    const unsigned char *p = (const unsigned char *)text;
+    while (*p) {
+        unsigned char c = *p;
+        size_t in_len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        for (size_t i = 1; i < in_len; i++)
+            if (p[i] == '\0')
+                in_len = 0; /* cut short: stop (jansson gives valid UTF-8) */
+        if (in_len == 0)
+            break;
+        bool control = c < 0x20 || c == 0x7f || (c == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F);
+        size_t out_len = control ? 1 : in_len;
+        if (out + out_len > cap - 1)
+            break;
+        if (control)
+            reason[out] = '?';
+        else
+            memcpy(reason + out, p, in_len);
+        out += out_len;
+        p += in_len;
+    }
+    reason[out] = '\0';
+}
+
+/* *out = the string member key of obj, or NULL when absent or empty. False when the
+ * member is present but not a string. */
+static bool optional_string(json_t *obj, const char *key, const char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v)
+        return true;
+    if (!json_is_string(v))
+        return false;
+    if (json_string_length(v) > 0)
+        *out = json_string_value(v);
+    return true;
+}
+
+sar_result sar_parse_response(const char *body, size_t body_len, char *reason, size_t reason_cap)
+{
+    sar_result result = SAR_BAD_RESPONSE;
+    json_error_t error;
+    json_t *root = body ? json_loadb(body, body_len, JSON_REJECT_DUPLICATES, &error) : NULL;
+    if (!json_is_object(root)) {
+        set_reason(reason, reason_cap, "answer is not a JSON object");
+        goto done;
+    }
+    json_t *kind = json_object_get(root, "kind");
+    if (kind &&
+        !(json_is_string(kind) && strcmp(json_string_value(kind), "SubjectAccessReview") == 0)) {
+        set_reason(reason, reason_cap, "answer is not a SubjectAccessReview");
+        goto done;
+    }
+    json_t *status = json_object_get(root, "status");
+    if (!json_is_object(status)) {
+        set_reason(reason, reason_cap, "SubjectAccessReview has no status");
+        goto done;
+    }
+    json_t *allowed = json_object_get(status, "allowed");
+    json_t *denied = json_object_get(status, "denied");
+    if ((allowed && !json_is_boolean(allowed)) || (denied && !json_is_boolean(denied))) {
+        set_reason(reason, reason_cap, "status.allowed or status.denied is not a boolean");
+        goto done;
+    }
+    const char *why = NULL, *evaluation_error = NULL;
+    if (!optional_string(status, "reason", &why) ||
+        !optional_string(status, "evaluationError", &evaluation_error)) {
+        set_reason(reason, reason_cap, "status.reason or status.evaluationError is not a string");
+        goto done;
+    }
+    /* denied:true is authoritative even next to allowed:true (k8s semantics). */
+    result = json_is_true(allowed) && !json_is_true(denied) ? SAR_ALLOWED : SAR_DENIED;
+    set_reason(reason, reason_cap,
+               why                     ? why
+               : evaluation_error      ? evaluation_error
+               : result == SAR_ALLOWED ? "allowed"
+                                       : "denied");
+done:
+    json_decref(root);
+    return result;
+}
+
+/* ---- cache key ---- */
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+#define SAR_KEY_ATTRS 8
+
+int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar_attributes *attrs,
+                  cache_key *out)
+{
+    if (!keyer || !user || !attrs || !out)
+        return -1;
+    const char *values[SAR_KEY_ATTRS] = {attrs->namespace_, attrs->verb,     attrs->group,
+                                         attrs->version,    attrs->resource, attrs->subresource,
+                                         attrs->name,       attrs->path};
+    size_t value_lens[SAR_KEY_ATTRS];
+    size_t attr_bytes = 0;
+    for (size_t i = 0; i < SAR_KEY_ATTRS; i++) {
+        value_lens[i] = values[i] ? strlen(values[i]) : 0;
+        if (value_lens[i] >= UINT32_MAX)
+            return -1;
+        attr_bytes += values[i] ? 1 + value_lens[i] : 0;
+    }
+
+    /* Count the parts: username, uid, n_groups, groups, n_extra, per key (key, n_values,
+     * values), kind, attributes. */
+    size_t n_parts = 2 + 1 + user->n_groups + 1 + 1 + SAR_KEY_ATTRS;
+    const unsigned char *pos = user->extra;
+    for (size_t i = 0; i < user->n_extra; i++) {
+        str_view key;
+        identity_read_string(&pos, &key);
+        size_t n_values = identity_read_count(&pos);
+        n_parts += 2 + n_values;
+        for (size_t v = 0; v < n_values; v++)
+            identity_read_string(&pos, &key);
+    }
+    size_t n_counts = 2 + user->n_extra;
+
+    const char **parts = malloc(n_parts * sizeof(*parts));
+    size_t *lens = malloc(n_parts * sizeof(*lens));
+    unsigned char *counts = malloc(n_counts * 4);
+    char *attr_buf = malloc(attr_bytes ? attr_bytes : 1);
+    int rc = -1;
+    if (!parts || !lens || !counts || !attr_buf)
+        goto done;
+
+    size_t n = 0, c = 0;
+#define ADD(ptr_, len_)                                                                            \
+    do {                                                                                           \
+        parts[n] = (const char *)(ptr_);                                                           \
+        lens[n] = (len_);                                                                          \
+        n++;                                                                                       \
+    } while (0)
+#define ADD_COUNT(v_)                                                                              \
+    do {                                                                                           \
+        put_be32(counts + 4 * c, (uint32_t)(v_));                                                  \
+        ADD(counts + 4 * c, 4);                                                                    \
+        c++;                                                                                       \
+    } while (0)
+
+    str_view s;
+    ADD(user->username.ptr, user->username.len);
+    ADD(user->uid.ptr, user->uid.len);
+    ADD_COUNT(user->n_groups);
+    pos = user->groups;
+    for (size_t i = 0; i < user->n_groups; i++) {
+        identity_read_string(&pos, &s);
+        ADD(s.ptr, s.len);
+    }
+    ADD_COUNT(user->n_extra);
+    pos = user->extra;
+    for (size_t i = 0; i < user->n_extra; i++) {
+        identity_read_string(&pos, &s);
+        ADD(s.ptr, s.len);
+        size_t n_values = identity_read_count(&pos);
+        ADD_COUNT(n_values);
+        for (size_t v = 0; v < n_values; v++) {
+            identity_read_string(&pos, &s);
+            ADD(s.ptr, s.len);
+        }
+    }
+    ADD(attrs->nonresource ? "N" : "R", 1);
+    /* Absent: an empty part. Present: 0x01 then the string, so "" is one byte long. */
+    size_t a = 0;
+    for (size_t i = 0; i < SAR_KEY_ATTRS; i++) {
+        if (!values[i]) {
+            ADD("", 0);
+            continue;
+        }
+        attr_buf[a] = '\x01';
+        memcpy(attr_buf + a + 1, values[i], value_lens[i]);
+        ADD(attr_buf + a, 1 + value_lens[i]);
+        a += 1 + value_lens[i];
+    }
+#undef ADD
+#undef ADD_COUNT
+    rc = n == n_parts ? cache_key_for_parts(keyer, SAR_CACHE_KEY_DOMAIN, parts, lens, n_parts, out)
+                      : -1;
+done:
+    free(parts);
+    free(lens);
+    free(counts);
+    free(attr_buf);
+    return rc;
+}

@@ -1,0 +1,521 @@
+-- tokengate: the API policy files use (decisions, metrics, log).
+--
+-- Owns: building and validating decisions (tg.allow / tg.deny / tg.sar), declaring and
+-- updating policy metrics, and tg.log. Everything that touches the gateway goes through
+-- the host bindings in "tokengate.host": a C module inside the gateway, a Lua
+-- implementation installed by tokengate.testing under busted. Policies never see this
+-- table itself: tokengate.sandbox hands them a read-only view of the public fields, so a
+-- policy cannot patch the API that the next policy (after a reload) will use.
+--
+-- Every function validates its arguments and raises with error(msg, 2) so the message
+-- points at the policy line that made the bad call; in the gateway that error becomes a
+-- 500, never an allow.
+
+local host = require("tokengate.host")
+
+local type = type
+local next = next
+local ipairs = ipairs
+local error = error
+local tostring = tostring
+local getmetatable = getmetatable
+local setmetatable = setmetatable
+local sort = table.sort
+local concat = table.concat
+local find = string.find
+local lower = string.lower
+local sub = string.sub
+local format = string.format
+local gsub = string.gsub
+local huge = math.huge
+
+local _M = { _VERSION = "0.1.0" }
+
+-- Limits. Exported read-only through the policy view so authors can read them.
+local MAX_HEADERS = 16
+local MAX_HEADER_NAME = 256
+local MAX_HEADER_VALUE = 1024
+local MAX_REASON = 256
+local MAX_SAR_VALUE = 256
+local MAX_SAR_PATH = 4096 -- request paths are routinely longer than 256 bytes
+local MAX_HELP = 256
+local MAX_LABELS = 8
+local MAX_LABEL_VALUE = 128
+local MAX_BUCKETS = 64
+local MAX_LOG_MESSAGE = 4096
+local MAX_LOG_FIELDS = 32
+
+local DEFAULT_DENY_REASON = "denied by policy"
+local DEFAULT_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
+
+local TOKEN_PATTERN = "^[!#$%%&'*+%-.^_`|~0-9A-Za-z]+$"
+-- Any ASCII control character except horizontal tab (allowed inside header values).
+local CTL_BUT_TAB = "[%z\1-\8\10-\31\127]"
+local CTL = "[%z\1-\31\127]"
+local METRIC_NAME_PATTERN = "^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+local LABEL_NAME_PATTERN = "^[a-zA-Z_][a-zA-Z0-9_]*$"
+local LOG_FIELD_PATTERN = "^[a-zA-Z_][a-zA-Z0-9_.%-]*$"
+
+-- Headers a policy may not add: hop-by-hop and framing headers would corrupt the
+-- forwarded request; authorization would replace the caller's credential; host would
+-- re-route it. x-remote-* is refused separately: identity comes only from TokenReview.
+local FORBIDDEN_HEADERS = {
+  ["connection"] = true, ["keep-alive"] = true, ["proxy-authenticate"] = true,
+  ["proxy-authorization"] = true, ["te"] = true, ["trailer"] = true,
+  ["transfer-encoding"] = true, ["upgrade"] = true, ["host"] = true,
+  ["content-length"] = true, ["authorization"] = true,
+}
+
+local RESOURCE_ATTRIBUTES = { "verb", "namespace", "group", "version", "resource", "subresource", "name" }
+local NONRESOURCE_ATTRIBUTES = { "path", "verb" }
+local RESOURCE_KEYS, NONRESOURCE_KEYS = {}, {}
+for _, k in ipairs(RESOURCE_ATTRIBUTES) do RESOURCE_KEYS[k] = true end
+for _, k in ipairs(NONRESOURCE_ATTRIBUTES) do NONRESOURCE_KEYS[k] = true end
+
+local LOG_LEVELS = { debug = true, info = true, warn = true, error = true }
+
+-- Decisions handed out by allow/deny/sar, mapped to the validated record the gateway
+-- uses. Keys are weak so per-request decisions are collected; a policy may keep one
+-- decision in an upvalue and return it on every call. The gateway reads the record, not
+-- the public table, so a policy that edits a decision after building it changes nothing.
+local issued = setmetatable({}, { __mode = "k" })
+
+
+-- Shared argument checks -------------------------------------------------------------
+
+-- Echoes caller input in messages without letting control characters into the log.
+local function printable(s)
+  return '"' .. gsub(sub(s, 1, 64), CTL, "?") .. '"'
+end
+
+local function keyname(k)
+  if type(k) == "string" then return printable(k) end
+  return tostring(k)
+end
+
+local function fail(level, fmt, ...)
+  error(format(fmt, ...), level + 1)
+end
+
+-- Option tables must be plain tables: we read them with next(), and a metatable would
+-- either be ignored silently or run policy code where the caller does not expect it.
+local function check_plain_table(v, what, level)
+  if type(v) ~= "table" then
+    fail(level + 1, "%s must be a table (got %s)", what, type(v))
+  end
+  if getmetatable(v) ~= nil then
+    fail(level + 1, "%s must be a plain table without a metatable", what)
+  end
+end
+
+local function check_string(v, what, max, ctl_pattern, level)
+  if type(v) ~= "string" then
+    fail(level + 1, "%s must be a string (got %s)", what, type(v))
+  end
+  if #v > max then
+    fail(level + 1, "%s is %d bytes long; the limit is %d", what, #v, max)
+  end
+  if find(v, ctl_pattern) then
+    fail(level + 1, "%s contains a control character", what)
+  end
+end
+
+-- Returns a copy of an array of strings, checking it is a proper list with no holes.
+local function string_list(list, what, max_items, level)
+  check_plain_table(list, what, level + 1)
+  local n = #list
+  local count = 0
+  for k in next, list do
+    count = count + 1
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      fail(level + 1, "%s must be a list (found key %s)", what, keyname(k))
+    end
+  end
+  if count ~= n then fail(level + 1, "%s must be a list without holes", what) end
+  if n > max_items then fail(level + 1, "%s has %d entries; the limit is %d", what, n, max_items) end
+  local copy = {}
+  for i = 1, n do
+    if type(list[i]) ~= "string" then
+      fail(level + 1, "%s[%d] must be a string (got %s)", what, i, type(list[i]))
+    end
+    copy[i] = list[i]
+  end
+  return copy
+end
+
+local function is_finite(n)
+  return n == n and n ~= huge and n ~= -huge
+end
+
+
+-- Decisions ---------------------------------------------------------------------------
+
+local function issue(public, kind, payload)
+  issued[public] = { kind = kind, payload = payload }
+  return public
+end
+
+-- Validates one allow header; returns its lower-cased name for the duplicate check.
+local function check_header(name, value)
+  if type(name) ~= "string" then
+    fail(4, "allow header names must be strings (got %s)", type(name))
+  end
+  if #name > MAX_HEADER_NAME or not find(name, TOKEN_PATTERN) then
+    fail(4, "allow header name %s is not a valid HTTP header name", printable(name))
+  end
+  local lname = lower(name)
+  if FORBIDDEN_HEADERS[lname] then
+    fail(4, "allow may not set header %q (hop-by-hop, framing, routing or credential header)", name)
+  end
+  if sub(lname, 1, 9) == "x-remote-" then
+    fail(4, "allow may not set header %q: X-Remote-* identity headers come only from the TokenReview", name)
+  end
+  check_string(value, "allow header " .. name, MAX_HEADER_VALUE, CTL_BUT_TAB, 4)
+  return lname
+end
+
+local function by_lower_name(a, b)
+  return lower(a[1]) < lower(b[1])
+end
+
+local function allow_headers(headers)
+  if headers == nil then return {} end
+  check_plain_table(headers, "allow headers", 3)
+  local list, seen = {}, {}
+  for name, value in next, headers do
+    if #list == MAX_HEADERS then
+      fail(3, "allow sets more than %d headers", MAX_HEADERS)
+    end
+    local lname = check_header(name, value)
+    if seen[lname] then fail(3, "allow sets header %q twice (names are case-insensitive)", name) end
+    seen[lname] = true
+    list[#list + 1] = { name, value }
+  end
+  -- pairs() order is arbitrary; a stable order keeps answers and tests reproducible.
+  sort(list, by_lower_name)
+  return list
+end
+
+local function copy_headers(list)
+  local copy = {}
+  for i = 1, #list do copy[i] = { list[i][1], list[i][2] } end
+  return copy
+end
+
+-- syntax: decision = tg.allow(opts?)  -- opts = { headers = { ["X-Name"] = "value" } }
+function _M.allow(opts)
+  local headers = nil
+  if opts ~= nil then
+    check_plain_table(opts, "allow options", 2)
+    for k in next, opts do
+      if k ~= "headers" then fail(2, "unknown allow option %s (only headers)", keyname(k)) end
+    end
+    headers = opts.headers
+  end
+  local list = allow_headers(headers)
+  return issue({ decision = "allow", headers = copy_headers(list) }, "allow", list)
+end
+
+-- syntax: decision = tg.deny(reason?)
+function _M.deny(reason)
+  if reason == nil or reason == "" then
+    reason = DEFAULT_DENY_REASON
+  else
+    check_string(reason, "deny reason", MAX_REASON, CTL, 2)
+  end
+  return issue({ decision = "deny", reason = reason }, "deny", reason)
+end
+
+local function sar_value(attrs, key, required)
+  local v = attrs[key]
+  if v == nil then
+    if required then fail(3, "SubjectAccessReview attribute '%s' is required", key) end
+    return ""
+  end
+  local max = key == "path" and MAX_SAR_PATH or MAX_SAR_VALUE
+  check_string(v, "SubjectAccessReview attribute '" .. key .. "'", max, CTL, 3)
+  if required and v == "" then fail(3, "SubjectAccessReview attribute '%s' must not be empty", key) end
+  return v
+end
+
+local function sar_keys(attrs)
+  local nonresource = attrs.path ~= nil
+  for k in next, attrs do
+    if type(k) ~= "string" or not (RESOURCE_KEYS[k] or NONRESOURCE_KEYS[k]) then
+      fail(3, "unknown SubjectAccessReview attribute %s", keyname(k))
+    end
+    if nonresource and not NONRESOURCE_KEYS[k] then
+      fail(3, "SubjectAccessReview attribute '%s' cannot be mixed with path "
+        .. "(path makes it a non-resource review: only path and verb)", k)
+    end
+  end
+  return nonresource
+end
+
+-- syntax: decision = tg.sar{ verb=, resource=, namespace=?, group=?, version=?, subresource=?, name=? }
+--         decision = tg.sar{ path = "/...", verb = }
+-- Absent optional attributes become "" so the host always reads seven (or two) strings.
+function _M.sar(attrs)
+  check_plain_table(attrs, "SubjectAccessReview attributes", 2)
+  local out
+  if sar_keys(attrs) then
+    out = { kind = "nonresource", path = sar_value(attrs, "path", true), verb = sar_value(attrs, "verb", true) }
+    if sub(out.path, 1, 1) ~= "/" then
+      fail(2, "SubjectAccessReview path must start with '/' (got %s)", printable(out.path))
+    end
+  else
+    out = { kind = "resource" }
+    for _, k in ipairs(RESOURCE_ATTRIBUTES) do
+      out[k] = sar_value(attrs, k, k == "verb" or k == "resource")
+    end
+  end
+  local public = { decision = "sar", attributes = {} }
+  for k, v in next, out do public.attributes[k] = v end
+  return issue(public, "sar", out)
+end
+
+-- For tokengate.sandbox only (not in the policy view): the validated kind and payload of
+-- a decision built by allow/deny/sar, or nil for anything else (a hand-made table).
+function _M.unwrap_decision(d)
+  local record = issued[d]
+  if record == nil then return nil end
+  return record.kind, record.payload
+end
+
+
+-- Metrics -----------------------------------------------------------------------------
+
+-- Metric objects are empty tables; their state lives here so a policy cannot rewrite a
+-- metric's label list or handle and slip past the checks.
+local metric_state = setmetatable({}, { __mode = "k" })
+
+local function check_metric_name(name)
+  if type(name) ~= "string" or not find(name, METRIC_NAME_PATTERN) then
+    fail(4, "invalid metric name %s (must match [a-zA-Z_:][a-zA-Z0-9_:]*)",
+      type(name) == "string" and printable(name) or type(name))
+  end
+  if sub(name, 1, 8) == "gateway_" or sub(name, 1, 8) == "process_" then
+    fail(4, "metric name %q is reserved: gateway_* and process_* are the gateway's own", name)
+  end
+end
+
+local function check_label_names(labels, kind)
+  if labels == nil then return {} end
+  local list = string_list(labels, "metric labels", MAX_LABELS, 4)
+  local seen = {}
+  for i = 1, #list do
+    local l = list[i]
+    if not find(l, LABEL_NAME_PATTERN) or sub(l, 1, 2) == "__" then
+      fail(4, "invalid label name %s (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)", printable(l))
+    end
+    if kind == "histogram" and l == "le" then
+      fail(4, "a histogram cannot have a label named 'le' (Prometheus uses it for buckets)")
+    end
+    if seen[l] then fail(4, "label %q is declared twice", l) end
+    seen[l] = true
+  end
+  return list
+end
+
+local function check_buckets(buckets)
+  if buckets == nil then
+    local copy = {}
+    for i = 1, #DEFAULT_BUCKETS do copy[i] = DEFAULT_BUCKETS[i] end
+    return copy
+  end
+  check_plain_table(buckets, "histogram buckets", 4)
+  local n = #buckets
+  local count = 0
+  for _ in next, buckets do count = count + 1 end
+  if n == 0 or count ~= n then fail(4, "histogram buckets must be a non-empty list") end
+  if n > MAX_BUCKETS then fail(4, "histogram has %d buckets; the limit is %d", n, MAX_BUCKETS) end
+  local copy = {}
+  for i = 1, n do
+    local b = buckets[i]
+    if type(b) ~= "number" or not is_finite(b) then
+      fail(4, "histogram bucket %d must be a finite number", i)
+    end
+    if i > 1 and b <= copy[i - 1] then
+      fail(4, "histogram buckets must be strictly increasing (bucket %d is %s after %s)",
+        i, tostring(b), tostring(copy[i - 1]))
+    end
+    copy[i] = b
+  end
+  return copy
+end
+
+-- Turns {label = value} into the ordered value list the host expects.
+local function label_values(state, values)
+  local names = state.labels
+  if values == nil then values = {} end
+  check_plain_table(values, "label values of " .. state.name, 4)
+  for k in next, values do
+    if not state.index[k] then
+      fail(4, "metric %s has no label %s (declared: %s)", state.name, keyname(k),
+        #names > 0 and concat(names, ", ") or "none")
+    end
+  end
+  local list = {}
+  for i = 1, #names do
+    local v = values[names[i]]
+    local t = type(v)
+    if v == nil then
+      v = ""
+    elseif t == "number" or t == "boolean" then
+      v = tostring(v)
+    elseif t ~= "string" then
+      fail(4, "label %s of %s must be a string, number or boolean (got %s)", names[i], state.name, t)
+    end
+    if #v > MAX_LABEL_VALUE then v = sub(v, 1, MAX_LABEL_VALUE) end
+    list[i] = v
+  end
+  return list
+end
+
+local function update(self, method, values, n, op)
+  local state = metric_state[self]
+  if state == nil then
+    fail(3, "%s must be called on a metric (use metric:%s(...), not metric.%s(...))", method, method, method)
+  end
+  local list = label_values(state, values)
+  host.metric_update(state.handle, op, list, n)
+end
+
+local function check_amount(n, what, non_negative)
+  if type(n) ~= "number" or not is_finite(n) then
+    fail(3, "%s must be a finite number (got %s)", what, type(n) == "number" and tostring(n) or type(n))
+  end
+  if non_negative and n < 0 then fail(3, "%s must not be negative (got %s)", what, tostring(n)) end
+end
+
+local counter_methods = {
+  -- syntax: counter:inc(labels?, n?)  -- n defaults to 1 and must be >= 0
+  inc = function(self, values, n)
+    if n == nil then n = 1 end
+    check_amount(n, "counter increment", true)
+    update(self, "inc", values, n, "inc")
+  end,
+}
+
+local gauge_methods = {
+  -- syntax: gauge:set(labels?, v)
+  set = function(self, values, v)
+    check_amount(v, "gauge value", false)
+    update(self, "set", values, v, "set")
+  end,
+  -- syntax: gauge:inc(labels?, n?)  -- n defaults to 1 and may be negative
+  inc = function(self, values, n)
+    if n == nil then n = 1 end
+    check_amount(n, "gauge increment", false)
+    update(self, "inc", values, n, "inc")
+  end,
+}
+
+local histogram_methods = {
+  -- syntax: histogram:observe(labels?, v)
+  observe = function(self, values, v)
+    check_amount(v, "observed value", false)
+    update(self, "observe", values, v, "observe")
+  end,
+}
+
+local function metric_metatable(kind, methods)
+  return {
+    __index = function(_, key)
+      local m = methods[key]
+      if m == nil then fail(2, "a %s has no method '%s'", kind, tostring(key)) end
+      return m
+    end,
+    __newindex = function() fail(2, "metric objects are read-only") end,
+    __tostring = function(self) return kind .. " " .. metric_state[self].name end,
+    __metatable = false,
+  }
+end
+
+local METATABLES = {
+  counter = metric_metatable("counter", counter_methods),
+  gauge = metric_metatable("gauge", gauge_methods),
+  histogram = metric_metatable("histogram", histogram_methods),
+}
+
+local function declare(kind, name, help, labels, buckets)
+  check_metric_name(name)
+  if help == nil then help = "" end
+  check_string(help, "help of metric " .. name, MAX_HELP, CTL, 3)
+  local names = check_label_names(labels, kind)
+  if kind == "histogram" then
+    buckets = check_buckets(buckets)
+  end
+  local handle, err = host.metric_declare(kind, name, help, names, buckets)
+  if handle == nil then
+    fail(3, "cannot declare %s %s: %s", kind, name, tostring(err or "rejected by the host"))
+  end
+  local index = {}
+  for i = 1, #names do index[names[i]] = i end
+  local obj = setmetatable({}, METATABLES[kind])
+  metric_state[obj] = { name = name, labels = names, index = index, handle = handle }
+  return obj
+end
+
+_M.metrics = {
+  -- syntax: c = tg.metrics.counter(name, help, labels?)
+  -- (Each wrapper keeps its frame, no tail call, so error levels point at the policy.)
+  counter = function(name, help, labels)
+    local m = declare("counter", name, help, labels)
+    return m
+  end,
+  -- syntax: g = tg.metrics.gauge(name, help, labels?)
+  gauge = function(name, help, labels)
+    local m = declare("gauge", name, help, labels)
+    return m
+  end,
+  -- syntax: h = tg.metrics.histogram(name, help, labels?, buckets?)
+  histogram = function(name, help, labels, buckets)
+    local m = declare("histogram", name, help, labels, buckets)
+    return m
+  end,
+}
+
+
+-- Log ---------------------------------------------------------------------------------
+
+local function log_fields(fields)
+  if fields == nil then return nil end
+  check_plain_table(fields, "log fields", 3)
+  local copy, count = {}, 0
+  for k, v in next, fields do
+    count = count + 1
+    if count > MAX_LOG_FIELDS then fail(3, "log has more than %d fields", MAX_LOG_FIELDS) end
+    if type(k) ~= "string" or not find(k, LOG_FIELD_PATTERN) or #k > 64 then
+      fail(3, "log field names must be identifiers (got %s)", type(k) == "string" and printable(k) or type(k))
+    end
+    local t = type(v)
+    if t ~= "string" and t ~= "number" and t ~= "boolean" then
+      fail(3, "log field %s must be a string, number or boolean (got %s)", k, t)
+    end
+    if t == "string" and #v > MAX_LOG_MESSAGE then v = sub(v, 1, MAX_LOG_MESSAGE) end
+    copy[k] = v
+  end
+  return copy
+end
+
+-- syntax: tg.log(level, msg, fields?)  -- level: "debug" | "info" | "warn" | "error"
+function _M.log(level, msg, fields)
+  if not LOG_LEVELS[level] then
+    fail(2, "log level must be debug, info, warn or error (got %s)",
+      type(level) == "string" and printable(level) or type(level))
+  end
+  if type(msg) ~= "string" then fail(2, "log message must be a string (got %s)", type(msg)) end
+  -- Bounded so one policy line cannot write megabytes per request into the log.
+  if #msg > MAX_LOG_MESSAGE then msg = sub(msg, 1, MAX_LOG_MESSAGE) .. "...(truncated)" end
+  host.log(level, msg, log_fields(fields))
+end
+
+_M.limits = {
+  headers = MAX_HEADERS, header_value = MAX_HEADER_VALUE, reason = MAX_REASON,
+  sar_value = MAX_SAR_VALUE, sar_path = MAX_SAR_PATH, labels = MAX_LABELS,
+  label_value = MAX_LABEL_VALUE, help = MAX_HELP, buckets = MAX_BUCKETS,
+  log_message = MAX_LOG_MESSAGE, log_fields = MAX_LOG_FIELDS,
+}
+
+return _M

@@ -1,0 +1,581 @@
+-- tokengate.sandbox: compiles policy files into an allow-listed environment and calls
+-- their hooks under an instruction budget.
+--
+-- Owns: the policy environment (what a policy can reach), the instruction budget, the
+-- read-only request view, and the checks on what a policy returns. The gateway's C host
+-- embeds this file and calls the same functions busted calls through tokengate.testing,
+-- so one definition of the sandbox is tested and shipped.
+--
+-- Host requirements (true under busted and in a state opened with luaL_openlibs): the
+-- host state has `debug` (count hook for the budget, line numbers for messages) and `jit`
+-- (to switch the JIT off for policy code, without which the hook does not fire inside
+-- compiled loops). Policies never see either. _M.budget_enforced tells which is in force.
+--
+-- Functions that run policy code never raise: they return nil, err (load, ttl),
+-- false, err (anonymous) or "error", message (authorize).
+
+local tg = require("tokengate")
+
+local type = type
+local next = next
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local error = error
+local select = select
+local tostring = tostring
+local load = load
+local rawset = rawset
+local getmetatable = getmetatable
+local setmetatable = setmetatable
+local byte = string.byte
+local sub = string.sub
+local find = string.find
+local match = string.match
+local lower = string.lower
+local format = string.format
+local concat = table.concat
+local huge = math.huge
+local os_time = os.time
+local os_date = os.date
+local os_clock = os.clock
+
+local sethook = debug and debug.sethook
+local gethook = debug and debug.gethook
+local getinfo = debug and debug.getinfo
+local jit_off = jit and jit.off
+
+local _M = { _VERSION = "0.1.0" }
+
+-- Count hooks are how Lua 5.1 stops a runaway script, and LuaJIT only calls them from the
+-- interpreter: compiled traces run without hooks. So the budget holds only because
+-- load() switches the JIT off for every function of a policy (jit.off(chunk, true)).
+-- (Plain Lua 5.1 has no JIT, so there the hook alone is enough.)
+_M.budget_enforced = sethook ~= nil and (jit_off ~= nil or jit == nil)
+
+local DEFAULT_INSTRUCTION_LIMIT = 10000000
+local MAX_ERROR_MESSAGE = 1024
+local MAX_AUDIENCES = 16
+local MAX_AUDIENCE = 256
+local SA_PATTERN = "^system:serviceaccount:([^:]+):([^:]+)$"
+local POLICY_FIELDS = { authorize = "function", ttl = "function", anonymous = "function", audiences = "list" }
+-- The bearer token stays with the gateway: a policy has the TokenReview's user instead.
+local HIDDEN_REQUEST_HEADERS = { authorization = true, ["proxy-authorization"] = true }
+
+local config = { instruction_limit = DEFAULT_INSTRUCTION_LIMIT, clock = nil }
+
+-- Policies loaded here; authorize/ttl/anonymous refuse anything else.
+local loaded_policies = setmetatable({}, { __mode = "k" })
+
+
+-- Strings ------------------------------------------------------------------------------
+
+-- ("").dump would reach string.dump through the one metatable all strings share, so the
+-- methods table strings index loses dump. Process-wide, once; host code keeps
+-- string.dump itself. The fallback keeps functions added to `string` later visible.
+local function harden_string_metatable()
+  local mt = getmetatable("")
+  if mt == nil or mt.__index ~= string then return end
+  local methods = {}
+  for k, v in pairs(string) do
+    if k ~= "dump" then methods[k] = v end
+  end
+  setmetatable(methods, { __index = function(_, k)
+    if k ~= "dump" then return string[k] end
+  end })
+  mt.__index = methods
+end
+
+harden_string_metatable()
+
+
+-- Read-only views ------------------------------------------------------------------------
+
+-- A view is an empty proxy: writes hit __newindex, reads go to the hidden source. Lua 5.1
+-- has no __pairs, so the sandbox's pairs/next/ipairs look the source up here.
+local view_source = setmetatable({}, { __mode = "k" })
+
+local function readonly(src, what, strict, index)
+  local proxy = {}
+  view_source[proxy] = src
+  return setmetatable(proxy, {
+    __index = index or function(_, k)
+      local v = src[k]
+      if v == nil and strict then
+        error(format("%s has no field '%s'", what, tostring(k)), 2)
+      end
+      return v
+    end,
+    __newindex = function(_, k)
+      error(format("%s is read-only (cannot set '%s')", what, tostring(k)), 2)
+    end,
+    __metatable = false,
+  })
+end
+
+function _M.is_readonly(t)
+  return view_source[t] ~= nil
+end
+
+local function copy_table(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+-- What `require("tokengate")` gives a policy: only the public API, read-only, one view
+-- shared by every policy in this state, so no policy can change what the next one sees.
+local policy_tg = readonly({
+  _VERSION = tg._VERSION,
+  allow = tg.allow,
+  deny = tg.deny,
+  sar = tg.sar,
+  log = tg.log,
+  metrics = readonly(copy_table(tg.metrics), "tokengate.metrics", true),
+  limits = readonly(copy_table(tg.limits), "tokengate.limits", true),
+}, "tokengate", true)
+
+
+-- Instruction budget ---------------------------------------------------------------------
+
+local budget = { exhausted = false, message = nil, chunkname = nil }
+local run_protected -- forward: the hook must recognise its frame
+
+local function budget_message(level)
+  local info = getinfo(level, "Sl")
+  local what = format("instruction limit of %d exceeded", config.instruction_limit)
+  if info and info.source == "=" .. budget.chunkname and info.currentline > 0 then
+    return format("%s:%d: %s", budget.chunkname, info.currentline, what)
+  end
+  if info and info.currentline > 0 then
+    return format("%s: %s (stopped in %s:%d)", budget.chunkname, what, info.short_src, info.currentline)
+  end
+  return format("%s: %s", budget.chunkname, what)
+end
+
+-- Fires once when the budget is spent, then on every instruction: a policy that wraps the
+-- loop in pcall gets the error again on its next instruction, so it cannot swallow the
+-- stop and carry on. Only run_protected's own frame runs on, to clear the hook.
+local function on_budget()
+  if budget.exhausted then
+    if getinfo(2, "f").func == run_protected then return end
+    error(budget.message, 0)
+  end
+  budget.exhausted = true
+  budget.message = budget_message(3)
+  error(budget.message, 0)
+end
+
+local function error_text(e)
+  local t = type(e)
+  if t == "number" then e = tostring(e) end
+  -- Never tostring() a table: its __tostring is policy code and would run unbudgeted.
+  if type(e) ~= "string" then return format("(error object is a %s value)", t) end
+  if #e > MAX_ERROR_MESSAGE then e = sub(e, 1, MAX_ERROR_MESSAGE) .. "...(truncated)" end
+  return e
+end
+
+-- Calls fn(a, b) under the budget. Returns true, result or false, message.
+run_protected = function(chunkname, fn, a, b)
+  budget.exhausted, budget.message, budget.chunkname = false, nil, chunkname
+  local saved_hook, saved_mask, saved_count
+  if sethook then
+    saved_hook, saved_mask, saved_count = gethook()
+    sethook(on_budget, "", config.instruction_limit)
+  end
+  local ok, res = pcall(fn, a, b)
+  if sethook then
+    if saved_hook then sethook(saved_hook, saved_mask, saved_count) else sethook() end
+  end
+  if budget.exhausted then return false, budget.message end
+  if not ok then return false, error_text(res) end
+  return true, res
+end
+
+-- The policy environment ------------------------------------------------------------------
+
+local function check_table_arg(fname, t)
+  if type(t) ~= "table" then
+    error(format("bad argument #1 to '%s' (table expected, got %s)", fname, type(t)), 3)
+  end
+end
+
+local function sb_next(t, k)
+  check_table_arg("next", t)
+  return next(view_source[t] or t, k)
+end
+
+local function sb_pairs(t)
+  check_table_arg("pairs", t)
+  local src = view_source[t]
+  if src == nil then return next, t, nil end
+  -- A closure, not (next, src): the source table must never reach policy code.
+  return function(_, k) return next(src, k) end, t, nil
+end
+
+local function sb_ipairs(t)
+  check_table_arg("ipairs", t)
+  local src = view_source[t] or t
+  return function(_, i)
+    i = i + 1
+    local v = src[i]
+    if v ~= nil then return i, v end
+  end, t, 0
+end
+
+local function sb_rawset(t, k, v)
+  check_table_arg("rawset", t)
+  if view_source[t] then error("attempt to modify a read-only table", 2) end
+  return rawset(t, k, v)
+end
+
+-- Strings share one metatable with the host; handing it out would let a policy change
+-- string methods for the gateway's own Lua code.
+local function sb_getmetatable(v)
+  if type(v) == "string" then return nil end
+  return getmetatable(v)
+end
+
+local function sb_require(name)
+  if name == "tokengate" then return policy_tg end
+  error(format("module '%s' is not available to policies", tostring(name)), 2)
+end
+
+local function sb_print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  tg.log("info", concat(parts, "\t"))
+end
+
+local function sb_os()
+  return {
+    clock = os_clock,
+    time = function(t)
+      if t == nil and config.clock then return config.clock() end
+      return os_time(t)
+    end,
+    date = function(fmt, t)
+      if t == nil and config.clock then t = config.clock() end
+      return os_date(fmt, t)
+    end,
+  }
+end
+
+local function without_dump(t)
+  local c = copy_table(t)
+  c.dump = nil
+  return c
+end
+
+-- A load() that compiles source only and always into the policy's own environment.
+local function make_load(env)
+  return function(chunk, chunkname)
+    if type(chunk) ~= "string" then
+      return nil, "load: policies may only load a string of Lua source"
+    end
+    if byte(chunk, 1) == 27 then
+      return nil, "load: precompiled bytecode is refused"
+    end
+    if chunkname ~= nil and type(chunkname) ~= "string" then
+      return nil, "load: chunkname must be a string"
+    end
+    local fn, err = load(chunk, chunkname or "=(load)", "t", env)
+    if fn and jit_off then jit_off(fn, true) end
+    return fn, err
+  end
+end
+
+-- Returns a fresh environment and the function that freezes it once the chunk has run.
+local function new_env()
+  local loading = true
+  local env = {
+    assert = assert, error = error, ipairs = sb_ipairs, next = sb_next, pairs = sb_pairs,
+    pcall = pcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
+    unpack = unpack, xpcall = xpcall, rawequal = rawequal, rawget = rawget,
+    rawset = sb_rawset, setmetatable = setmetatable, getmetatable = sb_getmetatable,
+    _VERSION = _VERSION,
+    string = without_dump(string), table = copy_table(table), math = copy_table(math),
+    os = sb_os(), require = sb_require, print = sb_print,
+  }
+  env.load = make_load(env)
+  setmetatable(env, {
+    -- Like Redis: a typo in a global name is an error, not a silent nil.
+    __index = function(_, k)
+      error(format("undefined global '%s'", tostring(k)), 2)
+    end,
+    -- Top-level code may define globals while the file loads; hooks may not add more,
+    -- so per-request state cannot creep in through a misspelt local.
+    __newindex = function(t, k, v)
+      if not loading then
+        error(format("assignment to undefined global '%s' after the policy has loaded", tostring(k)), 2)
+      end
+      rawset(t, k, v)
+    end,
+    __metatable = false,
+  })
+  return env, function() loading = false end
+end
+
+
+-- Loading -------------------------------------------------------------------------------
+
+local function where(chunkname, fn)
+  if getinfo then
+    local info = getinfo(fn, "S")
+    if info and info.linedefined and info.linedefined > 0 and info.source == "=" .. chunkname then
+      return format("%s:%d", chunkname, info.linedefined)
+    end
+  end
+  return chunkname
+end
+
+-- Lua drops the frame of a tail call, so an error raised in `return tg.allow{...}` (or an
+-- error(msg, 0)) arrives without "name:line:". Name the hook and its first line instead,
+-- keeping the "name:line:" shape log readers and editors understand.
+local function located(message, chunkname, fn, hookname)
+  if find(message, "^[^\n]-:%d+: ") then return message end
+  if hookname == nil then return chunkname .. ": " .. message end
+  return format("%s: in %s: %s", where(chunkname, fn), hookname, message)
+end
+
+-- run_protected for a hook: the message always carries the policy's name.
+local function call_hook(policy, hookname, a, b)
+  local fn = policy[hookname]
+  local ok, res = run_protected(policy.chunkname, fn, a, b)
+  if not ok then return false, located(res, policy.chunkname, fn, hookname) end
+  return true, res
+end
+
+local function check_audiences(list, chunkname)
+  if type(list) ~= "table" then
+    return nil, format("%s: audiences must be a list of strings (got %s)", chunkname, type(list))
+  end
+  local n, count = #list, 0
+  for k in next, list do
+    count = count + 1
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      return nil, format("%s: audiences must be a list of strings", chunkname)
+    end
+  end
+  if count ~= n or n == 0 or n > MAX_AUDIENCES then
+    return nil, format("%s: audiences must be a list of 1 to %d strings", chunkname, MAX_AUDIENCES)
+  end
+  local copy = {}
+  for i = 1, n do
+    local a = list[i]
+    if type(a) ~= "string" or a == "" or #a > MAX_AUDIENCE or find(a, "[%z\1-\31\127]") then
+      return nil, format("%s: audiences[%d] must be a non-empty string of at most %d printable bytes",
+        chunkname, i, MAX_AUDIENCE)
+    end
+    copy[i] = a
+  end
+  return copy
+end
+
+-- Reads the returned table raw (next, never metamethods: this runs outside the budget).
+local function check_policy(t, chunkname)
+  if type(t) ~= "table" then
+    return nil, format("%s: a policy must return a table (got %s)", chunkname, type(t))
+  end
+  local policy = { chunkname = chunkname }
+  for k, v in next, t do
+    local want = type(k) == "string" and POLICY_FIELDS[k]
+    if not want then
+      return nil, format("%s: unknown policy field '%s' (known: authorize, ttl, anonymous, audiences)",
+        chunkname, tostring(k))
+    end
+    if want == "function" and type(v) ~= "function" then
+      return nil, format("%s: policy field '%s' must be a function (got %s)", chunkname, k, type(v))
+    end
+    if want == "list" then
+      local list, err = check_audiences(v, chunkname)
+      if not list then return nil, err end
+      v = list
+    end
+    policy[k] = v
+  end
+  if policy.authorize == nil then
+    return nil, format("%s: a policy must define authorize(req, user)", chunkname)
+  end
+  return policy
+end
+
+-- syntax: policy, err = sandbox.load(source, chunkname)
+-- Compiles source (text only) in a fresh environment, runs it under the budget and checks
+-- what it returns. policy.audiences is the checked list (or nil).
+function _M.load(source, chunkname)
+  if chunkname == nil then chunkname = "policy" end
+  if type(chunkname) ~= "string" then return nil, "policy chunkname must be a string" end
+  if type(source) ~= "string" then
+    return nil, format("%s: policy source must be a string (got %s)", chunkname, type(source))
+  end
+  if byte(source, 1) == 27 then
+    return nil, chunkname .. ": precompiled bytecode is refused; load the Lua source"
+  end
+  local env, freeze = new_env()
+  local chunk, err = load(source, "=" .. chunkname, "t", env)
+  if not chunk then return nil, err end
+  if jit_off then jit_off(chunk, true) end
+  local ok, res = run_protected(chunkname, chunk)
+  freeze()
+  if not ok then return nil, located(res, chunkname) end
+  local policy, perr = check_policy(res, chunkname)
+  if not policy then return nil, perr end
+  loaded_policies[policy] = true
+  return policy
+end
+
+
+-- Calling hooks -------------------------------------------------------------------------
+
+local function describe(v)
+  if type(v) == "table" then return "a table not built by tg.allow, tg.deny or tg.sar" end
+  return type(v)
+end
+
+-- syntax: kind, payload = sandbox.authorize(policy, req, user)
+-- kind: "allow" (payload: {{name, value}, ...}), "deny" (reason), "sar" (attributes with
+-- kind = "resource" | "nonresource"), "error" (message). Never raises.
+function _M.authorize(policy, req, user)
+  if not loaded_policies[policy] then return "error", "not a policy loaded by tokengate.sandbox" end
+  local ok, res = call_hook(policy, "authorize", req, user)
+  if not ok then return "error", res end
+  local kind, payload = tg.unwrap_decision(res)
+  if kind == nil then
+    return "error", format("%s: authorize must return tg.allow(), tg.deny() or tg.sar() (got %s)",
+      where(policy.chunkname, policy.authorize), describe(res))
+  end
+  return kind, payload
+end
+
+-- syntax: seconds, err = sandbox.ttl(policy, user)
+-- nil without err: no ttl hook, or the hook returned nil (use the gateway's --cache-ttl).
+function _M.ttl(policy, user)
+  if not loaded_policies[policy] then return nil, "not a policy loaded by tokengate.sandbox" end
+  if policy.ttl == nil then return nil end
+  local ok, res = call_hook(policy, "ttl", user)
+  if not ok then return nil, res end
+  if res == nil then return nil end
+  if type(res) ~= "number" or res ~= res or res == huge or res < 0 then
+    return nil, format("%s: ttl must return a finite number of seconds >= 0 or nil (got %s)",
+      where(policy.chunkname, policy.ttl), type(res) == "number" and tostring(res) or type(res))
+  end
+  return res
+end
+
+-- syntax: ok, err = sandbox.anonymous(policy, req)
+-- true only when the hook returns true; an error or any other value never lets a caller
+-- in without a token.
+function _M.anonymous(policy, req)
+  if not loaded_policies[policy] then return false, "not a policy loaded by tokengate.sandbox" end
+  if policy.anonymous == nil then return false end
+  local ok, res = call_hook(policy, "anonymous", req)
+  if not ok then return false, res end
+  if res == true then return true end
+  if res == false or res == nil then return false end
+  return false, format("%s: anonymous must return a boolean (got %s)",
+    where(policy.chunkname, policy.anonymous), type(res))
+end
+
+
+-- What hooks see ------------------------------------------------------------------------
+
+local function string_list(list)
+  local out = {}
+  if type(list) == "table" then
+    for i = 1, #list do
+      if type(list[i]) == "string" then out[#out + 1] = list[i] end
+    end
+  end
+  return out
+end
+
+-- syntax: user = sandbox.make_user(username, uid, groups, extra)
+-- A fresh plain table per call: what one call does to it is never seen by the next.
+function _M.make_user(username, uid, groups, extra)
+  local user = {
+    username = type(username) == "string" and username or "",
+    uid = type(uid) == "string" and uid or "",
+    groups = string_list(groups),
+    extra = {},
+  }
+  if type(extra) == "table" then
+    for k, v in pairs(extra) do
+      if type(k) == "string" then user.extra[k] = string_list(v) end
+    end
+  end
+  local ns, name = match(user.username, SA_PATTERN)
+  if ns then user.namespace, user.serviceaccount = ns, name end
+  return user
+end
+
+local function header_value(v)
+  if type(v) == "string" then return v end
+  if type(v) == "table" then return concat(string_list(v), ", ") end
+  return nil
+end
+
+local function request_headers(map)
+  local headers = {}
+  if type(map) ~= "table" then map = {} end
+  for name, value in pairs(map) do
+    local v = type(name) == "string" and header_value(value)
+    if v then
+      local lname = lower(name)
+      if not HIDDEN_REQUEST_HEADERS[lname] then
+        -- Repeated fields combine as RFC 9110 section 5.3 allows.
+        headers[lname] = headers[lname] and headers[lname] .. ", " .. v or v
+      end
+    end
+  end
+  -- Case-insensitive lookups: req.headers["Content-Type"] finds "content-type".
+  return readonly(headers, "req.headers", false, function(_, k)
+    if type(k) ~= "string" then return nil end
+    return headers[lower(k)]
+  end)
+end
+
+local function opt_string(v)
+  return type(v) == "string" and v or ""
+end
+
+-- syntax: req = sandbox.make_request(method, path, query, host, client_ip, headers_map)
+-- A read-only view; headers_map values may be strings or lists of strings.
+function _M.make_request(method, path, query, host, client_ip, headers_map)
+  return readonly({
+    method = opt_string(method), path = opt_string(path), query = opt_string(query),
+    host = opt_string(host), client_ip = opt_string(client_ip),
+    headers = request_headers(headers_map),
+  }, "req", true)
+end
+
+
+-- Configuration -------------------------------------------------------------------------
+
+-- syntax: ok, err = sandbox.configure{ instruction_limit = n, clock = fn | false }
+-- clock: returns the epoch seconds policies see from os.time()/os.date(); false restores
+-- the real clock. Settings apply to every policy in this Lua state.
+function _M.configure(opts)
+  if type(opts) ~= "table" then return nil, "configure expects a table" end
+  local limit = opts.instruction_limit
+  if limit ~= nil then
+    if type(limit) ~= "number" or limit < 1 or limit > 2147483647 or limit % 1 ~= 0 then
+      return nil, "instruction_limit must be an integer between 1 and 2147483647"
+    end
+    config.instruction_limit = limit
+  end
+  if opts.clock ~= nil then
+    if opts.clock ~= false and type(opts.clock) ~= "function" then
+      return nil, "clock must be a function or false"
+    end
+    config.clock = opts.clock or nil
+  end
+  return true
+end
+
+function _M.instruction_limit()
+  return config.instruction_limit
+end
+
+return _M

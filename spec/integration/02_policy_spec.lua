@@ -1,0 +1,266 @@
+-- Integration: Lua policies in the real gateway: decisions, SubjectAccessReviews through
+-- the fake API server, TTL per namespace, custom metrics, the sandbox, and hot reload.
+local fake_mod = require("support.fake")
+local gateway_mod = require("support.gateway")
+local proc = require("support.proc")
+local http = require("support.http")
+
+local function sa(ns, name)
+  return { token = "tok-" .. ns .. "-" .. name, username = "system:serviceaccount:" .. ns .. ":" .. name,
+    uid = "uid-" .. ns .. "-" .. name,
+    groups = { "system:serviceaccounts", "system:serviceaccounts:" .. ns, "system:authenticated" } }
+end
+
+local TOKENS = { sa("team-a", "sender"), sa("payments", "charger"), sa("kube-system", "ctrl"), sa("team-b", "reader") }
+
+-- team-a may create deliveries in team-a and GET /healthz-like paths; nobody else may.
+local SAR_RULES = {
+  { user = "system:serviceaccount:team-a:sender", verb = "create", namespace = "team-a",
+    group = "hooks.example.com", resource = "deliveries" },
+  { user = "system:serviceaccount:team-a:sender", verb = "get", path = "/api/*" },
+}
+
+local function write_policy(dir, name, source)
+  local path = dir .. "/" .. name
+  proc.write_file(path, source)
+  return path
+end
+
+describe("tokengate Lua policies", function()
+  local fake, dir
+
+  lazy_setup(function()
+    fake = fake_mod.start{ tokens = TOKENS, sar_rules = SAR_RULES }
+    dir = fake.dir
+  end)
+  lazy_teardown(function() if fake then fake:stop() end end)
+  before_each(function()
+    fake:config{ latency_ms = 0, hang = false }
+    fake:reset_stats()
+  end)
+
+  describe("with the built-in default policy", function()
+    local gw
+    lazy_setup(function() gw = gateway_mod.start{ fake = fake } end)
+    lazy_teardown(function() if gw then gw:stop() end end)
+
+    it("asks a non-resource SubjectAccessReview of the path and verb and caches it", function()
+      fake:reset_stats()
+      local ok = gw:request("tok-team-a-sender", "/api/v1/things")
+      assert.equal(200, ok.status)
+      assert.equal("system:serviceaccount:team-a:sender", ok.headers["x-remote-user"])
+      local denied = gw:request("tok-team-a-sender", "/metrics")
+      assert.equal(403, denied.status)
+      assert.equal(2, fake:stats().subjectaccessreview_calls)
+      -- cached: the same questions make no new call
+      assert.equal(200, gw:request("tok-team-a-sender", "/api/v1/things").status)
+      assert.equal(403, gw:request("tok-team-a-sender", "/metrics").status)
+      assert.equal(2, fake:stats().subjectaccessreview_calls)
+      assert.equal(1, fake:stats().tokenreview_calls)
+      local m = gw:metrics()
+      assert.equal(2, m["gateway_subjectaccessreview_api_calls_total"])
+      assert.equal(2, m["gateway_subjectaccessreview_cache_hits_total"])
+    end)
+
+    it("uses the method of X-Original-Method / X-Forwarded-Method as the verb", function()
+      local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: GET" })
+      assert.equal(200, res.status)
+      res = gw:request("tok-team-a-sender", "/", { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: DELETE" })
+      assert.equal(403, res.status)
+    end)
+
+    it("answers 503 when the SubjectAccessReview times out, and caches nothing", function()
+      local gw2 = gateway_mod.start{ fake = fake, args = { "--review-timeout", "400ms" } }
+      assert.equal(200, gw2:request("tok-team-a-sender", "/api/warm").status) -- TokenReview cached
+      fake:config{ latency_ms = 2000 }
+      local t0 = proc.now()
+      local res = gw2:request("tok-team-a-sender", "/api/cold")
+      local elapsed = proc.now() - t0
+      fake:config{ latency_ms = 0 }
+      assert.equal(503, res.status)
+      assert.is_true(elapsed < 1.4, "took " .. elapsed)
+      assert.equal(200, gw2:request("tok-team-a-sender", "/api/cold").status)
+      gw2:stop()
+    end)
+  end)
+
+  describe("with a resource-mapping policy", function()
+    local gw
+    lazy_setup(function()
+      local p = write_policy(dir, "resource.lua", [[
+        local tg = require("tokengate")
+        local decisions = tg.metrics.counter("policy_decisions_total", "Decisions by namespace", {"namespace", "decision"})
+        return {
+          ttl = function(user)
+            if user.namespace == "payments" then return 1 end
+            return 120
+          end,
+          authorize = function(req, user)
+            if user.namespace == "kube-system" then
+              decisions:inc{ namespace = user.namespace, decision = "deny" }
+              return tg.deny("kube-system may not call webhooks")
+            end
+            if user.namespace == "payments" then
+              decisions:inc{ namespace = user.namespace, decision = "allow" }
+              return tg.allow{ headers = { ["X-Tenant"] = user.namespace } }
+            end
+            if req.path == "/boom" then error("policy bug") end
+            if req.path == "/bad-return" then return { decision = "allow" } end
+            decisions:inc{ namespace = user.namespace or "", decision = "sar" }
+            return tg.sar{ namespace = user.namespace, verb = "create", group = "hooks.example.com",
+                           resource = "deliveries" }
+          end,
+        }
+      ]])
+      gw = gateway_mod.start{ fake = fake, args = { "--policy", p } }
+    end)
+    lazy_teardown(function() if gw then gw:stop() end end)
+
+    it("allows with the policy's headers, denies with its reason, asks resource SARs", function()
+      local res = gw:request("tok-payments-charger")
+      assert.equal(200, res.status)
+      assert.equal("payments", res.headers["x-tenant"])
+      res = gw:request("tok-kube-system-ctrl")
+      assert.equal(403, res.status)
+      assert.truthy(res.body:find("kube-system may not call webhooks", 1, true))
+      assert.equal(200, gw:request("tok-team-a-sender").status)
+      assert.equal(403, gw:request("tok-team-b-reader").status)
+    end)
+
+    it("answers 500 and never 200 when the policy raises or returns a hand-made decision", function()
+      local before = gw:metric("gateway_policy_errors_total")
+      assert.equal(500, gw:request("tok-team-a-sender", "/boom").status)
+      assert.equal(500, gw:request("tok-team-a-sender", "/bad-return").status)
+      assert.equal(before + 2, gw:metric("gateway_policy_errors_total"))
+    end)
+
+    it("uses ttl(user) for the TokenReview cache entry of each namespace", function()
+      fake:reset_stats()
+      assert.equal(200, gw:request("tok-payments-charger").status)
+      assert.equal(403, gw:request("tok-kube-system-ctrl").status)
+      local base = fake:stats().tokenreview_calls -- 0, 1 or 2 depending on what is cached
+      proc.sleep(1.3)
+      gw:request("tok-payments-charger") -- 1 s TTL: expired, reviewed again
+      gw:request("tok-kube-system-ctrl") -- 120 s TTL: still cached
+      local by = fake:stats().by_token
+      assert.equal(base + 1, fake:stats().tokenreview_calls)
+      assert.truthy(by["tok-payments-charger"] >= 1)
+    end)
+
+    it("shows the policy's metrics on /metrics after real traffic", function()
+      local m = gw:metrics()
+      local before = m['policy_decisions_total{namespace="kube-system",decision="deny"}'] or 0
+      for _ = 1, 5 do gw:request("tok-kube-system-ctrl") end
+      m = gw:metrics()
+      assert.equal(before + 5, m['policy_decisions_total{namespace="kube-system",decision="deny"}'])
+      assert.truthy(m._text:find("# TYPE policy_decisions_total counter", 1, true))
+      proc.write_file(dir .. "/m.txt", m._text)
+      local out, code = proc.run("promtool check metrics < " .. proc.quote(dir .. "/m.txt"))
+      assert.equal(0, code, out)
+    end)
+  end)
+
+  describe("the sandbox", function()
+    local escapes = {
+      io_open = [[ return { authorize = function() local f = io.open("/etc/passwd") return require("tokengate").allow{} end } ]],
+      os_execute = [[ return { authorize = function() os.execute("true") return require("tokengate").allow{} end } ]],
+      ffi = [[ return { authorize = function() local ffi = require("ffi") return require("tokengate").allow{} end } ]],
+      string_dump = [[ return { authorize = function() local b = string.dump(function() end) return require("tokengate").allow{} end } ]],
+      method_dump = [[ return { authorize = function() local b = (""):dump() return require("tokengate").allow{} end } ]],
+      bytecode = [[ return { authorize = function() local f = load("\27LJ\2\0", "x", "b") f() return require("tokengate").allow{} end } ]],
+      endless = [[ return { authorize = function() while true do end end } ]],
+      pcall_endless = [[ return { authorize = function() while true do pcall(function() while true do end end) end end } ]],
+      memory = [[ return { authorize = function() local t = {} for i = 1, 1e8 do t[i] = string.rep("x", 64) .. i end end } ]],
+      getfenv = [[ return { authorize = function() local g = getfenv(0) return require("tokengate").allow{} end } ]],
+    }
+    for name, source in pairs(escapes) do
+      it("refuses or stops " .. name .. " with a 500, never a 200", function()
+        local p = write_policy(dir, "escape-" .. name .. ".lua", source)
+        local gw = gateway_mod.start{ fake = fake, args = { "--policy", p, "--policy-max-memory-bytes", "16777216" } }
+        local t0 = proc.now()
+        local res = gw:request("tok-team-a-sender")
+        local elapsed = proc.now() - t0
+        local alive = gw:alive()
+        gw:stop()
+        assert.equal(500, res.status)
+        assert.is_true(alive)
+        assert.is_true(elapsed < 3, name .. " took " .. elapsed .. " s")
+      end)
+    end
+
+    it("refuses to start with a policy that does not compile, and --check says why", function()
+      local p = write_policy(dir, "broken.lua", "return { authorize = function( end }")
+      local out, code = proc.run(proc.quote(proc.build_path("core/tokengate")) .. " --check --policy " .. proc.quote(p))
+      assert.is_not.equal(0, code)
+      assert.truthy(out:find("broken.lua:1", 1, true), out)
+      local good = write_policy(dir, "good.lua", "return { authorize = function() return require('tokengate').allow{} end }")
+      out, code = proc.run(proc.quote(proc.build_path("core/tokengate")) .. " --check --policy " .. proc.quote(good))
+      assert.equal(0, code, out)
+    end)
+  end)
+
+  describe("hot reload", function()
+    local ALLOW_A = [[ local tg = require("tokengate")
+      return { authorize = function(req, user) return tg.allow{ headers = { ["X-Policy"] = "A" } } end } ]]
+    local ALLOW_B = [[ local tg = require("tokengate")
+      return { authorize = function(req, user) return tg.allow{ headers = { ["X-Policy"] = "B" } } end } ]]
+    local BROKEN = [[ return { authorize = function(req, user) return tg.allow{ end } ]]
+
+    it("swaps policies on SIGHUP under load; a broken file keeps the previous one", function()
+      local path = dir .. "/reload.lua"
+      proc.write_file(path, ALLOW_A)
+      local gw = gateway_mod.start{ fake = fake, args = { "--policy", path } }
+      assert.equal("A", gw:request("tok-team-a-sender").headers["x-policy"])
+      -- A load loop in the background while 20 SIGHUPs rotate A, B, broken.
+      local load_out = dir .. "/reload-load.json"
+      local tokens_file = dir .. "/reload-tokens.txt"
+      proc.write_file(tokens_file, "tok-team-a-sender\n")
+      local cmd = string.format("%s --url %s/ -c 8 -d 6 --tokens %s > %s 2>&1 &",
+        proc.quote(proc.build_path("bench/tgload")), gw.url, tokens_file, load_out)
+      os.execute(cmd)
+      local seen = {}
+      local versions = { ALLOW_A, ALLOW_B, BROKEN }
+      for i = 1, 20 do
+        proc.write_file(path, versions[(i % 3) + 1])
+        proc.signal(gw.handle, "HUP")
+        proc.sleep(0.2)
+        local h = gw:request("tok-team-a-sender").headers["x-policy"]
+        seen[h or "none"] = true
+      end
+      proc.sleep(1.5)
+      local result = require("cjson").decode(proc.read_file(load_out):match("({.*})"))
+      local m = gw:metrics()
+      local info = require("cjson").decode(http.get(gw.admin_url .. "/policy").body)
+      gw:stop()
+      assert.is_true(result.requests > 100)
+      assert.equal(result.requests, result.codes["200"], "every request under reload was allowed")
+      assert.equal(0, result.errors)
+      assert.is_nil(seen.none)
+      assert.is_true(seen.A and seen.B)
+      assert.equal(7, m['gateway_policy_reloads_total{result="failure"}']) -- i % 3 == 2: i = 2,5,...,20
+      assert.equal(14, m['gateway_policy_reloads_total{result="success"}']) -- 13 good + start-up
+      assert.truthy(info.last_error == "" or info.last_error:find("reload.lua:1", 1, true))
+      assert.equal(64, #info.sha256)
+    end)
+
+    it("reloads when a ConfigMap-style symlink swap changes the file, with --policy-watch", function()
+      local d = dir .. "/cm"
+      os.execute("rm -rf " .. d .. " && mkdir -p " .. d .. "/v1 " .. d .. "/v2")
+      proc.write_file(d .. "/v1/policy.lua", ALLOW_A)
+      proc.write_file(d .. "/v2/policy.lua", ALLOW_B)
+      os.execute(string.format("ln -s v1 %s/..data && ln -s ..data/policy.lua %s/policy.lua", d, d))
+      local gw = gateway_mod.start{ fake = fake, args = { "--policy", d .. "/policy.lua", "--policy-watch" } }
+      assert.equal("A", gw:request("tok-team-a-sender").headers["x-policy"])
+      -- The kubelet's atomic swap: a new ..data symlink renamed over the old one.
+      os.execute(string.format("ln -s v2 %s/..data_tmp && mv -T %s/..data_tmp %s/..data", d, d, d))
+      local deadline = proc.now() + 6
+      local got
+      repeat
+        proc.sleep(0.2)
+        got = gw:request("tok-team-a-sender").headers["x-policy"]
+      until got == "B" or proc.now() > deadline
+      gw:stop()
+      assert.equal("B", got)
+    end)
+  end)
+end)
