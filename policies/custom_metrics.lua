@@ -26,7 +26,7 @@ return {
       return DENY
     end
     local length = tonumber(req.headers["content-length"])
-    if length then
+    if length and length >= 0 then
       body_bytes:observe({ namespace = ns }, length)
     end
     decisions:inc{ namespace = ns, decision = "allow" }

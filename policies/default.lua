@@ -10,8 +10,10 @@
 --     verbs: ["create"]
 --
 -- Nothing is allowed without a token (no `anonymous` hook) and verdicts are cached for
--- the gateway's --cache-ttl (no `ttl` hook). Start from this file when you only need to
--- add a rule or two: keep the final `return tg.sar{...}` as the fallback.
+-- the gateway's --cache-ttl (no `ttl` hook). A path longer than a SubjectAccessReview
+-- attribute may be (tg.limits.sar_path bytes) is denied with a reason rather than turned
+-- into a policy error. Start from this file when you only need to add a rule or two: keep
+-- the final `return tg.sar{...}` as the fallback.
 local tg = require("tokengate")
 
 -- HTTP method -> Kubernetes verb, as kube-rbac-proxy maps them. Anything else (OPTIONS,
@@ -24,8 +26,13 @@ local function verb_of(method)
   return VERBS[method] or string.lower(method)
 end
 
+local MAX_PATH = tg.limits.sar_path
+
 return {
   authorize = function(req, user)
+    if #req.path > MAX_PATH then
+      return tg.deny("request path is too long to authorize")
+    end
     return tg.sar{ path = req.path, verb = verb_of(req.method) }
   end,
 }

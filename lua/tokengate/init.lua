@@ -33,11 +33,13 @@ local _M = { _VERSION = "0.1.0" }
 
 -- Limits. Exported read-only through the policy view so authors can read them.
 local MAX_HEADERS = 16
-local MAX_HEADER_NAME = 256
+local MAX_HEADER_NAME = 128 -- the C host re-checks allow headers with the same limits
 local MAX_HEADER_VALUE = 1024
 local MAX_REASON = 256
 local MAX_SAR_VALUE = 256
-local MAX_SAR_PATH = 4096 -- request paths are routinely longer than 256 bytes
+-- Request paths are often longer than 256 bytes, but the C host accepts 256 for every
+-- attribute today; policies read tg.limits.sar_path so raising both here and in C is enough.
+local MAX_SAR_PATH = 256
 local MAX_HELP = 256
 local MAX_LABELS = 8
 local MAX_LABEL_VALUE = 128
@@ -513,7 +515,7 @@ end
 
 _M.limits = {
   headers = MAX_HEADERS, header_value = MAX_HEADER_VALUE, reason = MAX_REASON,
-  sar_value = MAX_SAR_VALUE, sar_path = MAX_SAR_PATH, labels = MAX_LABELS,
+  header_name = MAX_HEADER_NAME, sar_value = MAX_SAR_VALUE, sar_path = MAX_SAR_PATH, labels = MAX_LABELS,
   label_value = MAX_LABEL_VALUE, help = MAX_HELP, buckets = MAX_BUCKETS,
   log_message = MAX_LOG_MESSAGE, log_fields = MAX_LOG_FIELDS,
 }

@@ -6,13 +6,17 @@
 -- embeds this file and calls the same functions busted calls through tokengate.testing,
 -- so one definition of the sandbox is tested and shipped.
 --
--- Host requirements (true under busted and in a state opened with luaL_openlibs): the
--- host state has `debug` (count hook for the budget, line numbers for messages) and `jit`
--- (to switch the JIT off for policy code, without which the hook does not fire inside
--- compiled loops). Policies never see either. _M.budget_enforced tells which is in force.
+-- The budget has two enforcers, one per host:
+--   * under busted (and any state with the `debug` and `jit` libraries) this module sets a
+--     count hook around each call and switches the JIT off for policy functions;
+--   * the gateway (core/policy.c) opens neither library: it turns the JIT engine off for
+--     the whole state, runs its own C count hook and replaces pcall/xpcall with versions
+--     that re-raise a spent budget. There the functions below raise once the budget is
+--     spent, and the C side's lua_pcall turns that into a policy error.
+-- _M.budget_enforced says whether this module enforces it. Policies never see `debug`.
 --
--- Functions that run policy code never raise: they return nil, err (load, ttl),
--- false, err (anonymous) or "error", message (authorize).
+-- Otherwise, functions that run policy code never raise: they return nil, err (load,
+-- ttl), false, err (anonymous) or "error", message (authorize).
 
 local tg = require("tokengate")
 
@@ -53,7 +57,9 @@ local _M = { _VERSION = "0.1.0" }
 -- (Plain Lua 5.1 has no JIT, so there the hook alone is enough.)
 _M.budget_enforced = sethook ~= nil and (jit_off ~= nil or jit == nil)
 
-local DEFAULT_INSTRUCTION_LIMIT = 10000000
+-- The gateway's --policy-max-instructions default, so a policy that passes its specs fits
+-- the production budget.
+local DEFAULT_INSTRUCTION_LIMIT = 1000000
 local MAX_ERROR_MESSAGE = 1024
 local MAX_AUDIENCES = 16
 local MAX_AUDIENCE = 256
@@ -163,6 +169,7 @@ local function on_budget()
   end
   budget.exhausted = true
   budget.message = budget_message(3)
+  sethook(on_budget, "", 1)
   error(budget.message, 0)
 end
 
@@ -215,7 +222,8 @@ end
 
 local function sb_ipairs(t)
   check_table_arg("ipairs", t)
-  local src = view_source[t] or t
+  local src = view_source[t]
+  if src == nil then return ipairs(t) end
   return function(_, i)
     i = i + 1
     local v = src[i]
@@ -450,15 +458,16 @@ function _M.authorize(policy, req, user)
 end
 
 -- syntax: seconds, err = sandbox.ttl(policy, user)
--- nil without err: no ttl hook, or the hook returned nil (use the gateway's --cache-ttl).
+-- nil without err only when the policy has no ttl hook (the gateway then uses --cache-ttl).
+-- A hook that returns nil is an error like any other wrong type: the gateway does not
+-- cache that verdict, rather than guess.
 function _M.ttl(policy, user)
   if not loaded_policies[policy] then return nil, "not a policy loaded by tokengate.sandbox" end
   if policy.ttl == nil then return nil end
   local ok, res = call_hook(policy, "ttl", user)
   if not ok then return nil, res end
-  if res == nil then return nil end
   if type(res) ~= "number" or res ~= res or res == huge or res < 0 then
-    return nil, format("%s: ttl must return a finite number of seconds >= 0 or nil (got %s)",
+    return nil, format("%s: ttl must return a finite number of seconds >= 0 (got %s)",
       where(policy.chunkname, policy.ttl), type(res) == "number" and tostring(res) or type(res))
   end
   return res

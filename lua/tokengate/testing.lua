@@ -35,7 +35,7 @@ local find = string.find
 local _M = { _VERSION = "0.1.0" }
 
 local MAX_LABEL_VALUE = 128
-local DEFAULT_INSTRUCTION_LIMIT = 10000000
+local DEFAULT_INSTRUCTION_LIMIT = 1000000 -- the gateway's --policy-max-instructions default
 
 
 -- The in-memory host ------------------------------------------------------------------
@@ -325,7 +325,8 @@ function _M.set_clock(v)
   assert(sandbox.configure{ clock = clock })
 end
 
--- syntax: testing.set_instruction_limit(n | nil)  -- nil restores the default (10 million)
+-- syntax: testing.set_instruction_limit(n | nil)
+-- Mirror the gateway's --policy-max-instructions; nil restores the default (1 million).
 function _M.set_instruction_limit(n)
   local ok, err = sandbox.configure{ instruction_limit = n or DEFAULT_INSTRUCTION_LIMIT }
   if not ok then error(err, 2) end
