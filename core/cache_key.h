@@ -14,6 +14,8 @@ typedef struct cache_key {
     unsigned char bytes[CACHE_KEY_BYTES];
 } cache_key;
 
+/* A keyer holds the secret and a prepared HMAC context. It is not thread-safe: each
+ * event-loop thread uses its own (cache_keyer_clone), so keys agree across threads. */
 typedef struct cache_keyer cache_keyer;
 
 /* Creates a keyer with a fresh secret from the OpenSSL CSPRNG. Returns NULL on failure.
@@ -23,11 +25,14 @@ cache_keyer *cache_keyer_new(void);
 /* Same, with a fixed secret (tests only). */
 cache_keyer *cache_keyer_new_with_secret(const unsigned char secret[CACHE_KEY_SECRET_BYTES]);
 
+/* A keyer with the same secret (same keys) for another thread. NULL on failure. */
+cache_keyer *cache_keyer_clone(const cache_keyer *keyer);
+
 /* Wipes the secret and frees. NULL is a no-op. */
 void cache_keyer_free(cache_keyer *keyer);
 
 /* Key of a TokenReview: HMAC over be32(len(token)) token be32(n_audiences)
- * { be32(len(aud)) aud }*. Returns 0, or -1 if HMAC fails. Thread-safe. */
+ * { be32(len(aud)) aud }*. Returns 0, or -1 if HMAC fails. */
 int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len,
                         const char *const *audiences, size_t n_audiences, cache_key *out);
 

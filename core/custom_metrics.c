@@ -65,16 +65,26 @@ static void free_series(custom_metric *m, custom_series *s)
     free(s->bucket_counts);
 }
 
+static void free_metric(custom_metric *m);
+
 void custom_metrics_free(custom_metrics *cm)
 {
     if (!cm) return;
-    for (size_t i = 0; i < cm->n_metrics; i++) {
-        custom_metric *m = &cm->metrics[i];
-        for (size_t s = 0; s < m->n_series; s++) free_series(m, &m->series[s]);
-        free(m->series);
-        for (size_t l = 0; l < m->n_labels; l++) free(m->labels[l]);
-    }
+    custom_metrics_truncate(cm, 0);
     free(cm);
+}
+
+static void free_metric(custom_metric *m)
+{
+    for (size_t s = 0; s < m->n_series; s++) free_series(m, &m->series[s]);
+    free(m->series);
+    for (size_t l = 0; l < m->n_labels; l++) free(m->labels[l]);
+    memset(m, 0, sizeof(*m));
+}
+
+void custom_metrics_truncate(custom_metrics *cm, size_t count)
+{
+    while (cm->n_metrics > count) free_metric(&cm->metrics[--cm->n_metrics]);
 }
 
 size_t custom_metrics_count(const custom_metrics *cm)

@@ -47,6 +47,10 @@ int custom_metrics_update(custom_metrics *cm, int id, custom_metric_op op, const
 /* Appends every declared metric in the Prometheus text format. Returns 0 or -1. */
 int custom_metrics_render(const custom_metrics *cm, struct evbuffer *out);
 
+/* Forgets the metrics declared after the first `count` (a failed policy load must leave
+ * no declarations behind). Metrics declared before are kept with their values. */
+void custom_metrics_truncate(custom_metrics *cm, size_t count);
+
 /* Number of declared metrics. */
 size_t custom_metrics_count(const custom_metrics *cm);
 

@@ -24,7 +24,7 @@
 
 #define POLICY_SOURCE_MAX (1024 * 1024)
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
-#define BUDGET_ERROR "tokengate: policy exceeded its instruction budget"
+#define BUDGET_ERROR "policy exceeded its instruction budget"
 #define DEFAULT_POLICY_PATH "policies/default.lua"
 
 /* One Lua state and what was read from the policy it runs. The allocator's ud points
@@ -32,6 +32,7 @@
 typedef struct policy_state {
     lua_State *L;
     policy_host *host;
+    char chunkname[256]; /* for error messages */
     size_t mem_used, mem_max;
     uint64_t instructions, max_instructions;
     int sandbox_ref; /* require("tokengate.sandbox") */
@@ -75,7 +76,9 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     lua_getallocf(L, &ud);
     policy_state *ps = ud;
     ps->instructions += HOOK_STEP;
-    if (ps->instructions > ps->max_instructions) luaL_error(L, BUDGET_ERROR);
+    if (ps->instructions > ps->max_instructions)
+        luaL_error(L, "%s: %s (%llu instructions)", ps->chunkname, BUDGET_ERROR,
+                   (unsigned long long)ps->max_instructions);
 }
 
 static int on_panic(lua_State *L)
@@ -390,6 +393,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
         return NULL;
     }
     ps->host = host;
+    snprintf(ps->chunkname, sizeof(ps->chunkname), "%s", chunkname);
     ps->mem_max = host->limits.max_memory_bytes;
     ps->max_instructions = host->limits.max_instructions;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
@@ -522,8 +526,12 @@ int policy_host_load(policy_host *host, const char *path, char *err, size_t err_
         len = f->size;
         chunkname = DEFAULT_POLICY_PATH;
     }
+    size_t metrics_before = custom_metrics_count(host->metrics);
     policy_state *ps = state_load(host, source, len, chunkname, err, err_cap);
-    if (!ps) goto fail;
+    if (!ps) {
+        custom_metrics_truncate(host->metrics, metrics_before);
+        goto fail;
+    }
     char *new_path = strdup(path ? path : "(built-in default)");
     if (!new_path) {
         state_free(ps);
@@ -626,8 +634,18 @@ static int push_request(policy_state *ps, const policy_request *req)
             if (n >= sizeof(name)) continue;
             for (size_t i = 0; i <= n; i++)
                 name[i] = (char)((kv->key[i] >= 'A' && kv->key[i] <= 'Z') ? kv->key[i] + 32 : kv->key[i]);
+            /* Repeated fields combine as RFC 9110 section 5.3 allows (as the Lua kit does). */
             lua_pushstring(L, name);
-            lua_pushstring(L, kv->value);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isstring(L, -1)) {
+                lua_pushliteral(L, ", ");
+                lua_pushstring(L, kv->value);
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushstring(L, kv->value);
+            }
             lua_rawset(L, -3);
         }
     }

@@ -69,6 +69,7 @@ typedef struct server {
     review_kind sar_kind;
     custom_metrics *custom;
     policy_host *policy; /* NULL with --policy none */
+    policy_decision decision; /* scratch for authorize_identity(); ~24 KiB, so not on the heap per request */
     gateway_metrics metrics;
     double start_time_s;
     bool api_ready; /* the API server answered a review */
@@ -107,9 +108,10 @@ static void reply(server *srv, struct evhttp_request *req, const struct timespec
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_add_header(out, "Cache-Control", "no-store");
+    /* Always set: evhttp would otherwise label an empty answer text/html. */
+    evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
     struct evbuffer *buf = NULL;
     if (body) {
-        evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
         buf = evbuffer_new();
         if (buf) evbuffer_add_printf(buf, "%s\n", body);
     }
@@ -261,11 +263,8 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
         reply(srv, req, started, 414, "URI Too Long", "request URI too long");
         return;
     }
-    policy_decision *d = malloc(sizeof(*d));
-    if (!d) {
-        reply_unavailable(srv, req, started, 1, "out of memory");
-        return;
-    }
+    /* One decision buffer per loop, reused: it is used and done with before this returns. */
+    policy_decision *d = &srv->decision;
     policy_authorize(srv->policy, &pr, &view, d);
     switch (d->kind) {
     case POLICY_ALLOW: reply_identity(srv, req, started, packed, packed_len, d); break;
@@ -273,7 +272,6 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
     case POLICY_ERROR: reply_policy_error(srv, req, started, "authorize", d->message); break;
     case POLICY_SAR: sar_ask(srv, req, started, packed, packed_len, &view, &d->sar); break;
     }
-    free(d);
 }
 
 static void on_tokenreview_done(const review_outcome *outcome, void *arg)
@@ -919,9 +917,8 @@ static void server_teardown(server *srv)
 
 int server_run(const config *cfg)
 {
-    server srv_storage;
-    server *srv = &srv_storage;
-    memset(srv, 0, sizeof(*srv));
+    server *srv = calloc(1, sizeof(*srv));
+    if (!srv) return 1;
     srv->cfg = cfg;
     int rc = 1;
     struct timespec wall;
@@ -1015,6 +1012,7 @@ int server_run(const config *cfg)
 done:
     if (rc != 0) log_error("start-up failed", NULL);
     server_teardown(srv);
+    free(srv);
     return rc;
 }
 

@@ -227,8 +227,15 @@ describe("tokengate Lua policies", function()
         local h = gw:request("tok-team-a-sender").headers["x-policy"]
         seen[h or "none"] = true
       end
-      proc.sleep(1.5)
-      local result = require("cjson").decode(proc.read_file(load_out):match("({.*})"))
+      -- The load loop runs for 6 s; wait (bounded) for its summary line.
+      local summary
+      local deadline = proc.now() + 20
+      repeat
+        proc.sleep(0.2)
+        summary = (proc.read_file(load_out) or ""):match("({.*})")
+      until summary or proc.now() > deadline
+      assert.truthy(summary, "tgload printed no summary")
+      local result = require("cjson").decode(summary)
       local m = gw:metrics()
       local info = require("cjson").decode(http.get(gw.admin_url .. "/policy").body)
       gw:stop()
