@@ -47,8 +47,6 @@ typedef struct api_call {
     struct api_call *prev, *next; /* in client->calls while added to the multi handle */
     CURL *easy;
     struct curl_slist *headers;
-    char *body;
-    size_t body_len;
     char *response;
     size_t response_len, response_cap;
     bool response_too_large;
@@ -250,10 +248,6 @@ static void api_call_free(api_call *call)
         if (call->next) call->next->prev = call->prev;
     }
     wipe_headers(call->headers);
-    if (call->body) {
-        OPENSSL_cleanse(call->body, call->body_len);
-        free(call->body);
-    }
     if (call->response) {
         OPENSSL_cleanse(call->response, call->response_len);
         free(call->response);
@@ -320,18 +314,12 @@ size_t api_client_in_flight(const api_client *client)
     return client->in_flight;
 }
 
-int api_client_post(api_client *client, const char *path, char *body, size_t body_len, api_done_fn done,
-                    void *arg)
+int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
+                    api_done_fn done, void *arg)
 {
     api_call *call = calloc(1, sizeof(*call));
-    if (!call) {
-        OPENSSL_cleanse(body, body_len);
-        free(body);
-        return -1;
-    }
+    if (!call) return -1;
     call->client = client;
-    call->body = body;
-    call->body_len = body_len;
     call->done = done;
     call->arg = arg;
     clock_gettime(CLOCK_MONOTONIC, &call->started);
@@ -355,14 +343,14 @@ int api_client_post(api_client *client, const char *path, char *body, size_t bod
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)call->body_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
     curl_easy_setopt(e, CURLOPT_CAINFO, client->ca_file);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L); /* prefer multiplexing on an existing h2 connection */
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)client->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : client->timeout_ms));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);

@@ -47,13 +47,14 @@ api_client *api_client_new(struct event_base *base, const api_client_options *op
 /* Aborts calls still running (their callbacks are NOT called) and frees the client. */
 void api_client_free(api_client *client);
 
-/* Starts an HTTPS POST of body to server_url + path. Takes ownership of body (malloc'd;
- * it is wiped with OPENSSL_cleanse and freed when the call ends, since review bodies hold
- * tokens). done is called exactly once, later, on the loop — never from inside this
- * function. Returns 0, or -1 (body already freed, done not called) when the call cannot
- * be started, e.g. the credential file is unreadable. */
-int api_client_post(api_client *client, const char *path, char *body, size_t body_len, api_done_fn done,
-                    void *arg);
+/* Starts an HTTPS POST of body to server_url + path with a deadline of timeout_ms (<= 0:
+ * the client's default). body is borrowed: it must stay valid and unchanged until done
+ * runs (or the client is freed); the caller wipes it afterwards, since review bodies hold
+ * tokens. done is called exactly once, later, on the loop — never from inside this
+ * function. Returns 0, or -1 (done not called) when the call cannot be started, e.g. the
+ * credential file is unreadable. */
+int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
+                    api_done_fn done, void *arg);
 
 /* The event base the client runs on. */
 struct event_base *api_client_base(const api_client *client);

@@ -15,7 +15,7 @@
 #define TOKENGATE_GIT "unknown"
 #endif
 
-typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_AUDIENCES, FLAG_BOOL } flag_kind;
+typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_DOUBLE, FLAG_AUDIENCES, FLAG_BOOL } flag_kind;
 
 /* One row per flag; offset locates the field in struct config. */
 typedef struct flag_spec {
@@ -57,6 +57,20 @@ static const flag_spec flag_table[] = {
      "memory cap of each policy Lua state (default 67108864)"},
     {"--sar-allowed-ttl", FLAG_DURATION, FIELD(sar_allowed_ttl_ms), "TTL of allowed SubjectAccessReviews (default 5m)"},
     {"--sar-denied-ttl", FLAG_DURATION, FIELD(sar_denied_ttl_ms), "TTL of denied SubjectAccessReviews (default 30s)"},
+    {"--apiserver-qps", FLAG_DOUBLE, FIELD(apiserver_qps),
+     "API calls per second, TokenReview and SubjectAccessReview together (default 50)"},
+    {"--apiserver-burst", FLAG_SIZE, FIELD(apiserver_burst), "API calls allowed at once above the rate (default 100)"},
+    {"--review-max-pending", FLAG_SIZE, FIELD(review_max_pending),
+     "reviews that may wait for the rate limit; beyond it requests get 503 at once (default 1000)"},
+    {"--circuit-failure-threshold", FLAG_SIZE, FIELD(circuit_failure_threshold),
+     "consecutive failed API calls that open the circuit (default 5)"},
+    {"--circuit-cooldown", FLAG_DURATION, FIELD(circuit_cooldown_ms),
+     "how long an open circuit fails fast before one probe call (default 5s)"},
+    {"--stale-if-error", FLAG_DURATION, FIELD(stale_if_error_ms),
+     "serve a positive verdict up to this long past its expiry while the API server fails (default 0: off; "
+     "see the README's security note)"},
+    {"--shutdown-grace", FLAG_DURATION, FIELD(shutdown_grace_ms),
+     "on SIGTERM/SIGINT, how long in-flight requests may finish (default 20s)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -78,6 +92,13 @@ static void config_defaults(config *cfg)
     cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
     cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
     cfg->sar_denied_ttl_ms = 30 * 1000;
+    cfg->apiserver_qps = 50;
+    cfg->apiserver_burst = 100;
+    cfg->review_max_pending = 1000;
+    cfg->circuit_failure_threshold = 5;
+    cfg->circuit_cooldown_ms = 5000;
+    cfg->stale_if_error_ms = 0;
+    cfg->shutdown_grace_ms = 20000;
 }
 
 bool config_policy_enabled(const config *cfg)
@@ -93,6 +114,7 @@ static void print_help(FILE *out)
         const char *arg = flag_table[i].kind == FLAG_BOOL       ? ""
                           : flag_table[i].kind == FLAG_DURATION ? " DURATION"
                           : flag_table[i].kind == FLAG_SIZE     ? " N"
+                          : flag_table[i].kind == FLAG_DOUBLE   ? " NUMBER"
                                                                 : " VALUE";
         fprintf(out, "  %s%s\n      %s\n", flag_table[i].name, arg, flag_table[i].help);
     }
@@ -146,6 +168,17 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
         if (parse_size(value, (size_t *)field) == 0) return 0;
         fprintf(out, "tokengate: %s: not a non-negative integer: \"%s\"\n", spec->name, value);
         return -1;
+    case FLAG_DOUBLE: {
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (!errno && end != value && !*end && v > 0 && v <= 1e6) {
+            *(double *)field = v;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s: not a positive number: \"%s\"\n", spec->name, value);
+        return -1;
+    }
     case FLAG_AUDIENCES:
         return parse_audiences(cfg, value, out);
     case FLAG_BOOL:
@@ -260,6 +293,10 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --policy-max-instructions must be >= 1000 and --policy-max-memory-bytes >= 1048576\n");
         rc = -1;
     }
+    if (cfg->apiserver_burst < 1 || cfg->review_max_pending < 1 || cfg->circuit_failure_threshold < 1) {
+        fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
+        rc = -1;
+    }
     if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
         strcmp(cfg->log_level, "warn") && strcmp(cfg->log_level, "error")) {
         fprintf(out, "tokengate: --log-level %s: use debug, info, warn or error\n", cfg->log_level);
@@ -292,5 +329,13 @@ void config_print(const config *cfg, FILE *out)
     fprintf(out, "policy-max-instructions: %zu\npolicy-max-memory-bytes: %zu\n", cfg->policy_max_instructions,
             cfg->policy_max_memory_bytes);
     fprintf(out, "sar-allowed-ttl: %s\nsar-denied-ttl: %s\n", sar_allowed, sar_denied);
+    char cooldown[32], stale[32], grace[32];
+    duration_format(cfg->circuit_cooldown_ms, cooldown, sizeof(cooldown));
+    duration_format(cfg->stale_if_error_ms, stale, sizeof(stale));
+    duration_format(cfg->shutdown_grace_ms, grace, sizeof(grace));
+    fprintf(out, "apiserver-qps: %g\napiserver-burst: %zu\nreview-max-pending: %zu\n", cfg->apiserver_qps,
+            cfg->apiserver_burst, cfg->review_max_pending);
+    fprintf(out, "circuit-failure-threshold: %zu\ncircuit-cooldown: %s\nstale-if-error: %s%s\nshutdown-grace: %s\n",
+            cfg->circuit_failure_threshold, cooldown, stale, cfg->stale_if_error_ms ? "" : " (off)", grace);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }

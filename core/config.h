@@ -43,6 +43,15 @@ typedef struct config {
     int64_t sar_allowed_ttl_ms;
     int64_t sar_denied_ttl_ms;
 
+    /* Protecting the API server (issue: resilience). */
+    double apiserver_qps;
+    size_t apiserver_burst;
+    size_t review_max_pending;
+    size_t circuit_failure_threshold;
+    int64_t circuit_cooldown_ms;
+    int64_t stale_if_error_ms; /* 0: off */
+    int64_t shutdown_grace_ms;
+
     const char *log_level;
     bool check_only; /* --check */
 } config;

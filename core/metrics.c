@@ -124,6 +124,30 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                                    "gateway_policy_reloads_total{result=\"failure\"} %llu\n",
                               (unsigned long long)m->policy_reloads_success,
                               (unsigned long long)m->policy_reloads_failure) < 0;
+    const review_engine_stats *e = &g->engine;
+    rc |= render_gauge(out, "gateway_apiserver_queue_depth", "Reviews waiting for the client-side rate limit or a retry.",
+                       (double)e->queued);
+    rc |= render_counter(out, "gateway_apiserver_queue_rejections_total",
+                         "Reviews refused at once (503) because the queue was full.", e->queue_rejections);
+    rc |= render_counter(out, "gateway_apiserver_rate_limited_total",
+                         "Times a call had to wait for the client-side token bucket.", e->rate_limited);
+    rc |= render_counter(out, "gateway_apiserver_retries_total", "API calls repeated after a 429, reset or 5xx.",
+                         e->retries);
+    rc |= render_gauge(out, "gateway_apiserver_circuit_open", "1 while the circuit breaker is open or half-open.",
+                       (double)e->circuit_open);
+    rc |= render_counter(out, "gateway_apiserver_circuit_opens_total", "Times the circuit breaker opened.",
+                         e->circuit_opens);
+    rc |= render_counter(out, "gateway_apiserver_circuit_rejections_total",
+                         "Reviews failed fast (503) while the circuit was open.", e->circuit_rejections);
+    rc |= render_counter(out, "gateway_apiserver_throttle_rejections_total",
+                         "Reviews failed fast (503) during a 429 pause longer than their deadline.",
+                         e->throttle_rejections);
+    rc |= render_counter(out, "gateway_apiserver_queue_timeouts_total",
+                         "Reviews whose deadline passed while they waited to be sent (503).", e->queue_timeouts);
+    rc |= render_counter(out, "gateway_tokenreview_stale_served_total",
+                         "Requests answered from an expired positive verdict while the API server failed "
+                         "(--stale-if-error).",
+                         g->stale_served);
     rc |= render_counter(out, "gateway_policy_errors_total",
                          "Policy hook calls that raised an error or returned a wrong value (answered 500).",
                          m->policy_errors);

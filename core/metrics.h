@@ -60,8 +60,23 @@ typedef struct gateway_metrics {
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);
 
+/* Counters of the review engine itself (not per kind), kept by review.c. */
+typedef struct review_engine_stats {
+    size_t queued;              /* flights waiting for the token bucket or a retry */
+    uint64_t queue_rejections;  /* reviews refused because the queue was full */
+    uint64_t rate_limited;      /* calls that had to wait for the token bucket */
+    uint64_t retries;           /* calls repeated after a 429, reset or 5xx */
+    uint64_t circuit_opens;     /* times the circuit opened */
+    uint64_t circuit_rejections; /* reviews failed fast while it was open */
+    uint64_t throttle_rejections; /* reviews failed fast during a 429 pause longer than their deadline */
+    uint64_t queue_timeouts;     /* reviews whose deadline passed while they waited to be sent */
+    int circuit_open;           /* 1 while open or half-open */
+} review_engine_stats;
+
 /* Values that are read from elsewhere at scrape time. */
 typedef struct metrics_gauges {
+    review_engine_stats engine;
+    uint64_t stale_served;
     size_t tokenreview_cache_entries;
     uint64_t tokenreview_cache_evictions;
     size_t subjectaccessreview_cache_entries;

@@ -1,19 +1,36 @@
-/* review.c owns in-flight reviews (flights): the table that makes concurrent misses share
- * one API call, and the path from an API answer to a cached verdict and woken waiters. */
+/* review.c owns in-flight reviews (flights) and how they reach the API server: the table
+ * that makes concurrent misses share one API call, the token bucket and bounded queue in
+ * front of the API server, retries (429 after Retry-After, resets and 5xx with jittered
+ * backoff) within each review's deadline, the circuit breaker, and the path from an API
+ * answer to a cached verdict and woken waiters.
+ *
+ * A flight is QUEUED (waiting for the bucket, a pause after 429, or its retry backoff) or
+ * CALLING (an API call is running). Everything runs on the engine's loop; one timer wakes
+ * the pump for the next thing that can happen (a token, a pause's end, a deadline). */
 #include "review.h"
 
 #include "log.h"
 
 #include <event2/event.h>
+#include <math.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #define FLIGHT_BUCKETS 1024 /* power of two */
+#define RETRY_BASE_MS 100
+#define RETRY_MAX_BACKOFF_MS 2000
+#define DEADLINE_SLACK_MS 20 /* a retry needs at least this much time left to be worth it */
+
+typedef enum { FLIGHT_QUEUED, FLIGHT_CALLING } flight_state;
+typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
 
 typedef struct review_flight {
     struct review_flight *hash_next;
+    struct review_flight *queue_prev, *queue_next; /* in engine's queue while QUEUED */
     review_engine *engine;
     const review_kind *kind;
     cache_key key;
@@ -21,15 +38,34 @@ typedef struct review_flight {
     size_t n_waiters;
     void *parse_arg;
     void (*parse_arg_free)(void *);
+    char *body; /* owned, wiped: it holds the token or the identity */
+    size_t body_len;
     int64_t positive_ttl_ms, positive_ttl_cap_ms, negative_ttl_ms;
+    int64_t deadline_ms;
+    int64_t not_before_ms; /* retry backoff */
+    int attempts;
+    bool is_probe; /* the one call let through a half-open circuit */
+    flight_state state;
     char token_id[9];
-    struct event *failed_start; /* set when the API call could not start */
 } review_flight;
 
 struct review_engine {
     api_client *client;
+    struct event_base *base;
+    review_limits limits;
     review_flight *buckets[FLIGHT_BUCKETS];
     size_t n_flights;
+    review_flight *queue_head, *queue_tail;
+    size_t queued;
+    double tokens;
+    int64_t refilled_ms;
+    int64_t paused_until_ms; /* no new calls before this (after a 429) */
+    circuit_state circuit;
+    int consecutive_failures;
+    int64_t circuit_open_until_ms;
+    bool probe_running;
+    struct event *timer;
+    review_engine_stats stats;
 };
 
 static size_t flight_bucket(const cache_key *key)
@@ -46,11 +82,45 @@ static int64_t monotonic_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-review_engine *review_engine_new(api_client *client)
+static void pump(review_engine *engine);
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pump(arg);
+}
+
+review_engine *review_engine_new(api_client *client, struct event_base *base, const review_limits *limits)
 {
     review_engine *engine = calloc(1, sizeof(*engine));
-    if (engine) engine->client = client;
+    if (!engine) return NULL;
+    engine->client = client;
+    engine->base = base;
+    engine->limits = *limits;
+    if (engine->limits.qps <= 0) engine->limits.qps = 50;
+    if (engine->limits.burst < 1) engine->limits.burst = 1;
+    if (engine->limits.max_pending == 0) engine->limits.max_pending = 1;
+    if (engine->limits.circuit_failures < 1) engine->limits.circuit_failures = 5;
+    if (engine->limits.retry_after_cap_s < 1) engine->limits.retry_after_cap_s = 32;
+    engine->tokens = engine->limits.burst;
+    engine->refilled_ms = monotonic_ms();
+    engine->timer = evtimer_new(base, on_timer, engine);
+    if (!engine->timer) {
+        free(engine);
+        return NULL;
+    }
     return engine;
+}
+
+static void flight_free(review_flight *f)
+{
+    if (f->body) {
+        OPENSSL_cleanse(f->body, f->body_len);
+        free(f->body);
+    }
+    if (f->parse_arg_free) f->parse_arg_free(f->parse_arg);
+    free(f);
 }
 
 void review_engine_free(review_engine *engine)
@@ -60,18 +130,24 @@ void review_engine_free(review_engine *engine)
         review_flight *f = engine->buckets[b];
         while (f) {
             review_flight *next = f->hash_next;
-            if (f->failed_start) event_free(f->failed_start);
-            if (f->parse_arg_free) f->parse_arg_free(f->parse_arg);
-            free(f);
+            flight_free(f);
             f = next;
         }
     }
+    event_free(engine->timer);
     free(engine);
 }
 
 size_t review_engine_flights(const review_engine *engine)
 {
     return engine->n_flights;
+}
+
+void review_engine_get_stats(const review_engine *engine, review_engine_stats *out)
+{
+    *out = engine->stats;
+    out->queued = engine->queued;
+    out->circuit_open = engine->circuit != CIRCUIT_CLOSED;
 }
 
 static review_flight **flight_link(review_engine *engine, const review_kind *kind, const cache_key *key)
@@ -94,6 +170,31 @@ bool review_join(review_engine *engine, const review_kind *kind, const cache_key
     return true;
 }
 
+/* ---- the queue ------------------------------------------------------------------------ */
+
+static void queue_push(review_engine *engine, review_flight *f)
+{
+    f->state = FLIGHT_QUEUED;
+    f->queue_next = NULL;
+    f->queue_prev = engine->queue_tail;
+    if (engine->queue_tail) engine->queue_tail->queue_next = f;
+    else engine->queue_head = f;
+    engine->queue_tail = f;
+    engine->queued++;
+}
+
+static void queue_remove(review_engine *engine, review_flight *f)
+{
+    if (f->queue_prev) f->queue_prev->queue_next = f->queue_next;
+    else engine->queue_head = f->queue_next;
+    if (f->queue_next) f->queue_next->queue_prev = f->queue_prev;
+    else engine->queue_tail = f->queue_prev;
+    f->queue_prev = f->queue_next = NULL;
+    engine->queued--;
+}
+
+/* ---- finishing ------------------------------------------------------------------------ */
+
 /* Removes the flight from the table, then wakes every waiter with outcome. Waiters may
  * start new flights (even for the same key) from their callbacks. Frees the flight. */
 static void flight_finish(review_flight *flight, const review_outcome *outcome)
@@ -108,85 +209,263 @@ static void flight_finish(review_flight *flight, const review_outcome *outcome)
         w->done(outcome, w->arg);
         w = next;
     }
-    if (flight->failed_start) event_free(flight->failed_start);
-    if (flight->parse_arg_free) flight->parse_arg_free(flight->parse_arg);
-    free(flight);
+    flight_free(flight);
+}
+
+/* Fails a flight that got no verdict. error is what the client's 503 reflects. */
+static void flight_fail(review_flight *f, api_error error, int retry_after_s, const char *reason)
+{
+    review_outcome outcome = {.verdict = REVIEW_ERROR, .error = error,
+                              .retry_after_s = retry_after_s > 0 ? retry_after_s : 1, .reason = reason};
+    flight_finish(f, &outcome);
+}
+
+/* ---- the circuit breaker ---------------------------------------------------------------- */
+
+static void circuit_success(review_engine *engine)
+{
+    engine->consecutive_failures = 0;
+    if (engine->circuit != CIRCUIT_CLOSED) log_info("API server answered again; circuit closed", NULL);
+    engine->circuit = CIRCUIT_CLOSED;
+}
+
+static void circuit_failure(review_engine *engine, int64_t now)
+{
+    engine->consecutive_failures++;
+    bool reopen = engine->circuit == CIRCUIT_HALF_OPEN;
+    if (reopen || (engine->circuit == CIRCUIT_CLOSED && engine->consecutive_failures >= engine->limits.circuit_failures)) {
+        engine->circuit = CIRCUIT_OPEN;
+        engine->circuit_open_until_ms = now + engine->limits.circuit_cooldown_ms;
+        engine->stats.circuit_opens++;
+        char n[32];
+        snprintf(n, sizeof(n), "%d", engine->consecutive_failures);
+        log_warn("API server failing; circuit open: reviews fail fast until a probe succeeds", "consecutive_failures",
+                 n, NULL);
+    }
+}
+
+/* ---- calling ------------------------------------------------------------------------- */
+
+static void on_api_done(const api_response *response, void *arg);
+
+static void flight_call(review_engine *engine, review_flight *f, int64_t now)
+{
+    f->state = FLIGHT_CALLING;
+    f->attempts++;
+    if (f->attempts > 1) engine->stats.retries++;
+    if (engine->circuit == CIRCUIT_HALF_OPEN) {
+        f->is_probe = true;
+        engine->probe_running = true;
+    }
+    int64_t left = f->deadline_ms - now;
+    if (api_client_post(engine->client, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
+                        f) != 0) {
+        if (f->is_probe) engine->probe_running = false;
+        f->kind->metrics->api_errors[API_ERROR_NETWORK]++;
+        flight_fail(f, API_ERROR_NETWORK, 1, "API call could not be started");
+    }
+}
+
+static int64_t jittered_backoff_ms(int attempt)
+{
+    int64_t base = RETRY_BASE_MS << (attempt > 5 ? 5 : attempt - 1);
+    if (base > RETRY_MAX_BACKOFF_MS) base = RETRY_MAX_BACKOFF_MS;
+    unsigned char r = 0;
+    RAND_bytes(&r, 1);
+    return base / 2 + (base * r) / 255; /* 0.5x .. 1.5x */
+}
+
+/* Parses a 2xx answer into a verdict, caches it, and finishes the flight. */
+static void flight_answered(review_flight *flight, const api_response *response)
+{
+    const review_kind *kind = flight->kind;
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    review_parsed parsed = {.verdict = REVIEW_ERROR};
+    kind->parse(response->body, response->body_len, flight->parse_arg, value, &parsed);
+    if (parsed.verdict == REVIEW_ERROR) {
+        kind->metrics->api_errors[API_ERROR_BAD_RESPONSE]++;
+        log_warn("review failed", "kind", kind->name, "token_id", flight->token_id, "reason", "bad_response", "detail",
+                 parsed.reason, NULL);
+        flight_fail(flight, API_ERROR_BAD_RESPONSE, 1, parsed.reason);
+        return;
+    }
+    review_outcome outcome = {.verdict = parsed.verdict, .error = API_ERROR_NONE, .value = value,
+                              .value_len = parsed.value_len, .reason = parsed.reason};
+    int64_t now = monotonic_ms();
+    bool negative = parsed.verdict == REVIEW_NEGATIVE;
+    int64_t ttl = flight->negative_ttl_ms;
+    if (!negative) {
+        ttl = flight->positive_ttl_ms;
+        if (kind->positive_ttl) ttl = kind->positive_ttl(kind->ctx, value, parsed.value_len, ttl);
+        if (ttl > flight->positive_ttl_cap_ms) ttl = flight->positive_ttl_cap_ms;
+    }
+    if (ttl > 0) token_cache_insert(kind->cache, &flight->key, negative, value, parsed.value_len, now + ttl, now);
+    flight_finish(flight, &outcome);
+}
+
+static bool retryable_status(long status)
+{
+    return status == 500 || status == 502 || status == 503 || status == 504;
 }
 
 static void on_api_done(const api_response *response, void *arg)
 {
     review_flight *flight = arg;
+    review_engine *engine = flight->engine;
     const review_kind *kind = flight->kind;
+    int64_t now = monotonic_ms();
     kind->metrics->api_calls++;
     metrics_histogram_observe(&kind->metrics->api_latency, response->latency_s);
+    if (flight->is_probe) engine->probe_running = false;
 
-    unsigned char value[TOKEN_CACHE_VALUE_MAX];
-    review_parsed parsed = {.verdict = REVIEW_ERROR};
-    review_outcome outcome = {.verdict = REVIEW_ERROR, .error = response->error, .retry_after_s = 1};
     if (response->error == API_ERROR_NONE) {
-        kind->parse(response->body, response->body_len, flight->parse_arg, value, &parsed);
-        outcome.verdict = parsed.verdict;
-        outcome.reason = parsed.reason;
-        if (parsed.verdict == REVIEW_ERROR) outcome.error = API_ERROR_BAD_RESPONSE;
+        circuit_success(engine);
+        flight_answered(flight, response);
+        pump(engine);
+        return;
     }
-    if (outcome.verdict == REVIEW_ERROR) {
-        kind->metrics->api_errors[outcome.error]++;
-        if (response->error == API_ERROR_THROTTLED && response->retry_after_s > 0)
-            outcome.retry_after_s = response->retry_after_s;
-        log_warn("review failed", "kind", kind->name, "token_id", flight->token_id, "reason",
-                 api_error_name(outcome.error), "detail",
-                 response->error == API_ERROR_NONE ? parsed.reason : response->detail, NULL);
+
+    int retry_after = response->retry_after_s > 0 ? response->retry_after_s : 1;
+    if (retry_after > engine->limits.retry_after_cap_s) retry_after = engine->limits.retry_after_cap_s;
+    int64_t retry_at = -1;
+    if (response->error == API_ERROR_THROTTLED) {
+        /* API Priority and Fairness: nobody calls again before Retry-After (client-go does
+         * the same); this review retries then if its deadline allows. Not a circuit failure:
+         * the API server is up and telling us how to behave. */
+        if (now + retry_after * 1000 > engine->paused_until_ms) engine->paused_until_ms = now + retry_after * 1000;
+        retry_at = now + retry_after * 1000;
     } else {
-        int64_t now = monotonic_ms();
-        bool negative = outcome.verdict == REVIEW_NEGATIVE;
-        outcome.value = value;
-        outcome.value_len = parsed.value_len;
-        int64_t ttl = flight->negative_ttl_ms;
-        if (!negative) {
-            ttl = flight->positive_ttl_ms;
-            if (kind->positive_ttl) ttl = kind->positive_ttl(kind->ctx, value, parsed.value_len, ttl);
-            if (ttl > flight->positive_ttl_cap_ms) ttl = flight->positive_ttl_cap_ms;
-        }
-        if (ttl > 0)
-            token_cache_insert(kind->cache, &flight->key, negative, outcome.value, outcome.value_len, now + ttl, now);
-        log_debug("review answered", "kind", kind->name, "token_id", flight->token_id, "verdict",
-                  negative ? "negative" : "positive", NULL);
+        bool retryable = response->error == API_ERROR_NETWORK ||
+                         (response->error == API_ERROR_HTTP && retryable_status(response->http_status));
+        if (response->error != API_ERROR_HTTP || retryable_status(response->http_status)) circuit_failure(engine, now);
+        if (retryable && engine->circuit == CIRCUIT_CLOSED) retry_at = now + jittered_backoff_ms(flight->attempts);
     }
-    flight_finish(flight, &outcome);
+    if (retry_at >= 0 && retry_at + DEADLINE_SLACK_MS < flight->deadline_ms) {
+        flight->not_before_ms = retry_at;
+        queue_push(engine, flight);
+        log_debug("review will be retried", "kind", kind->name, "token_id", flight->token_id, "reason",
+                  api_error_name(response->error), "detail", response->detail, NULL);
+        pump(engine);
+        return;
+    }
+    kind->metrics->api_errors[response->error]++;
+    log_warn("review failed", "kind", kind->name, "token_id", flight->token_id, "reason",
+             api_error_name(response->error), "detail", response->detail, NULL);
+    flight_fail(flight, response->error, response->error == API_ERROR_THROTTLED ? retry_after : 1,
+                api_error_name(response->error));
+    pump(engine);
 }
 
-static void on_failed_start(evutil_socket_t fd, short what, void *arg)
+/* ---- the pump --------------------------------------------------------------------------- */
+
+/* Fails every queued flight (circuit open). */
+static void fail_queue(review_engine *engine, const char *reason, int retry_after_s)
 {
-    (void)fd;
-    (void)what;
-    review_flight *flight = arg;
-    flight->kind->metrics->api_errors[API_ERROR_NETWORK]++;
-    review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
-                              .reason = "API call could not be started"};
-    flight_finish(flight, &outcome);
+    while (engine->queue_head) {
+        review_flight *f = engine->queue_head;
+        queue_remove(engine, f);
+        engine->stats.circuit_rejections++;
+        flight_fail(f, API_ERROR_NETWORK, retry_after_s, reason);
+    }
 }
 
-int review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter)
+/* Sends what may be sent now, fails what has expired, and arms the timer for the next
+ * moment something can change. Re-entrant safe: callbacks it triggers may call it. */
+static void pump(review_engine *engine)
+{
+    int64_t now = monotonic_ms();
+    double elapsed = (double)(now - engine->refilled_ms);
+    engine->tokens += elapsed * engine->limits.qps / 1000.0;
+    if (engine->tokens > engine->limits.burst) engine->tokens = engine->limits.burst;
+    engine->refilled_ms = now;
+
+    /* Deadlines first: a review that can no longer be answered in time is answered now. */
+    for (review_flight *f = engine->queue_head, *next; f; f = next) {
+        next = f->queue_next;
+        if (f->deadline_ms > now) continue;
+        queue_remove(engine, f);
+        engine->stats.queue_timeouts++;
+        if (engine->paused_until_ms > now)
+            flight_fail(f, API_ERROR_THROTTLED, (int)((engine->paused_until_ms - now + 999) / 1000),
+                        "API server asked to retry later");
+        else
+            flight_fail(f, API_ERROR_TIMEOUT, 1, "deadline passed while waiting to call the API server");
+        next = engine->queue_head; /* callbacks may have changed the queue: rescan */
+    }
+
+    if (engine->circuit == CIRCUIT_OPEN && now >= engine->circuit_open_until_ms) engine->circuit = CIRCUIT_HALF_OPEN;
+    if (engine->circuit == CIRCUIT_OPEN) {
+        int left_s = (int)((engine->circuit_open_until_ms - now + 999) / 1000);
+        fail_queue(engine, "circuit open", left_s);
+    }
+
+    int64_t wake = -1;
+    while (engine->queue_head && now >= engine->paused_until_ms) {
+        if (engine->circuit == CIRCUIT_HALF_OPEN && engine->probe_running) break;
+        review_flight *ready = NULL;
+        for (review_flight *f = engine->queue_head; f; f = f->queue_next)
+            if (f->not_before_ms <= now) {
+                ready = f;
+                break;
+            }
+        if (!ready) break;
+        if (engine->tokens < 1.0) {
+            engine->stats.rate_limited++;
+            wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->limits.qps);
+            break;
+        }
+        engine->tokens -= 1.0;
+        queue_remove(engine, ready);
+        flight_call(engine, ready, now);
+        if (engine->circuit == CIRCUIT_HALF_OPEN) break; /* one probe at a time */
+    }
+
+    /* Arm the timer for the earliest of: a token, the pause's end, a backoff, a deadline. */
+    for (review_flight *f = engine->queue_head; f; f = f->queue_next) {
+        int64_t t = f->deadline_ms;
+        if (f->not_before_ms > now && f->not_before_ms < t) t = f->not_before_ms;
+        if (wake < 0 || t < wake) wake = t;
+    }
+    if (engine->queue_head && engine->paused_until_ms > now && (wake < 0 || engine->paused_until_ms < wake))
+        wake = engine->paused_until_ms;
+    if (engine->queue_head && engine->circuit == CIRCUIT_OPEN &&
+        (wake < 0 || engine->circuit_open_until_ms < wake))
+        wake = engine->circuit_open_until_ms;
+    if (wake < 0) {
+        evtimer_del(engine->timer);
+        return;
+    }
+    int64_t delay = wake - now;
+    if (delay < 1) delay = 1;
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+    evtimer_add(engine->timer, &tv);
+}
+
+void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter)
 {
     review_flight *flight = calloc(1, sizeof(*flight));
     if (!flight) {
-        /* No memory for even the flight: answer the waiter now with an error. */
         OPENSSL_cleanse(request->body, request->body_len);
         free(request->body);
         if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
         review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
                                   .reason = "out of memory"};
         waiter->done(&outcome, waiter->arg);
-        return 0;
+        return;
     }
+    int64_t now = monotonic_ms();
     flight->engine = engine;
     flight->kind = kind;
     flight->key = request->key;
     flight->parse_arg = request->parse_arg;
     flight->parse_arg_free = request->parse_arg_free;
+    flight->body = request->body;
+    flight->body_len = request->body_len;
+    request->body = NULL;
     flight->positive_ttl_ms = request->positive_ttl_ms;
     flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
     flight->negative_ttl_ms = request->negative_ttl_ms;
+    flight->deadline_ms = now + engine->limits.timeout_ms;
     memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
     waiter->next = NULL;
     flight->waiters = waiter;
@@ -198,14 +477,25 @@ int review_start(review_engine *engine, const review_kind *kind, review_request 
     *bucket = flight;
     engine->n_flights++;
 
-    char *body = request->body;
-    request->body = NULL;
-    if (api_client_post(engine->client, kind->api_path, body, request->body_len, on_api_done, flight) != 0) {
-        /* Keep the flight (so joiners share the failure) and fail it on the next turn. */
-        flight->failed_start = evtimer_new(api_client_base(engine->client), on_failed_start, flight);
-        struct timeval now = {0, 0};
-        if (flight->failed_start) evtimer_add(flight->failed_start, &now);
-        else on_failed_start(-1, 0, flight);
+    if (engine->circuit == CIRCUIT_OPEN && now < engine->circuit_open_until_ms) {
+        engine->stats.circuit_rejections++;
+        flight_fail(flight, API_ERROR_NETWORK, (int)((engine->circuit_open_until_ms - now + 999) / 1000),
+                    "circuit open");
+        return;
     }
-    return 0;
+    if (engine->paused_until_ms - now >= engine->limits.timeout_ms) {
+        /* Paused by a 429 for longer than this review may wait: answer now, with the
+         * API server's own Retry-After, instead of holding the client until its deadline. */
+        engine->stats.throttle_rejections++;
+        flight_fail(flight, API_ERROR_THROTTLED, (int)((engine->paused_until_ms - now + 999) / 1000),
+                    "API server asked to retry later");
+        return;
+    }
+    if (engine->queued >= engine->limits.max_pending) {
+        engine->stats.queue_rejections++;
+        flight_fail(flight, API_ERROR_NETWORK, 1, "review queue full");
+        return;
+    }
+    queue_push(engine, flight);
+    pump(engine);
 }

@@ -82,10 +82,21 @@ typedef struct review_request {
     char token_id[9];        /* for logs */
 } review_request;
 
+/* How the engine protects the API server (and itself). */
+typedef struct review_limits {
+    int64_t timeout_ms;          /* deadline of one review: queueing, retries and calls together */
+    double qps;                  /* token bucket shared by every kind of review */
+    double burst;
+    size_t max_pending;          /* flights waiting for the bucket; beyond: 503 at once */
+    int circuit_failures;        /* consecutive failed calls that open the circuit */
+    int64_t circuit_cooldown_ms; /* how long an open circuit fails fast before one probe */
+    int retry_after_cap_s;       /* longest Retry-After honoured (and passed on) */
+} review_limits;
+
 typedef struct review_engine review_engine;
 
 /* Creates an engine on client. Returns NULL on allocation failure. Caller owns it. */
-review_engine *review_engine_new(api_client *client);
+review_engine *review_engine_new(api_client *client, struct event_base *base, const review_limits *limits);
 
 /* Frees the engine. Waiters of unfinished flights are not called: free only after the
  * loop has stopped and their requests are gone. */
@@ -96,11 +107,16 @@ void review_engine_free(review_engine *engine);
 bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter);
 
 /* Starts a flight for request->key with waiter as its first waiter; the caller has checked
- * review_join first. Takes ownership of request->body and request->parse_arg in every case. On failure to start
- * the waiter is still called, on a later loop turn, with REVIEW_ERROR. Returns 0. */
-int review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter);
+ * review_join first. Takes ownership of request->body and request->parse_arg in every case.
+ * The flight waits for the token bucket (bounded queue), retries 429s within its deadline
+ * after Retry-After and resets/5xx with jittered backoff, and fails fast while the circuit
+ * is open. The waiter may be called before this returns (queue full, circuit open): the
+ * caller must not touch the waiter's owner afterwards. */
+void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter);
 
-/* Flights currently running. */
+/* Flights currently running (queued or calling). */
 size_t review_engine_flights(const review_engine *engine);
+
+void review_engine_get_stats(const review_engine *engine, review_engine_stats *out);
 
 #endif

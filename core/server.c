@@ -74,6 +74,14 @@ typedef struct server {
     double start_time_s;
     bool api_ready; /* the API server answered a review */
     bool probe_running;
+    char *probe_body; /* borrowed by the running probe call */
+    size_t probe_body_len;
+    struct evhttp_bound_socket *main_bound;
+    size_t requests_waiting; /* authz_requests alive: what graceful shutdown waits for */
+    bool shutting_down;
+    int64_t shutdown_deadline_ms;
+    struct event *shutdown_timer;
+    uint64_t stale_served; /* gateway_tokenreview_stale_served_total */
 } server;
 
 /* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
@@ -83,7 +91,8 @@ typedef struct authz_request {
     struct evhttp_request *req;
     struct timespec started;
     review_waiter waiter;
-    size_t identity_len;
+    char token_id[9];
+    size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
 
@@ -108,6 +117,7 @@ static void reply(server *srv, struct evhttp_request *req, const struct timespec
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_add_header(out, "Cache-Control", "no-store");
+    if (srv->shutting_down) evhttp_add_header(out, "Connection", "close");
     /* Always set: evhttp would otherwise label an empty answer text/html. */
     evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
     struct evbuffer *buf = NULL;
@@ -274,6 +284,13 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
     }
 }
 
+static void authz_request_free(authz_request *ar)
+{
+    ar->srv->requests_waiting--;
+    OPENSSL_cleanse(ar->identity, ar->identity_len);
+    free(ar);
+}
+
 static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
@@ -285,12 +302,21 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
         reply_unauthorized(ar->srv, ar->req, &ar->started, "token not authenticated");
         break;
     case REVIEW_ERROR:
+        if (ar->identity_len) {
+            /* --stale-if-error: the API server failed and this token had a positive verdict
+             * that expired less than the window ago. Opt-in; counted and logged. */
+            ar->srv->stale_served++;
+            log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
+                     api_error_name(outcome->error), NULL);
+            authorize_identity(ar->srv, ar->req, &ar->started, ar->identity, ar->identity_len);
+            break;
+        }
         reply_unavailable(ar->srv, ar->req, &ar->started, outcome->retry_after_s,
                           outcome->error == API_ERROR_THROTTLED ? "API server throttled the review"
                                                                 : "token review unavailable");
         break;
     }
-    free(ar);
+    authz_request_free(ar);
 }
 
 static void on_sar_done(const review_outcome *outcome, void *arg)
@@ -309,7 +335,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
                                                                 : "access review unavailable");
         break;
     }
-    free(ar);
+    authz_request_free(ar);
 }
 
 static authz_request *authz_request_new(server *srv, struct evhttp_request *req, const struct timespec *started,
@@ -325,6 +351,7 @@ static authz_request *authz_request_new(server *srv, struct evhttp_request *req,
     ar->waiter.arg = ar;
     ar->identity_len = identity_len;
     if (identity_len) memcpy(ar->identity, identity, identity_len);
+    srv->requests_waiting++;
     return ar;
 }
 
@@ -350,6 +377,7 @@ static void sar_ask(server *srv, struct evhttp_request *req, const struct timesp
         rm->cache_hits++;
         reply_forbidden(srv, req, started, (const char *)value, value_len);
         return;
+    case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
     case TOKEN_CACHE_MISS:
         rm->cache_misses++;
         break;
@@ -366,7 +394,7 @@ static void sar_ask(server *srv, struct evhttp_request *req, const struct timesp
     cache_key_id(&key, rr.token_id);
     rr.body = sar_request_body(view, attrs, &rr.body_len);
     if (!rr.body) {
-        free(ar);
+        authz_request_free(ar);
         reply_policy_error(srv, req, started, "authorize", "the SubjectAccessReview could not be encoded");
         return;
     }
@@ -501,8 +529,10 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     }
     unsigned char value[TOKEN_CACHE_VALUE_MAX];
     size_t value_len = 0;
+    size_t stale_len = 0;
     review_metrics *rm = &srv->metrics.tokenreview;
-    switch (token_cache_lookup(srv->tokenreview_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
+    switch (token_cache_lookup_stale(srv->tokenreview_cache, &key, monotonic_ms(), cfg->stale_if_error_ms, value,
+                                     sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
         authorize_identity(srv, req, &started, value, value_len);
@@ -511,16 +541,21 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         rm->cache_hits++;
         reply_unauthorized(srv, req, &started, "token not authenticated");
         return;
+    case TOKEN_CACHE_STALE_POSITIVE:
+        stale_len = value_len; /* kept for a fallback if the fresh review fails */
+        rm->cache_misses++;
+        break;
     case TOKEN_CACHE_MISS:
         rm->cache_misses++;
         break;
     }
 
-    authz_request *ar = authz_request_new(srv, req, &started, on_tokenreview_done, NULL, 0);
+    authz_request *ar = authz_request_new(srv, req, &started, on_tokenreview_done, value, stale_len);
     if (!ar) {
         reply_unavailable(srv, req, &started, 1, "out of memory");
         return;
     }
+    cache_key_id(&key, ar->token_id);
     if (review_join(srv->reviews, &srv->tokenreview_kind, &key, &ar->waiter)) return;
 
     review_request rr = {.key = key};
@@ -533,7 +568,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     rr.body = rr.parse_arg ? tokenreview_request_body(token, token_len, audiences, n_audiences, &rr.body_len) : NULL;
     if (!rr.body) {
         free(rr.parse_arg);
-        free(ar);
+        authz_request_free(ar);
         reply_unavailable(srv, req, &started, 1, "out of memory");
         return;
     }
@@ -605,10 +640,19 @@ static void observe_api(const api_response *response, void *arg)
     }
 }
 
+static void free_probe_body(server *srv)
+{
+    if (!srv->probe_body) return;
+    OPENSSL_cleanse(srv->probe_body, srv->probe_body_len);
+    free(srv->probe_body);
+    srv->probe_body = NULL;
+}
+
 static void on_probe_done(const api_response *response, void *arg)
 {
     server *srv = arg;
     srv->probe_running = false;
+    free_probe_body(srv);
     /* The probe is a real API call: count it with the others. */
     srv->metrics.tokenreview.api_calls++;
     metrics_histogram_observe(&srv->metrics.tokenreview.api_latency, response->latency_s);
@@ -630,10 +674,14 @@ static void on_probe_timer(evutil_socket_t fd, short what, void *arg)
     size_t n_audiences = current_audiences(srv, &audiences);
     char *body = tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), audiences,
                                           n_audiences, &len);
-    if (body && api_client_post(srv->api, TOKENREVIEW_API_PATH, body, len, on_probe_done, srv) == 0)
+    srv->probe_body = body;
+    srv->probe_body_len = len;
+    if (body && api_client_post(srv->api, TOKENREVIEW_API_PATH, body, len, 0, on_probe_done, srv) == 0) {
         srv->probe_running = true;
-    else
+    } else {
+        free_probe_body(srv);
         schedule_probe(srv);
+    }
 }
 
 static void schedule_probe(server *srv)
@@ -672,7 +720,9 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         .subjectaccessreview_cache_entries = ss.entries,
         .subjectaccessreview_cache_evictions = ss.evictions,
         .process_start_time_seconds = srv->start_time_s,
+        .stale_served = srv->stale_served,
     };
+    review_engine_get_stats(srv->reviews, &g.engine);
     struct evbuffer *buf = evbuffer_new();
     if (!buf || metrics_render(buf, &srv->metrics, &g) != 0 || custom_metrics_render(srv->custom, buf) != 0) {
         if (buf) evbuffer_free(buf);
@@ -780,7 +830,8 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0) {
         admin_simple(req, 200, "OK", "ok");
     } else if (strcmp(path, "/readyz") == 0) {
-        if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
+        if (srv->shutting_down) admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
+        else if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
         else admin_simple(req, 200, "OK", "ok");
     } else if (strcmp(path, "/cache/flush") == 0) {
         admin_flush(srv, req);
@@ -841,16 +892,51 @@ static void on_policy_watch(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start-up and shutdown ---------------------------------------------------------- */
 
+/* Graceful shutdown: /readyz answers 503, the main listener stops accepting, answers
+ * carry "Connection: close", and the process exits once no request is waiting for a
+ * review, or when --shutdown-grace runs out. A second signal exits at once. */
+static void on_shutdown_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    server *srv = arg;
+    if (srv->requests_waiting == 0) {
+        log_info("stopped: no request in flight", NULL);
+        event_base_loopexit(srv->base, NULL);
+    } else if (monotonic_ms() >= srv->shutdown_deadline_ms) {
+        char n[32];
+        snprintf(n, sizeof(n), "%zu", srv->requests_waiting);
+        log_warn("stopped: --shutdown-grace ran out", "requests_waiting", n, NULL);
+        event_base_loopexit(srv->base, NULL);
+    }
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     server *srv = arg;
-    log_info("stopping", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
-    event_base_loopexit(srv->base, NULL);
+    const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (srv->shutting_down) {
+        log_info("second signal: exiting now", "signal", name, NULL);
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
+    srv->shutting_down = true;
+    srv->shutdown_deadline_ms = monotonic_ms() + srv->cfg->shutdown_grace_ms;
+    char grace[32];
+    snprintf(grace, sizeof(grace), "%lld", (long long)srv->cfg->shutdown_grace_ms);
+    log_info("stopping: finishing in-flight requests", "signal", name, "grace_ms", grace, NULL);
+    if (srv->main_bound) {
+        evhttp_del_accept_socket(srv->main_http, srv->main_bound);
+        srv->main_bound = NULL;
+    }
+    struct timeval every = {0, 20000};
+    if (!srv->shutdown_timer || evtimer_add(srv->shutdown_timer, &every) != 0) event_base_loopexit(srv->base, NULL);
 }
 
 /* Binds http to "host:port" and logs the bound address (port 0 picks a free one). */
-static int bind_listener(struct evhttp *http, const char *name, const char *hostport)
+static int bind_listener(struct evhttp *http, const char *name, const char *hostport,
+                         struct evhttp_bound_socket **bound_out)
 {
     char host[256];
     const char *colon = strrchr(hostport, ':');
@@ -893,6 +979,7 @@ static int bind_listener(struct evhttp *http, const char *name, const char *host
         }
     }
     log_info("listening", "listener", name, "addr", addr, NULL);
+    if (bound_out) *bound_out = bound;
     return 0;
 }
 
@@ -900,8 +987,8 @@ static void server_teardown(server *srv)
 {
     if (srv->main_http) evhttp_free(srv->main_http);
     if (srv->admin_http) evhttp_free(srv->admin_http);
+    api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     review_engine_free(srv->reviews);
-    api_client_free(srv->api);
     policy_host_free(srv->policy);
     custom_metrics_free(srv->custom);
     token_cache_free(srv->sar_cache);
@@ -912,6 +999,8 @@ static void server_teardown(server *srv)
     if (srv->sigint_event) event_free(srv->sigint_event);
     if (srv->sighup_event) event_free(srv->sighup_event);
     if (srv->policy_watch_timer) event_free(srv->policy_watch_timer);
+    if (srv->shutdown_timer) event_free(srv->shutdown_timer);
+    free_probe_body(srv);
     if (srv->base) event_base_free(srv->base);
 }
 
@@ -942,10 +1031,20 @@ int server_run(const config *cfg)
         .observe_arg = srv,
     };
     srv->api = api_client_new(srv->base, &ao);
-    srv->reviews = srv->api ? review_engine_new(srv->api) : NULL;
+    review_limits review_bounds = {
+        .timeout_ms = cfg->review_timeout_ms,
+        .qps = cfg->apiserver_qps,
+        .burst = (double)cfg->apiserver_burst,
+        .max_pending = cfg->review_max_pending,
+        .circuit_failures = (int)cfg->circuit_failure_threshold,
+        .circuit_cooldown_ms = cfg->circuit_cooldown_ms,
+        .retry_after_cap_s = 32,
+    };
+    srv->reviews = srv->api ? review_engine_new(srv->api, srv->base, &review_bounds) : NULL;
+    srv->shutdown_timer = event_new(srv->base, -1, EV_PERSIST, on_shutdown_tick, srv);
     srv->probe_timer = evtimer_new(srv->base, on_probe_timer, srv);
     if (!srv->keyer || !srv->tokenreview_cache || !srv->sar_cache || !srv->custom || !srv->api || !srv->reviews ||
-        !srv->probe_timer)
+        !srv->probe_timer || !srv->shutdown_timer)
         goto done;
     if (config_policy_enabled(cfg)) {
         policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
@@ -992,8 +1091,8 @@ int server_run(const config *cfg)
     evhttp_set_max_body_size(srv->admin_http, 4096);
     evhttp_set_timeout(srv->admin_http, 30);
     evhttp_set_gencb(srv->admin_http, admin_handle, srv);
-    if (bind_listener(srv->main_http, "main", cfg->listen) != 0 ||
-        bind_listener(srv->admin_http, "admin", cfg->admin_listen) != 0)
+    if (bind_listener(srv->main_http, "main", cfg->listen, &srv->main_bound) != 0 ||
+        bind_listener(srv->admin_http, "admin", cfg->admin_listen, NULL) != 0)
         goto done;
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);

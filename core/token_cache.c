@@ -154,12 +154,26 @@ token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, 
                                       void *value_out, size_t value_cap, size_t *value_len,
                                       int64_t *expires_at_ms)
 {
+    return token_cache_lookup_stale(cache, key, now_ms, 0, value_out, value_cap, value_len, expires_at_ms);
+}
+
+token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms,
+                                            int64_t stale_ms, void *value_out, size_t value_cap,
+                                            size_t *value_len, int64_t *expires_at_ms)
+{
     cache_shard *shard = &cache->shards[key_shard(cache, key)];
     token_cache_result result = TOKEN_CACHE_MISS;
     pthread_mutex_lock(&shard->lock);
     cache_entry *e = *shard_find_link(shard, key);
     if (!e) goto done;
     if (e->expires_at_ms <= now_ms) {
+        if (!e->negative && stale_ms > 0 && now_ms - e->expires_at_ms < stale_ms && e->value_len <= value_cap) {
+            if (value_out && e->value_len) memcpy(value_out, e->value, e->value_len);
+            if (value_len) *value_len = e->value_len;
+            if (expires_at_ms) *expires_at_ms = e->expires_at_ms;
+            result = TOKEN_CACHE_STALE_POSITIVE;
+            goto done;
+        }
         shard_remove_entry(shard, e);
         goto done;
     }

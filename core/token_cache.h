@@ -32,6 +32,7 @@ typedef enum {
     TOKEN_CACHE_MISS = 0,
     TOKEN_CACHE_HIT_POSITIVE,
     TOKEN_CACHE_HIT_NEGATIVE,
+    TOKEN_CACHE_STALE_POSITIVE, /* token_cache_lookup_stale only: expired, within the window */
 } token_cache_result;
 
 /* Returns a new empty cache or NULL on allocation failure. Caller owns it. */
@@ -47,6 +48,14 @@ void token_cache_free(token_cache *cache);
 token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms,
                                       void *value_out, size_t value_cap, size_t *value_len,
                                       int64_t *expires_at_ms);
+
+/* Like token_cache_lookup, but a positive entry that expired less than stale_ms ago is
+ * returned as TOKEN_CACHE_STALE_POSITIVE (value copied, entry kept, LRU unchanged) so the
+ * caller can fall back on it if a fresh review fails (--stale-if-error). Negative entries
+ * are never returned stale. stale_ms 0 behaves exactly like token_cache_lookup. */
+token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms,
+                                            int64_t stale_ms, void *value_out, size_t value_cap,
+                                            size_t *value_len, int64_t *expires_at_ms);
 
 /* Stores a copy of value under key until expires_at_ms, replacing any entry for key.
  * Evicts least recently used entries to stay within bounds (see above). Returns 0 when
