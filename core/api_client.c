@@ -26,8 +26,13 @@ struct api_client {
     CURLM *multi;
     struct event *timer;
     char *server_url;
-    char *ca_file;
-    char *token_file;
+    char *ca_file;    /* or ca_pem */
+    char *ca_pem;
+    size_t ca_pem_len;
+    char *token_file; /* NULL: fixed token in credential, or client certificate only */
+    char *client_cert_file, *client_key_file;
+    char *client_cert_pem, *client_key_pem; /* the key is wiped on free */
+    size_t client_cert_pem_len, client_key_pem_len;
     int64_t timeout_ms;
     void (*observe)(const struct api_response *response, void *arg);
     void *observe_arg;
@@ -185,6 +190,9 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
  * rate-limited so a storm of misses does not become a storm of syscalls. */
 static int refresh_credential(api_client *client)
 {
+    /* A fixed token (or none, with a client certificate) is never re-read. */
+    if (!client->token_file)
+        return client->credential_len || client->client_cert_file || client->client_cert_pem ? 0 : -1;
     int64_t now = monotonic_ms();
     if (client->credential_len && !client->credential_stale &&
         now - client->credential_checked_ms < CREDENTIAL_RECHECK_MS)
@@ -255,6 +263,29 @@ static void api_call_free(api_call *call)
     free(call);
 }
 
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* A copy of len bytes plus a NUL, or NULL. */
+static char *dup_blob(const char *p, size_t len)
+{
+    if (!p) return NULL;
+    char *b = malloc(len + 1);
+    if (!b) return NULL;
+    memcpy(b, p, len);
+    b[len] = '\0';
+    return b;
+}
+
+static void wipe_free(char *p, size_t len)
+{
+    if (!p) return;
+    OPENSSL_cleanse(p, len);
+    free(p);
+}
+
 api_client *api_client_new(struct event_base *base, const api_client_options *options)
 {
     api_client *client = calloc(1, sizeof(*client));
@@ -263,13 +294,39 @@ api_client *api_client_new(struct event_base *base, const api_client_options *op
     client->timeout_ms = options->timeout_ms;
     client->observe = options->observe;
     client->observe_arg = options->observe_arg;
-    client->server_url = strdup(options->server_url);
-    client->ca_file = strdup(options->ca_file);
-    client->token_file = strdup(options->token_file);
+    client->server_url = dup_or_null(options->server_url);
+    client->ca_file = dup_or_null(options->ca_file);
+    client->ca_pem = dup_blob(options->ca_pem, options->ca_pem_len);
+    client->ca_pem_len = options->ca_pem_len;
+    client->token_file = dup_or_null(options->token_file);
+    client->client_cert_file = dup_or_null(options->client_cert_file);
+    client->client_key_file = dup_or_null(options->client_key_file);
+    client->client_cert_pem = dup_blob(options->client_cert_pem, options->client_cert_pem_len);
+    client->client_cert_pem_len = options->client_cert_pem_len;
+    client->client_key_pem = dup_blob(options->client_key_pem, options->client_key_pem_len);
+    client->client_key_pem_len = options->client_key_pem_len;
     client->multi = curl_multi_init();
     client->timer = evtimer_new(base, on_timer, client);
-    if (!client->server_url || !client->ca_file || !client->token_file || !client->multi || !client->timer)
+    if (!client->server_url || !client->multi || !client->timer || (options->ca_file && !client->ca_file) ||
+        (options->ca_pem && !client->ca_pem) || (options->token_file && !client->token_file) ||
+        (options->client_cert_file && !client->client_cert_file) ||
+        (options->client_key_file && !client->client_key_file) ||
+        (options->client_cert_pem && !client->client_cert_pem) || (options->client_key_pem && !client->client_key_pem))
         goto err;
+    /* Exactly one CA; a client certificate comes with its key; at most one bearer form. */
+    bool has_cert = client->client_cert_file || client->client_cert_pem;
+    bool has_key = client->client_key_file || client->client_key_pem;
+    if (!client->ca_file == !client->ca_pem || has_cert != has_key || (options->token && client->token_file)) {
+        log_error("API client options: need exactly one CA, a client key with its certificate, at most one token",
+                  NULL);
+        goto err;
+    }
+    if (options->token) {
+        size_t len = strlen(options->token);
+        if (len == 0 || len >= sizeof(client->credential)) goto err;
+        memcpy(client->credential, options->token, len);
+        client->credential_len = len;
+    }
     size_t url_len = strlen(client->server_url);
     while (url_len && client->server_url[url_len - 1] == '/') client->server_url[--url_len] = '\0';
 
@@ -299,7 +356,12 @@ void api_client_free(api_client *client)
     if (client->timer) event_free(client->timer);
     free(client->server_url);
     free(client->ca_file);
+    free(client->ca_pem);
     free(client->token_file);
+    free(client->client_cert_file);
+    free(client->client_key_file);
+    free(client->client_cert_pem);
+    wipe_free(client->client_key_pem, client->client_key_pem_len);
     OPENSSL_cleanse(client->credential, sizeof(client->credential));
     free(client);
 }
@@ -327,15 +389,21 @@ int api_client_post(api_client *client, const char *path, const char *body, size
 
     char url[2048];
     if ((size_t)snprintf(url, sizeof(url), "%s%s", client->server_url, path) >= sizeof(url)) goto err;
-    char auth[CREDENTIAL_MAX + 32];
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %.*s", (int)client->credential_len, client->credential);
-    call->headers = curl_slist_append(NULL, auth);
-    OPENSSL_cleanse(auth, sizeof(auth));
-    struct curl_slist *more = call->headers ? curl_slist_append(call->headers, "Content-Type: application/json") : NULL;
-    more = more ? curl_slist_append(more, "Accept: application/json") : NULL;
-    /* Disable "Expect: 100-continue": it costs a round trip per review. */
-    more = more ? curl_slist_append(more, "Expect:") : NULL;
-    if (!more) goto err;
+    if (client->credential_len) { /* none when a client certificate alone authenticates */
+        char auth[CREDENTIAL_MAX + 32];
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %.*s", (int)client->credential_len, client->credential);
+        call->headers = curl_slist_append(NULL, auth);
+        OPENSSL_cleanse(auth, sizeof(auth));
+        if (!call->headers) goto err;
+    }
+    /* "Expect:" disables 100-continue: it costs a round trip per review. */
+    static const char *const fixed_headers[] = {"Content-Type: application/json", "Accept: application/json",
+                                                "Expect:"};
+    for (size_t i = 0; i < sizeof(fixed_headers) / sizeof(fixed_headers[0]); i++) {
+        struct curl_slist *more = curl_slist_append(call->headers, fixed_headers[i]);
+        if (!more) goto err;
+        call->headers = more;
+    }
 
     call->easy = curl_easy_init();
     if (!call->easy) goto err;
@@ -345,7 +413,34 @@ int api_client_post(api_client *client, const char *path, const char *body, size
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
-    curl_easy_setopt(e, CURLOPT_CAINFO, client->ca_file);
+    /* Trust the configured CA and nothing else: libcurl's default CApath (/etc/ssl/certs on
+     * Debian) would add every system root, with CAINFO and with CAINFO_BLOB alike. */
+    curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    if (client->ca_pem) {
+        struct curl_blob ca = {.data = client->ca_pem, .len = client->ca_pem_len, .flags = CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &ca);
+    } else {
+        curl_easy_setopt(e, CURLOPT_CAINFO, client->ca_file);
+    }
+    /* NOCOPY: the client owns the PEM bytes for longer than any easy handle. */
+    if (client->client_cert_pem) {
+        struct curl_blob cert = {
+            .data = client->client_cert_pem, .len = client->client_cert_pem_len, .flags = CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &cert);
+    } else if (client->client_cert_file) {
+        curl_easy_setopt(e, CURLOPT_SSLCERT, client->client_cert_file);
+    }
+    if (client->client_key_pem) {
+        struct curl_blob key = {
+            .data = client->client_key_pem, .len = client->client_key_pem_len, .flags = CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &key);
+    } else if (client->client_key_file) {
+        curl_easy_setopt(e, CURLOPT_SSLKEY, client->client_key_file);
+    }
+    if (client->client_cert_file || client->client_cert_pem) {
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+    }
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
@@ -401,10 +496,14 @@ static void finish_call(api_client *client, api_call *call, CURLcode code)
         snprintf(detail, sizeof(detail), "%s", call->curl_error[0] ? call->curl_error : curl_easy_strerror(code));
     else
         snprintf(detail, sizeof(detail), "HTTP %ld", status);
-    if (status == 401) {
+    if (status == 401 && client->token_file) {
         /* The gateway's own credential was refused: re-read the file before the next call. */
         client->credential_stale = true;
         log_error("the API server refused the gateway's credential (401); re-reading it", "path", client->token_file,
+                  NULL);
+    } else if (status == 401) {
+        log_error("the API server refused the gateway's credential (401); an inline kubeconfig token or a client "
+                  "certificate cannot be re-read: fix the kubeconfig and restart",
                   NULL);
     }
     client->in_flight--;

@@ -19,9 +19,21 @@ typedef struct api_client api_client;
 struct api_response;
 
 typedef struct api_client_options {
-    const char *server_url; /* "https://host:port", no trailing path */
+    const char *server_url; /* "https://host:port[/prefix]", no trailing slash */
+    /* The CA that signs the API server's certificate, and the only one trusted: a PEM file,
+     * or PEM bytes in memory (kubeconfig certificate-authority-data). Exactly one of them. */
     const char *ca_file;
-    const char *token_file; /* the gateway's own bearer credential, re-read when changed */
+    const char *ca_pem;
+    size_t ca_pem_len;
+    /* The gateway's bearer credential: a file, re-read when it changes and after a 401, or
+     * a fixed token (kubeconfig user.token). At most one; neither only with a client
+     * certificate. */
+    const char *token_file;
+    const char *token;
+    /* Optional client certificate and its key (PEM): files, or bytes in memory. */
+    const char *client_cert_file, *client_key_file;
+    const char *client_cert_pem, *client_key_pem;
+    size_t client_cert_pem_len, client_key_pem_len;
     int64_t timeout_ms;     /* deadline of one call, connect included */
     /* Optional: told of every finished call before its own callback (readiness tracking). */
     void (*observe)(const struct api_response *response, void *arg);

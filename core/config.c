@@ -45,6 +45,13 @@ static const flag_spec flag_table[] = {
     {"--apiserver-ca", FLAG_STRING, FIELD(apiserver_ca), "CA bundle that signs the API server's certificate"},
     {"--apiserver-token-file", FLAG_STRING, FIELD(apiserver_token_file),
      "file holding the gateway's own bearer credential; re-read when it changes"},
+    {"--kubeconfig", FLAG_STRING, FIELD(kubeconfig),
+     "take the API server and credential from this kubeconfig (else $KUBECONFIG's first file, else in-cluster; "
+     "explicit --apiserver flags win; see docs/APISERVER.md)"},
+    {"--context", FLAG_STRING, FIELD(context), "kubeconfig context to use (default: its current-context)"},
+    {"--serviceaccount-dir", FLAG_STRING, FIELD(serviceaccount_dir),
+     "in-cluster: where token, ca.crt and namespace are mounted (default "
+     "/var/run/secrets/kubernetes.io/serviceaccount)"},
     {"--audiences", FLAG_AUDIENCES, 0, "comma-separated audiences sent in each TokenReview"},
     {"--policy", FLAG_STRING, FIELD(policy),
      "Lua policy file, reloaded on SIGHUP (default: built-in policies/default.lua; \"none\": allow every "
@@ -99,6 +106,17 @@ static void config_defaults(config *cfg)
     cfg->circuit_cooldown_ms = 5000;
     cfg->stale_if_error_ms = 0;
     cfg->shutdown_grace_ms = 20000;
+}
+
+void config_apiserver_inputs(const config *cfg, apiserver_inputs *in)
+{
+    apiserver_inputs_from_env(in);
+    in->apiserver = cfg->apiserver;
+    in->apiserver_ca = cfg->apiserver_ca;
+    in->apiserver_token_file = cfg->apiserver_token_file;
+    in->kubeconfig = cfg->kubeconfig;
+    in->context = cfg->context;
+    if (cfg->serviceaccount_dir) in->serviceaccount_dir = cfg->serviceaccount_dir;
 }
 
 bool config_policy_enabled(const config *cfg)
@@ -249,28 +267,19 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --mode %s: only \"authz\" is implemented in this build\n", cfg->mode);
         rc = -1;
     }
-    /* `--check --policy FILE` alone validates a policy: the API server flags are then
-     * reported as missing but do not fail the check. */
-    bool policy_only = cfg->check_only && !cfg->apiserver && !cfg->apiserver_ca && !cfg->apiserver_token_file;
-    if (policy_only) {
-        fprintf(out, "tokengate: note: no API server configured (needed to serve, not to check a policy)\n");
-    } else {
-        if (!cfg->apiserver || strncmp(cfg->apiserver, "https://", 8) != 0) {
-            fprintf(out, "tokengate: --apiserver https://HOST:PORT is required (TLS is always verified)\n");
-            rc = -1;
-        }
-        if (!cfg->apiserver_ca) {
-            fprintf(out, "tokengate: --apiserver-ca is required\n");
-            rc = -1;
-        } else if (check_readable("--apiserver-ca", cfg->apiserver_ca, out) != 0) {
-            rc = -1;
-        }
-        if (!cfg->apiserver_token_file) {
-            fprintf(out, "tokengate: --apiserver-token-file is required\n");
-            rc = -1;
-        } else if (check_readable("--apiserver-token-file", cfg->apiserver_token_file, out) != 0) {
-            rc = -1;
-        }
+    /* The API server: explicit flags > --kubeconfig > $KUBECONFIG > in-cluster. `--check
+     * --policy FILE` alone validates a policy: no API server is then only a note. */
+    apiserver_inputs api_in;
+    config_apiserver_inputs(cfg, &api_in);
+    apiserver_settings api;
+    char api_err[1024];
+    int api_rc = apiserver_resolve(&api_in, &api, api_err, sizeof(api_err));
+    apiserver_settings_free(&api);
+    if (api_rc == APISERVER_NOT_CONFIGURED && cfg->check_only) {
+        fprintf(out, "tokengate: note: %s (needed to serve, not to check a policy)\n", api_err);
+    } else if (api_rc != APISERVER_OK) {
+        fprintf(out, "tokengate: %s\n", api_err);
+        rc = -1;
     }
     if (cfg->cache_max_entries == 0) {
         fprintf(out, "tokengate: --cache-max-entries must be at least 1\n");
@@ -313,9 +322,12 @@ void config_print(const config *cfg, FILE *out)
     duration_format(cfg->cache_max_ttl_ms, max, sizeof(max));
     duration_format(cfg->review_timeout_ms, timeout, sizeof(timeout));
     fprintf(out, "mode: %s\nlisten: %s\nadmin-listen: %s\n", cfg->mode, cfg->listen, cfg->admin_listen);
-    fprintf(out, "apiserver: %s (configured by: explicit flags)\n", cfg->apiserver ? cfg->apiserver : "(none)");
+    /* The flags as given; main prints the API server actually chosen ("apiserver: ..."). */
+    fprintf(out, "apiserver-flag: %s\n", cfg->apiserver ? cfg->apiserver : "(none)");
     fprintf(out, "apiserver-ca: %s\napiserver-token-file: %s\n", cfg->apiserver_ca ? cfg->apiserver_ca : "(none)",
             cfg->apiserver_token_file ? cfg->apiserver_token_file : "(none)");
+    fprintf(out, "kubeconfig: %s\ncontext: %s\n", cfg->kubeconfig ? cfg->kubeconfig : "(none)",
+            cfg->context ? cfg->context : "(current-context)");
     fprintf(out, "cache-ttl: %s\ncache-negative-ttl: %s\ncache-max-ttl: %s\ncache-max-entries: %zu\n", ttl, neg,
             max, cfg->cache_max_entries);
     fprintf(out, "review-timeout: %s\nmax-token-bytes: %zu\naudiences:", timeout, cfg->max_token_bytes);

@@ -3,6 +3,8 @@
 #ifndef TOKENGATE_CONFIG_H
 #define TOKENGATE_CONFIG_H
 
+#include "apiserver_config.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +30,9 @@ typedef struct config {
     const char *apiserver;            /* https://host:port */
     const char *apiserver_ca;         /* PEM CA bundle file */
     const char *apiserver_token_file; /* the gateway's own bearer credential */
+    const char *kubeconfig;           /* --kubeconfig FILE (docs/APISERVER.md: precedence) */
+    const char *context;              /* --context NAME, else the kubeconfig's current-context */
+    const char *serviceaccount_dir;   /* in-cluster mount (default APISERVER_DEFAULT_SERVICEACCOUNT_DIR) */
 
     /* --audiences a,b: copied into audiences_text and split in place. */
     char audiences_text[CONFIG_AUDIENCES_TEXT_MAX];
@@ -65,6 +70,10 @@ config_action config_parse(config *cfg, int argc, char **argv, FILE *out);
 /* Checks cross-flag rules and that files are readable. Returns 0 or -1 with a message on
  * out. Does not contact the API server. */
 int config_validate(const config *cfg, FILE *out);
+
+/* What the flags and the environment ($KUBECONFIG, $KUBERNETES_SERVICE_HOST/PORT) say about
+ * the API server, for apiserver_resolve(). in points into cfg and the environment. */
+void config_apiserver_inputs(const config *cfg, apiserver_inputs *in);
 
 /* True when requests go through a Lua policy (--policy is not "none"). */
 bool config_policy_enabled(const config *cfg);

@@ -1,5 +1,6 @@
 /* main.c: flags in, server out. Also makes jansson wipe what it frees, because the JSON
  * the gateway parses and builds can hold tokens (a TokenReview answer echoes spec.token). */
+#include "apiserver_config.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -33,8 +34,21 @@ int main(int argc, char **argv)
     case CONFIG_RUN: break;
     }
     if (config_validate(&cfg, stderr) != 0) return 1;
+    /* Which API server, and how (docs/APISERVER.md). config_validate has already reported
+     * any problem with the same inputs; only --check may go on without one. */
+    apiserver_inputs api_in;
+    config_apiserver_inputs(&cfg, &api_in);
+    apiserver_settings api;
+    char api_err[1024];
+    int api_rc = apiserver_resolve(&api_in, &api, api_err, sizeof(api_err));
+    if (api_rc != APISERVER_OK && !(api_rc == APISERVER_NOT_CONFIGURED && cfg.check_only)) {
+        fprintf(stderr, "tokengate: %s\n", api_err);
+        return 1;
+    }
     if (cfg.check_only) {
         config_print(&cfg, stdout);
+        printf("apiserver: %s\n", api_rc == APISERVER_OK ? api.why : "(none configured)");
+        apiserver_settings_free(&api);
         json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);
         if (server_check_policy(&cfg, stdout) != 0) return 1;
         printf("configuration ok\n");
@@ -47,9 +61,12 @@ int main(int argc, char **argv)
     json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         log_error("curl_global_init failed", NULL);
+        apiserver_settings_free(&api);
         return 1;
     }
-    int rc = server_run(&cfg);
+    log_info("API server", "source", apiserver_source_name(api.source), "why", api.why, NULL);
+    int rc = server_run(&cfg, &api);
+    apiserver_settings_free(&api);
     curl_global_cleanup();
     return rc;
 }

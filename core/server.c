@@ -1004,7 +1004,7 @@ static void server_teardown(server *srv)
     if (srv->base) event_base_free(srv->base);
 }
 
-int server_run(const config *cfg)
+int server_run(const config *cfg, const apiserver_settings *api)
 {
     server *srv = calloc(1, sizeof(*srv));
     if (!srv) return 1;
@@ -1023,9 +1023,18 @@ int server_run(const config *cfg)
     srv->sar_cache = token_cache_new(&co);
     srv->custom = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
     api_client_options ao = {
-        .server_url = cfg->apiserver,
-        .ca_file = cfg->apiserver_ca,
-        .token_file = cfg->apiserver_token_file,
+        .server_url = api->server_url,
+        .ca_file = api->ca_file,
+        .ca_pem = api->ca_pem,
+        .ca_pem_len = api->ca_pem_len,
+        .token_file = api->token_file,
+        .token = api->token,
+        .client_cert_file = api->client_cert_file,
+        .client_key_file = api->client_key_file,
+        .client_cert_pem = api->client_cert_pem,
+        .client_cert_pem_len = api->client_cert_pem_len,
+        .client_key_pem = api->client_key_pem,
+        .client_key_pem_len = api->client_key_pem_len,
         .timeout_ms = cfg->review_timeout_ms,
         .observe = observe_api,
         .observe_arg = srv,
@@ -1105,7 +1114,8 @@ int server_run(const config *cfg)
 
     struct timeval now = {0, 0};
     evtimer_add(srv->probe_timer, &now);
-    log_info("started", "mode", cfg->mode, "apiserver", cfg->apiserver, NULL);
+    log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
+             apiserver_source_name(api->source), NULL);
     event_base_dispatch(srv->base);
     rc = 0;
 done:
