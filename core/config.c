@@ -78,6 +78,9 @@ static const flag_spec flag_table[] = {
      "see the README's security note)"},
     {"--shutdown-grace", FLAG_DURATION, FIELD(shutdown_grace_ms),
      "on SIGTERM/SIGINT, how long in-flight requests may finish (default 20s)"},
+    {"--forwarded-headers", FLAG_STRING, FIELD(forwarded_headers),
+     "which proxy headers give policies the original method/URI/host: auto (default), traefik "
+     "(X-Forwarded-*), nginx (X-Original-*), none (the request itself, as Envoy ext_authz sends it)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -95,6 +98,7 @@ static void config_defaults(config *cfg)
     cfg->review_timeout_ms = 5000;
     cfg->max_token_bytes = 16384;
     cfg->log_level = "info";
+    cfg->forwarded_headers = "auto";
     cfg->policy_max_instructions = 1000000;
     cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
     cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
@@ -306,6 +310,11 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
     }
+    if (strcmp(cfg->forwarded_headers, "auto") && strcmp(cfg->forwarded_headers, "traefik") &&
+        strcmp(cfg->forwarded_headers, "nginx") && strcmp(cfg->forwarded_headers, "none")) {
+        fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
+        rc = -1;
+    }
     if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
         strcmp(cfg->log_level, "warn") && strcmp(cfg->log_level, "error")) {
         fprintf(out, "tokengate: --log-level %s: use debug, info, warn or error\n", cfg->log_level);
@@ -349,5 +358,6 @@ void config_print(const config *cfg, FILE *out)
             cfg->apiserver_burst, cfg->review_max_pending);
     fprintf(out, "circuit-failure-threshold: %zu\ncircuit-cooldown: %s\nstale-if-error: %s%s\nshutdown-grace: %s\n",
             cfg->circuit_failure_threshold, cooldown, stale, cfg->stale_if_error_ms ? "" : " (off)", grace);
+    fprintf(out, "forwarded-headers: %s\n", cfg->forwarded_headers);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }

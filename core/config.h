@@ -57,6 +57,11 @@ typedef struct config {
     int64_t stale_if_error_ms; /* 0: off */
     int64_t shutdown_grace_ms;
 
+    /* Which proxy headers describe the original request to policies: "auto" (one family,
+     * never mixed: X-Forwarded-* if X-Forwarded-Uri is present, else X-Original-* if
+     * X-Original-URI is, else the request), "traefik", "nginx" or "none" (Envoy). */
+    const char *forwarded_headers;
+
     const char *log_level;
     bool check_only; /* --check */
 } config;

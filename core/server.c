@@ -214,23 +214,58 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     return "GET";
 }
 
+/* True when path (no query) is in the form policies can safely match on: no empty,
+ * "." or ".." segments, no percent-encoded dot, slash or backslash, no backslash. A path
+ * like /hooks/../admin would otherwise pass a rule for the /hooks/ prefix while the upstream serves
+ * /admin; such requests are refused (fail closed) rather than normalised here. */
+static bool path_is_normalized(const char *path)
+{
+    if (path[0] != '/') return false;
+    for (const char *p = path; *p; p++) {
+        if (*p == '\\') return false;
+        if (*p == '%' && p[1] && p[2]) {
+            char a = p[1], b = (char)(p[2] | 0x20);
+            if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c')) return false;
+        }
+        if (*p != '/') continue;
+        const char *seg = p + 1;
+        size_t len = strcspn(seg, "/");
+        if (seg[len] == '/' && len == 0) return false;                           /* "//" */
+        if ((len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.')) return false;
+    }
+    return true;
+}
+
 /* Fills pr from req: the original method, URI and host as the proxy in front reports
- * them (Traefik X-Forwarded-*, nginx X-Original-*), else the request itself (Envoy
- * ext_authz forwards the client's method and path). Returns -1 if the URI is too long. */
-static int describe_request(struct evhttp_request *req, policy_request *pr, request_text *text)
+ * them — one family of headers, never mixed, chosen by --forwarded-headers (see config.h)
+ * — else the request itself (Envoy ext_authz forwards the client's method and path).
+ * Returns -1 if the URI is too long, -2 if its path is not normalized. */
+static int describe_request(const server *srv, struct evhttp_request *req, policy_request *pr,
+                            request_text *text)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-    const char *method = evhttp_find_header(h, "X-Forwarded-Method");
-    if (!method) method = evhttp_find_header(h, "X-Original-Method");
-    const char *uri = evhttp_find_header(h, "X-Forwarded-Uri");
-    if (!uri) uri = evhttp_find_header(h, "X-Original-URI");
+    const char *mode = srv->cfg->forwarded_headers;
+    bool traefik = strcmp(mode, "traefik") == 0 ||
+                   (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Forwarded-Uri"));
+    bool nginx = !traefik && (strcmp(mode, "nginx") == 0 ||
+                              (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Original-URI")));
+    const char *method = NULL, *uri = NULL, *host = NULL;
+    if (traefik) {
+        method = evhttp_find_header(h, "X-Forwarded-Method");
+        uri = evhttp_find_header(h, "X-Forwarded-Uri");
+        host = evhttp_find_header(h, "X-Forwarded-Host");
+    } else if (nginx) {
+        method = evhttp_find_header(h, "X-Original-Method");
+        uri = evhttp_find_header(h, "X-Original-URI");
+        host = evhttp_find_header(h, "X-Forwarded-Host");
+    }
     if (!uri) uri = evhttp_request_get_uri(req);
-    const char *host = evhttp_find_header(h, "X-Forwarded-Host");
     if (!host) host = evhttp_find_header(h, "Host");
     if (!uri || strlen(uri) >= sizeof(text->uri)) return -1;
     strcpy(text->uri, uri);
     char *q = strchr(text->uri, '?');
     if (q) *q++ = '\0';
+    if (!path_is_normalized(text->uri[0] ? text->uri : "/")) return -2;
     text->client_ip[0] = '\0';
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
     if (conn) {
@@ -269,16 +304,21 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
     }
     policy_request pr;
     request_text text;
-    if (describe_request(req, &pr, &text) != 0) {
-        reply(srv, req, started, 414, "URI Too Long", "request URI too long");
-        return;
+    switch (describe_request(srv, req, &pr, &text)) {
+    case -1: reply(srv, req, started, 414, "URI Too Long", "request URI too long"); return;
+    case -2: reply_forbidden(srv, req, started, "path is not normalized", strlen("path is not normalized")); return;
+    default: break;
     }
     /* One decision buffer per loop, reused: it is used and done with before this returns. */
     policy_decision *d = &srv->decision;
     policy_authorize(srv->policy, &pr, &view, d);
     switch (d->kind) {
     case POLICY_ALLOW: reply_identity(srv, req, started, packed, packed_len, d); break;
-    case POLICY_DENY: reply_forbidden(srv, req, started, d->message, strlen(d->message)); break;
+    case POLICY_DENY:
+        /* Behind nginx the 403 body is dropped: the reason is only visible here. */
+        log_debug("policy denied", "method", pr.method, "path", pr.path, "reason", d->message, NULL);
+        reply_forbidden(srv, req, started, d->message, strlen(d->message));
+        break;
     case POLICY_ERROR: reply_policy_error(srv, req, started, "authorize", d->message); break;
     case POLICY_SAR: sar_ask(srv, req, started, packed, packed_len, &view, &d->sar); break;
     }
@@ -484,7 +524,7 @@ static void handle_no_token(server *srv, struct evhttp_request *req, const struc
         policy_request pr;
         request_text text;
         char err[512];
-        if (describe_request(req, &pr, &text) == 0) {
+        if (describe_request(srv, req, &pr, &text) == 0) {
             int rc = policy_anonymous(srv->policy, &pr, err, sizeof(err));
             if (rc < 0) {
                 reply_policy_error(srv, req, started, "anonymous", err);

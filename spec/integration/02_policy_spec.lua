@@ -69,6 +69,32 @@ describe("tokengate Lua policies", function()
       assert.equal(403, res.status)
     end)
 
+    it("never mixes header families: X-Forwarded-Method cannot rewrite an nginx X-Original-URI", function()
+      -- auto mode: X-Original-URI present and no X-Forwarded-Uri -> the nginx family only,
+      -- so the method is X-Original-Method (absent -> the request's GET), not the spoofed DELETE.
+      local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Forwarded-Method: DELETE" })
+      assert.equal(200, res.status)
+      res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: DELETE" })
+      assert.equal(403, res.status)
+    end)
+
+    it("refuses paths that are not normalized before any policy sees them", function()
+      for _, path in ipairs({ "/api/../metrics", "/api/%2e%2e/metrics", "/api//x", "/api/./x", "/api/%2Fx", "/api/x\\y" }) do
+        local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: " .. path })
+        assert.equal(403, res.status, path)
+        assert.truthy(res.body:find("not normalized", 1, true), path)
+      end
+      assert.equal(200, gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/v1.2/x..y?a=../b" }).status)
+    end)
+
+    it("with --forwarded-headers none judges the request itself (Envoy)", function()
+      local gw2 = gateway_mod.start{ fake = fake, args = { "--forwarded-headers", "none" } }
+      -- The spoofed X-Original-URI is ignored: the request's own path /metrics is denied.
+      assert.equal(403, gw2:request("tok-team-a-sender", "/metrics", { "X-Original-URI: /api/x" }).status)
+      assert.equal(200, gw2:request("tok-team-a-sender", "/api/x", { "X-Original-URI: /metrics" }).status)
+      gw2:stop()
+    end)
+
     it("answers 503 when the SubjectAccessReview times out, and caches nothing", function()
       local gw2 = gateway_mod.start{ fake = fake, args = { "--review-timeout", "400ms" } }
       assert.equal(200, gw2:request("tok-team-a-sender", "/api/warm").status) -- TokenReview cached
