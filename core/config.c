@@ -78,6 +78,9 @@ static const flag_spec flag_table[] = {
      "see the README's security note)"},
     {"--shutdown-grace", FLAG_DURATION, FIELD(shutdown_grace_ms),
      "on SIGTERM/SIGINT, how long in-flight requests may finish (default 20s)"},
+    {"--tls-cert-file", FLAG_STRING, FIELD(tls_cert_file),
+     "serve HTTPS on the main listener with this PEM certificate chain (TLS 1.2+; re-read on SIGHUP)"},
+    {"--tls-key-file", FLAG_STRING, FIELD(tls_key_file), "the private key of --tls-cert-file"},
     {"--forwarded-headers", FLAG_STRING, FIELD(forwarded_headers),
      "which proxy headers give policies the original method/URI/host: auto (default), traefik "
      "(X-Forwarded-*), nginx (X-Original-*), none (the request itself, as Envoy ext_authz sends it)"},
@@ -310,6 +313,13 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
     }
+    if (!cfg->tls_cert_file != !cfg->tls_key_file) {
+        fprintf(out, "tokengate: --tls-cert-file and --tls-key-file go together\n");
+        rc = -1;
+    } else if (cfg->tls_cert_file && (check_readable("--tls-cert-file", cfg->tls_cert_file, out) != 0 ||
+                                      check_readable("--tls-key-file", cfg->tls_key_file, out) != 0)) {
+        rc = -1;
+    }
     if (strcmp(cfg->forwarded_headers, "auto") && strcmp(cfg->forwarded_headers, "traefik") &&
         strcmp(cfg->forwarded_headers, "nginx") && strcmp(cfg->forwarded_headers, "none")) {
         fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
@@ -358,6 +368,8 @@ void config_print(const config *cfg, FILE *out)
             cfg->apiserver_burst, cfg->review_max_pending);
     fprintf(out, "circuit-failure-threshold: %zu\ncircuit-cooldown: %s\nstale-if-error: %s%s\nshutdown-grace: %s\n",
             cfg->circuit_failure_threshold, cooldown, stale, cfg->stale_if_error_ms ? "" : " (off)", grace);
+    fprintf(out, "tls: %s%s%s\n", cfg->tls_cert_file ? cfg->tls_cert_file : "off (plain HTTP)",
+            cfg->tls_cert_file ? ", key " : "", cfg->tls_key_file ? cfg->tls_key_file : "");
     fprintf(out, "forwarded-headers: %s\n", cfg->forwarded_headers);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }

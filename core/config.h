@@ -57,6 +57,10 @@ typedef struct config {
     int64_t stale_if_error_ms; /* 0: off */
     int64_t shutdown_grace_ms;
 
+    /* HTTPS on the main listener: both or neither. Re-read on SIGHUP. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+
     /* Which proxy headers describe the original request to policies: "auto" (one family,
      * never mixed: X-Forwarded-* if X-Forwarded-Uri is present, else X-Original-* if
      * X-Original-URI is, else the request), "traefik", "nginx" or "none" (Envoy). */

@@ -13,11 +13,14 @@
 #include "policy.h"
 #include "review.h"
 #include "sar.h"
+#include "tls_server.h"
 #include "token_cache.h"
 #include "tokenreview.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <jansson.h>
@@ -82,6 +85,7 @@ typedef struct server {
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
     uint64_t stale_served; /* gateway_tokenreview_stale_served_total */
+    SSL_CTX *tls; /* main listener's TLS context, NULL for plain HTTP; swapped on SIGHUP */
 } server;
 
 /* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
@@ -903,12 +907,40 @@ static int load_policy(server *srv, const char *trigger)
     return 0;
 }
 
+/* evhttp_set_bevcb: every new main-listener connection gets a TLS bufferevent on the
+ * current context; a reload changes only what later connections get. */
+static struct bufferevent *new_tls_bufferevent(struct event_base *base, void *arg)
+{
+    server *srv = arg;
+    SSL *ssl = SSL_new(srv->tls);
+    if (!ssl) return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+}
+
+/* Re-reads the certificate and key; on failure the current ones keep serving. */
+static int load_tls(server *srv, const char *trigger)
+{
+    char err[512];
+    SSL_CTX *ctx = tls_server_context_new(srv->cfg->tls_cert_file, srv->cfg->tls_key_file, err, sizeof(err));
+    if (!ctx) {
+        log_error("TLS certificate load failed; the previous one keeps serving", "trigger", trigger, "error", err,
+                  NULL);
+        return -1;
+    }
+    SSL_CTX_free(srv->tls); /* open connections hold their own reference */
+    srv->tls = ctx;
+    log_info("TLS certificate loaded", "trigger", trigger, "cert", srv->cfg->tls_cert_file, NULL);
+    return 0;
+}
+
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
     server *srv = arg;
     if (srv->policy) load_policy(srv, "SIGHUP");
+    if (srv->tls) load_tls(srv, "SIGHUP");
 }
 
 static bool same_file_version(const struct stat *a, const struct stat *b)
@@ -1040,6 +1072,7 @@ static void server_teardown(server *srv)
     if (srv->sighup_event) event_free(srv->sighup_event);
     if (srv->policy_watch_timer) event_free(srv->policy_watch_timer);
     if (srv->shutdown_timer) event_free(srv->shutdown_timer);
+    SSL_CTX_free(srv->tls);
     free_probe_body(srv);
     if (srv->base) event_base_free(srv->base);
 }
@@ -1136,6 +1169,10 @@ int server_run(const config *cfg, const apiserver_settings *api)
     evhttp_set_max_body_size(srv->main_http, MAIN_MAX_BODY_BYTES);
     evhttp_set_timeout(srv->main_http, 60);
     evhttp_set_gencb(srv->main_http, authz_handle, srv);
+    if (cfg->tls_cert_file) {
+        if (load_tls(srv, "start-up") != 0) goto done;
+        evhttp_set_bevcb(srv->main_http, new_tls_bufferevent, srv);
+    }
     evhttp_set_allowed_methods(srv->admin_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
     evhttp_set_max_body_size(srv->admin_http, 4096);
     evhttp_set_timeout(srv->admin_http, 30);
