@@ -84,6 +84,10 @@ static const flag_spec flag_table[] = {
     {"--forwarded-headers", FLAG_STRING, FIELD(forwarded_headers),
      "which proxy headers give policies the original method/URI/host: auto (default), traefik "
      "(X-Forwarded-*), nginx (X-Original-*), none (the request itself, as Envoy ext_authz sends it)"},
+    {"--read-timeout", FLAG_DURATION, FIELD(read_timeout_ms),
+     "main listener: a connection idle this long (reading or writing) is closed (default 30s)"},
+    {"--max-header-count", FLAG_SIZE, FIELD(max_header_count),
+     "requests with more header fields are refused with 431 (default 100)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -113,6 +117,8 @@ static void config_defaults(config *cfg)
     cfg->circuit_cooldown_ms = 5000;
     cfg->stale_if_error_ms = 0;
     cfg->shutdown_grace_ms = 20000;
+    cfg->read_timeout_ms = 30000;
+    cfg->max_header_count = 100;
 }
 
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in)

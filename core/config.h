@@ -56,6 +56,8 @@ typedef struct config {
     int64_t circuit_cooldown_ms;
     int64_t stale_if_error_ms; /* 0: off */
     int64_t shutdown_grace_ms;
+    int64_t read_timeout_ms;  /* main listener: idle/read/write timeout of a connection */
+    size_t max_header_count;  /* more request header fields than this: 431 */
 
     /* HTTPS on the main listener: both or neither. Re-read on SIGHUP. */
     const char *tls_cert_file;

@@ -550,6 +550,13 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
 
+    size_t n_headers = 0;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) n_headers++;
+    if (n_headers > cfg->max_header_count) {
+        reply(srv, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
+        return;
+    }
     bool several = false;
     const char *header = single_authorization(evhttp_request_get_input_headers(req), &several);
     if (several) {
@@ -1167,7 +1174,10 @@ int server_run(const config *cfg, const apiserver_settings *api)
                                                    EVHTTP_REQ_PATCH);
     evhttp_set_max_headers_size(srv->main_http, (ev_ssize_t)(cfg->max_token_bytes + 32768));
     evhttp_set_max_body_size(srv->main_http, MAIN_MAX_BODY_BYTES);
-    evhttp_set_timeout(srv->main_http, 60);
+    /* evhttp 2.1 has no separate header deadline: this inactivity timeout, the header
+     * size bound and the body bound are what limit a slow or oversized client. */
+    struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(srv->main_http, &read_timeout);
     evhttp_set_gencb(srv->main_http, authz_handle, srv);
     if (cfg->tls_cert_file) {
         if (load_tls(srv, "start-up") != 0) goto done;

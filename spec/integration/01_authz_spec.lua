@@ -136,6 +136,32 @@ describe("tokengate authz mode", function()
     end)
   end)
 
+  describe("when the input is hostile", function()
+    it("refuses too many header fields (431) and oversized headers, and keeps running", function()
+      local many = {}
+      for i = 1, 120 do many[#many + 1] = "X-Filler-" .. i .. ": x" end
+      many[#many + 1] = "Authorization: Bearer tok-team-a-sender"
+      assert.equal(431, http.get(gw.url .. "/", many).status)
+      local huge = http.get(gw.url .. "/", { "Authorization: Bearer tok-team-a-sender", "X-Big: " .. string.rep("b", 60000) })
+      assert.is_true(huge.status >= 400 and huge.status < 500, "status " .. huge.status)
+      assert.equal(200, gw:request("tok-team-a-sender").status)
+      assert.is_true(gw:alive())
+    end)
+
+    it("closes a connection that sends nothing within --read-timeout (slowloris)", function()
+      local gw2 = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--read-timeout", "1s" } }
+      local host, port = gw2.url:match("http://([^:]+):(%d+)")
+      -- Open a connection, send half a request line, then wait: the gateway must hang up.
+      local out = proc.run(string.format(
+        "bash -c 'exec 3<>/dev/tcp/%s/%s; printf \"GET / HT\" >&3; t0=$(date +%%s%%N); " ..
+        "cat <&3 >/dev/null; t1=$(date +%%s%%N); echo closed_after_ms=$(( (t1 - t0) / 1000000 ))'", host, port))
+      gw2:stop()
+      local ms = tonumber(out:match("closed_after_ms=(%d+)"))
+      assert.truthy(ms, out)
+      assert.is_true(ms >= 800 and ms < 4000, "closed after " .. tostring(ms) .. " ms")
+    end)
+  end)
+
   describe("single-flight", function()
     it("makes exactly 1 TokenReview for 100 concurrent requests with one token on a cold cache", function()
       fake:config{ latency_ms = 300 }
