@@ -111,7 +111,7 @@ int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out)
         }
     } else if (json_is_real(exp)) {
         double v = json_real_value(exp);
-        if (v > 0 && v < 1e15) {
+        if (v >= 1 && v < 1e15) { /* (0, 1e15) as whole seconds: 0.5 would truncate to 0 */
             *exp_out = (int64_t)v;
             rc = 0;
         }

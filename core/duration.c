@@ -1,6 +1,7 @@
 /* duration.c owns parsing and printing of Go-style durations. */
 #include "duration.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,29 +27,35 @@ int duration_parse(const char *s, int64_t *out_ms)
         *out_ms = 0;
         return 0;
     }
-    /* Accumulated in nanoseconds as a long double: callers need millisecond precision. */
-    long double total_ns = 0;
+    /* Exact integer arithmetic in nanoseconds, as Go does: a fraction is added as
+     * unit * digits / 10^k, so "0.001s" is exactly 1 ms. */
+    const int64_t max_ns = DURATION_MAX_MS * 1000000LL;
+    int64_t total_ns = 0;
     const char *p = s;
     while (*p) {
-        long double value = 0;
-        int digits = 0;
+        const char *int_start = p;
+        uint64_t whole = 0;
+        bool whole_overflow = false;
         while (*p >= '0' && *p <= '9') {
-            value = value * 10 + (*p - '0');
+            if (whole > (UINT64_MAX - 9) / 10) whole_overflow = true;
+            else whole = whole * 10 + (uint64_t)(*p - '0');
             p++;
-            digits++;
-            if (value > 1e15L) return -1;
         }
+        size_t int_digits = (size_t)(p - int_start);
+        uint64_t frac = 0, scale = 1;
+        size_t frac_digits = 0;
         if (*p == '.') {
             p++;
-            long double scale = 0.1L;
             while (*p >= '0' && *p <= '9') {
-                value += (*p - '0') * scale;
-                scale /= 10;
+                if (scale <= UINT64_MAX / 100) { /* digits beyond ~18 cannot matter at ns precision */
+                    frac = frac * 10 + (uint64_t)(*p - '0');
+                    scale *= 10;
+                }
                 p++;
-                digits++;
+                frac_digits++;
             }
         }
-        if (digits == 0) return -1;
+        if (int_digits + frac_digits == 0) return -1;
         /* First prefix match wins; the table lists "ms" before "m". */
         const struct duration_unit *unit = NULL;
         for (size_t i = 0; i < sizeof(duration_units) / sizeof(duration_units[0]); i++) {
@@ -59,10 +66,15 @@ int duration_parse(const char *s, int64_t *out_ms)
         }
         if (!unit) return -1;
         p += strlen(unit->name);
-        total_ns += value * (long double)unit->ns;
-        if (total_ns / 1000000.0L > (long double)DURATION_MAX_MS) return -1;
+        uint64_t unit_ns = (uint64_t)unit->ns;
+        if (whole_overflow || whole > (uint64_t)max_ns / unit_ns) return -1;
+        uint64_t part = whole * unit_ns;
+        /* frac < scale <= 1e18 and unit_ns <= 3.6e12: multiply in 128 bits. */
+        part += (uint64_t)(((unsigned __int128)frac * unit_ns) / scale);
+        if (part > (uint64_t)(max_ns - total_ns)) return -1;
+        total_ns += (int64_t)part;
     }
-    *out_ms = (int64_t)(total_ns / 1000000.0L);
+    *out_ms = total_ns / 1000000;
     return 0;
 }
 

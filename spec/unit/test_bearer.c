@@ -336,6 +336,8 @@ static void test_jwt_exp_hostile_values(void)
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1e15}")), NO_EXP);
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1e300}")), NO_EXP);
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":-1.5e9}")), NO_EXP);
+    /* Found by fuzz_jwt_exp: 0.5 truncated to exp 0, outside (0, 1e15). */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":0.5}")), NO_EXP);
     /* The largest plausible values still work. */
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":999999999999999}")), 999999999999999LL);
 }

@@ -23,6 +23,13 @@ static void test_units(void)
     CHECK_EQ_INT(parsed("1500us"), 1);
     CHECK_EQ_INT(parsed("999999ns"), 0);
     CHECK_EQ_INT(parsed("0s"), 0);
+    /* Fractions are exact (found by fuzz_duration: floating point made these 1 ms low). */
+    CHECK_EQ_INT(parsed("0.001s"), 1);
+    CHECK_EQ_INT(parsed("0.007s"), 7);
+    CHECK_EQ_INT(parsed("2.3s"), 2300);
+    /* Large counts of small units are fine up to ten years. */
+    CHECK_EQ_INT(parsed("1000000000000001ns"), 1000000000);
+    CHECK_EQ_INT(parsed("87600h"), 315360000000LL);
 }
 
 static void test_rejects(void)
@@ -37,6 +44,7 @@ static void test_rejects(void)
     CHECK_EQ_INT(parsed("."), -1);
     CHECK_EQ_INT(parsed("99999999999999999h"), -1);
     CHECK_EQ_INT(parsed("100000h"), -1); /* over ten years */
+    CHECK_EQ_INT(parsed("87601h"), -1);
 }
 
 static void test_format(void)
