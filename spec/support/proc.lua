@@ -58,8 +58,13 @@ function proc.spawn(argv, log_path, env)
   return { pid = pid, log = log_path }
 end
 
+-- A process that exited but was not reaped (a zombie: its parent shell is gone and
+-- nobody waits for it) counts as dead.
 function proc.alive(h)
-  return os.execute("kill -0 " .. h.pid .. " 2>/dev/null") == 0
+  local stat = read_file("/proc/" .. h.pid .. "/stat")
+  if not stat then return false end
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 -- Wait (bounded) until the process's log has a JSON line with "msg":"listening" for the
