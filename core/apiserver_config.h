@@ -107,4 +107,10 @@ int kubeconfig_parse(const char *yaml_text, size_t len, const char *context, con
 /* "flags", "kubeconfig" or "in-cluster". */
 const char *apiserver_source_name(apiserver_source source);
 
+/* Loads what the settings point at with OpenSSL, as client-go does when it loads a
+ * kubeconfig: the CA (file or data) must hold at least one certificate, and a client
+ * certificate must parse and match its key. Catches at start-up (and in --check) what
+ * would otherwise fail every review later. Returns 0, or -1 with err (no secrets). */
+int apiserver_settings_check_tls(const apiserver_settings *s, char *err, size_t err_cap);
+
 #endif

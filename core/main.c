@@ -41,6 +41,10 @@ int main(int argc, char **argv)
     apiserver_settings api;
     char api_err[1024];
     int api_rc = apiserver_resolve(&api_in, &api, api_err, sizeof(api_err));
+    if (api_rc == APISERVER_OK && apiserver_settings_check_tls(&api, api_err, sizeof(api_err)) != 0) {
+        apiserver_settings_free(&api);
+        api_rc = APISERVER_ERROR;
+    }
     if (api_rc != APISERVER_OK && !(api_rc == APISERVER_NOT_CONFIGURED && cfg.check_only)) {
         fprintf(stderr, "tokengate: %s\n", api_err);
         return 1;

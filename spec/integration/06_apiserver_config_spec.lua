@@ -433,24 +433,27 @@ describe("tokengate API server configuration", function()
       end
     end)
 
-    it("with a key that is not the certificate's: every review fails (503), nothing is sent", function()
+    it("with a key that is not the certificate's: refused at start-up and by --check", function()
       for _, data_form in ipairs{ false, true } do
         local kc = mtls(dir .. "/mtls-mismatch.yaml", dir .. "/other-ca.key", data_form)
-        -- Start-up cannot tell: it checks the files are readable PEM, not that they match.
         local _, err, code = run({ "--check", "--kubeconfig", kc })
-        assert.equal(0, code, err)
-        local gw = start({ "--kubeconfig", kc }, nil, { wait_ready = false })
-        local before = fake:stats().tokenreview_calls
-        for _ = 1, 3 do assert.equal(503, gw:request((cold())).status) end
-        assert.equal(before, fake:stats().tokenreview_calls)
-        assert.is_true(gw:alive())
-        assert.equal(503, http.get(gw.admin_url .. "/readyz").status)
-        -- The TLS library refuses the pair before any byte is sent; the log says which key.
-        local log = gw:log_text()
-        assert.truthy(log:find('"reason":"network"', 1, true), log)
-        if not data_form then assert.truthy(log:find(dir .. "/other-ca.key", 1, true), log) end
-        gw:stop()
+        assert.are_not.equal(0, code)
+        assert.truthy(err:find("the client key does not match the client certificate", 1, true), err)
+        assert_no_secret(err, "--check")
+        _, err, code = run({ "--kubeconfig", kc, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0" })
+        assert.are_not.equal(0, code)
+        assert.truthy(err:find("does not match", 1, true), err)
       end
+    end)
+
+    it("with a CA that holds no certificate: refused at start-up", function()
+      proc.write_file(dir .. "/garbage-ca.crt", "not a certificate\n")
+      local kc = dir .. "/garbage-ca.yaml"
+      proc.write_file(kc, (proc.read_file(mtls(dir .. "/mtls.yaml", dir .. "/client.key", false)) or "")
+        :gsub("certificate%-authority: [^\n]+", "certificate-authority: " .. dir .. "/garbage-ca.crt"))
+      local _, err, code = run({ "--check", "--kubeconfig", kc })
+      assert.are_not.equal(0, code)
+      assert.truthy(err:find("holds no PEM certificate", 1, true), err)
     end)
 
     it("is refused at start-up without its key, or with an unreadable key file", function()
