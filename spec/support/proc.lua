@@ -47,7 +47,8 @@ end
 -- Start argv (a list) in the background; stdout+stderr go to log_path.
 -- Returns a handle { pid, log }.
 function proc.spawn(argv, log_path, env)
-  local parts = {}
+  -- `exec K=V cmd` is not valid sh: the environment goes through env(1).
+  local parts = { "env" }
   for k, v in pairs(env or {}) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
   for _, a in ipairs(argv) do parts[#parts + 1] = shell_quote(a) end
   local cmd = "exec " .. table.concat(parts, " ") .. " >" .. shell_quote(log_path) .. " 2>&1"
