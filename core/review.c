@@ -24,6 +24,7 @@
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_BACKOFF_MS 2000
 #define DEADLINE_SLACK_MS 20 /* a retry needs at least this much time left to be worth it */
+#define MIN_CALL_MS 50        /* a call with less time left than this is not started */
 
 typedef enum { FLIGHT_QUEUED, FLIGHT_CALLING } flight_state;
 typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
@@ -45,6 +46,7 @@ typedef struct review_flight {
     int64_t not_before_ms; /* retry backoff */
     int attempts;
     bool is_probe; /* the one call let through a half-open circuit */
+    int64_t call_budget_ms; /* the deadline the running call was given */
     flight_state state;
     char token_id[9];
 } review_flight;
@@ -258,6 +260,7 @@ static void flight_call(review_engine *engine, review_flight *f, int64_t now)
         engine->probe_running = true;
     }
     int64_t left = f->deadline_ms - now;
+    f->call_budget_ms = left;
     if (api_client_post(engine->client, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
                         f) != 0) {
         if (f->is_probe) engine->probe_running = false;
@@ -334,10 +337,19 @@ static void on_api_done(const api_response *response, void *arg)
          * the API server is up and telling us how to behave. */
         if (now + retry_after * 1000 > engine->paused_until_ms) engine->paused_until_ms = now + retry_after * 1000;
         retry_at = now + retry_after * 1000;
+        /* After the pause, calls resume at the configured rate, not as one burst that would
+         * overrun the API server's seats again. */
+        engine->tokens = 0;
     } else {
         bool retryable = response->error == API_ERROR_NETWORK ||
                          (response->error == API_ERROR_HTTP && retryable_status(response->http_status));
-        if (response->error != API_ERROR_HTTP || retryable_status(response->http_status)) circuit_failure(engine, now);
+        /* A timeout is evidence against the API server only if the call had a fair share of
+         * the review's time; a call squeezed in at the end of its deadline says nothing. */
+        bool fair_timeout = response->error == API_ERROR_TIMEOUT &&
+                            flight->call_budget_ms * 2 >= engine->limits.timeout_ms;
+        if (response->error == API_ERROR_NETWORK || fair_timeout ||
+            (response->error == API_ERROR_HTTP && retryable_status(response->http_status)))
+            circuit_failure(engine, now);
         if (retryable && engine->circuit == CIRCUIT_CLOSED) retry_at = now + jittered_backoff_ms(flight->attempts);
     }
     if (retry_at >= 0 && retry_at + DEADLINE_SLACK_MS < flight->deadline_ms) {
@@ -374,7 +386,10 @@ static void fail_queue(review_engine *engine, const char *reason, int retry_afte
 static void pump(review_engine *engine)
 {
     int64_t now = monotonic_ms();
-    double elapsed = (double)(now - engine->refilled_ms);
+    /* No tokens accumulate during a 429 pause (see on_api_done). */
+    double elapsed = now < engine->paused_until_ms ? 0.0 : (double)(now - engine->refilled_ms);
+    if (engine->refilled_ms < engine->paused_until_ms && now >= engine->paused_until_ms)
+        elapsed = (double)(now - engine->paused_until_ms);
     engine->tokens += elapsed * engine->limits.qps / 1000.0;
     if (engine->tokens > engine->limits.burst) engine->tokens = engine->limits.burst;
     engine->refilled_ms = now;
@@ -414,8 +429,15 @@ static void pump(review_engine *engine)
             wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->limits.qps);
             break;
         }
-        engine->tokens -= 1.0;
         queue_remove(engine, ready);
+        if (ready->deadline_ms - now < MIN_CALL_MS) {
+            /* Too late to be answered in time: fail it here instead of spending an API
+             * call (and an API Priority and Fairness seat) that would time out. */
+            engine->stats.queue_timeouts++;
+            flight_fail(ready, API_ERROR_TIMEOUT, 1, "too little time left to call the API server");
+            continue;
+        }
+        engine->tokens -= 1.0;
         flight_call(engine, ready, now);
         if (engine->circuit == CIRCUIT_HALF_OPEN) break; /* one probe at a time */
     }
