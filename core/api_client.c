@@ -1,7 +1,8 @@
-/* api_client.c owns the libcurl multi handle, its sockets and timer on the event loop,
- * the gateway's credential, and every in-flight API call. */
+/* api_client.c owns the API server calls: the gateway's credential, every in-flight call (on
+ * its own curl_loop: libcurl multi on the event loop) and the classification of answers. */
 #include "api_client.h"
 
+#include "curl_loop.h"
 #include "log.h"
 
 #include <curl/curl.h>
@@ -23,8 +24,7 @@
 
 struct api_client {
     struct event_base *base;
-    CURLM *multi;
-    struct event *timer;
+    curl_loop *loop;
     char *server_url;
     char *ca_file;    /* or ca_pem */
     char *ca_pem;
@@ -49,6 +49,7 @@ struct api_client {
 /* One call: owns the easy handle, the request body, the header list and the answer. */
 typedef struct api_call {
     api_client *client;
+    curl_loop_transfer transfer; /* CURLOPT_PRIVATE: routes the finished call to on_call_done */
     struct api_call *prev, *next; /* in client->calls while added to the multi handle */
     CURL *easy;
     struct curl_slist *headers;
@@ -62,80 +63,13 @@ typedef struct api_call {
     char curl_error[CURL_ERROR_SIZE];
 } api_call;
 
-/* One per socket curl asks us to watch (curl_multi_assign), freed on CURL_POLL_REMOVE. */
-typedef struct api_socket {
-    curl_socket_t fd;
-    struct event *ev;
-} api_socket;
+static void on_call_done(void *owner, CURL *easy, CURLcode code);
 
 static int64_t monotonic_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void check_multi_info(api_client *client);
-
-static void on_socket_event(evutil_socket_t fd, short what, void *arg)
-{
-    api_client *client = arg;
-    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-    int running = 0;
-    curl_multi_socket_action(client->multi, fd, action, &running);
-    check_multi_info(client);
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    api_client *client = arg;
-    int running = 0;
-    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_multi_info(client);
-}
-
-/* CURLMOPT_TIMERFUNCTION: only (re)arms our timer; libcurl is never called from here. */
-static int on_curl_timer(CURLM *multi, long timeout_ms, void *arg)
-{
-    (void)multi;
-    api_client *client = arg;
-    if (timeout_ms < 0) {
-        evtimer_del(client->timer);
-        return 0;
-    }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(client->timer, &tv);
-    return 0;
-}
-
-/* CURLMOPT_SOCKETFUNCTION: mirror what curl wants to wait for onto a persistent event. */
-static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *socket_arg)
-{
-    (void)easy;
-    api_client *client = arg;
-    api_socket *sock = socket_arg;
-    if (what == CURL_POLL_REMOVE) {
-        if (sock) {
-            event_free(sock->ev);
-            free(sock);
-            curl_multi_assign(client->multi, fd, NULL);
-        }
-        return 0;
-    }
-    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
-    if (!sock) {
-        sock = calloc(1, sizeof(*sock));
-        if (!sock) return -1;
-        sock->fd = fd;
-        curl_multi_assign(client->multi, fd, sock);
-    } else {
-        event_free(sock->ev);
-    }
-    sock->ev = event_new(client->base, fd, kind, on_socket_event, client);
-    if (!sock->ev || event_add(sock->ev, NULL) != 0) return -1;
-    return 0;
 }
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
@@ -247,7 +181,7 @@ static void api_call_free(api_call *call)
 {
     if (!call) return;
     if (call->easy) {
-        curl_multi_remove_handle(call->client->multi, call->easy);
+        curl_loop_remove(call->client->loop, call->easy);
         curl_easy_cleanup(call->easy);
     }
     if (call->prev || call->next || call->client->calls == call) {
@@ -305,9 +239,8 @@ api_client *api_client_new(struct event_base *base, const api_client_options *op
     client->client_cert_pem_len = options->client_cert_pem_len;
     client->client_key_pem = dup_blob(options->client_key_pem, options->client_key_pem_len);
     client->client_key_pem_len = options->client_key_pem_len;
-    client->multi = curl_multi_init();
-    client->timer = evtimer_new(base, on_timer, client);
-    if (!client->server_url || !client->multi || !client->timer || (options->ca_file && !client->ca_file) ||
+    client->loop = curl_loop_new(base);
+    if (!client->server_url || !client->loop || (options->ca_file && !client->ca_file) ||
         (options->ca_pem && !client->ca_pem) || (options->token_file && !client->token_file) ||
         (options->client_cert_file && !client->client_cert_file) ||
         (options->client_key_file && !client->client_key_file) ||
@@ -330,13 +263,10 @@ api_client *api_client_new(struct event_base *base, const api_client_options *op
     size_t url_len = strlen(client->server_url);
     while (url_len && client->server_url[url_len - 1] == '/') client->server_url[--url_len] = '\0';
 
-    curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
-    curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
-    curl_multi_setopt(client->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    CURLM *multi = curl_loop_multi(client->loop);
+    curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     /* Bounded connections to the API server; beyond it curl queues (still deadline-bound). */
-    curl_multi_setopt(client->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
     if (refresh_credential(client) != 0) goto err;
     return client;
 err:
@@ -348,12 +278,9 @@ err:
 void api_client_free(api_client *client)
 {
     if (!client) return;
-    if (client->multi) {
-        /* Abort what is still running; owners are told by being freed themselves. */
-        while (client->calls) api_call_free(client->calls);
-        curl_multi_cleanup(client->multi);
-    }
-    if (client->timer) event_free(client->timer);
+    /* Abort what is still running; owners are told by being freed themselves. */
+    while (client->calls) api_call_free(client->calls);
+    curl_loop_free(client->loop);
     free(client->server_url);
     free(client->ca_file);
     free(client->ca_pem);
@@ -452,9 +379,9 @@ int api_client_post(api_client *client, const char *path, const char *body, size
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->curl_error);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "tokengate");
-    if (curl_multi_add_handle(client->multi, e) != CURLM_OK) goto err;
+    call->transfer = (curl_loop_transfer){.done = on_call_done, .owner = call};
+    if (curl_loop_add(client->loop, e, &call->transfer) != 0) goto err;
     call->next = client->calls;
     if (client->calls) client->calls->prev = call;
     client->calls = call;
@@ -512,16 +439,10 @@ static void finish_call(api_client *client, api_call *call, CURLcode code)
     api_call_free(call);
 }
 
-static void check_multi_info(api_client *client)
+/* curl_loop_transfer.done: the call finished (or failed) on the loop. */
+static void on_call_done(void *owner, CURL *easy, CURLcode code)
 {
-    CURLMsg *msg;
-    int pending;
-    while ((msg = curl_multi_info_read(client->multi, &pending))) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        api_call *call = NULL;
-        CURL *easy = msg->easy_handle;
-        CURLcode code = msg->data.result;
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
-        finish_call(client, call, code);
-    }
+    (void)easy;
+    api_call *call = owner;
+    finish_call(call->client, call, code);
 }

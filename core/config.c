@@ -31,7 +31,25 @@ static const flag_spec flag_table[] = {
     {"--listen", FLAG_STRING, FIELD(listen), "main listener host:port (default 0.0.0.0:8080)"},
     {"--admin-listen", FLAG_STRING, FIELD(admin_listen),
      "admin listener: metrics, health, cache flush (default 127.0.0.1:9090)"},
-    {"--mode", FLAG_STRING, FIELD(mode), "authz (default; external auth service)"},
+    {"--mode", FLAG_STRING, FIELD(mode),
+     "authz (default: external auth service for nginx/Envoy/Traefik) or proxy (reverse proxy: allowed requests "
+     "are forwarded to --upstream)"},
+    {"--upstream", FLAG_STRING, FIELD(upstream),
+     "proxy mode: the application's URL, http:// or https:// (a path in it prefixes every forwarded path)"},
+    {"--upstream-ca", FLAG_STRING, FIELD(upstream_ca),
+     "proxy mode: PEM CA bundle that signs an https upstream's certificate (default: the system CAs)"},
+    {"--upstream-timeout", FLAG_DURATION, FIELD(upstream_timeout_ms),
+     "proxy mode: how long the upstream may stay silent (to connect, to start its answer, between two reads or "
+     "writes) before 504, or a closed connection once the answer has begun (default 30s)"},
+    {"--upstream-max-connections", FLAG_SIZE, FIELD(upstream_max_connections),
+     "proxy mode: connections to the upstream at once, kept alive and reused; more requests queue (default 128)"},
+    {"--upstream-keep-authorization", FLAG_BOOL, FIELD(upstream_keep_authorization),
+     "proxy mode: forward the client's Authorization header. Off by default: the bearer token is a credential "
+     "the upstream could replay against the API server or other services, and the upstream gets the identity "
+     "in X-Remote-* instead"},
+    {"--max-body-bytes", FLAG_SIZE, FIELD(max_body_bytes),
+     "proxy mode: largest request body, buffered in memory before it is forwarded; larger: 413 "
+     "(default 10485760)"},
     {"--cache-ttl", FLAG_DURATION, FIELD(cache_ttl_ms), "positive TokenReview TTL (default 2m)"},
     {"--cache-negative-ttl", FLAG_DURATION, FIELD(cache_negative_ttl_ms),
      "TTL of authenticated:false verdicts (default 10s)"},
@@ -119,6 +137,9 @@ static void config_defaults(config *cfg)
     cfg->shutdown_grace_ms = 20000;
     cfg->read_timeout_ms = 30000;
     cfg->max_header_count = 100;
+    cfg->upstream_timeout_ms = 30000;
+    cfg->upstream_max_connections = 128;
+    cfg->max_body_bytes = 10 * 1024 * 1024;
 }
 
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in)
@@ -130,6 +151,11 @@ void config_apiserver_inputs(const config *cfg, apiserver_inputs *in)
     in->kubeconfig = cfg->kubeconfig;
     in->context = cfg->context;
     if (cfg->serviceaccount_dir) in->serviceaccount_dir = cfg->serviceaccount_dir;
+}
+
+bool config_proxy_mode(const config *cfg)
+{
+    return strcmp(cfg->mode, "proxy") == 0;
 }
 
 bool config_policy_enabled(const config *cfg)
@@ -273,13 +299,75 @@ static int check_readable(const char *flag, const char *path, FILE *out)
     return -1;
 }
 
-int config_validate(const config *cfg, FILE *out)
+/* An upstream URL the proxy can use: http:// or https://, a host, an optional port and
+ * path; no user info, query or fragment (they would be ambiguous or leak credentials). */
+static bool upstream_url_ok(const char *url)
+{
+    const char *rest = strncmp(url, "http://", 7) == 0    ? url + 7
+                       : strncmp(url, "https://", 8) == 0 ? url + 8
+                                                          : NULL;
+    if (!rest) return false;
+    size_t authority = strcspn(rest, "/");
+    if (authority == 0 || memchr(rest, '@', authority)) return false;
+    for (const char *p = url; *p; p++)
+        if (*p == '?' || *p == '#' || (unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) return false;
+    return true;
+}
+
+/* The proxy-mode flags: --mode proxy needs an upstream; authz mode takes none. */
+static int validate_mode(const config *cfg, FILE *out)
 {
     int rc = 0;
-    if (strcmp(cfg->mode, "authz") != 0) {
-        fprintf(out, "tokengate: --mode %s: only \"authz\" is implemented in this build\n", cfg->mode);
+    bool proxy = config_proxy_mode(cfg);
+    if (!proxy && strcmp(cfg->mode, "authz") != 0) {
+        fprintf(out, "tokengate: --mode %s: use authz or proxy\n", cfg->mode);
+        return -1;
+    }
+    if (!proxy) {
+        if (cfg->upstream || cfg->upstream_ca || cfg->upstream_keep_authorization) {
+            fprintf(out, "tokengate: --upstream, --upstream-ca and --upstream-keep-authorization need --mode proxy\n");
+            rc = -1;
+        }
+        return rc;
+    }
+    if (!cfg->upstream) {
+        fprintf(out, "tokengate: --mode proxy needs --upstream URL\n");
+        return -1;
+    }
+    if (!upstream_url_ok(cfg->upstream)) {
+        fprintf(out, "tokengate: --upstream %s: use http://host[:port][/path] or https://...; no user info, query "
+                     "or fragment\n",
+                cfg->upstream);
         rc = -1;
     }
+    if (cfg->upstream_ca) {
+        if (strncmp(cfg->upstream, "https://", 8) != 0) {
+            fprintf(out, "tokengate: --upstream-ca needs an https:// --upstream\n");
+            rc = -1;
+        } else if (check_readable("--upstream-ca", cfg->upstream_ca, out) != 0) {
+            rc = -1;
+        }
+    }
+    if (cfg->upstream_timeout_ms < 1 || cfg->upstream_max_connections < 1) {
+        fprintf(out, "tokengate: --upstream-timeout must be positive and --upstream-max-connections >= 1\n");
+        rc = -1;
+    }
+    if (cfg->max_body_bytes > (size_t)1 << 30) {
+        fprintf(out, "tokengate: --max-body-bytes is at most 1073741824 (bodies are buffered in memory)\n");
+        rc = -1;
+    }
+    /* The policy must judge the request the client actually sends to the upstream. */
+    if (strcmp(cfg->forwarded_headers, "traefik") == 0 || strcmp(cfg->forwarded_headers, "nginx") == 0) {
+        fprintf(out, "tokengate: --forwarded-headers %s: in proxy mode the policy always sees the request itself\n",
+                cfg->forwarded_headers);
+        rc = -1;
+    }
+    return rc;
+}
+
+int config_validate(const config *cfg, FILE *out)
+{
+    int rc = validate_mode(cfg, out);
     /* The API server: explicit flags > --kubeconfig > $KUBECONFIG > in-cluster. `--check
      * --policy FILE` alone validates a policy: no API server is then only a note. */
     apiserver_inputs api_in;
@@ -376,6 +464,16 @@ void config_print(const config *cfg, FILE *out)
             cfg->circuit_failure_threshold, cooldown, stale, cfg->stale_if_error_ms ? "" : " (off)", grace);
     fprintf(out, "tls: %s%s%s\n", cfg->tls_cert_file ? cfg->tls_cert_file : "off (plain HTTP)",
             cfg->tls_cert_file ? ", key " : "", cfg->tls_key_file ? cfg->tls_key_file : "");
-    fprintf(out, "forwarded-headers: %s\n", cfg->forwarded_headers);
+    fprintf(out, "forwarded-headers: %s%s\n", cfg->forwarded_headers,
+            config_proxy_mode(cfg) ? " (proxy mode: the request itself)" : "");
+    if (config_proxy_mode(cfg)) {
+        char upstream_timeout[32];
+        duration_format(cfg->upstream_timeout_ms, upstream_timeout, sizeof(upstream_timeout));
+        fprintf(out, "upstream: %s\nupstream-ca: %s\nupstream-timeout: %s\nupstream-max-connections: %zu\n",
+                cfg->upstream ? cfg->upstream : "(none)", cfg->upstream_ca ? cfg->upstream_ca : "(system CAs)",
+                upstream_timeout, cfg->upstream_max_connections);
+        fprintf(out, "upstream-keep-authorization: %s\nmax-body-bytes: %zu\n",
+                cfg->upstream_keep_authorization ? "yes" : "no (removed before forwarding)", cfg->max_body_bytes);
+    }
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }

@@ -18,7 +18,7 @@ typedef enum { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERROR } config_action;
 typedef struct config {
     const char *listen;       /* host:port of the main listener */
     const char *admin_listen; /* host:port of the admin listener */
-    const char *mode;         /* "authz" (only mode so far) */
+    const char *mode;         /* "authz" or "proxy" (config_proxy_mode) */
 
     int64_t cache_ttl_ms;
     int64_t cache_negative_ttl_ms;
@@ -68,6 +68,14 @@ typedef struct config {
      * X-Original-URI is, else the request), "traefik", "nginx" or "none" (Envoy). */
     const char *forwarded_headers;
 
+    /* --mode proxy: where allowed requests go, and how. */
+    const char *upstream;      /* http:// or https:// URL, optionally with a path prefix */
+    const char *upstream_ca;   /* PEM CA bundle for an https upstream; NULL: the system CAs */
+    int64_t upstream_timeout_ms;     /* longest wait for the upstream's headers or next bytes */
+    size_t upstream_max_connections; /* connections to the upstream at once (pooled, kept alive) */
+    size_t max_body_bytes;           /* largest request body forwarded; larger: 413 */
+    bool upstream_keep_authorization; /* forward the client's Authorization header (default: removed) */
+
     const char *log_level;
     bool check_only; /* --check */
 } config;
@@ -85,6 +93,9 @@ int config_validate(const config *cfg, FILE *out);
 /* What the flags and the environment ($KUBECONFIG, $KUBERNETES_SERVICE_HOST/PORT) say about
  * the API server, for apiserver_resolve(). in points into cfg and the environment. */
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in);
+
+/* True with --mode proxy. */
+bool config_proxy_mode(const config *cfg);
 
 /* True when requests go through a Lua policy (--policy is not "none"). */
 bool config_policy_enabled(const config *cfg);

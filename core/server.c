@@ -1,6 +1,7 @@
 /* server.c owns the listeners and the request path: a request enters authz_handle(), is
  * answered from the cache or waits on a review, and leaves through exactly one reply_*()
- * call. The admin listener's handlers are at the end of the file. */
+ * call — or, allowed in proxy mode, is handed to upstream.c, which answers it. The admin
+ * listener's handlers are at the end of the file. */
 #include "server.h"
 
 #include "api_client.h"
@@ -16,6 +17,7 @@
 #include "tls_server.h"
 #include "token_cache.h"
 #include "tokenreview.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -80,18 +82,27 @@ typedef struct server {
     char *probe_body; /* borrowed by the running probe call */
     size_t probe_body_len;
     struct evhttp_bound_socket *main_bound;
-    size_t requests_waiting; /* authz_requests alive: what graceful shutdown waits for */
+    size_t requests_waiting; /* authz_requests and proxied requests alive: what graceful shutdown waits for */
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
     uint64_t stale_served; /* gateway_tokenreview_stale_served_total */
     SSL_CTX *tls; /* main listener's TLS context, NULL for plain HTTP; swapped on SIGHUP */
+    upstream *upstream; /* proxy mode: where allowed requests go; NULL in authz mode */
+    struct authz_request *waiting; /* every authz_request alive, for server_teardown */
 } server;
+
+/* A request handed to the upstream: what its end needs for the metrics. */
+typedef struct proxied_request {
+    server *srv;
+    struct timespec started;
+} proxied_request;
 
 /* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
  * it carries the packed identity it will answer with. */
 typedef struct authz_request {
     server *srv;
+    struct authz_request *prev, *next; /* in srv->waiting */
     struct evhttp_request *req;
     struct timespec started;
     review_waiter waiter;
@@ -114,7 +125,61 @@ static double seconds_since(const struct timespec *start)
     return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
 /* ---- answers ------------------------------------------------------------------------ */
+
+/* Graceful shutdown: an answer sent while stopping stays in requests_waiting until evhttp
+ * has written its last byte, or its connection is gone — else the process could exit with
+ * the answer still in a buffer. (Proxied answers are tracked the same way by upstream.c.) */
+typedef struct answer_in_flight {
+    server *srv;
+    struct evhttp_connection *evcon;
+} answer_in_flight;
+
+static void on_answer_written(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    answer_in_flight *a = arg;
+    evhttp_connection_set_closecb(a->evcon, NULL, NULL); /* evhttp may free it right after */
+    a->srv->requests_waiting--;
+    free(a);
+}
+
+static void on_answer_connection_closed(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    answer_in_flight *a = arg;
+    a->srv->requests_waiting--;
+    free(a);
+}
+
+static void track_answer_while_stopping(server *srv, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!srv->shutting_down || !evcon) return; /* no connection: the client is gone, nothing to write */
+    answer_in_flight *a = malloc(sizeof(*a));
+    if (!a) return;
+    a->srv = srv;
+    a->evcon = evcon;
+    evhttp_request_set_on_complete_cb(req, on_answer_written, a);
+    evhttp_connection_set_closecb(evcon, on_answer_connection_closed, a);
+    srv->requests_waiting++;
+}
 
 static void reply(server *srv, struct evhttp_request *req, const struct timespec *started, int status,
                   const char *reason, const char *body)
@@ -129,6 +194,7 @@ static void reply(server *srv, struct evhttp_request *req, const struct timespec
         buf = evbuffer_new();
         if (buf) evbuffer_add_printf(buf, "%s\n", body);
     }
+    track_answer_while_stopping(srv, req);
     evhttp_send_reply(req, status, reason, buf);
     if (buf) evbuffer_free(buf);
     metrics_count_request(&srv->metrics, status, seconds_since(started));
@@ -150,31 +216,82 @@ static void reply_unavailable(server *srv, struct evhttp_request *req, const str
     reply(srv, req, started, 503, "Service Unavailable", why);
 }
 
-/* 200 with the identity headers (and the policy's allow headers, if any). The packed
- * identity was validated when it was cached; it is checked again here because a
- * malformed one must never become an allow. */
-static void reply_identity(server *srv, struct evhttp_request *req, const struct timespec *started,
-                           const unsigned char *packed, size_t packed_len, const policy_decision *allow)
+/* The identity headers' values, from a packed identity. */
+typedef struct identity_text {
+    char user[IDENTITY_STRING_MAX + 1];
+    char uid[IDENTITY_STRING_MAX + 1];
+    char groups[GROUPS_HEADER_MAX];
+} identity_text;
+
+static int identity_text_from(const unsigned char *packed, size_t packed_len, identity_text *out)
 {
     identity_view view;
-    char groups[GROUPS_HEADER_MAX];
     if (identity_view_parse(packed, packed_len, &view) != 0 ||
-        identity_join_groups(&view, groups, sizeof(groups)) < 0) {
+        identity_join_groups(&view, out->groups, sizeof(out->groups)) < 0)
+        return -1;
+    memcpy(out->user, view.username.ptr, view.username.len);
+    out->user[view.username.len] = '\0';
+    memcpy(out->uid, view.uid.ptr, view.uid.len);
+    out->uid[view.uid.len] = '\0';
+    return 0;
+}
+
+static void on_proxied_done(void *arg, int status)
+{
+    proxied_request *p = arg;
+    metrics_count_request(&p->srv->metrics, status, seconds_since(&p->started));
+    p->srv->requests_waiting--;
+    free(p);
+}
+
+/* Proxy mode: the request is allowed; the upstream answers it. id NULL: anonymous. */
+static void forward_allowed(server *srv, struct evhttp_request *req, const struct timespec *started,
+                            const identity_text *id, const policy_decision *allow)
+{
+    upstream_request ur = {
+        .req = req,
+        .method = method_name(evhttp_request_get_command(req)),
+        .user = id ? id->user : NULL,
+        .uid = id ? id->uid : NULL,
+        .groups = id ? id->groups : NULL,
+        .header_names = allow ? (const char *const *)allow->header_names : NULL,
+        .header_values = allow ? (const char *const *)allow->header_values : NULL,
+        .n_headers = allow ? allow->n_headers : 0,
+    };
+    proxied_request *p = malloc(sizeof(*p));
+    if (!p || upstream_forward(srv->upstream, &ur, on_proxied_done, p) != 0) {
+        free(p);
+        reply_unavailable(srv, req, started, 1, "cannot forward the request");
+        return;
+    }
+    p->srv = srv;
+    p->started = *started;
+    srv->requests_waiting++;
+}
+
+/* The request is allowed: in authz mode 200 with the identity headers (and the policy's
+ * allow headers, if any); in proxy mode it goes to the upstream with them. The packed
+ * identity was validated when it was cached; it is checked again here because a
+ * malformed one must never become an allow. */
+static void answer_allowed(server *srv, struct evhttp_request *req, const struct timespec *started,
+                           const unsigned char *packed, size_t packed_len, const policy_decision *allow)
+{
+    identity_text id;
+    if (identity_text_from(packed, packed_len, &id) != 0) {
         log_error("cached identity is malformed; failing closed", NULL);
         reply(srv, req, started, 500, "Internal Server Error", "internal error");
         return;
     }
-    char user[IDENTITY_STRING_MAX + 1], uid[IDENTITY_STRING_MAX + 1];
-    memcpy(user, view.username.ptr, view.username.len);
-    user[view.username.len] = '\0';
-    memcpy(uid, view.uid.ptr, view.uid.len);
-    uid[view.uid.len] = '\0';
+    if (srv->upstream) {
+        forward_allowed(srv, req, started, &id, allow);
+        return;
+    }
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     if (allow)
         for (size_t i = 0; i < allow->n_headers; i++) evhttp_add_header(out, allow->header_names[i], allow->header_values[i]);
-    evhttp_add_header(out, "X-Remote-User", user);
-    evhttp_add_header(out, "X-Remote-Uid", uid);
-    evhttp_add_header(out, "X-Remote-Groups", groups);
+    evhttp_add_header(out, "X-Remote-User", id.user);
+    evhttp_add_header(out, "X-Remote-Uid", id.uid);
+    evhttp_add_header(out, "X-Remote-Groups", id.groups);
     reply(srv, req, started, 200, "OK", NULL);
 }
 
@@ -202,22 +319,6 @@ typedef struct request_text {
     char client_ip[64];
 } request_text;
 
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-    switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    }
-    return "GET";
-}
-
 /* True when path (no query) is in the form policies can safely match on: no empty,
  * "." or ".." segments, no percent-encoded dot, slash or backslash, no backslash. A path
  * like /hooks/../admin would otherwise pass a rule for the /hooks/ prefix while the upstream serves
@@ -242,13 +343,15 @@ static bool path_is_normalized(const char *path)
 
 /* Fills pr from req: the original method, URI and host as the proxy in front reports
  * them — one family of headers, never mixed, chosen by --forwarded-headers (see config.h)
- * — else the request itself (Envoy ext_authz forwards the client's method and path).
+ * — else the request itself (Envoy ext_authz forwards the client's method and path). In
+ * proxy mode always the request itself: it is what goes upstream, and those headers come
+ * from the client, who must never choose what the policy judges.
  * Returns -1 if the URI is too long, -2 if its path is not normalized. */
 static int describe_request(const server *srv, struct evhttp_request *req, policy_request *pr,
                             request_text *text)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-    const char *mode = srv->cfg->forwarded_headers;
+    const char *mode = srv->upstream ? "none" : srv->cfg->forwarded_headers;
     bool traefik = strcmp(mode, "traefik") == 0 ||
                    (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Forwarded-Uri"));
     bool nginx = !traefik && (strcmp(mode, "nginx") == 0 ||
@@ -298,7 +401,7 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
                                const unsigned char *packed, size_t packed_len)
 {
     if (!srv->policy) {
-        reply_identity(srv, req, started, packed, packed_len, NULL);
+        answer_allowed(srv, req, started, packed, packed_len, NULL);
         return;
     }
     identity_view view;
@@ -317,7 +420,7 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
     policy_decision *d = &srv->decision;
     policy_authorize(srv->policy, &pr, &view, d);
     switch (d->kind) {
-    case POLICY_ALLOW: reply_identity(srv, req, started, packed, packed_len, d); break;
+    case POLICY_ALLOW: answer_allowed(srv, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
         /* Behind nginx the 403 body is dropped: the reason is only visible here. */
         log_debug("policy denied", "method", pr.method, "path", pr.path, "reason", d->message, NULL);
@@ -330,6 +433,9 @@ static void authorize_identity(server *srv, struct evhttp_request *req, const st
 
 static void authz_request_free(authz_request *ar)
 {
+    if (ar->prev) ar->prev->next = ar->next;
+    else ar->srv->waiting = ar->next;
+    if (ar->next) ar->next->prev = ar->prev;
     ar->srv->requests_waiting--;
     OPENSSL_cleanse(ar->identity, ar->identity_len);
     free(ar);
@@ -368,7 +474,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
     authz_request *ar = arg;
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
-        reply_identity(ar->srv, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
+        answer_allowed(ar->srv, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
         break;
     case REVIEW_NEGATIVE:
         reply_forbidden(ar->srv, ar->req, &ar->started, (const char *)outcome->value, outcome->value_len);
@@ -395,6 +501,9 @@ static authz_request *authz_request_new(server *srv, struct evhttp_request *req,
     ar->waiter.arg = ar;
     ar->identity_len = identity_len;
     if (identity_len) memcpy(ar->identity, identity, identity_len);
+    ar->next = srv->waiting;
+    if (srv->waiting) srv->waiting->prev = ar;
+    srv->waiting = ar;
     srv->requests_waiting++;
     return ar;
 }
@@ -415,7 +524,7 @@ static void sar_ask(server *srv, struct evhttp_request *req, const struct timesp
     switch (token_cache_lookup(srv->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
-        reply_identity(srv, req, started, packed, packed_len, NULL);
+        answer_allowed(srv, req, started, packed, packed_len, NULL);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
@@ -521,7 +630,7 @@ static size_t current_audiences(const server *srv, const char *const **out)
 }
 
 /* No usable token: 401, unless the policy's anonymous(req) lets the request through
- * (answered 200 without identity headers). */
+ * (answered 200, or forwarded in proxy mode, without identity headers). */
 static void handle_no_token(server *srv, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
     if (srv->policy) {
@@ -532,6 +641,10 @@ static void handle_no_token(server *srv, struct evhttp_request *req, const struc
             int rc = policy_anonymous(srv->policy, &pr, err, sizeof(err));
             if (rc < 0) {
                 reply_policy_error(srv, req, started, "anonymous", err);
+                return;
+            }
+            if (rc == 1 && srv->upstream) {
+                forward_allowed(srv, req, started, NULL, NULL);
                 return;
             }
             if (rc == 1) {
@@ -556,6 +669,19 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     if (n_headers > cfg->max_header_count) {
         reply(srv, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
         return;
+    }
+    if (srv->upstream) {
+        /* What could not be forwarded is refused before any review is spent on it. evhttp
+         * already refuses CONNECT and TRACE (not in the allowed methods). */
+        const char *uri = evhttp_request_get_uri(req);
+        if (!uri || uri[0] != '/') {
+            reply(srv, req, &started, 400, "Bad Request", "the request target must be an absolute path");
+            return;
+        }
+        if (strlen(uri) >= URI_MAX) {
+            reply(srv, req, &started, 414, "URI Too Long", "request URI too long");
+            return;
+        }
     }
     bool several = false;
     const char *header = single_authorization(evhttp_request_get_input_headers(req), &several);
@@ -1001,6 +1127,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     srv->shutting_down = true;
+    if (srv->upstream) upstream_set_draining(srv->upstream);
     srv->shutdown_deadline_ms = monotonic_ms() + srv->cfg->shutdown_grace_ms;
     char grace[32];
     snprintf(grace, sizeof(grace), "%lld", (long long)srv->cfg->shutdown_grace_ms);
@@ -1064,10 +1191,14 @@ static int bind_listener(struct evhttp *http, const char *name, const char *host
 
 static void server_teardown(server *srv)
 {
-    if (srv->main_http) evhttp_free(srv->main_http);
+    if (srv->main_http) evhttp_free(srv->main_http); /* ends proxied requests still running */
     if (srv->admin_http) evhttp_free(srv->admin_http);
+    upstream_free(srv->upstream);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     review_engine_free(srv->reviews);
+    /* --shutdown-grace ran out: requests still waiting for a review went with evhttp, and
+     * the engine never calls their waiters now. */
+    while (srv->waiting) authz_request_free(srv->waiting);
     policy_host_free(srv->policy);
     custom_metrics_free(srv->custom);
     token_cache_free(srv->sar_cache);
@@ -1130,6 +1261,18 @@ int server_run(const config *cfg, const apiserver_settings *api)
         .retry_after_cap_s = 32,
     };
     srv->reviews = srv->api ? review_engine_new(srv->api, srv->base, &review_bounds) : NULL;
+    if (config_proxy_mode(cfg)) {
+        upstream_options uo = {
+            .url = cfg->upstream,
+            .ca_file = cfg->upstream_ca,
+            .timeout_ms = cfg->upstream_timeout_ms,
+            .max_connections = cfg->upstream_max_connections,
+            .keep_authorization = cfg->upstream_keep_authorization,
+            .listener_tls = cfg->tls_cert_file != NULL,
+        };
+        srv->upstream = upstream_new(srv->base, &uo);
+        if (!srv->upstream) goto done;
+    }
     srv->shutdown_timer = event_new(srv->base, -1, EV_PERSIST, on_shutdown_tick, srv);
     srv->probe_timer = evtimer_new(srv->base, on_probe_timer, srv);
     if (!srv->keyer || !srv->tokenreview_cache || !srv->sar_cache || !srv->custom || !srv->api || !srv->reviews ||
@@ -1168,12 +1311,22 @@ int server_run(const config *cfg, const apiserver_settings *api)
     srv->main_http = evhttp_new(srv->base);
     srv->admin_http = evhttp_new(srv->base);
     if (!srv->main_http || !srv->admin_http) goto done;
-    /* authz mode: auth_request / ext_authz / forwardAuth send any method, rarely a body. */
+    /* authz mode: auth_request / ext_authz / forwardAuth send any method, rarely a body.
+     * Proxy mode: the same methods (never CONNECT or TRACE) and bodies up to
+     * --max-body-bytes, buffered whole by evhttp before the request is authorized. */
     evhttp_set_allowed_methods(srv->main_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                                    EVHTTP_REQ_PATCH);
     evhttp_set_max_headers_size(srv->main_http, (ev_ssize_t)(cfg->max_token_bytes + 32768));
-    evhttp_set_max_body_size(srv->main_http, MAIN_MAX_BODY_BYTES);
+    if (srv->upstream) {
+        evhttp_set_max_body_size(srv->main_http, (ev_ssize_t)cfg->max_body_bytes);
+        /* Read (and drop) an oversized body before answering 413, so the client gets the
+         * 413 rather than a reset; an upstream answer without Content-Type keeps none. */
+        evhttp_set_flags(srv->main_http, EVHTTP_SERVER_LINGERING_CLOSE);
+        evhttp_set_default_content_type(srv->main_http, NULL);
+    } else {
+        evhttp_set_max_body_size(srv->main_http, MAIN_MAX_BODY_BYTES);
+    }
     /* evhttp 2.1 has no separate header deadline: this inactivity timeout, the header
      * size bound and the body bound are what limit a slow or oversized client. */
     struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
@@ -1202,7 +1355,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     struct timeval now = {0, 0};
     evtimer_add(srv->probe_timer, &now);
     log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
-             apiserver_source_name(api->source), NULL);
+             apiserver_source_name(api->source), "upstream", cfg->upstream, NULL);
     event_base_dispatch(srv->base);
     rc = 0;
 done:

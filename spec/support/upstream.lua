@@ -4,7 +4,8 @@
 --   local upstream = require("support.upstream")
 --   local up = upstream.start{ dir = some_dir }
 --   up.addr ("127.0.0.1:PORT"), up.url
---   up:requests()      -> list of { method=, uri=, headers={ {name, value}, ... }, body_bytes= }
+--   up:requests()      -> list of { method=, uri=, headers={ {name, value}, ... }, body_bytes=,
+--                         body_sha256=, connection= (the upstream connection's number) }
 --   up:headers(r, name) -> every value of header `name` (case-insensitive) in request r
 --   up:clear()         forget what was recorded so far
 --   up:stop()

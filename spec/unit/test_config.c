@@ -67,6 +67,12 @@ static void test_defaults(void)
     CHECK_EQ_INT(cfg.n_audiences, 0);
     CHECK_STR(cfg.log_level, "info");
     CHECK(!cfg.check_only);
+    CHECK(cfg.upstream == NULL);
+    CHECK(cfg.upstream_ca == NULL);
+    CHECK_EQ_INT(cfg.upstream_timeout_ms, 30000);
+    CHECK_EQ_INT(cfg.upstream_max_connections, 128);
+    CHECK_EQ_INT(cfg.max_body_bytes, 10 * 1024 * 1024);
+    CHECK(!cfg.upstream_keep_authorization);
 }
 
 static void test_flag_forms(void)
@@ -372,6 +378,83 @@ static void test_print_never_shows_credential(void)
     unlink(tok.path);
 }
 
+/* --mode proxy: needs --upstream (http/https, no user info, query or fragment); authz
+ * takes none of the upstream flags; the policy never reads proxy headers in proxy mode. */
+static void test_validate_proxy(void)
+{
+    temp_file ca, tok;
+    REQUIRE(temp_write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n") == 0);
+    if (temp_write(&tok, SECRET "\n") != 0) {
+        unlink(ca.path);
+        REQUIRE(false);
+    }
+    capture out;
+#define API "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path, "--apiserver-token-file", tok.path
+    char *ok[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://127.0.0.1:8081/prefix/"};
+    CHECK_EQ_INT(validate_args(ARGC(ok), ok, &out), 0);
+    capture_free(&out);
+    char *ok_tls[] = {"tokengate", API, "--mode", "proxy", "--upstream", "https://app.default.svc:8443",
+                      "--upstream-ca", ca.path, "--upstream-keep-authorization", "--forwarded-headers", "none"};
+    CHECK_EQ_INT(validate_args(ARGC(ok_tls), ok_tls, &out), 0);
+    capture_free(&out);
+
+    const char *bad_urls[] = {"ftp://x", "http://", "http://user:pw@x", "http://x/?q=1", "http://x/#f", "x:80",
+                              "http://x /y"};
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        char *bad[] = {"tokengate", API, "--mode", "proxy", "--upstream", (char *)bad_urls[i]};
+        CHECK_EQ_INT(validate_args(ARGC(bad), bad, &out), -1);
+        CHECK(out.text && strstr(out.text, "--upstream"));
+        capture_free(&out);
+    }
+    char *no_upstream[] = {"tokengate", API, "--mode", "proxy"};
+    CHECK_EQ_INT(validate_args(ARGC(no_upstream), no_upstream, &out), -1);
+    CHECK(out.text && strstr(out.text, "--upstream"));
+    capture_free(&out);
+    char *authz_upstream[] = {"tokengate", API, "--upstream", "http://127.0.0.1:8081"};
+    CHECK_EQ_INT(validate_args(ARGC(authz_upstream), authz_upstream, &out), -1);
+    CHECK(out.text && strstr(out.text, "--mode proxy"));
+    capture_free(&out);
+    char *authz_keep[] = {"tokengate", API, "--upstream-keep-authorization"};
+    CHECK_EQ_INT(validate_args(ARGC(authz_keep), authz_keep, &out), -1);
+    capture_free(&out);
+    char *plain_ca[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--upstream-ca", ca.path};
+    CHECK_EQ_INT(validate_args(ARGC(plain_ca), plain_ca, &out), -1);
+    CHECK(out.text && strstr(out.text, "https"));
+    capture_free(&out);
+    char *nginx_headers[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--forwarded-headers",
+                             "nginx"};
+    CHECK_EQ_INT(validate_args(ARGC(nginx_headers), nginx_headers, &out), -1);
+    CHECK(out.text && strstr(out.text, "--forwarded-headers"));
+    capture_free(&out);
+    char *zero_timeout[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--upstream-timeout", "0s"};
+    CHECK_EQ_INT(validate_args(ARGC(zero_timeout), zero_timeout, &out), -1);
+    capture_free(&out);
+    char *bad_mode[] = {"tokengate", API, "--mode", "sidecar"};
+    CHECK_EQ_INT(validate_args(ARGC(bad_mode), bad_mode, &out), -1);
+    CHECK(out.text && strstr(out.text, "authz or proxy"));
+    capture_free(&out);
+#undef API
+
+    /* --check shows what proxy mode runs with. */
+    config cfg;
+    capture err;
+    char *shown[] = {"tokengate", "--mode", "proxy", "--upstream", "http://127.0.0.1:8081", "--max-body-bytes", "1024"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(shown), shown, &err), CONFIG_RUN);
+    capture_free(&err);
+    capture_open(&out);
+    REQUIRE(out.f != NULL);
+    config_print(&cfg, out.f);
+    const char *text = capture_close(&out);
+    CHECK(strstr(text, "upstream: http://127.0.0.1:8081\n") != NULL);
+    CHECK(strstr(text, "upstream-timeout: 30s\n") != NULL);
+    CHECK(strstr(text, "max-body-bytes: 1024\n") != NULL);
+    CHECK(strstr(text, "upstream-keep-authorization: no") != NULL);
+    capture_free(&out);
+
+    unlink(ca.path);
+    unlink(tok.path);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -379,6 +462,7 @@ int main(void)
     RUN(test_flag_errors);
     RUN(test_audiences);
     RUN(test_validate);
+    RUN(test_validate_proxy);
     RUN(test_print_never_shows_credential);
     return UNIT_EXIT();
 }
