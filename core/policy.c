@@ -2,7 +2,15 @@
  * JIT off so the instruction hook fires, only the libraries the sandbox needs, embedded
  * tokengate modules), the C functions policies reach through tokengate.host, and every
  * protected call into Lua. The sandbox rules themselves live in lua/tokengate/sandbox.lua,
- * shared with the busted kit. */
+ * shared with the busted kit.
+ *
+ * The per-request path (policy_authorize) is kept short because it runs on every cached
+ * request: one lua_pcall of the C closure call_hook, which builds req (a read-only view
+ * whose headers stay one packed string until a policy reads them) and user, each only if
+ * authorize declares a parameter for it, from references taken once per state, calls the
+ * policy's authorize directly and looks up the decision's validated payload; small blocks
+ * come from per-state free lists (see limited_alloc). bench/policy_hook.lua and
+ * bench/cached_path.sh measure it. */
 #include "policy.h"
 
 #include "embedded.h"
@@ -26,6 +34,10 @@
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 #define BUDGET_ERROR "policy exceeded its instruction budget"
 #define DEFAULT_POLICY_PATH "policies/default.lua"
+#define POOL_STEP 16                       /* size-class granularity of the block pool */
+#define POOL_MAX_BLOCK 256                 /* larger blocks go straight to malloc */
+#define POOL_CLASSES (POOL_MAX_BLOCK / POOL_STEP)
+#define POOL_RETAIN_MAX (2u * 1024 * 1024) /* most free-list bytes kept per state */
 
 /* One Lua state and what was read from the policy it runs. The allocator's ud points
  * here, which is how the hook and the allocator find it. */
@@ -33,11 +45,30 @@ typedef struct policy_state {
     lua_State *L;
     policy_host *host;
     char chunkname[256]; /* for error messages */
-    size_t mem_used, mem_max;
+    size_t mem_used, mem_max; /* mem_used: live blocks plus the free lists below */
+    /* Free lists of small blocks by size class (see limited_alloc): a policy call makes
+     * and drops a few dozen small objects, and recycling them here is several times
+     * cheaper than a malloc/free pair each. */
+    void *pool[POOL_CLASSES];
+    size_t pool_bytes; /* bytes on the free lists (part of mem_used) */
     uint64_t instructions, max_instructions;
     int sandbox_ref; /* require("tokengate.sandbox") */
     int policy_ref;  /* the checked policy table */
+    /* Looked up once per state rather than by name on every call: sandbox.ttl and
+     * .anonymous, sandbox.host_interface().authorize_error, and the C closure call_hook
+     * (whose upvalues hold the rest, see UV_*). */
+    int ttl_ref, anonymous_ref, authorize_error_ref;
+    int call_hook_ref;
+    struct {          /* what call_hook is to do, set by run_hook */
+        int fn_ref;   /* a sandbox function to call with the policy, or LUA_NOREF: the
+                       * policy's own authorize, directly */
+        const policy_request *req;
+        const identity_view *user;
+    } call;
     bool has_ttl, has_anonymous;
+    /* How many of (req, user) the policy's authorize can see: the parameters it declares
+     * (2 when it is variadic). An argument it has no parameter for is not built. */
+    int authorize_args;
     char *audiences[POLICY_MAX_AUDIENCES];
     size_t n_audiences;
 } policy_state;
@@ -54,18 +85,104 @@ struct policy_host {
 
 /* ---- the state -------------------------------------------------------------------- */
 
+/* The allocator of a policy state: every byte is counted against mem_max, so a policy
+ * that builds a huge string or table gets "not enough memory" (a policy error) instead
+ * of growing the gateway. Blocks of up to POOL_MAX_BLOCK bytes are rounded up to a
+ * multiple of POOL_STEP and recycled through per-class free lists; the bytes waiting on
+ * those lists stay counted in mem_used (what the state holds is what is capped), are
+ * released to malloc when a new block would not fit under the cap, and are bounded by
+ * POOL_RETAIN_MAX. Lua passes the block's size back on free and resize (osize), which
+ * is how a block's class is known without a header. */
+static size_t pool_class(size_t size)
+{
+    return (size + POOL_STEP - 1) / POOL_STEP - 1;
+}
+
+static void pool_drain(policy_state *ps)
+{
+    for (size_t c = 0; c < POOL_CLASSES; c++) {
+        while (ps->pool[c]) {
+            void *next = *(void **)ps->pool[c];
+            free(ps->pool[c]);
+            ps->pool[c] = next;
+        }
+    }
+    ps->mem_used -= ps->pool_bytes;
+    ps->pool_bytes = 0;
+}
+
+/* Counts `charge` more bytes against the cap, first giving the free lists back to malloc
+ * if that is what it takes. */
+static bool charge_new(policy_state *ps, size_t charge)
+{
+    if (ps->mem_used + charge <= ps->mem_max && ps->mem_used + charge >= ps->mem_used) return true;
+    pool_drain(ps);
+    return ps->mem_used + charge <= ps->mem_max && ps->mem_used + charge >= ps->mem_used;
+}
+
+/* force: count the block even past the cap (a shrinking resize must not fail). */
+static void *block_new(policy_state *ps, size_t size, bool force)
+{
+    if (size <= POOL_MAX_BLOCK) {
+        size_t c = pool_class(size), cs = (c + 1) * POOL_STEP;
+        void *p = ps->pool[c];
+        if (p) {
+            ps->pool[c] = *(void **)p;
+            ps->pool_bytes -= cs; /* stays in mem_used: now live instead of free */
+            return p;
+        }
+        if (!force && !charge_new(ps, cs)) return NULL;
+        p = malloc(cs);
+        if (p) ps->mem_used += cs;
+        return p;
+    }
+    if (!force && !charge_new(ps, size)) return NULL;
+    void *p = malloc(size);
+    if (p) ps->mem_used += size;
+    return p;
+}
+
+static void block_free(policy_state *ps, void *ptr, size_t size)
+{
+    if (size <= POOL_MAX_BLOCK) {
+        size_t c = pool_class(size), cs = (c + 1) * POOL_STEP;
+        if (ps->pool_bytes + cs <= POOL_RETAIN_MAX) {
+            *(void **)ptr = ps->pool[c];
+            ps->pool[c] = ptr;
+            ps->pool_bytes += cs;
+            return;
+        }
+        free(ptr);
+        ps->mem_used -= cs;
+        return;
+    }
+    free(ptr);
+    ps->mem_used -= size;
+}
+
 static void *limited_alloc(void *ud, void *ptr, size_t old_size, size_t new_size)
 {
     policy_state *ps = ud;
+    if (!ptr) return new_size ? block_new(ps, new_size, false) : NULL;
     if (new_size == 0) {
-        free(ptr);
-        ps->mem_used -= old_size;
+        block_free(ps, ptr, old_size);
         return NULL;
     }
-    size_t old_counted = ptr ? old_size : 0;
-    if (new_size > old_counted && ps->mem_used - old_counted + new_size > ps->mem_max) return NULL;
-    void *p = realloc(ptr, new_size);
-    if (p) ps->mem_used = ps->mem_used - old_counted + new_size;
+    bool old_pooled = old_size <= POOL_MAX_BLOCK, new_pooled = new_size <= POOL_MAX_BLOCK;
+    if (old_pooled && new_pooled && pool_class(old_size) == pool_class(new_size)) return ptr;
+    if (!old_pooled && !new_pooled) {
+        if (new_size > old_size && !charge_new(ps, new_size - old_size)) return NULL;
+        void *p = realloc(ptr, new_size);
+        if (p) ps->mem_used = ps->mem_used - old_size + new_size;
+        return p;
+    }
+    /* Between a pooled class and malloc, or between two classes: move the block. A
+     * shrink never fails for want of room (as with realloc before): it frees more than
+     * it takes, a moment later. */
+    void *p = block_new(ps, new_size, new_size < old_size);
+    if (!p) return NULL;
+    memcpy(p, ptr, old_size < new_size ? old_size : new_size);
+    block_free(ps, ptr, old_size);
     return p;
 }
 
@@ -245,9 +362,59 @@ static int budget_xpcall(lua_State *L)
     return lua_gettop(L) - n;
 }
 
+/* has_control(s, allow_tab): true when s has an ASCII control character (0x00-0x1f or
+ * 0x7f; a tab is fine when allow_tab). The Lua module's fallback is the patterns
+ * "[%z\1-\31\127]" and "[%z\1-\8\10-\31\127]", which mean the same. */
+static int host_has_control(lua_State *L)
+{
+    size_t len = 0;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    bool allow_tab = lua_toboolean(L, 2);
+    bool found = false;
+    for (size_t i = 0; i < len && !found; i++)
+        found = (s[i] < 0x20 && !(allow_tab && s[i] == '\t')) || s[i] == 0x7f;
+    lua_pushboolean(L, found);
+    return 1;
+}
+
+/* unpack_headers(packed): the map of req.headers from the packed string push_request
+ * builds ("name\0value\0" pairs, names already lower-case); repeated fields are joined
+ * with ", " as RFC 9110 section 5.3 allows (as the Lua kit does). */
+static int host_unpack_headers(lua_State *L)
+{
+    size_t len = 0;
+    const char *p = luaL_checklstring(L, 1, &len);
+    const char *end = p + len;
+    lua_createtable(L, 0, 4);
+    while (p < end) {
+        const char *name = p;
+        size_t name_len = strlen(name); /* Lua strings end with a NUL: never past end */
+        p += name_len + 1;
+        if (p >= end) break;
+        const char *value = p;
+        size_t value_len = strlen(value);
+        p += value_len + 1;
+        lua_pushlstring(L, name, name_len);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, value, value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, value, value_len);
+        }
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
 static int open_host_module(lua_State *L)
 {
     static const luaL_Reg functions[] = {
+        {"has_control", host_has_control},
+        {"unpack_headers", host_unpack_headers},
         {"metric_declare", host_metric_declare},
         {"metric_update", host_metric_update},
         {"log", host_log},
@@ -326,6 +493,7 @@ static void state_free(policy_state *ps)
 {
     if (!ps) return;
     if (ps->L) lua_close(ps->L);
+    pool_drain(ps);
     for (size_t i = 0; i < ps->n_audiences; i++) free(ps->audiences[i]);
     free(ps);
 }
@@ -335,19 +503,6 @@ static void copy_error(lua_State *L, char *err, size_t err_cap)
 {
     const char *msg = lua_tostring(L, -1);
     snprintf(err, err_cap, "%s", msg ? msg : "(error object is not a string)");
-}
-
-/* Calls the sandbox function `name` with nargs arguments already pushed above it.
- * Resets the instruction budget first. Returns lua_pcall's code. */
-static int call_sandbox(policy_state *ps, const char *name, int nargs, int nresults)
-{
-    lua_State *L = ps->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
-    lua_getfield(L, -1, name);
-    lua_remove(L, -2);
-    lua_insert(L, -(nargs + 1));
-    ps->instructions = 0;
-    return lua_pcall(L, nargs, nresults, 0);
 }
 
 /* Reads what the checked policy declares: hooks present, audiences. */
@@ -383,6 +538,123 @@ static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
     return rc;
 }
 
+/* call_hook is a C closure whose upvalues are what it builds requests and users from
+ * and calls: from sandbox.host_interface() the req view -> source table, the req view
+ * metatable and the decision -> payload table; the policy's authorize; and the field
+ * names, interned once per state instead of on every lua_setfield. */
+enum {
+    UV_REQUEST_SOURCE = 1,
+    UV_REQUEST_MT,
+    UV_PAYLOADS,  /* decision -> validated payload */
+    UV_AUTHORIZE, /* the policy's authorize */
+    UV_METHOD,
+    UV_PATH,
+    UV_QUERY,
+    UV_HOST,
+    UV_CLIENT_IP,
+    UV_HEADERS,
+    UV_USERNAME,
+    UV_UID,
+    UV_GROUPS,
+    UV_EXTRA,
+    UV_NAMESPACE,
+    UV_SERVICEACCOUNT,
+    UV_COUNT = UV_SERVICEACCOUNT
+};
+static const char *const uv_names[] = {
+    [UV_METHOD] = "method",       [UV_PATH] = "path",         [UV_QUERY] = "query",
+    [UV_HOST] = "host",           [UV_CLIENT_IP] = "client_ip", [UV_HEADERS] = "headers",
+    [UV_USERNAME] = "username",   [UV_UID] = "uid",           [UV_GROUPS] = "groups",
+    [UV_EXTRA] = "extra",         [UV_NAMESPACE] = "namespace", [UV_SERVICEACCOUNT] = "serviceaccount",
+};
+
+static int call_hook(lua_State *L);
+
+/* Sets ps->authorize_args from debug.getinfo(authorize, "u") (LuaJIT reports nparams
+ * and isvararg), with the debug library opened only for that and removed again: the
+ * policy's code has finished loading and runs in its own environment, so it never sees
+ * `debug`. A function that declares fewer parameters has no way to reach the arguments
+ * it did not declare (a fixed-parameter Lua function has no `...` and no `arg`), so not
+ * building them changes nothing a policy can observe. Runs under lua_cpcall. */
+static int count_authorize_args(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    ps->authorize_args = 2;
+    lua_pushcfunction(L, luaopen_debug);
+    lua_pushstring(L, LUA_DBLIBNAME);
+    lua_call(L, 1, 1);
+    lua_pushnil(L);
+    lua_setglobal(L, LUA_DBLIBNAME);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_pushnil(L);
+    lua_setfield(L, -2, LUA_DBLIBNAME);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "getinfo");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    lua_getfield(L, -1, "authorize");
+    lua_remove(L, -2);
+    lua_pushliteral(L, "u");
+    lua_call(L, 2, 1);
+    lua_getfield(L, -1, "nparams");
+    lua_getfield(L, -2, "isvararg");
+    if (lua_type(L, -2) == LUA_TNUMBER && lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+        lua_Integer n = lua_tointeger(L, -2);
+        ps->authorize_args = n < 0 ? 0 : n > 2 ? 2 : (int)n;
+    }
+    return 0;
+}
+
+/* Once the policy has loaded: keeps references to what the calls below use. */
+static int take_refs(policy_state *ps, char *err, size_t err_cap)
+{
+    lua_State *L = ps->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    int sandbox = lua_gettop(L);
+    lua_getfield(L, sandbox, "ttl");
+    lua_getfield(L, sandbox, "anonymous");
+    lua_getfield(L, sandbox, "host_interface");
+    ps->instructions = 0;
+    if (!lua_isfunction(L, -3) || !lua_isfunction(L, -2) || lua_pcall(L, 0, 1, 0) != 0 || !lua_istable(L, -1)) {
+        snprintf(err, err_cap, "tokengate.sandbox lacks ttl, anonymous or host_interface");
+        lua_settop(L, top);
+        return -1;
+    }
+    int hi = lua_gettop(L);
+    static const char *const fields[] = {"request_source", "request_mt", "decision_payloads"};
+    for (size_t i = 0; i < 3; i++) {
+        lua_getfield(L, hi, fields[i]);
+        if (!lua_istable(L, -1)) {
+            snprintf(err, err_cap, "tokengate.sandbox.host_interface() has no table %s", fields[i]);
+            lua_settop(L, top);
+            return -1;
+        }
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    lua_getfield(L, -1, "authorize");
+    lua_remove(L, -2);
+    lua_getfield(L, hi, "authorize_error");
+    if (!lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
+        snprintf(err, err_cap, "no authorize or authorize_error function");
+        lua_settop(L, top);
+        return -1;
+    }
+    ps->authorize_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = UV_METHOD; i <= UV_COUNT; i++) lua_pushstring(L, uv_names[i]);
+    lua_pushcclosure(L, call_hook, UV_COUNT);
+    ps->call_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1); /* host_interface() */
+    ps->anonymous_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ps->ttl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, top);
+    if (lua_cpcall(L, count_authorize_args, NULL) != 0) {
+        copy_error(L, err, err_cap);
+        lua_settop(L, top);
+        return -1;
+    }
+    return 0;
+}
+
 /* Builds a state running source; NULL with err on any failure. */
 static policy_state *state_load(policy_host *host, const char *source, size_t source_len, const char *chunkname,
                                 char *err, size_t err_cap)
@@ -397,6 +669,8 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     ps->mem_max = host->limits.max_memory_bytes;
     ps->max_instructions = host->limits.max_instructions;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
+    ps->ttl_ref = ps->anonymous_ref = ps->authorize_error_ref = LUA_NOREF;
+    ps->call_hook_ref = LUA_NOREF;
     ps->L = lua_newstate(limited_alloc, ps);
     if (!ps->L) {
         snprintf(err, err_cap, "cannot create a Lua state");
@@ -432,7 +706,12 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
 
     lua_pushlstring(L, source, source_len);
     lua_pushstring(L, chunkname);
-    if (call_sandbox(ps, "load", 2, 2) != 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
+    lua_getfield(L, -1, "load");
+    lua_remove(L, -2);
+    lua_insert(L, -3);
+    ps->instructions = 0;
+    if (lua_pcall(L, 2, 2, 0) != 0) {
         copy_error(L, err, err_cap);
         goto err;
     }
@@ -443,7 +722,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     }
     lua_pop(L, 1);
     ps->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (read_policy_fields(ps, err, err_cap) != 0) goto err;
+    if (take_refs(ps, err, err_cap) != 0 || read_policy_fields(ps, err, err_cap) != 0) goto err;
     return ps;
 err:
     state_free(ps);
@@ -574,15 +853,25 @@ size_t policy_audiences(const policy_host *host, const char *const **out)
 
 /* ---- calling hooks -------------------------------------------------------------------- */
 
-/* Pushes sandbox.make_user(username, uid, groups, extra) built from the packed view. */
-static int push_user(policy_state *ps, const identity_view *user)
+/* t[key] = s for the table at the top; key is an upvalue index of call_hook. */
+static void set_string(lua_State *L, int key, const char *s, size_t len)
 {
-    lua_State *L = ps->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
-    lua_getfield(L, -1, "make_user");
-    lua_remove(L, -2);
-    lua_pushlstring(L, user->username.ptr, user->username.len);
-    lua_pushlstring(L, user->uid.ptr, user->uid.len);
+    lua_pushvalue(L, lua_upvalueindex(key));
+    lua_pushlstring(L, s, len);
+    lua_rawset(L, -3);
+}
+
+/* Pushes the user table a hook receives, built here rather than by sandbox.make_user
+ * but the same: a fresh plain table per call (username, uid, groups, extra, and
+ * namespace/serviceaccount for system:serviceaccount:NS:NAME, which
+ * identity_serviceaccount parses as make_user's pattern does). Runs inside call_hook,
+ * under lua_pcall: running out of memory here is a policy error, not a panic. */
+static void push_user(lua_State *L, const identity_view *user)
+{
+    lua_createtable(L, 0, 6);
+    set_string(L, UV_USERNAME, user->username.ptr, user->username.len);
+    set_string(L, UV_UID, user->uid.ptr, user->uid.len);
+    lua_pushvalue(L, lua_upvalueindex(UV_GROUPS));
     lua_createtable(L, (int)user->n_groups, 0);
     const unsigned char *pos = user->groups;
     for (size_t i = 0; i < user->n_groups; i++) {
@@ -591,6 +880,8 @@ static int push_user(policy_state *ps, const identity_view *user)
         lua_pushlstring(L, g.ptr, g.len);
         lua_rawseti(L, -2, (int)i + 1);
     }
+    lua_rawset(L, -3);
+    lua_pushvalue(L, lua_upvalueindex(UV_EXTRA));
     lua_createtable(L, 0, (int)user->n_extra);
     pos = user->extra;
     for (size_t i = 0; i < user->n_extra; i++) {
@@ -607,50 +898,111 @@ static int push_user(policy_state *ps, const identity_view *user)
         }
         lua_rawset(L, -3);
     }
-    ps->instructions = 0;
-    return lua_pcall(L, 4, 1, 0);
+    lua_rawset(L, -3);
+    str_view ns, name;
+    if (identity_serviceaccount(user->username, &ns, &name)) {
+        set_string(L, UV_NAMESPACE, ns.ptr, ns.len);
+        set_string(L, UV_SERVICEACCOUNT, name.ptr, name.len);
+    }
 }
 
-/* Pushes sandbox.make_request(...). The credential headers are never shown to policies. */
-static int push_request(policy_state *ps, const policy_request *req)
+static void set_cstring(lua_State *L, int key, const char *s)
 {
-    lua_State *L = ps->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
-    lua_getfield(L, -1, "make_request");
-    lua_remove(L, -2);
-    lua_pushstring(L, req->method ? req->method : "");
-    lua_pushstring(L, req->path ? req->path : "/");
-    lua_pushstring(L, req->query ? req->query : "");
-    lua_pushstring(L, req->host ? req->host : "");
-    lua_pushstring(L, req->client_ip ? req->client_ip : "");
-    lua_newtable(L);
+    set_string(L, key, s, strlen(s));
+}
+
+/* Pushes the read-only req view, built as sandbox.make_request builds it (see
+ * sandbox.host_interface), except that its headers are one packed string,
+ * "name\0value\0..." with lower-case names, which sandbox unpacks (host_unpack_headers)
+ * only if the policy reads them. The credential headers are never shown to policies. */
+static void push_request(lua_State *L, const policy_request *req)
+{
+    lua_createtable(L, 0, 6);
+    set_cstring(L, UV_METHOD, req->method ? req->method : "");
+    set_cstring(L, UV_PATH, req->path ? req->path : "/");
+    set_cstring(L, UV_QUERY, req->query ? req->query : "");
+    set_cstring(L, UV_HOST, req->host ? req->host : "");
+    set_cstring(L, UV_CLIENT_IP, req->client_ip ? req->client_ip : "");
+    lua_pushvalue(L, lua_upvalueindex(UV_HEADERS));
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
     if (req->headers) {
         struct evkeyval *kv;
         TAILQ_FOREACH(kv, req->headers, next) {
-            if (strcasecmp(kv->key, "authorization") == 0 || strcasecmp(kv->key, "proxy-authorization") == 0)
+            char first = (char)(kv->key[0] | 0x20); /* lower-case for letters */
+            if ((first == 'a' && strcasecmp(kv->key, "authorization") == 0) ||
+                (first == 'p' && strcasecmp(kv->key, "proxy-authorization") == 0))
                 continue;
-            char name[128];
-            size_t n = strlen(kv->key);
-            if (n >= sizeof(name)) continue;
-            for (size_t i = 0; i <= n; i++)
-                name[i] = (char)((kv->key[i] >= 'A' && kv->key[i] <= 'Z') ? kv->key[i] + 32 : kv->key[i]);
-            /* Repeated fields combine as RFC 9110 section 5.3 allows (as the Lua kit does). */
-            lua_pushstring(L, name);
-            lua_pushvalue(L, -1);
-            lua_rawget(L, -3);
-            if (lua_isstring(L, -1)) {
-                lua_pushliteral(L, ", ");
-                lua_pushstring(L, kv->value);
-                lua_concat(L, 3);
-            } else {
-                lua_pop(L, 1);
-                lua_pushstring(L, kv->value);
-            }
-            lua_rawset(L, -3);
+            for (const char *c = kv->key; *c; c++) luaL_addchar(&b, (*c >= 'A' && *c <= 'Z') ? *c + 32 : *c);
+            luaL_addchar(&b, '\0');
+            luaL_addstring(&b, kv->value);
+            luaL_addchar(&b, '\0');
         }
     }
+    luaL_pushresult(&b);
+    lua_rawset(L, -3);
+    /* The view: an empty table with the shared metatable; request_source[view] = src. */
+    lua_createtable(L, 0, 0);
+    lua_pushvalue(L, lua_upvalueindex(UV_REQUEST_MT));
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, -3);
+    lua_rawset(L, lua_upvalueindex(UV_REQUEST_SOURCE));
+    lua_remove(L, -2);
+}
+
+/* The protected part of every hook call, run by lua_pcall as a C function so that
+ * building the arguments (which allocates under the state's memory cap) can fail as a
+ * Lua error. With ps->call.fn_ref set, calls that sandbox function with the policy and
+ * then req and/or user, and returns its two results. Without, calls the policy's
+ * authorize(req, user) itself (what sandbox.authorize does, minus its own pcall: an
+ * error propagates to run_hook's lua_pcall) and returns the value and its payload (nil
+ * when the value is not a decision). */
+static int call_hook(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    lua_settop(L, 0);
+    int nargs = 0;
+    if (ps->call.fn_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call.fn_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+        nargs = 1;
+    } else {
+        lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE));
+    }
+    if (ps->call.req) {
+        push_request(L, ps->call.req);
+        nargs++;
+    }
+    if (ps->call.user) {
+        push_user(L, ps->call.user);
+        nargs++;
+    }
+    if (ps->call.fn_ref != LUA_NOREF) {
+        lua_call(L, nargs, 2);
+        return 2;
+    }
+    lua_call(L, nargs, 1);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, lua_upvalueindex(UV_PAYLOADS));
+    return 2;
+}
+
+/* Runs call_hook for sandbox function fn_ref(policy, [req], [user]), or for the policy's
+ * authorize when fn_ref is LUA_NOREF, with a fresh instruction budget; leaves its two
+ * results (or the error) on the stack. Returns lua_pcall's code. */
+static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, const identity_view *user)
+{
+    lua_State *L = ps->L;
+    ps->call.fn_ref = fn_ref;
+    ps->call.req = req;
+    ps->call.user = user;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call_hook_ref);
     ps->instructions = 0;
-    return lua_pcall(L, 6, 1, 0);
+    int rc = lua_pcall(L, 0, 2, 0);
+    ps->call.req = NULL;
+    ps->call.user = NULL;
+    return rc;
 }
 
 static const char *arena_copy(policy_decision *d, const char *s, size_t len)
@@ -725,42 +1077,69 @@ static void read_allow(lua_State *L, policy_decision *d)
     d->kind = POLICY_ALLOW;
 }
 
-/* Copies field `key` of the table at the top into the arena; NULL if absent. *bad is set
- * when it is present but not a clean string. */
-static const char *read_attribute(lua_State *L, policy_decision *d, const char *key, bool *bad)
-{
-    lua_getfield(L, -1, key);
-    const char *out = NULL;
-    if (!lua_isnil(L, -1)) {
-        size_t len = 0;
-        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-        if (!s || len > 256 || !header_value_ok(s, len) || !(out = arena_copy(d, s, len))) *bad = true;
-    }
-    lua_pop(L, 1);
-    return out;
-}
-
+/* Reads the packed sar payload at the top (tokengate.unwrap_decision describes it: a tag
+ * byte, "\1" resource or "\2" non-resource, then the attribute values joined with "\0"
+ * in the order verb, namespace, group, version, resource, subresource, name, or path,
+ * verb). Each value is checked again here: at most 256 bytes, no control characters. */
 static void read_sar(lua_State *L, policy_decision *d)
 {
-    if (!lua_istable(L, -1)) return decision_error(d, "sar payload is not a table");
-    bool bad = false;
-    const char *kind = read_attribute(L, d, "kind", &bad);
+    size_t len = 0;
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    if (!s || len < 1 || (s[0] != 1 && s[0] != 2)) return decision_error(d, "sar payload is not a packed sar");
+    bool nonresource = s[0] == 2;
+    /* One copy of the values; the "\0" separators become the strings' terminators. */
+    char *values = (char *)arena_copy(d, s + 1, len - 1);
+    if (!values) return decision_error(d, "policy returned invalid sar attributes");
+    const char *fields[7];
+    size_t want = nonresource ? 2 : 7, n = 0;
+    const char *end = values + (len - 1);
+    for (const char *p = values; n < want; n++) {
+        size_t flen = strlen(p);
+        if (flen > 256 || !header_value_ok(p, flen)) return decision_error(d, "policy returned invalid sar attributes");
+        fields[n] = p;
+        p += flen + 1;
+        if (p > end + 1 || (n + 1 < want && p > end)) return decision_error(d, "policy returned invalid sar attributes");
+        if (n + 1 == want && p != end + 1) return decision_error(d, "policy returned invalid sar attributes");
+    }
     sar_attributes *a = &d->sar;
     memset(a, 0, sizeof(*a));
-    a->nonresource = kind && strcmp(kind, "nonresource") == 0;
-    a->verb = read_attribute(L, d, "verb", &bad);
-    if (a->nonresource) {
-        a->path = read_attribute(L, d, "path", &bad);
+    a->nonresource = nonresource;
+    if (nonresource) {
+        a->path = fields[0];
+        a->verb = fields[1];
     } else {
-        a->namespace_ = read_attribute(L, d, "namespace", &bad);
-        a->group = read_attribute(L, d, "group", &bad);
-        a->version = read_attribute(L, d, "version", &bad);
-        a->resource = read_attribute(L, d, "resource", &bad);
-        a->subresource = read_attribute(L, d, "subresource", &bad);
-        a->name = read_attribute(L, d, "name", &bad);
+        a->verb = fields[0];
+        a->namespace_ = fields[1];
+        a->group = fields[2];
+        a->version = fields[3];
+        a->resource = fields[4];
+        a->subresource = fields[5];
+        a->name = fields[6];
     }
-    if (bad || !kind || !sar_attributes_valid(a)) return decision_error(d, "policy returned invalid sar attributes");
+    if (!sar_attributes_valid(a)) return decision_error(d, "policy returned invalid sar attributes");
     d->kind = POLICY_SAR;
+}
+
+/* The sandbox's message for an authorize call that raised (the error at the top) or
+ * returned something that is not a decision (the value at the top), into out. */
+static void authorize_error(policy_state *ps, bool raised, policy_decision *out)
+{
+    lua_State *L = ps->L;
+    if (raised && over_budget(L)) {
+        /* The count hook's own message; nothing more may run in this call. */
+        decision_error(out, lua_tostring(L, -1) ? lua_tostring(L, -1) : BUDGET_ERROR);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->authorize_error_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    lua_pushvalue(L, -3);
+    lua_pushboolean(L, raised);
+    ps->instructions = 0;
+    if (lua_pcall(L, 3, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
+        decision_error(out, lua_tostring(L, -1));
+    else
+        decision_error(out, raised ? "authorize failed" : "authorize returned no decision");
+    lua_pop(L, 1);
 }
 
 void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user, policy_decision *out)
@@ -771,37 +1150,35 @@ void policy_authorize(policy_host *host, const policy_request *req, const identi
     if (!ps) return decision_error(out, "no policy loaded");
     lua_State *L = ps->L;
     int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->sandbox_ref);
-    lua_getfield(L, -1, "authorize");
-    lua_remove(L, -2);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
-    if (push_request(ps, req) != 0 || push_user(ps, user) != 0) {
-        decision_error(out, lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot build the hook arguments");
+    if (run_hook(ps, LUA_NOREF, ps->authorize_args >= 1 ? req : NULL, ps->authorize_args >= 2 ? user : NULL) != 0) {
+        authorize_error(ps, true, out);
         lua_settop(L, top);
         return;
     }
-    ps->instructions = 0;
-    if (lua_pcall(L, 3, 2, 0) != 0) {
-        decision_error(out, lua_tostring(L, -1) ? lua_tostring(L, -1) : "authorize failed");
-        lua_settop(L, top);
-        return;
-    }
-    const char *kind = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(kind, "allow") == 0) {
-        read_allow(L, out);
-    } else if (strcmp(kind, "deny") == 0) {
+    /* The decision, then its payload (tokengate.unwrap_decision describes them): a
+     * header list (allow), a packed string tagged 1 or 2 (sar), any other string (deny
+     * reason), nil (not a decision). */
+    switch (lua_type(L, -1)) {
+    case LUA_TTABLE: read_allow(L, out); break;
+    case LUA_TSTRING: {
         size_t len = 0;
-        const char *reason = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : "denied by policy";
-        if (lua_type(L, -1) != LUA_TSTRING) len = strlen(reason);
-        if (!header_value_ok(reason, len > 256 ? 256 : len)) reason = "denied by policy", len = strlen(reason);
-        out->kind = POLICY_DENY;
-        out->message = arena_copy(out, reason, len > 256 ? 256 : len);
-        if (!out->message) out->message = "denied by policy";
-    } else if (strcmp(kind, "sar") == 0) {
-        read_sar(L, out);
-    } else {
-        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "authorize returned no decision";
-        decision_error(out, msg);
+        const char *s = lua_tolstring(L, -1, &len);
+        if (len > 0 && (s[0] == 1 || s[0] == 2)) {
+            read_sar(L, out);
+        } else {
+            const char *reason = s;
+            if (len > 256) len = 256;
+            if (!header_value_ok(reason, len)) reason = "denied by policy", len = strlen(reason);
+            out->kind = POLICY_DENY;
+            out->message = arena_copy(out, reason, len);
+            if (!out->message) out->message = "denied by policy";
+        }
+        break;
+    }
+    default:
+        lua_pop(L, 1);
+        authorize_error(ps, false, out);
+        break;
     }
     lua_settop(L, top);
 }
@@ -812,8 +1189,7 @@ int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, ch
     if (!ps || !ps->has_ttl) return 0;
     lua_State *L = ps->L;
     int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
-    if (push_user(ps, user) != 0 || call_sandbox(ps, "ttl", 2, 2) != 0) {
+    if (run_hook(ps, ps->ttl_ref, NULL, user) != 0) {
         copy_error(L, err, err_cap);
         lua_settop(L, top);
         return -1;
@@ -837,8 +1213,7 @@ int policy_anonymous(policy_host *host, const policy_request *req, char *err, si
     if (!ps || !ps->has_anonymous) return 0;
     lua_State *L = ps->L;
     int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
-    if (push_request(ps, req) != 0 || call_sandbox(ps, "anonymous", 2, 2) != 0) {
+    if (run_hook(ps, ps->anonymous_ref, req, NULL) != 0) {
         copy_error(L, err, err_cap);
         lua_settop(L, top);
         return -1;

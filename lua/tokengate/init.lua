@@ -22,6 +22,7 @@ local getmetatable = getmetatable
 local setmetatable = setmetatable
 local sort = table.sort
 local concat = table.concat
+local byte = string.byte
 local find = string.find
 local lower = string.lower
 local sub = string.sub
@@ -76,11 +77,24 @@ for _, k in ipairs(NONRESOURCE_ATTRIBUTES) do NONRESOURCE_KEYS[k] = true end
 
 local LOG_LEVELS = { debug = true, info = true, warn = true, error = true }
 
--- Decisions handed out by allow/deny/sar, mapped to the validated record the gateway
--- uses. Keys are weak so per-request decisions are collected; a policy may keep one
--- decision in an upvalue and return it on every call. The gateway reads the record, not
--- the public table, so a policy that edits a decision after building it changes nothing.
+-- has_control(s, allow_tab): does s contain an ASCII control character (CTL, or
+-- CTL_BUT_TAB when allow_tab)? Every decision checks its strings, and a Lua pattern
+-- costs the interpreter about 150 instructions per byte, so the gateway's host offers a
+-- C scan with the same meaning; hosts without one (the busted kit) use the patterns.
+local has_control = host.has_control or function(s, allow_tab)
+  return find(s, allow_tab and CTL_BUT_TAB or CTL) ~= nil
+end
+
+-- Decisions handed out by allow/deny/sar, mapped to the validated payload the gateway
+-- uses: the header list of an allow, the reason string of a deny, and for a sar one
+-- packed string (see SAR_RESOURCE below). Keys are weak so per-request decisions are collected; a
+-- policy may keep one decision in an upvalue and return it on every call. The gateway
+-- reads the payload, not the public table, so a policy that edits a decision after
+-- building it changes nothing; no payload is ever handed to policy code.
 local issued = setmetatable({}, { __mode = "k" })
+-- For tokengate.sandbox and the gateway's C host only (never in the policy view): the
+-- host reads a decision's payload here directly, see sandbox.host_interface.
+_M.decision_payloads = issued
 
 
 -- Shared argument checks -------------------------------------------------------------
@@ -117,7 +131,7 @@ local function check_string(v, what, max, ctl_pattern, level)
   if #v > max then
     fail(level + 1, "%s is %d bytes long; the limit is %d", what, #v, max)
   end
-  if find(v, ctl_pattern) then
+  if has_control(v, ctl_pattern == CTL_BUT_TAB) then
     fail(level + 1, "%s contains a control character", what)
   end
 end
@@ -152,8 +166,8 @@ end
 
 -- Decisions ---------------------------------------------------------------------------
 
-local function issue(public, kind, payload)
-  issued[public] = { kind = kind, payload = payload }
+local function issue(public, payload)
+  issued[public] = payload
   return public
 end
 
@@ -172,7 +186,10 @@ local function check_header(name, value)
   if sub(lname, 1, 9) == "x-remote-" then
     fail(4, "allow may not set header %q: X-Remote-* identity headers come only from the TokenReview", name)
   end
-  check_string(value, "allow header " .. name, MAX_HEADER_VALUE, CTL_BUT_TAB, 4)
+  -- The message (and its concatenation) only when the value is bad.
+  if type(value) ~= "string" or #value > MAX_HEADER_VALUE or has_control(value, true) then
+    check_string(value, "allow header " .. name, MAX_HEADER_VALUE, CTL_BUT_TAB, 4)
+  end
   return lname
 end
 
@@ -215,7 +232,7 @@ function _M.allow(opts)
     headers = opts.headers
   end
   local list = allow_headers(headers)
-  return issue({ decision = "allow", headers = copy_headers(list) }, "allow", list)
+  return issue({ decision = "allow", headers = copy_headers(list) }, list)
 end
 
 -- syntax: decision = tg.deny(reason?)
@@ -225,7 +242,7 @@ function _M.deny(reason)
   else
     check_string(reason, "deny reason", MAX_REASON, CTL, 2)
   end
-  return issue({ decision = "deny", reason = reason }, "deny", reason)
+  return issue({ decision = "deny", reason = reason }, reason)
 end
 
 local function sar_value(attrs, key, required)
@@ -235,7 +252,10 @@ local function sar_value(attrs, key, required)
     return ""
   end
   local max = key == "path" and MAX_SAR_PATH or MAX_SAR_VALUE
-  check_string(v, "SubjectAccessReview attribute '" .. key .. "'", max, CTL, 3)
+  -- The message (and its concatenation) only when the value is bad.
+  if type(v) ~= "string" or #v > max or has_control(v, false) then
+    check_string(v, "SubjectAccessReview attribute '" .. key .. "'", max, CTL, 3)
+  end
   if required and v == "" then fail(3, "SubjectAccessReview attribute '%s' must not be empty", key) end
   return v
 end
@@ -257,31 +277,86 @@ end
 -- syntax: decision = tg.sar{ verb=, resource=, namespace=?, group=?, version=?, subresource=?, name=? }
 --         decision = tg.sar{ path = "/...", verb = }
 -- Absent optional attributes become "" so the host always reads seven (or two) strings.
-function _M.sar(attrs)
+-- A sar payload is a string, immutable and cheaper to build than a table: a tag byte
+-- ("\1" resource, "\2" non-resource) and the attribute values joined with "\0", in the
+-- order of RESOURCE_ATTRIBUTES or NONRESOURCE_ATTRIBUTES. Values never contain control
+-- characters (sar_value refuses them), so neither the tag nor "\0" can be forged, and a
+-- deny reason (the other string payload) never starts with a control character.
+local SAR_RESOURCE, SAR_NONRESOURCE = "\1", "\2"
+
+-- tg.sar with every check in the documented order and a precise message for the first
+-- problem found (errors point at the policy's line: see the levels passed to fail).
+local function sar_checked(attrs)
   check_plain_table(attrs, "SubjectAccessReview attributes", 2)
-  local out
   if sar_keys(attrs) then
-    out = { kind = "nonresource", path = sar_value(attrs, "path", true), verb = sar_value(attrs, "verb", true) }
-    if sub(out.path, 1, 1) ~= "/" then
-      fail(2, "SubjectAccessReview path must start with '/' (got %s)", printable(out.path))
+    local path = sar_value(attrs, "path", true)
+    local verb = sar_value(attrs, "verb", true)
+    if sub(path, 1, 1) ~= "/" then
+      fail(2, "SubjectAccessReview path must start with '/' (got %s)", printable(path))
     end
-  else
-    out = { kind = "resource" }
-    for _, k in ipairs(RESOURCE_ATTRIBUTES) do
-      out[k] = sar_value(attrs, k, k == "verb" or k == "resource")
+    return issue({ decision = "sar", attributes = { kind = "nonresource", path = path, verb = verb } },
+      SAR_NONRESOURCE .. path .. "\0" .. verb)
+  end
+  local verb = sar_value(attrs, "verb", true)
+  local namespace = sar_value(attrs, "namespace", false)
+  local group = sar_value(attrs, "group", false)
+  local version = sar_value(attrs, "version", false)
+  local resource = sar_value(attrs, "resource", true)
+  local subresource = sar_value(attrs, "subresource", false)
+  local name = sar_value(attrs, "name", false)
+  return issue({ decision = "sar", attributes = { kind = "resource", verb = verb, namespace = namespace,
+      group = group, version = version, resource = resource, subresource = subresource, name = name } },
+    SAR_RESOURCE .. verb .. "\0" .. namespace .. "\0" .. group .. "\0" .. version .. "\0" .. resource
+      .. "\0" .. subresource .. "\0" .. name)
+end
+
+-- The common case, a well-formed non-resource review, is checked here in few bytecodes
+-- (the interpreter runs each of them on every request, under the instruction-count
+-- hook); it accepts exactly what sar_checked accepts for it: a plain table whose only
+-- keys are path and verb (both present, and two keys in all), both strings within their
+-- limits without control characters, verb not empty, path starting with "/". Anything
+-- else, including every error, goes to sar_checked, by a tail call so that the error
+-- levels there still point at the policy's line.
+function _M.sar(attrs)
+  if type(attrs) == "table" and getmetatable(attrs) == nil then
+    local path, verb = attrs.path, attrs.verb
+    if type(path) == "string" and type(verb) == "string" and byte(path) == 47 and verb ~= ""
+        and #path <= MAX_SAR_PATH and #verb <= MAX_SAR_VALUE
+        and next(attrs, next(attrs, (next(attrs)))) == nil
+        and not has_control(path, false) and not has_control(verb, false) then
+      return issue({ decision = "sar", attributes = { kind = "nonresource", path = path, verb = verb } },
+        SAR_NONRESOURCE .. path .. "\0" .. verb)
     end
   end
-  local public = { decision = "sar", attributes = {} }
-  for k, v in next, out do public.attributes[k] = v end
-  return issue(public, "sar", out)
+  return sar_checked(attrs)
+end
+
+-- The attribute table of a packed sar payload (what sandbox.authorize returns to specs).
+local function unpack_sar(packed)
+  local keys = byte(packed, 1) == 1 and RESOURCE_ATTRIBUTES or NONRESOURCE_ATTRIBUTES
+  local attributes = { kind = keys == RESOURCE_ATTRIBUTES and "resource" or "nonresource" }
+  local pos = 2
+  for i = 1, #keys do
+    local stop = find(packed, "\0", pos, true) or #packed + 1
+    attributes[keys[i]] = sub(packed, pos, stop - 1)
+    pos = stop + 1
+  end
+  return attributes
 end
 
 -- For tokengate.sandbox only (not in the policy view): the validated kind and payload of
--- a decision built by allow/deny/sar, or nil for anything else (a hand-made table).
-function _M.unwrap_decision(d)
-  local record = issued[d]
-  if record == nil then return nil end
-  return record.kind, record.payload
+-- a decision built by allow/deny/sar, or nil for anything else (a hand-made table). The
+-- payload of a sar is its attribute table, or with packed = true the packed string
+-- described above (what the gateway's C host reads).
+function _M.unwrap_decision(d, packed)
+  local payload = issued[d]
+  if type(payload) == "string" then
+    local tag = byte(payload)
+    if tag == 1 or tag == 2 then return "sar", packed and payload or unpack_sar(payload) end
+    return "deny", payload
+  end
+  if payload == nil then return nil end
+  return "allow", payload
 end
 
 

@@ -3,8 +3,12 @@
 --
 -- Owns: the policy environment (what a policy can reach), the instruction budget, the
 -- read-only request view, and the checks on what a policy returns. The gateway's C host
--- embeds this file and calls the same functions busted calls through tokengate.testing,
--- so one definition of the sandbox is tested and shipped.
+-- embeds this file: it loads policies and calls ttl/anonymous through the same functions
+-- busted calls through tokengate.testing, so one definition of the sandbox is tested and
+-- shipped. For authorize, which runs on every request, the host does what
+-- sandbox.authorize does with the parts host_interface() hands it (the request view's
+-- metatable and source table, the decision -> payload table, the error messages), in one
+-- protected call instead of three: see host_interface below and core/policy.c.
 --
 -- The budget has two enforcers, one per host:
 --   * under busted (and any state with the `debug` and `jit` libraries) this module sets a
@@ -29,6 +33,7 @@ local error = error
 local select = select
 local tostring = tostring
 local load = load
+local rawget = rawget
 local rawset = rawset
 local getmetatable = getmetatable
 local setmetatable = setmetatable
@@ -98,12 +103,22 @@ harden_string_metatable()
 -- Read-only views ------------------------------------------------------------------------
 
 -- A view is an empty proxy: writes hit __newindex, reads go to the hidden source. Lua 5.1
--- has no __pairs, so the sandbox's pairs/next/ipairs look the source up here.
+-- has no __pairs, so the sandbox's pairs/next/ipairs look the source up here. The proxy
+-- stays empty, so nothing a policy can do to the table itself (rawget, table.foreach,
+-- table.maxn, ...) reaches the source.
 local view_source = setmetatable({}, { __mode = "k" })
 
 local function readonly(src, what, strict, index)
   local proxy = {}
   view_source[proxy] = src
+  if strict and index == nil then
+    -- Reads that hit go straight to the source table without a function call; only a
+    -- miss reaches the function that raises (the error points at the reading line).
+    setmetatable(src, { __index = function(_, k)
+      error(format("%s has no field '%s'", what, tostring(k)), 2)
+    end })
+    index = src
+  end
   return setmetatable(proxy, {
     __index = index or function(_, k)
       local v = src[k]
@@ -119,8 +134,83 @@ local function readonly(src, what, strict, index)
   })
 end
 
+-- Requests are made for every call, so their views share two metatables (no closure or
+-- metatable per request), and a req view finds its source in request_source. The
+-- gateway's C host builds the same structure itself (see _M.host_interface), so a policy
+-- sees exactly what make_request builds for specs, with one difference in how headers
+-- get there: the host may leave src.headers as a packed string (lower-case
+-- "name\0value\0" pairs, credentials already left out) that becomes the headers view the
+-- first time anything reads req.headers or iterates req. Policies that never look at
+-- headers then cost no header table; the packed string is a copy, so a req kept past
+-- its call still shows its own request's headers.
+local request_source = setmetatable({}, { __mode = "k" })
+
+-- Header names are stored lower-case; a lookup with another case is lower-cased once.
+local HEADERS_MT = {
+  __index = function(proxy, k)
+    if type(k) ~= "string" then return nil end
+    local headers = view_source[proxy]
+    local v = headers[k]
+    if v == nil then v = headers[lower(k)] end
+    return v
+  end,
+  __newindex = function(_, k)
+    error(format("req.headers is read-only (cannot set '%s')", tostring(k)), 2)
+  end,
+  __metatable = false,
+}
+
+local function headers_view(map)
+  local proxy = setmetatable({}, HEADERS_MT)
+  view_source[proxy] = map
+  return proxy
+end
+
+local unpack_headers -- the host's unpacker, looked up when first needed
+
+-- Replaces a packed src.headers with its view; returns the view.
+local function unpacked_headers(src)
+  local h = src.headers
+  if type(h) == "string" then
+    unpack_headers = unpack_headers or require("tokengate.host").unpack_headers
+    h = headers_view(unpack_headers(h))
+    src.headers = h
+  end
+  return h
+end
+
+local REQUEST_MT = {
+  __index = function(proxy, k)
+    local src = request_source[proxy]
+    local v = src[k]
+    if v == nil then error(format("req has no field '%s'", tostring(k)), 2) end
+    if k == "headers" and type(v) == "string" then v = unpacked_headers(src) end
+    return v
+  end,
+  __newindex = function(_, k)
+    error(format("req is read-only (cannot set '%s')", tostring(k)), 2)
+  end,
+  __metatable = false,
+}
+
+local function request_view(src)
+  local proxy = setmetatable({}, REQUEST_MT)
+  request_source[proxy] = src
+  return proxy
+end
+
+-- The source behind a view (nil for any other table), with its headers unpacked.
+local function source_of(t)
+  local src = view_source[t]
+  if src == nil then
+    src = request_source[t]
+    if src ~= nil and type(src.headers) == "string" then unpacked_headers(src) end
+  end
+  return src
+end
+
 function _M.is_readonly(t)
-  return view_source[t] ~= nil
+  return source_of(t) ~= nil
 end
 
 local function copy_table(t)
@@ -183,6 +273,14 @@ local function error_text(e)
 end
 
 -- Calls fn(a, b) under the budget. Returns true, result or false, message.
+-- Where this module sets no hook (the gateway: its C host counts instructions, and its
+-- pcall re-raises a spent budget, see core/policy.c), that is just a pcall.
+local function run_unhooked(_, fn, a, b)
+  local ok, res = pcall(fn, a, b)
+  if not ok then return false, error_text(res) end
+  return true, res
+end
+
 run_protected = function(chunkname, fn, a, b)
   budget.exhausted, budget.message, budget.chunkname = false, nil, chunkname
   local saved_hook, saved_mask, saved_count
@@ -198,6 +296,7 @@ run_protected = function(chunkname, fn, a, b)
   if not ok then return false, error_text(res) end
   return true, res
 end
+if not sethook then run_protected = run_unhooked end
 
 -- The policy environment ------------------------------------------------------------------
 
@@ -209,12 +308,12 @@ end
 
 local function sb_next(t, k)
   check_table_arg("next", t)
-  return next(view_source[t] or t, k)
+  return next(source_of(t) or t, k)
 end
 
 local function sb_pairs(t)
   check_table_arg("pairs", t)
-  local src = view_source[t]
+  local src = source_of(t)
   if src == nil then return next, t, nil end
   -- A closure, not (next, src): the source table must never reach policy code.
   return function(_, k) return next(src, k) end, t, nil
@@ -222,18 +321,18 @@ end
 
 local function sb_ipairs(t)
   check_table_arg("ipairs", t)
-  local src = view_source[t]
+  local src = source_of(t)
   if src == nil then return ipairs(t) end
   return function(_, i)
     i = i + 1
-    local v = src[i]
+    local v = rawget(src, i) -- raw: a strict view's source raises on a missing key
     if v ~= nil then return i, v end
   end, t, 0
 end
 
 local function sb_rawset(t, k, v)
   check_table_arg("rawset", t)
-  if view_source[t] then error("attempt to modify a read-only table", 2) end
+  if source_of(t) then error("attempt to modify a read-only table", 2) end
   return rawset(t, k, v)
 end
 
@@ -442,20 +541,37 @@ local function describe(v)
   return type(v)
 end
 
--- syntax: kind, payload = sandbox.authorize(policy, req, user)
+local unwrap_decision = tg.unwrap_decision
+
+-- The message for an authorize call that raised (raised = true, value = the error
+-- object) or returned value, which is not a decision.
+local function authorize_error(policy, value, raised)
+  local fn = policy.authorize
+  if raised then return located(error_text(value), policy.chunkname, fn, "authorize") end
+  return format("%s: authorize must return tg.allow(), tg.deny() or tg.sar() (got %s)",
+    where(policy.chunkname, fn), describe(value))
+end
+
+-- syntax: kind, payload = sandbox.authorize(policy, req, user, packed)
 -- kind: "allow" (payload: {{name, value}, ...}), "deny" (reason), "sar" (attributes with
--- kind = "resource" | "nonresource"), "error" (message). Never raises.
-function _M.authorize(policy, req, user)
+-- kind = "resource" | "nonresource"; with packed = true the packed string that
+-- tokengate.unwrap_decision describes), "error" (message). Never raises.
+local function authorize(policy, req, user, packed)
   if not loaded_policies[policy] then return "error", "not a policy loaded by tokengate.sandbox" end
-  local ok, res = call_hook(policy, "authorize", req, user)
-  if not ok then return "error", res end
-  local kind, payload = tg.unwrap_decision(res)
-  if kind == nil then
-    return "error", format("%s: authorize must return tg.allow(), tg.deny() or tg.sar() (got %s)",
-      where(policy.chunkname, policy.authorize), describe(res))
+  local fn = policy.authorize
+  local ok, res
+  if sethook then
+    ok, res = run_protected(policy.chunkname, fn, req, user)
+    if not ok then return "error", located(res, policy.chunkname, fn, "authorize") end
+  else
+    ok, res = pcall(fn, req, user) -- what run_protected does without a hook, inlined
+    if not ok then return "error", authorize_error(policy, res, true) end
   end
+  local kind, payload = unwrap_decision(res, packed)
+  if kind == nil then return "error", authorize_error(policy, res, false) end
   return kind, payload
 end
+_M.authorize = authorize
 
 -- syntax: seconds, err = sandbox.ttl(policy, user)
 -- nil without err only when the policy has no ttl hook (the gateway then uses --cache-ttl).
@@ -539,10 +655,7 @@ local function request_headers(map)
     end
   end
   -- Case-insensitive lookups: req.headers["Content-Type"] finds "content-type".
-  return readonly(headers, "req.headers", false, function(_, k)
-    if type(k) ~= "string" then return nil end
-    return headers[lower(k)]
-  end)
+  return headers_view(headers)
 end
 
 local function opt_string(v)
@@ -552,11 +665,31 @@ end
 -- syntax: req = sandbox.make_request(method, path, query, host, client_ip, headers_map)
 -- A read-only view; headers_map values may be strings or lists of strings.
 function _M.make_request(method, path, query, host, client_ip, headers_map)
-  return readonly({
+  return request_view({
     method = opt_string(method), path = opt_string(path), query = opt_string(query),
     host = opt_string(host), client_ip = opt_string(client_ip),
     headers = request_headers(headers_map),
-  }, "req", true)
+  })
+end
+
+-- syntax: t = sandbox.host_interface()
+-- For the gateway's C host, which builds req and user itself and calls a policy's
+-- authorize directly, in one protected call per request:
+--   t.request_source, t.request_mt: a req view is an empty table with request_mt as its
+--     metatable and request_source[view] = the table of its fields (method, path, query,
+--     host, client_ip, and headers as the packed string described above REQUEST_MT; the
+--     host's unpack_headers turns it into the map of lower-case names to values);
+--   t.decision_payloads: decision -> validated payload (tokengate.unwrap_decision
+--     describes them; sar payloads are packed);
+--   t.authorize_error(policy, value, raised): the message sandbox.authorize reports for
+--     a call that raised value (raised = true) or returned value, not a decision.
+-- The user is the plain table make_user builds; policy is what sandbox.load returned.
+function _M.host_interface()
+  return {
+    request_source = request_source, request_mt = REQUEST_MT,
+    decision_payloads = tg.decision_payloads,
+    authorize_error = authorize_error,
+  }
 end
 
 
