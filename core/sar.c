@@ -277,10 +277,17 @@ int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar
     }
     size_t n_counts = 2 + user->n_extra;
 
-    const char **parts = malloc(n_parts * sizeof(*parts));
-    size_t *lens = malloc(n_parts * sizeof(*lens));
-    unsigned char *counts = malloc(n_counts * 4);
-    char *attr_buf = malloc(attr_bytes ? attr_bytes : 1);
+    /* Typical identities (a ServiceAccount: 3 groups, pod extras) fit the stack buffers;
+     * this runs on every request a policy answers with tg.sar, cache hits included. */
+    enum { STACK_PARTS = 64, STACK_COUNTS = 16, STACK_ATTR_BYTES = 2048 };
+    const char *parts_stack[STACK_PARTS];
+    size_t lens_stack[STACK_PARTS];
+    unsigned char counts_stack[STACK_COUNTS * 4];
+    char attr_stack[STACK_ATTR_BYTES];
+    const char **parts = n_parts <= STACK_PARTS ? parts_stack : malloc(n_parts * sizeof(*parts));
+    size_t *lens = n_parts <= STACK_PARTS ? lens_stack : malloc(n_parts * sizeof(*lens));
+    unsigned char *counts = n_counts <= STACK_COUNTS ? counts_stack : malloc(n_counts * 4);
+    char *attr_buf = attr_bytes <= STACK_ATTR_BYTES ? attr_stack : malloc(attr_bytes);
     int rc = -1;
     if (!parts || !lens || !counts || !attr_buf)
         goto done;
@@ -338,9 +345,13 @@ int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar
     rc = n == n_parts ? cache_key_for_parts(keyer, SAR_CACHE_KEY_DOMAIN, parts, lens, n_parts, out)
                       : -1;
 done:
-    free(parts);
-    free(lens);
-    free(counts);
-    free(attr_buf);
+    if (parts != parts_stack)
+        free(parts);
+    if (lens != lens_stack)
+        free(lens);
+    if (counts != counts_stack)
+        free(counts);
+    if (attr_buf != attr_stack)
+        free(attr_buf);
     return rc;
 }
