@@ -51,11 +51,15 @@ static enum ref_status reference(const char *s, i128 *lo_ns, i128 *slack_ns)
         i128 ipart = 0;
         int digits = 0;
         while (*p >= '0' && *p <= '9') {
-            if (ipart <= (i128)1000000000000000LL) ipart = ipart * 10 + (*p - '0');
+            /* Exact up to 1e20 (ten years is 3.2e17 ns); beyond, only "far above ten
+             * years" matters: saturate at 1e21 (no i128 overflow for fuzzer-sized input). */
+            const i128 exact_limit = (i128)100000000000000000LL * 1000;
+            if (ipart <= exact_limit) ipart = ipart * 10 + (*p - '0');
+            else ipart = exact_limit * 10;
             p++;
             digits++;
         }
-        if (ipart > (i128)1000000000000000LL) int_limit = true;
+        if (ipart > (i128)1000000000000000LL) int_limit = true; /* the old parser's limit */
         long long frac = 0, scale = 1;
         bool frac_rest = false;
         if (*p == '.') {

@@ -76,7 +76,7 @@ static int expected(const uint8_t *data, size_t size, int64_t *exp)
     if (json_is_integer(e) && json_integer_value(e) > 0 && json_integer_value(e) < EXP_LIMIT) {
         *exp = (int64_t)json_integer_value(e);
         rc = 0;
-    } else if (json_is_real(e) && json_real_value(e) > 0 && json_real_value(e) < 1e15) {
+    } else if (json_is_real(e) && json_real_value(e) >= EXP_MIN && json_real_value(e) < 1e15) {
         *exp = (int64_t)json_real_value(e);
         rc = 0;
     }
