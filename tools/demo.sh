@@ -276,7 +276,7 @@ cat <<EOF
 
 4. One allowed request up close, as nginx auth_request / Envoy ext_authz / Traefik
    forwardAuth would send it:
-   \$ curl -i -H 'Authorization: Bearer ${tok1:0:24}...' http://$gw/hooks/deliver
+   $ curl -i -H 'Authorization: Bearer <team-a:webhook-sender's token>' http://$gw/hooks/deliver
 EOF
 curl -si --max-time 10 -H "Authorization: Bearer $tok1" "http://$gw/hooks/deliver" >"$tmp/curl-200.txt" || true
 sed 's/\r$//' "$tmp/curl-200.txt" | sed '/^$/d; s/^/   /'
