@@ -57,43 +57,75 @@ static char *append_raw(char *pos, char *end, const char *s)
     return pos;
 }
 
-void log_event(log_level level, const char *msg, ...)
+/* Writes {"ts":...,"level":...,"msg":... into line; returns the position after it. */
+static char *begin_line(char *line, char *end, log_level level, const char *msg)
 {
-    if (level < log_settings.min_level) return;
-    char line[LOG_LINE_MAX];
-    char *end = line + sizeof(line) - 2; /* room for '}' and '\n' */
-    char *pos = line;
-
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct tm tm;
     gmtime_r(&tv.tv_sec, &tm);
     char ts[96];
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (long)(tv.tv_usec / 1000));
-
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
+    char *pos = line;
     pos = append_raw(pos, end, "{\"ts\":\"");
     pos = append_raw(pos, end, ts);
     pos = append_raw(pos, end, "\",\"level\":\"");
     pos = append_raw(pos, end, log_level_name(level));
     pos = append_raw(pos, end, "\",\"msg\":");
-    pos = append_json_string(pos, end, msg);
+    return append_json_string(pos, end, msg);
+}
 
+/* Appends ,"key":"value" (value NULL: null). */
+static char *append_pair(char *pos, char *end, const char *key, const char *value)
+{
+    pos = append_raw(pos, end, ",");
+    pos = append_json_string(pos, end, key);
+    pos = append_raw(pos, end, ":");
+    return value ? append_json_string(pos, end, value) : append_raw(pos, end, "null");
+}
+
+/* Closes the object (end leaves room for it) and writes the line with one write(2). */
+static void finish_line(char *line, char *pos)
+{
+    *pos++ = '}';
+    *pos++ = '\n';
+    ssize_t ignored = write(STDERR_FILENO, line, (size_t)(pos - line));
+    (void)ignored;
+}
+
+void log_event(log_level level, const char *msg, ...)
+{
+    if (level < log_settings.min_level) return;
+    char line[LOG_LINE_MAX];
+    char *end = line + sizeof(line) - 2; /* room for '}' and '\n' */
+    char *pos = begin_line(line, end, level, msg);
     va_list ap;
     va_start(ap, msg);
     for (;;) {
         const char *key = va_arg(ap, const char *);
         if (!key) break;
-        const char *value = va_arg(ap, const char *);
-        pos = append_raw(pos, end, ",");
-        pos = append_json_string(pos, end, key);
-        pos = append_raw(pos, end, ":");
-        pos = value ? append_json_string(pos, end, value) : append_raw(pos, end, "null");
+        pos = append_pair(pos, end, key, va_arg(ap, const char *));
     }
     va_end(ap);
+    finish_line(line, pos);
+}
+
+void log_event_fields(log_level level, const char *msg, const char *source, const char *const *keys,
+                      const char *const *values, size_t n)
+{
+    if (level < log_settings.min_level) return;
+    char line[LOG_LINE_MAX];
+    char *end = line + sizeof(line) - 3; /* room for '}', '}' and '\n' */
+    char *pos = begin_line(line, end, level, msg);
+    pos = append_pair(pos, end, "source", source);
+    pos = append_raw(pos, end, ",\"fields\":{");
+    for (size_t i = 0; i < n; i++) {
+        if (i) pos = append_raw(pos, end, ",");
+        pos = append_json_string(pos, end, keys[i]);
+        pos = append_raw(pos, end, ":");
+        pos = append_json_string(pos, end, values[i]);
+    }
     *pos++ = '}';
-    *pos++ = '\n';
-    ssize_t ignored = write(STDERR_FILENO, line, (size_t)(pos - line));
-    (void)ignored;
+    finish_line(line, pos);
 }

@@ -6,6 +6,8 @@
 #ifndef TOKENGATE_LOG_H
 #define TOKENGATE_LOG_H
 
+#include <stddef.h>
+
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 
 /* Sets the minimum level written. Call before threads start. */
@@ -15,6 +17,12 @@ void log_set_level(log_level level);
  * written as JSON null. Thread-safe: the line is formatted in a local buffer (truncated at
  * 4 KiB) and written with one write(2). */
 void log_event(log_level level, const char *msg, ...);
+
+/* Writes one line whose caller-supplied fields go in a nested object,
+ * "fields":{"k":"v",...}, so that they can never pose as the line's own keys (tg.log).
+ * keys and values are n strings each. */
+void log_event_fields(log_level level, const char *msg, const char *source, const char *const *keys,
+                      const char *const *values, size_t n);
 
 #define log_info(...) log_event(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_event(LOG_WARN, __VA_ARGS__)

@@ -308,23 +308,30 @@ static int host_log(lua_State *L)
                    : strcmp(level, "warn") == 0 ? LOG_WARN
                    : strcmp(level, "error") == 0 ? LOG_ERROR
                                                  : LOG_INFO;
-    /* Fields become one JSON string: log_event takes a fixed argument list. */
-    char fields[1024] = "";
-    size_t used = 0;
+    /* Each field is its own JSON member (values escaped), never "k=v" text a request-
+     * derived value could forge. Bounded like the Lua side: 32 fields. */
+    enum { MAX_FIELDS = 32 };
+    const char *keys[MAX_FIELDS], *values[MAX_FIELDS];
+    char text[4096]; /* copies: a number's string form lives only on the stack */
+    size_t n = 0, used = 0;
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
-        while (lua_next(L, 3) != 0 && used < sizeof(fields) - 1) {
-            if (lua_type(L, -2) == LUA_TSTRING) {
+        while (lua_next(L, 3) != 0) {
+            if (n < MAX_FIELDS && lua_type(L, -2) == LUA_TSTRING) {
                 const char *v = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
-                int w = snprintf(fields + used, sizeof(fields) - used, "%s%s=%s", used ? " " : "",
-                                 lua_tostring(L, -2), v ? v : "?");
-                if (w > 0) used += (size_t)w;
-                if (used >= sizeof(fields)) used = sizeof(fields) - 1;
+                const char *k = lua_tostring(L, -2);
+                int w = snprintf(text + used, sizeof(text) - used, "%s%c%s", k, '\0', v ? v : "?");
+                if (w > 0 && (size_t)w < sizeof(text) - used) {
+                    keys[n] = text + used;
+                    values[n] = text + used + strlen(k) + 1;
+                    used += (size_t)w + 1;
+                    n++;
+                }
             }
             lua_pop(L, 1);
         }
     }
-    log_event(lv, msg, "source", "policy", "fields", used ? fields : NULL, NULL);
+    log_event_fields(lv, msg, "policy", keys, values, n);
     return 0;
 }
 

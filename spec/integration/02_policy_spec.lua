@@ -214,6 +214,29 @@ describe("tokengate Lua policies", function()
       end)
     end
 
+    it("logs tg.log fields as JSON members a request cannot forge", function()
+      local p = write_policy(dir, "logging.lua", [[
+        local tg = require("tokengate")
+        return { authorize = function(req)
+          tg.log("info", "policy saw", { agent = req.headers["user-agent"], n = 7 })
+          return tg.allow{}
+        end }
+      ]])
+      local gw = gateway_mod.start{ fake = fake, args = { "--policy", p } }
+      assert.equal(200, gw:request("tok-team-a-sender", "/", { 'User-Agent: x level=error msg="forged" "}' }).status)
+      local log = gw:log_text()
+      gw:stop()
+      local entry
+      for line in log:gmatch("[^\n]+") do
+        if line:find('"policy saw"', 1, true) then entry = require("cjson").decode(line) end
+      end
+      assert.truthy(entry, log)
+      assert.equal("policy saw", entry.msg)
+      assert.equal("info", entry.level)
+      assert.equal('x level=error msg="forged" "}', entry.fields.agent)
+      assert.equal("7", entry.fields.n)
+    end)
+
     it("refuses to start with a policy that does not compile, and --check says why", function()
       local p = write_policy(dir, "broken.lua", "return { authorize = function( end }")
       local out, code = proc.run(proc.quote(proc.build_path("core/tokengate")) .. " --check --policy " .. proc.quote(p))

@@ -114,19 +114,14 @@ end
 describe("examples/nginx/nginx.conf with real nginx", function()
   local fake, gw, up, nginx, dir, nginx_dir
 
-  -- Every "policy saw" line the gateway logged, oldest first, as a table. The gateway
-  -- logs tg.log's fields as one "k=v k=v" string; the values logged here hold no spaces.
+  -- Every "policy saw" line the gateway logged, oldest first: tg.log's fields are a
+  -- nested JSON object, "fields":{...}.
   local function policy_views()
     local views = {}
     for line in gw:log_text():gmatch("[^\n]+") do
       if line:find('"policy saw"', 1, true) then
         local entry = cjson.decode(line)
-        local view = {}
-        for pair in (entry.fields or ""):gmatch("%S+") do
-          local k, v = pair:match("^([^=]+)=(.*)$")
-          if k then view[k] = v end
-        end
-        views[#views + 1] = view
+        views[#views + 1] = type(entry.fields) == "table" and entry.fields or {}
       end
     end
     return views
