@@ -15,7 +15,7 @@
 #define TOKENGATE_GIT "unknown"
 #endif
 
-typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_DOUBLE, FLAG_AUDIENCES, FLAG_BOOL } flag_kind;
+typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_DOUBLE, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
 
 /* One row per flag; offset locates the field in struct config. */
 typedef struct flag_spec {
@@ -42,7 +42,7 @@ static const flag_spec flag_table[] = {
      "proxy mode: how long the upstream may stay silent (to connect, to start its answer, between two reads or "
      "writes) before 504, or a closed connection once the answer has begun (default 30s)"},
     {"--upstream-max-connections", FLAG_SIZE, FIELD(upstream_max_connections),
-     "proxy mode: connections to the upstream at once, kept alive and reused; more requests queue (default 128)"},
+     "proxy mode: connections to the upstream at once, all workers together (each gets an equal share, rounded up), kept alive and reused; more requests queue (default 128)"},
     {"--upstream-keep-authorization", FLAG_BOOL, FIELD(upstream_keep_authorization),
      "proxy mode: forward the client's Authorization header. Off by default: the bearer token is a credential "
      "the upstream could replay against the API server or other services, and the upstream gets the identity "
@@ -106,6 +106,19 @@ static const flag_spec flag_table[] = {
      "main listener: a connection idle this long (reading or writing) is closed (default 30s)"},
     {"--max-header-count", FLAG_SIZE, FIELD(max_header_count),
      "requests with more header fields are refused with 431 (default 100)"},
+    {"--max-connections", FLAG_SIZE, FIELD(max_connections),
+     "main listener: open client connections at most, all workers together; beyond it new connections wait in "
+     "the kernel's accept queue (default 10000)"},
+    {"--workers", FLAG_SIZE, FIELD(workers), "event-loop threads serving the main listener (default: online CPUs)"},
+    {"--cache-refresh-ahead", FLAG_PERCENT, FIELD(cache_refresh_ahead_percent),
+     "a hit in the last PERCENT of a positive entry's TTL starts one background review and is answered from "
+     "the cache at once (default 10%; 0: off)"},
+    {"--watch-revocations", FLAG_BOOL, FIELD(watch_revocations),
+     "watch ServiceAccounts and evict the cached identities of deleted ones (needs list/watch on "
+     "serviceaccounts; see docs/REVOCATION.md)"},
+    {"--watch-pods", FLAG_BOOL, FIELD(watch_pods),
+     "with --watch-revocations: also watch Pods and evict tokens bound to deleted pods (needs list/watch on "
+     "pods)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -137,6 +150,9 @@ static void config_defaults(config *cfg)
     cfg->shutdown_grace_ms = 20000;
     cfg->read_timeout_ms = 30000;
     cfg->max_header_count = 100;
+    cfg->max_connections = 10000;
+    cfg->workers = 0; /* 0: config_workers() answers the online CPUs */
+    cfg->cache_refresh_ahead_percent = 10;
     cfg->upstream_timeout_ms = 30000;
     cfg->upstream_max_connections = 128;
     cfg->max_body_bytes = 10 * 1024 * 1024;
@@ -172,6 +188,7 @@ static void print_help(FILE *out)
                           : flag_table[i].kind == FLAG_DURATION ? " DURATION"
                           : flag_table[i].kind == FLAG_SIZE     ? " N"
                           : flag_table[i].kind == FLAG_DOUBLE   ? " NUMBER"
+                          : flag_table[i].kind == FLAG_PERCENT  ? " PERCENT"
                                                                 : " VALUE";
         fprintf(out, "  %s%s\n      %s\n", flag_table[i].name, arg, flag_table[i].help);
     }
@@ -234,6 +251,19 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
             return 0;
         }
         fprintf(out, "tokengate: %s: not a positive number: \"%s\"\n", spec->name, value);
+        return -1;
+    }
+    case FLAG_PERCENT: {
+        /* "10%" or "10": a whole percentage, 0 to 50 (refreshing earlier than half-way
+         * through a TTL would double the API calls for nothing). */
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(value, &end, 10);
+        if (!errno && end != value && (!*end || (end[0] == '%' && !end[1])) && value[0] != '-' && v <= 50) {
+            *(unsigned *)field = (unsigned)v;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s: not a percentage from 0 to 50: \"%s\" (e.g. 10%%)\n", spec->name, value);
         return -1;
     }
     case FLAG_AUDIENCES:
@@ -407,6 +437,18 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
     }
+    if (cfg->max_connections < 1) {
+        fprintf(out, "tokengate: --max-connections must be at least 1\n");
+        rc = -1;
+    }
+    if (cfg->workers > CONFIG_MAX_WORKERS) {
+        fprintf(out, "tokengate: --workers must be between 1 and %d (0 or unset: online CPUs)\n", CONFIG_MAX_WORKERS);
+        rc = -1;
+    }
+    if (cfg->watch_pods && !cfg->watch_revocations) {
+        fprintf(out, "tokengate: --watch-pods needs --watch-revocations\n");
+        rc = -1;
+    }
     if (!cfg->tls_cert_file != !cfg->tls_key_file) {
         fprintf(out, "tokengate: --tls-cert-file and --tls-key-file go together\n");
         rc = -1;
@@ -475,5 +517,19 @@ void config_print(const config *cfg, FILE *out)
         fprintf(out, "upstream-keep-authorization: %s\nmax-body-bytes: %zu\n",
                 cfg->upstream_keep_authorization ? "yes" : "no (removed before forwarding)", cfg->max_body_bytes);
     }
+    fprintf(out, "max-connections: %zu\n", cfg->max_connections);
+    fprintf(out, "workers: %zu%s\ncache-refresh-ahead: %u%%%s\n", config_workers(cfg),
+            cfg->workers ? "" : " (online CPUs)", cfg->cache_refresh_ahead_percent,
+            cfg->cache_refresh_ahead_percent ? "" : " (off)");
+    fprintf(out, "watch-revocations: %s\n",
+            cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
     fprintf(out, "log-level: %s\n", cfg->log_level);
+}
+
+size_t config_workers(const config *cfg)
+{
+    if (cfg->workers) return cfg->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 1;
+    return n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (size_t)n;
 }

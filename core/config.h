@@ -12,6 +12,7 @@
 
 #define CONFIG_MAX_AUDIENCES 16
 #define CONFIG_AUDIENCES_TEXT_MAX 4096
+#define CONFIG_MAX_WORKERS 64
 
 typedef enum { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERROR } config_action;
 
@@ -58,6 +59,15 @@ typedef struct config {
     int64_t shutdown_grace_ms;
     int64_t read_timeout_ms;  /* main listener: idle/read/write timeout of a connection */
     size_t max_header_count;  /* more request header fields than this: 431 */
+    size_t max_connections;   /* main listener: open client connections at most (all workers) */
+
+    /* Performance (issue: workers). */
+    size_t workers;                 /* event-loop threads serving the main listener; 0 = online CPUs */
+    unsigned cache_refresh_ahead_percent; /* refresh a hit entry in this last share of its TTL; 0: off */
+
+    /* Revocation watches (docs/REVOCATION.md). */
+    bool watch_revocations; /* watch ServiceAccounts: evict the identities of deleted ones */
+    bool watch_pods;        /* also watch Pods: evict pod-bound identities of deleted pods */
 
     /* HTTPS on the main listener: both or neither. Re-read on SIGHUP. */
     const char *tls_cert_file;
@@ -93,6 +103,9 @@ int config_validate(const config *cfg, FILE *out);
 /* What the flags and the environment ($KUBECONFIG, $KUBERNETES_SERVICE_HOST/PORT) say about
  * the API server, for apiserver_resolve(). in points into cfg and the environment. */
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in);
+
+/* --workers, or the online CPUs when unset (1 to CONFIG_MAX_WORKERS). */
+size_t config_workers(const config *cfg);
 
 /* True with --mode proxy. */
 bool config_proxy_mode(const config *cfg);

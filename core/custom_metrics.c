@@ -1,6 +1,8 @@
 /* custom_metrics.c owns the policies' metrics: declarations, series and their values. */
 #include "custom_metrics.h"
 
+#include <pthread.h>
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,6 +31,7 @@ typedef struct custom_metric {
 } custom_metric;
 
 struct custom_metrics {
+    pthread_mutex_t lock; /* every public function holds it: policies on every worker share one registry */
     custom_metric metrics[CUSTOM_METRICS_MAX];
     size_t n_metrics;
     size_t max_series;
@@ -54,7 +57,9 @@ static bool valid_name(const char *s, bool allow_colon)
 custom_metrics *custom_metrics_new(size_t max_series)
 {
     custom_metrics *cm = calloc(1, sizeof(*cm));
-    if (cm) cm->max_series = max_series ? max_series : 1;
+    if (!cm) return NULL;
+    cm->max_series = max_series ? max_series : 1;
+    pthread_mutex_init(&cm->lock, NULL);
     return cm;
 }
 
@@ -71,6 +76,7 @@ void custom_metrics_free(custom_metrics *cm)
 {
     if (!cm) return;
     custom_metrics_truncate(cm, 0);
+    pthread_mutex_destroy(&cm->lock);
     free(cm);
 }
 
@@ -82,12 +88,12 @@ static void free_metric(custom_metric *m)
     memset(m, 0, sizeof(*m));
 }
 
-void custom_metrics_truncate(custom_metrics *cm, size_t count)
+static void custom_metrics_truncate_locked(custom_metrics *cm, size_t count)
 {
     while (cm->n_metrics > count) free_metric(&cm->metrics[--cm->n_metrics]);
 }
 
-size_t custom_metrics_count(const custom_metrics *cm)
+static size_t custom_metrics_count_locked(const custom_metrics *cm)
 {
     return cm->n_metrics;
 }
@@ -104,7 +110,7 @@ static bool same_shape(const custom_metric *m, custom_metric_kind kind, const ch
     return true;
 }
 
-int custom_metrics_declare(custom_metrics *cm, custom_metric_kind kind, const char *name, const char *help,
+static int custom_metrics_declare_locked(custom_metrics *cm, custom_metric_kind kind, const char *name, const char *help,
                            const char *const *labels, size_t n_labels, const double *buckets, size_t n_buckets,
                            char *err, size_t err_cap)
 {
@@ -210,7 +216,7 @@ static custom_series *add_series(custom_metrics *cm, custom_metric *m, const cha
     return s;
 }
 
-int custom_metrics_update(custom_metrics *cm, int id, custom_metric_op op, const char *const *label_values,
+static int custom_metrics_update_locked(custom_metrics *cm, int id, custom_metric_op op, const char *const *label_values,
                           size_t n_values, double value, char *err, size_t err_cap)
 {
     if (id < 0 || (size_t)id >= cm->n_metrics) {
@@ -279,7 +285,7 @@ static int add_labels(struct evbuffer *out, const custom_metric *m, const custom
     return rc ? -1 : 0;
 }
 
-int custom_metrics_render(const custom_metrics *cm, struct evbuffer *out)
+static int custom_metrics_render_locked(const custom_metrics *cm, struct evbuffer *out)
 {
     int rc = 0;
     for (size_t i = 0; i < cm->n_metrics && rc == 0; i++) {
@@ -319,4 +325,50 @@ int custom_metrics_render(const custom_metrics *cm, struct evbuffer *out)
             rc |= evbuffer_add_printf(out, "gateway_policy_metric_series_overflow_total{metric=\"%s\"} %llu\n",
                                       cm->metrics[i].name, (unsigned long long)cm->metrics[i].overflow) < 0;
     return rc ? -1 : 0;
+}
+
+/* ---- the thread-safe interface ------------------------------------------------------ */
+
+void custom_metrics_truncate(custom_metrics *cm, size_t count)
+{
+    pthread_mutex_lock(&cm->lock);
+    custom_metrics_truncate_locked(cm, count);
+    pthread_mutex_unlock(&cm->lock);
+}
+
+size_t custom_metrics_count(const custom_metrics *cm)
+{
+    custom_metrics *m = (custom_metrics *)cm; /* the lock is not part of the value */
+    pthread_mutex_lock(&m->lock);
+    size_t n = custom_metrics_count_locked(cm);
+    pthread_mutex_unlock(&m->lock);
+    return n;
+}
+
+int custom_metrics_declare(custom_metrics *cm, custom_metric_kind kind, const char *name, const char *help,
+                           const char *const *labels, size_t n_labels, const double *buckets, size_t n_buckets,
+                           char *err, size_t err_cap)
+{
+    pthread_mutex_lock(&cm->lock);
+    int rc = custom_metrics_declare_locked(cm, kind, name, help, labels, n_labels, buckets, n_buckets, err, err_cap);
+    pthread_mutex_unlock(&cm->lock);
+    return rc;
+}
+
+int custom_metrics_update(custom_metrics *cm, int id, custom_metric_op op, const char *const *label_values,
+                          size_t n_values, double value, char *err, size_t err_cap)
+{
+    pthread_mutex_lock(&cm->lock);
+    int rc = custom_metrics_update_locked(cm, id, op, label_values, n_values, value, err, err_cap);
+    pthread_mutex_unlock(&cm->lock);
+    return rc;
+}
+
+int custom_metrics_render(const custom_metrics *cm, struct evbuffer *out)
+{
+    custom_metrics *m = (custom_metrics *)cm;
+    pthread_mutex_lock(&m->lock);
+    int rc = custom_metrics_render_locked(cm, out);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
 }

@@ -6,7 +6,8 @@
  * same kind, labels and buckets returns the same id (its values carry on); with anything
  * different the declaration fails, and so does the reload that made it.
  *
- * Threading: used from the loop thread that owns it (like gateway_metrics). */
+ * Threading: thread-safe. One registry serves the policy states of every worker and of the
+ * control thread; each call holds one mutex for its duration. */
 #ifndef TOKENGATE_CUSTOM_METRICS_H
 #define TOKENGATE_CUSTOM_METRICS_H
 

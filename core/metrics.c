@@ -149,6 +149,21 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          "Requests answered from an expired positive verdict while the API server failed "
                          "(--stale-if-error).",
                          g->stale_served);
+    rc |= evbuffer_add_printf(out, "# HELP gateway_tokenreview_refreshes_total Refresh-ahead reviews of cached "
+                                   "tokens: started, or skipped (a review for the token running, the API server "
+                                   "throttling or failing, or no rate-limit token to spare).\n"
+                                   "# TYPE gateway_tokenreview_refreshes_total counter\n"
+                                   "gateway_tokenreview_refreshes_total{result=\"started\"} %llu\n"
+                                   "gateway_tokenreview_refreshes_total{result=\"skipped\"} %llu\n",
+                              (unsigned long long)e->refreshes_started,
+                              (unsigned long long)e->refreshes_skipped) < 0;
+    rc |= render_gauge(out, "gateway_workers", "Event-loop threads serving the main listener (--workers).",
+                       (double)g->workers);
+    rc |= render_gauge(out, "gateway_connections_open", "Open client connections on the main listener.",
+                       (double)g->connections_open);
+    rc |= render_gauge(out, "gateway_connections_limit",
+                       "Most client connections on the main listener (--max-connections).",
+                       (double)g->connections_limit);
     rc |= render_counter(out, "gateway_policy_errors_total",
                          "Policy hook calls that raised an error or returned a wrong value (answered 500).",
                          m->policy_errors);
@@ -176,4 +191,36 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                                    "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
                               process_cpu_seconds()) < 0;
     return rc ? -1 : 0;
+}
+
+static void histogram_add(metrics_histogram *into, const metrics_histogram *from)
+{
+    for (size_t i = 0; i < METRICS_BUCKETS; i++) into->bucket_counts[i] += from->bucket_counts[i];
+    into->count += from->count;
+    into->sum += from->sum;
+}
+
+static void review_metrics_add(review_metrics *into, const review_metrics *from)
+{
+    into->cache_hits += from->cache_hits;
+    into->cache_misses += from->cache_misses;
+    into->api_calls += from->api_calls;
+    into->coalesced += from->coalesced;
+    for (size_t i = 0; i < API_ERROR_KINDS; i++) into->api_errors[i] += from->api_errors[i];
+    histogram_add(&into->api_latency, &from->api_latency);
+}
+
+void metrics_add(gateway_metrics *into, const gateway_metrics *from)
+{
+    review_metrics_add(&into->tokenreview, &from->tokenreview);
+    review_metrics_add(&into->subjectaccessreview, &from->subjectaccessreview);
+    into->policy_reloads_success += from->policy_reloads_success;
+    into->policy_reloads_failure += from->policy_reloads_failure;
+    into->policy_errors += from->policy_errors;
+    if (from->policy_last_reload_success_s > into->policy_last_reload_success_s)
+        into->policy_last_reload_success_s = from->policy_last_reload_success_s;
+    for (size_t i = 0; i < sizeof(into->requests_by_code) / sizeof(into->requests_by_code[0]); i++)
+        into->requests_by_code[i] += from->requests_by_code[i];
+    histogram_add(&into->request_duration, &from->request_duration);
+    into->cache_flushes += from->cache_flushes;
 }

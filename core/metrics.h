@@ -1,8 +1,9 @@
 /* Metrics: plain counters and fixed-bucket histograms in structs owned by the server, and
  * their rendering in the Prometheus text format (names are SPEC.md's contract).
  *
- * The counters are plain integers updated by the event-loop thread that owns the struct;
- * a scrape reads them on the same thread (the admin listener runs on that loop). */
+ * The counters are plain integers, each struct written by the one event-loop thread that
+ * owns it (a worker, or the control thread); a scrape on the control thread sums them
+ * (metrics_add) without a lock — see docs/ARCHITECTURE.md, "Threads". */
 #ifndef TOKENGATE_METRICS_H
 #define TOKENGATE_METRICS_H
 
@@ -60,6 +61,10 @@ typedef struct gateway_metrics {
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);
 
+/* Adds every counter and histogram of from into into (a scrape sums the workers' and the
+ * control thread's structs; the latest reload time wins). */
+void metrics_add(gateway_metrics *into, const gateway_metrics *from);
+
 /* Counters of the review engine itself (not per kind), kept by review.c. */
 typedef struct review_engine_stats {
     size_t queued;              /* flights waiting for the token bucket or a retry */
@@ -71,6 +76,8 @@ typedef struct review_engine_stats {
     uint64_t throttle_rejections; /* reviews failed fast during a 429 pause longer than their deadline */
     uint64_t queue_timeouts;     /* reviews whose deadline passed while they waited to be sent */
     int circuit_open;           /* 1 while open or half-open */
+    uint64_t refreshes_started;  /* refresh-ahead reviews sent */
+    uint64_t refreshes_skipped;  /* refresh-ahead reviews not sent (busy, limited or failing) */
 } review_engine_stats;
 
 /* Values that are read from elsewhere at scrape time. */
@@ -82,6 +89,9 @@ typedef struct metrics_gauges {
     size_t subjectaccessreview_cache_entries;
     uint64_t subjectaccessreview_cache_evictions;
     double process_start_time_seconds;
+    size_t workers;           /* gateway_workers */
+    size_t connections_open;  /* gateway_connections_open: main-listener connections, all workers */
+    size_t connections_limit; /* gateway_connections_limit: --max-connections */
 } metrics_gauges;
 
 /* Appends the whole exposition to out. Returns 0, or -1 if out could not grow. */

@@ -521,3 +521,57 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
     queue_push(engine, flight);
     pump(engine);
 }
+
+/* Drops what review_start_background did not use. */
+static void request_discard(review_request *request)
+{
+    if (request->body) {
+        OPENSSL_cleanse(request->body, request->body_len);
+        free(request->body);
+        request->body = NULL;
+    }
+    if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
+    request->parse_arg = NULL;
+}
+
+bool review_start_background(review_engine *engine, const review_kind *kind, review_request *request)
+{
+    int64_t now = monotonic_ms();
+    pump(engine); /* refills the bucket and settles the circuit's state for now */
+    if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED ||
+        engine->paused_until_ms > now || engine->queue_head || engine->tokens < 1.0) {
+        engine->stats.refreshes_skipped++;
+        request_discard(request);
+        return false;
+    }
+    review_flight *flight = calloc(1, sizeof(*flight));
+    if (!flight) {
+        engine->stats.refreshes_skipped++;
+        request_discard(request);
+        return false;
+    }
+    flight->engine = engine;
+    flight->kind = kind;
+    flight->key = request->key;
+    flight->parse_arg = request->parse_arg;
+    flight->parse_arg_free = request->parse_arg_free;
+    flight->body = request->body;
+    flight->body_len = request->body_len;
+    request->body = NULL;
+    request->parse_arg = NULL;
+    flight->positive_ttl_ms = request->positive_ttl_ms;
+    flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
+    flight->negative_ttl_ms = request->negative_ttl_ms;
+    flight->deadline_ms = now + engine->limits.timeout_ms;
+    memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
+    flight->waiters = NULL;
+    flight->waiters_tail = &flight->waiters; /* callers that miss meanwhile join it */
+    review_flight **bucket = &engine->buckets[flight_bucket(&request->key)];
+    flight->hash_next = *bucket;
+    *bucket = flight;
+    engine->n_flights++;
+    engine->stats.refreshes_started++;
+    engine->tokens -= 1.0;
+    flight_call(engine, flight, now);
+    return true;
+}

@@ -114,6 +114,14 @@ bool review_join(review_engine *engine, const review_kind *kind, const cache_key
  * caller must not touch the waiter's owner afterwards. */
 void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter);
 
+/* Refresh-ahead: starts a flight for request->key with no waiter, at the lowest priority —
+ * only when no flight for that key runs, the circuit is closed, no 429 pause is on, no
+ * review is queued and the token bucket has a token now; otherwise nothing is sent. The
+ * verdict is cached as any other (a positive one replaces the entry, a negative one
+ * evicts it); an error leaves the entry to its original expiry. Takes ownership of
+ * request->body and parse_arg in every case. Returns true when a call was started. */
+bool review_start_background(review_engine *engine, const review_kind *kind, review_request *request);
+
 /* Flights currently running (queued or calling). */
 size_t review_engine_flights(const review_engine *engine);
 

@@ -10,6 +10,7 @@ typedef struct cache_entry {
     struct cache_entry *lru_prev, *lru_next; /* prev = more recently used */
     cache_key key;
     int64_t expires_at_ms;
+    int64_t refresh_at_ms; /* positive: a hit from then on claims a refresh (INT64_MAX: never) */
     uint32_t value_len;
     uint8_t negative;
     unsigned char value[]; /* packed with the entry: one allocation per entry */
@@ -35,6 +36,8 @@ typedef struct cache_shard {
 struct token_cache {
     cache_shard *shards;
     size_t n_shards;
+    unsigned refresh_ahead_percent;
+    int64_t refresh_retry_ms;
 };
 
 static uint64_t key_hash(const cache_key *key)
@@ -72,6 +75,8 @@ token_cache *token_cache_new(const token_cache_options *options)
     if (!cache->shards) goto err;
     memset(cache->shards, 0, sizeof(cache_shard) * n_shards);
     cache->n_shards = n_shards;
+    cache->refresh_ahead_percent = options->refresh_ahead_percent > 100 ? 100 : options->refresh_ahead_percent;
+    cache->refresh_retry_ms = options->refresh_retry_ms > 0 ? options->refresh_retry_ms : 1000;
 
     for (size_t i = 0; i < n_shards; i++) {
         cache_shard *shard = &cache->shards[i];
@@ -150,6 +155,10 @@ void token_cache_free(token_cache *cache)
     free(cache);
 }
 
+static token_cache_result lookup(token_cache *cache, const cache_key *key, int64_t now_ms, int64_t stale_ms,
+                                 void *value_out, size_t value_cap, size_t *value_len, int64_t *expires_at_ms,
+                                 bool *refresh_due);
+
 token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms,
                                       void *value_out, size_t value_cap, size_t *value_len,
                                       int64_t *expires_at_ms)
@@ -161,6 +170,21 @@ token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key 
                                             int64_t stale_ms, void *value_out, size_t value_cap,
                                             size_t *value_len, int64_t *expires_at_ms)
 {
+    return lookup(cache, key, now_ms, stale_ms, value_out, value_cap, value_len, expires_at_ms, NULL);
+}
+
+token_cache_result token_cache_lookup_refresh(token_cache *cache, const cache_key *key, int64_t now_ms,
+                                              int64_t stale_ms, void *value_out, size_t value_cap,
+                                              size_t *value_len, bool *refresh_due)
+{
+    return lookup(cache, key, now_ms, stale_ms, value_out, value_cap, value_len, NULL, refresh_due);
+}
+
+static token_cache_result lookup(token_cache *cache, const cache_key *key, int64_t now_ms, int64_t stale_ms,
+                                 void *value_out, size_t value_cap, size_t *value_len, int64_t *expires_at_ms,
+                                 bool *refresh_due)
+{
+    if (refresh_due) *refresh_due = false;
     cache_shard *shard = &cache->shards[key_shard(cache, key)];
     token_cache_result result = TOKEN_CACHE_MISS;
     pthread_mutex_lock(&shard->lock);
@@ -186,6 +210,11 @@ token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key 
     if (value_out && e->value_len) memcpy(value_out, e->value, e->value_len);
     if (value_len) *value_len = e->value_len;
     if (expires_at_ms) *expires_at_ms = e->expires_at_ms;
+    if (refresh_due && now_ms >= e->refresh_at_ms) {
+        /* Claimed: no other hit refreshes this entry before the retry interval passes. */
+        e->refresh_at_ms = now_ms + cache->refresh_retry_ms;
+        *refresh_due = true;
+    }
     result = e->negative ? TOKEN_CACHE_HIT_NEGATIVE : TOKEN_CACHE_HIT_POSITIVE;
 done:
     pthread_mutex_unlock(&shard->lock);
@@ -216,6 +245,9 @@ int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, 
     memset(fresh, 0, sizeof(*fresh));
     fresh->key = *key;
     fresh->expires_at_ms = expires_at_ms;
+    fresh->refresh_at_ms = INT64_MAX;
+    if (!negative && cache->refresh_ahead_percent)
+        fresh->refresh_at_ms = expires_at_ms - (expires_at_ms - now_ms) * cache->refresh_ahead_percent / 100;
     fresh->value_len = (uint32_t)value_len;
     fresh->negative = negative ? 1 : 0;
     if (value_len) memcpy(fresh->value, value, value_len);

@@ -26,6 +26,10 @@ typedef struct token_cache_options {
     size_t max_entries;        /* total bound across shards; >= 1 */
     size_t shards;             /* rounded down to max_entries if larger; 0 means 16 */
     unsigned negative_percent; /* share of each shard negatives may use; 0 means 25 */
+    /* Refresh-ahead (token_cache_lookup_refresh): a positive entry becomes due for refresh
+     * in the last refresh_ahead_percent of the lifetime it was inserted with; 0: never. */
+    unsigned refresh_ahead_percent;
+    int64_t refresh_retry_ms; /* after a claim, the next hit may claim again this much later; 0 means 1000 */
 } token_cache_options;
 
 typedef enum {
@@ -56,6 +60,16 @@ token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, 
 token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms,
                                             int64_t stale_ms, void *value_out, size_t value_cap,
                                             size_t *value_len, int64_t *expires_at_ms);
+
+/* token_cache_lookup_stale, plus refresh-ahead: on a positive hit in the last part of the
+ * entry's lifetime (token_cache_options.refresh_ahead_percent) *refresh_due is set to true
+ * for exactly one caller per refresh_retry_ms — the claim is made under the shard lock, so
+ * concurrent hits on any thread start one refresh, and a refresh that failed is tried
+ * again by a later hit. A successful refresh replaces the entry (token_cache_insert), which
+ * clears the claim. refresh_due may be NULL. */
+token_cache_result token_cache_lookup_refresh(token_cache *cache, const cache_key *key, int64_t now_ms,
+                                              int64_t stale_ms, void *value_out, size_t value_cap,
+                                              size_t *value_len, bool *refresh_due);
 
 /* Stores a copy of value under key until expires_at_ms, replacing any entry for key.
  * Evicts least recently used entries to stay within bounds (see above). Returns 0 when

@@ -50,6 +50,8 @@ struct upstream {
     bool draining;
     size_t in_flight;
     struct proxy_transfer *transfers; /* every running transfer, for upstream_free */
+    void (*client_closecb)(struct evhttp_connection *evcon, void *arg); /* upstream_options */
+    void *client_closecb_arg;
 };
 
 /* One forwarded request. */
@@ -269,7 +271,7 @@ err:
 static void detach_client(proxy_transfer *t)
 {
     if (t->evcon)
-        evhttp_connection_set_closecb(t->evcon, NULL, NULL);
+        evhttp_connection_set_closecb(t->evcon, t->up->client_closecb, t->up->client_closecb_arg);
     t->evcon = NULL;
     if (t->client_watch)
         event_del(t->client_watch);
@@ -406,7 +408,6 @@ static void on_transfer_done(void *owner, CURL *easy, CURLcode code)
  * out, our client_watch freed it, or the listener is being freed. */
 static void on_client_close(struct evhttp_connection *evcon, void *arg)
 {
-    (void)evcon;
     proxy_transfer *t = arg;
     /* On a failed connection evhttp detaches a request it was still waiting on us for and
      * leaves it to us; otherwise the request goes with the connection after this returns. */
@@ -414,6 +415,8 @@ static void on_client_close(struct evhttp_connection *evcon, void *arg)
     bool ours = evhttp_request_get_connection(req) == NULL;
     t->evcon = NULL; /* being freed: its callbacks are not ours to clear */
     t->req = NULL;
+    if (t->up->client_closecb)
+        t->up->client_closecb(evcon, t->up->client_closecb_arg);
     int status = t->handed_over ? t->final_status : t->reply_started ? t->status : 499;
     if (!t->handed_over)
         log_debug("the client went away; upstream transfer aborted", NULL);
@@ -824,6 +827,8 @@ upstream *upstream_new(struct event_base *base, const upstream_options *options)
     up->timeout_ms = options->timeout_ms;
     up->keep_authorization = options->keep_authorization;
     up->listener_tls = options->listener_tls;
+    up->client_closecb = options->client_closecb;
+    up->client_closecb_arg = options->client_closecb_arg;
     const char *url = options->url;
     const char *authority = strstr(url, "://");
     if (!authority || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))

@@ -34,6 +34,11 @@ typedef struct upstream_options {
     size_t max_connections;  /* open connections to the upstream at once; more requests queue */
     bool keep_authorization; /* forward the client's Authorization header */
     bool listener_tls;       /* the client spoke HTTPS to us: X-Forwarded-Proto: https */
+    /* The close callback the owner keeps on every client connection (its connection
+     * count). A transfer replaces it while it watches the connection, puts it back when it
+     * lets go, and calls it when the connection closes under it. NULL: none. */
+    void (*client_closecb)(struct evhttp_connection *evcon, void *arg);
+    void *client_closecb_arg;
 } upstream_options;
 
 /* One allowed request to forward. Everything is borrowed for the duration of the call

@@ -30,7 +30,7 @@ static cache_key key_of(uint64_t index)
 
 static token_cache *new_cache(size_t max_entries, size_t shards, unsigned negative_percent)
 {
-    token_cache_options options = {max_entries, shards, negative_percent};
+    token_cache_options options = {.max_entries = max_entries, .shards = shards, .negative_percent = negative_percent};
     return token_cache_new(&options);
 }
 
@@ -60,7 +60,7 @@ static int put(token_cache *cache, uint64_t index, bool negative, const char *va
 static void test_new_rejects_bad_options(void)
 {
     CHECK(token_cache_new(NULL) == NULL);
-    token_cache_options zero = {0, 1, 0};
+    token_cache_options zero = {.max_entries = 0, .shards = 1};
     CHECK(token_cache_new(&zero) == NULL);
     token_cache_free(NULL); /* no-op */
 }
@@ -634,6 +634,55 @@ static void *conc_worker(void *arg)
     return NULL;
 }
 
+/* Refresh-ahead: a positive entry inserted at 0 expiring at 1000 with 10 % becomes due at
+ * 900; exactly one hit claims it per retry interval; a new insert clears the claim;
+ * negatives never become due; 0 % never. */
+static void test_refresh_ahead_claims(void)
+{
+    token_cache_options options = {.max_entries = 100, .shards = 1, .refresh_ahead_percent = 10,
+                                   .refresh_retry_ms = 200};
+    token_cache *cache = token_cache_new(&options);
+    CHECK(cache != NULL);
+    cache_key k = key_of(1), n = key_of(2);
+    unsigned char out[TOKEN_CACHE_VALUE_MAX];
+    size_t len = 0;
+    bool due = true;
+    CHECK_EQ_INT(token_cache_insert(cache, &k, false, "id", 2, 1000, 0), 0);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 899, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 900, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(due); /* the first hit in the window claims it */
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 901, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due); /* claimed: no second refresh */
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 1099, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_MISS);
+    CHECK(!due); /* expired: a miss, never a refresh */
+    /* A failed refresh: the claim lapses after refresh_retry_ms and a later hit retries. */
+    CHECK_EQ_INT(token_cache_insert(cache, &k, false, "id", 2, 3000, 1000), 0);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2800, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(due);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2999, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due);
+    CHECK_EQ_INT(token_cache_insert(cache, &k, false, "id", 2, 10000, 2000), 0);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2001, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due); /* replaced: due again only at 9200 */
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9200, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(due);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9300, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9400, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(due); /* 200 ms after the last claim */
+    CHECK_EQ_INT(token_cache_insert(cache, &n, true, "", 0, 1000, 0), 0);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &n, 999, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_NEGATIVE);
+    CHECK(!due);
+    token_cache_free(cache);
+
+    token_cache *off = new_cache(100, 1, 0);
+    CHECK_EQ_INT(token_cache_insert(off, &k, false, "id", 2, 1000, 0), 0);
+    CHECK_EQ_INT(token_cache_lookup_refresh(off, &k, 999, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK(!due);
+    token_cache_free(off);
+}
+
 static void test_concurrency_smoke(void)
 {
     token_cache *cache = new_cache(64, 4, 0); /* 16 per shard, 4 negatives per shard */
@@ -712,6 +761,7 @@ int main(void)
     RUN(test_remove);
     RUN(test_flush_all);
     RUN(test_flush_matching);
+    RUN(test_refresh_ahead_claims);
     RUN(test_concurrency_smoke);
     return UNIT_EXIT();
 }

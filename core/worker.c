@@ -1,0 +1,1056 @@
+/* worker.c owns the request path on one event-loop thread: a request enters
+ * authz_handle(), is answered from the cache or waits on a review (sent to the control
+ * thread, see worker.h), and leaves through exactly one reply_*() call — or, allowed in
+ * proxy mode, is handed to upstream.c, which answers it. It also owns the worker's
+ * connections: their count against --max-connections, and TLS on them. */
+#include "worker.h"
+
+#include "bearer.h"
+#include "identity.h"
+#include "log.h"
+#include "sar.h"
+#include "tokenreview.h"
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GROUPS_HEADER_MAX 8192
+#define MAIN_MAX_BODY_BYTES 65536
+#define URI_MAX 8192
+#define ADOPT_BATCH_MAX 256 /* connections accepted in one loop turn before they are adopted */
+
+struct worker {
+    worker_shared shared;
+    const config *cfg;
+    size_t index;
+    pthread_t thread;
+    bool thread_started;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    mailbox *inbox;
+    cache_keyer *keyer;
+    token_cache *tokenreview_cache;
+    token_cache *sar_cache;
+    policy_host *policy;      /* NULL with --policy none */
+    policy_decision decision; /* scratch for authorize_identity(); ~24 KiB, so not on the heap per request */
+    upstream *upstream;       /* proxy mode: where allowed requests go; NULL in authz mode */
+    gateway_metrics metrics;  /* written by this thread only */
+    uint64_t stale_served;    /* gateway_tokenreview_stale_served_total */
+    struct authz_request *waiting;      /* every authz_request alive, for worker_free */
+    _Atomic size_t requests_waiting;    /* what graceful shutdown waits for */
+    bool shutting_down;
+
+    /* --max-connections: this worker's share. A new connection is counted when evhttp
+     * asks for its bufferevent and uncounted in its close callback, which is installed at
+     * the end of the loop turn that accepted it (adopt_new_connections); at the limit the
+     * listener is disabled and new connections wait in the kernel's accept queue. */
+    _Atomic size_t connections;
+    bool accept_paused;
+    struct bufferevent *adopt[ADOPT_BATCH_MAX];
+    size_t n_adopt;
+    struct event *adopt_event;
+    uint64_t connection_limit_pauses;
+};
+
+/* A request handed to the upstream: what its end needs for the metrics. */
+typedef struct proxied_request {
+    worker *w;
+    struct timespec started;
+} proxied_request;
+
+/* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
+ * it carries the packed identity it will answer with. */
+typedef struct authz_request {
+    worker *w;
+    struct authz_request *prev, *next; /* in w->waiting */
+    struct evhttp_request *req;
+    struct timespec started;
+    review_waiter waiter;
+    char token_id[9];
+    size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
+    unsigned char identity[];
+} authz_request;
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
+static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
+                         size_t n_audiences, const cache_key *key);
+static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
+
+static double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
+/* ---- answers ------------------------------------------------------------------------ */
+
+/* Graceful shutdown: an answer sent while stopping stays in requests_waiting until evhttp
+ * has written its last byte, or its connection is gone — else the process could exit with
+ * the answer still in a buffer. (Proxied answers are tracked the same way by upstream.c.) */
+typedef struct answer_in_flight {
+    worker *w;
+    struct evhttp_connection *evcon;
+} answer_in_flight;
+
+static void on_answer_written(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    answer_in_flight *a = arg;
+    /* Back to the connection's own close callback (the connection count). */
+    evhttp_connection_set_closecb(a->evcon, on_connection_closed, a->w);
+    a->w->requests_waiting--;
+    free(a);
+}
+
+static void on_answer_connection_closed(struct evhttp_connection *evcon, void *arg)
+{
+    answer_in_flight *a = arg;
+    a->w->requests_waiting--;
+    on_connection_closed(evcon, a->w); /* it stood in for the connection's own callback */
+    free(a);
+}
+
+static void track_answer_while_stopping(worker *w, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!w->shutting_down || !evcon) return; /* no connection: the client is gone, nothing to write */
+    answer_in_flight *a = malloc(sizeof(*a));
+    if (!a) return;
+    a->w = w;
+    a->evcon = evcon;
+    evhttp_request_set_on_complete_cb(req, on_answer_written, a);
+    evhttp_connection_set_closecb(evcon, on_answer_connection_closed, a);
+    w->requests_waiting++;
+}
+
+static void reply(worker *w, struct evhttp_request *req, const struct timespec *started, int status,
+                  const char *reason, const char *body)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    evhttp_add_header(out, "Cache-Control", "no-store");
+    if (w->shutting_down) evhttp_add_header(out, "Connection", "close");
+    /* Always set: evhttp would otherwise label an empty answer text/html. */
+    evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
+    struct evbuffer *buf = NULL;
+    if (body) {
+        buf = evbuffer_new();
+        if (buf) evbuffer_add_printf(buf, "%s\n", body);
+    }
+    track_answer_while_stopping(w, req);
+    evhttp_send_reply(req, status, reason, buf);
+    if (buf) evbuffer_free(buf);
+    metrics_count_request(&w->metrics, status, seconds_since(started));
+}
+
+static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started,
+                               const char *why)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate\"");
+    reply(w, req, started, 401, "Unauthorized", why);
+}
+
+static void reply_unavailable(worker *w, struct evhttp_request *req, const struct timespec *started,
+                              int retry_after_s, const char *why)
+{
+    char value[16];
+    snprintf(value, sizeof(value), "%d", retry_after_s > 0 ? retry_after_s : 1);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", value);
+    reply(w, req, started, 503, "Service Unavailable", why);
+}
+
+/* The identity headers' values, from a packed identity. */
+typedef struct identity_text {
+    char user[IDENTITY_STRING_MAX + 1];
+    char uid[IDENTITY_STRING_MAX + 1];
+    char groups[GROUPS_HEADER_MAX];
+} identity_text;
+
+static int identity_text_from(const unsigned char *packed, size_t packed_len, identity_text *out)
+{
+    identity_view view;
+    if (identity_view_parse(packed, packed_len, &view) != 0 ||
+        identity_join_groups(&view, out->groups, sizeof(out->groups)) < 0)
+        return -1;
+    memcpy(out->user, view.username.ptr, view.username.len);
+    out->user[view.username.len] = '\0';
+    memcpy(out->uid, view.uid.ptr, view.uid.len);
+    out->uid[view.uid.len] = '\0';
+    return 0;
+}
+
+static void on_proxied_done(void *arg, int status)
+{
+    proxied_request *p = arg;
+    metrics_count_request(&p->w->metrics, status, seconds_since(&p->started));
+    p->w->requests_waiting--;
+    free(p);
+}
+
+/* Proxy mode: the request is allowed; the upstream answers it. id NULL: anonymous. */
+static void forward_allowed(worker *w, struct evhttp_request *req, const struct timespec *started,
+                            const identity_text *id, const policy_decision *allow)
+{
+    upstream_request ur = {
+        .req = req,
+        .method = method_name(evhttp_request_get_command(req)),
+        .user = id ? id->user : NULL,
+        .uid = id ? id->uid : NULL,
+        .groups = id ? id->groups : NULL,
+        .header_names = allow ? (const char *const *)allow->header_names : NULL,
+        .header_values = allow ? (const char *const *)allow->header_values : NULL,
+        .n_headers = allow ? allow->n_headers : 0,
+    };
+    proxied_request *p = malloc(sizeof(*p));
+    if (!p || upstream_forward(w->upstream, &ur, on_proxied_done, p) != 0) {
+        free(p);
+        reply_unavailable(w, req, started, 1, "cannot forward the request");
+        return;
+    }
+    p->w = w;
+    p->started = *started;
+    w->requests_waiting++;
+}
+
+/* The request is allowed: in authz mode 200 with the identity headers (and the policy's
+ * allow headers, if any); in proxy mode it goes to the upstream with them. The packed
+ * identity was validated when it was cached; it is checked again here because a
+ * malformed one must never become an allow. */
+static void answer_allowed(worker *w, struct evhttp_request *req, const struct timespec *started,
+                           const unsigned char *packed, size_t packed_len, const policy_decision *allow)
+{
+    identity_text id;
+    if (identity_text_from(packed, packed_len, &id) != 0) {
+        log_error("cached identity is malformed; failing closed", NULL);
+        reply(w, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    if (w->upstream) {
+        forward_allowed(w, req, started, &id, allow);
+        return;
+    }
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    if (allow)
+        for (size_t i = 0; i < allow->n_headers; i++) evhttp_add_header(out, allow->header_names[i], allow->header_values[i]);
+    evhttp_add_header(out, "X-Remote-User", id.user);
+    evhttp_add_header(out, "X-Remote-Uid", id.uid);
+    evhttp_add_header(out, "X-Remote-Groups", id.groups);
+    reply(w, req, started, 200, "OK", NULL);
+}
+
+static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
+                            const char *reason, size_t reason_len)
+{
+    char body[320];
+    snprintf(body, sizeof(body), "forbidden: %.*s", (int)(reason_len > 256 ? 256 : reason_len), reason);
+    reply(w, req, started, 403, "Forbidden", body);
+}
+
+static void reply_policy_error(worker *w, struct evhttp_request *req, const struct timespec *started,
+                               const char *hook, const char *message)
+{
+    w->metrics.policy_errors++;
+    log_warn("policy error; answering 500", "hook", hook, "error", message, NULL);
+    reply(w, req, started, 500, "Internal Server Error", "policy error");
+}
+
+/* ---- what the policy sees of a request ---------------------------------------------- */
+
+/* Storage for a policy_request's strings that are not header values. */
+typedef struct request_text {
+    char uri[URI_MAX];
+    char client_ip[64];
+} request_text;
+
+/* True when path (no query) is in the form policies can safely match on: no empty,
+ * "." or ".." segments, no percent-encoded dot, slash or backslash, no backslash. A path
+ * like /hooks/../admin would otherwise pass a rule for the /hooks/ prefix while the upstream serves
+ * /admin; such requests are refused (fail closed) rather than normalised here. */
+static bool path_is_normalized(const char *path)
+{
+    if (path[0] != '/') return false;
+    for (const char *p = path; *p; p++) {
+        if (*p == '\\') return false;
+        if (*p == '%' && p[1] && p[2]) {
+            char a = p[1], b = (char)(p[2] | 0x20);
+            if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c')) return false;
+        }
+        if (*p != '/') continue;
+        const char *seg = p + 1;
+        size_t len = strcspn(seg, "/");
+        if (seg[len] == '/' && len == 0) return false;                           /* "//" */
+        if ((len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.')) return false;
+    }
+    return true;
+}
+
+/* Fills pr from req: the original method, URI and host as the proxy in front reports
+ * them — one family of headers, never mixed, chosen by --forwarded-headers (see config.h)
+ * — else the request itself (Envoy ext_authz forwards the client's method and path). In
+ * proxy mode always the request itself: it is what goes upstream, and those headers come
+ * from the client, who must never choose what the policy judges.
+ * Returns -1 if the URI is too long, -2 if its path is not normalized. */
+static int describe_request(const worker *w, struct evhttp_request *req, policy_request *pr,
+                            request_text *text)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *mode = w->upstream ? "none" : w->cfg->forwarded_headers;
+    bool traefik = strcmp(mode, "traefik") == 0 ||
+                   (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Forwarded-Uri"));
+    bool nginx = !traefik && (strcmp(mode, "nginx") == 0 ||
+                              (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Original-URI")));
+    const char *method = NULL, *uri = NULL, *host = NULL;
+    if (traefik) {
+        method = evhttp_find_header(h, "X-Forwarded-Method");
+        uri = evhttp_find_header(h, "X-Forwarded-Uri");
+        host = evhttp_find_header(h, "X-Forwarded-Host");
+    } else if (nginx) {
+        method = evhttp_find_header(h, "X-Original-Method");
+        uri = evhttp_find_header(h, "X-Original-URI");
+        host = evhttp_find_header(h, "X-Forwarded-Host");
+    }
+    if (!uri) uri = evhttp_request_get_uri(req);
+    if (!host) host = evhttp_find_header(h, "Host");
+    if (!uri || strlen(uri) >= sizeof(text->uri)) return -1;
+    strcpy(text->uri, uri);
+    char *q = strchr(text->uri, '?');
+    if (q) *q++ = '\0';
+    if (!path_is_normalized(text->uri[0] ? text->uri : "/")) return -2;
+    text->client_ip[0] = '\0';
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    if (conn) {
+        char *addr = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(conn, &addr, &port);
+        if (addr) snprintf(text->client_ip, sizeof(text->client_ip), "%s", addr);
+    }
+    pr->method = method ? method : method_name(evhttp_request_get_command(req));
+    pr->path = text->uri[0] ? text->uri : "/";
+    pr->query = q ? q : "";
+    pr->host = host ? host : "";
+    pr->client_ip = text->client_ip;
+    pr->headers = h;
+    return 0;
+}
+
+/* ---- the authz request path -------------------------------------------------------- */
+
+static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
+                    const unsigned char *packed, size_t packed_len, const identity_view *view,
+                    const sar_attributes *attrs);
+
+/* An authenticated identity: let the policy decide (or allow, with --policy none). */
+static void authorize_identity(worker *w, struct evhttp_request *req, const struct timespec *started,
+                               const unsigned char *packed, size_t packed_len)
+{
+    if (!w->policy) {
+        answer_allowed(w, req, started, packed, packed_len, NULL);
+        return;
+    }
+    identity_view view;
+    if (identity_view_parse(packed, packed_len, &view) != 0) {
+        reply(w, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    policy_request pr;
+    request_text text;
+    switch (describe_request(w, req, &pr, &text)) {
+    case -1: reply(w, req, started, 414, "URI Too Long", "request URI too long"); return;
+    case -2: reply_forbidden(w, req, started, "path is not normalized", strlen("path is not normalized")); return;
+    default: break;
+    }
+    /* One decision buffer per loop, reused: it is used and done with before this returns. */
+    policy_decision *d = &w->decision;
+    policy_authorize(w->policy, &pr, &view, d);
+    switch (d->kind) {
+    case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
+    case POLICY_DENY:
+        /* Behind nginx the 403 body is dropped: the reason is only visible here. */
+        log_debug("policy denied", "method", pr.method, "path", pr.path, "reason", d->message, NULL);
+        reply_forbidden(w, req, started, d->message, strlen(d->message));
+        break;
+    case POLICY_ERROR: reply_policy_error(w, req, started, "authorize", d->message); break;
+    case POLICY_SAR: sar_ask(w, req, started, packed, packed_len, &view, &d->sar); break;
+    }
+}
+
+static void authz_request_free(authz_request *ar)
+{
+    if (ar->prev) ar->prev->next = ar->next;
+    else ar->w->waiting = ar->next;
+    if (ar->next) ar->next->prev = ar->prev;
+    ar->w->requests_waiting--;
+    OPENSSL_cleanse(ar->identity, ar->identity_len);
+    free(ar);
+}
+
+static void on_tokenreview_done(const review_outcome *outcome, void *arg)
+{
+    authz_request *ar = arg;
+    switch (outcome->verdict) {
+    case REVIEW_POSITIVE:
+        authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
+        break;
+    case REVIEW_NEGATIVE:
+        reply_unauthorized(ar->w, ar->req, &ar->started, "token not authenticated");
+        break;
+    case REVIEW_ERROR:
+        if (ar->identity_len) {
+            /* --stale-if-error: the API server failed and this token had a positive verdict
+             * that expired less than the window ago. Opt-in; counted and logged. */
+            ar->w->stale_served++;
+            log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
+                     api_error_name(outcome->error), NULL);
+            authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len);
+            break;
+        }
+        reply_unavailable(ar->w, ar->req, &ar->started, outcome->retry_after_s,
+                          outcome->error == API_ERROR_THROTTLED ? "API server throttled the review"
+                                                                : "token review unavailable");
+        break;
+    }
+    authz_request_free(ar);
+}
+
+static void on_sar_done(const review_outcome *outcome, void *arg)
+{
+    authz_request *ar = arg;
+    switch (outcome->verdict) {
+    case REVIEW_POSITIVE:
+        answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
+        break;
+    case REVIEW_NEGATIVE:
+        reply_forbidden(ar->w, ar->req, &ar->started, (const char *)outcome->value, outcome->value_len);
+        break;
+    case REVIEW_ERROR:
+        reply_unavailable(ar->w, ar->req, &ar->started, outcome->retry_after_s,
+                          outcome->error == API_ERROR_THROTTLED ? "API server throttled the review"
+                                                                : "access review unavailable");
+        break;
+    }
+    authz_request_free(ar);
+}
+
+static authz_request *authz_request_new(worker *w, struct evhttp_request *req, const struct timespec *started,
+                                        review_done_fn done, const unsigned char *identity, size_t identity_len)
+{
+    authz_request *ar = malloc(sizeof(*ar) + identity_len);
+    if (!ar) return NULL;
+    memset(ar, 0, sizeof(*ar));
+    ar->w = w;
+    ar->req = req;
+    ar->started = *started;
+    ar->waiter.done = done;
+    ar->waiter.arg = ar;
+    ar->identity_len = identity_len;
+    if (identity_len) memcpy(ar->identity, identity, identity_len);
+    ar->next = w->waiting;
+    if (w->waiting) w->waiting->prev = ar;
+    w->waiting = ar;
+    w->requests_waiting++;
+    return ar;
+}
+
+/* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
+static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
+                    const unsigned char *packed, size_t packed_len, const identity_view *view,
+                    const sar_attributes *attrs)
+{
+    cache_key key;
+    if (sar_cache_key(w->keyer, view, attrs, &key) != 0) {
+        reply(w, req, started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    size_t value_len = 0;
+    review_metrics *rm = &w->metrics.subjectaccessreview;
+    switch (token_cache_lookup(w->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
+    case TOKEN_CACHE_HIT_POSITIVE:
+        rm->cache_hits++;
+        answer_allowed(w, req, started, packed, packed_len, NULL);
+        return;
+    case TOKEN_CACHE_HIT_NEGATIVE:
+        rm->cache_hits++;
+        reply_forbidden(w, req, started, (const char *)value, value_len);
+        return;
+    case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
+    case TOKEN_CACHE_MISS:
+        rm->cache_misses++;
+        break;
+    }
+    authz_request *ar = authz_request_new(w, req, started, on_sar_done, packed, packed_len);
+    if (!ar) {
+        reply_unavailable(w, req, started, 1, "out of memory");
+        return;
+    }
+    review_request rr = {.key = key};
+    rr.positive_ttl_ms = rr.positive_ttl_cap_ms = w->cfg->sar_allowed_ttl_ms;
+    rr.negative_ttl_ms = w->cfg->sar_denied_ttl_ms;
+    cache_key_id(&key, rr.token_id);
+    rr.body = sar_request_body(view, attrs, &rr.body_len);
+    if (!rr.body) {
+        authz_request_free(ar);
+        reply_policy_error(w, req, started, "authorize", "the SubjectAccessReview could not be encoded");
+        return;
+    }
+    send_review(w, ar, REVIEW_KIND_SAR, &rr);
+}
+
+/* Returns the only Authorization header's value, NULL if there is none, and sets
+ * *several when there is more than one (ambiguous: refused). */
+static const char *single_authorization(struct evkeyvalq *headers, bool *several)
+{
+    const char *value = NULL;
+    *several = false;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, headers, next)
+    {
+        if (strcasecmp(kv->key, "Authorization") != 0) continue;
+        if (value) *several = true;
+        value = kv->value;
+    }
+    return value;
+}
+
+/* Default TTL of a positive verdict and its cap: --cache-ttl, bounded by --cache-max-ttl
+ * and the JWT's exp. */
+static void positive_ttls(const config *cfg, const char *token, size_t token_len, int64_t *ttl_ms, int64_t *cap_ms)
+{
+    int64_t cap = cfg->cache_max_ttl_ms;
+    int64_t exp;
+    if (jwt_read_exp(token, token_len, &exp) == 0) { /* exp is bounded: no overflow here */
+        int64_t left_ms = (exp - (int64_t)time(NULL)) * 1000;
+        if (left_ms < cap) cap = left_ms;
+    }
+    *cap_ms = cap;
+    *ttl_ms = cfg->cache_ttl_ms < cap ? cfg->cache_ttl_ms : cap;
+}
+
+static tokenreview_parse_arg *tokenreview_parse_arg_new(const char *const *audiences, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += strlen(audiences[i]) + 1;
+    tokenreview_parse_arg *arg = malloc(sizeof(*arg) + bytes);
+    if (!arg) return NULL;
+    arg->n_audiences = n;
+    char *p = arg->strings;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(audiences[i]) + 1;
+        memcpy(p, audiences[i], len);
+        arg->audiences[i] = p;
+        p += len;
+    }
+    return arg;
+}
+
+/* The audiences in force: the policy's if it declares any, else --audiences. */
+static size_t current_audiences(const worker *w, const char *const **out)
+{
+    size_t n = w->policy ? policy_audiences(w->policy, out) : 0;
+    if (n) return n;
+    *out = w->cfg->audiences;
+    return w->cfg->n_audiences;
+}
+
+/* No usable token: 401, unless the policy's anonymous(req) lets the request through
+ * (answered 200, or forwarded in proxy mode, without identity headers). */
+static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
+{
+    if (w->policy) {
+        policy_request pr;
+        request_text text;
+        char err[512];
+        if (describe_request(w, req, &pr, &text) == 0) {
+            int rc = policy_anonymous(w->policy, &pr, err, sizeof(err));
+            if (rc < 0) {
+                reply_policy_error(w, req, started, "anonymous", err);
+                return;
+            }
+            if (rc == 1 && w->upstream) {
+                forward_allowed(w, req, started, NULL, NULL);
+                return;
+            }
+            if (rc == 1) {
+                reply(w, req, started, 200, "OK", NULL);
+                return;
+            }
+        }
+    }
+    reply_unauthorized(w, req, started, why);
+}
+
+/* The TokenReview to send for token: its body, what the parser needs, its TTL bounds. */
+static int tokenreview_request_new(worker *w, const char *token, size_t token_len, const char *const *audiences,
+                                   size_t n_audiences, const cache_key *key, review_request *rr)
+{
+    const config *cfg = w->cfg;
+    memset(rr, 0, sizeof(*rr));
+    rr->key = *key;
+    positive_ttls(cfg, token, token_len, &rr->positive_ttl_ms, &rr->positive_ttl_cap_ms);
+    rr->negative_ttl_ms = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
+                                                                              : cfg->cache_max_ttl_ms;
+    cache_key_id(key, rr->token_id);
+    rr->parse_arg = tokenreview_parse_arg_new(audiences, n_audiences);
+    rr->parse_arg_free = free;
+    rr->body = rr->parse_arg ? tokenreview_request_body(token, token_len, audiences, n_audiences, &rr->body_len)
+                             : NULL;
+    if (!rr->body) {
+        free(rr->parse_arg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Hands a review to the control thread; its outcome comes back to ar->waiter on this
+ * worker (worker_deliver). Takes rr's body and parse_arg in every case. */
+static void send_review(worker *w, authz_request *ar, review_kind_id which, review_request *rr)
+{
+    gateway_mail *m = calloc(1, sizeof(*m));
+    if (!m) {
+        OPENSSL_cleanse(rr->body, rr->body_len);
+        free(rr->body);
+        if (rr->parse_arg_free) rr->parse_arg_free(rr->parse_arg);
+        review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
+                                  .reason = "out of memory"};
+        ar->waiter.done(&outcome, ar);
+        return;
+    }
+    m->kind = MAIL_REVIEW;
+    m->review = which;
+    m->from = w;
+    m->request = ar;
+    m->rr = *rr;
+    mailbox_post(w->shared.control, &m->link);
+}
+
+/* Refresh-ahead: asks the control thread for a background review of a cached token. Best
+ * effort: without memory it is simply not refreshed (the entry keeps its expiry). */
+static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
+                         size_t n_audiences, const cache_key *key)
+{
+    gateway_mail *m = calloc(1, sizeof(*m));
+    if (!m) return;
+    if (tokenreview_request_new(w, token, token_len, audiences, n_audiences, key, &m->rr) != 0) {
+        free(m);
+        return;
+    }
+    m->kind = MAIL_REFRESH;
+    m->review = REVIEW_KIND_TOKENREVIEW;
+    m->from = w;
+    mailbox_post(w->shared.control, &m->link);
+}
+
+static void authz_handle(struct evhttp_request *req, void *arg)
+{
+    worker *w = arg;
+    const config *cfg = w->cfg;
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+
+    size_t n_headers = 0;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) n_headers++;
+    if (n_headers > cfg->max_header_count) {
+        reply(w, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
+        return;
+    }
+    if (w->upstream) {
+        /* What could not be forwarded is refused before any review is spent on it. evhttp
+         * already refuses CONNECT and TRACE (not in the allowed methods). */
+        const char *uri = evhttp_request_get_uri(req);
+        if (!uri || uri[0] != '/') {
+            reply(w, req, &started, 400, "Bad Request", "the request target must be an absolute path");
+            return;
+        }
+        if (strlen(uri) >= URI_MAX) {
+            reply(w, req, &started, 414, "URI Too Long", "request URI too long");
+            return;
+        }
+    }
+    bool several = false;
+    const char *header = single_authorization(evhttp_request_get_input_headers(req), &several);
+    if (several) {
+        reply_unauthorized(w, req, &started, "several Authorization headers");
+        return;
+    }
+    const char *token;
+    size_t token_len;
+    bearer_status bs = bearer_extract(header, cfg->max_token_bytes, &token, &token_len);
+    if (bs != BEARER_OK) {
+        handle_no_token(w, req, &started, bearer_status_reason(bs));
+        return;
+    }
+
+    const char *const *audiences;
+    size_t n_audiences = current_audiences(w, &audiences);
+    cache_key key;
+    if (cache_key_for_token(w->keyer, token, token_len, audiences, n_audiences, &key) != 0) {
+        reply(w, req, &started, 500, "Internal Server Error", "internal error");
+        return;
+    }
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    size_t value_len = 0;
+    size_t stale_len = 0;
+    review_metrics *rm = &w->metrics.tokenreview;
+    bool refresh_due = false;
+    switch (token_cache_lookup_refresh(w->tokenreview_cache, &key, monotonic_ms(), cfg->stale_if_error_ms, value,
+                                       sizeof(value), &value_len, &refresh_due)) {
+    case TOKEN_CACHE_HIT_POSITIVE:
+        rm->cache_hits++;
+        /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
+         * entry's refresh claim (one per entry and retry interval, across workers). */
+        if (refresh_due) send_refresh(w, token, token_len, audiences, n_audiences, &key);
+        authorize_identity(w, req, &started, value, value_len);
+        return;
+    case TOKEN_CACHE_HIT_NEGATIVE:
+        rm->cache_hits++;
+        reply_unauthorized(w, req, &started, "token not authenticated");
+        return;
+    case TOKEN_CACHE_STALE_POSITIVE:
+        stale_len = value_len; /* kept for a fallback if the fresh review fails */
+        rm->cache_misses++;
+        break;
+    case TOKEN_CACHE_MISS:
+        rm->cache_misses++;
+        break;
+    }
+
+    authz_request *ar = authz_request_new(w, req, &started, on_tokenreview_done, value, stale_len);
+    if (!ar) {
+        reply_unavailable(w, req, &started, 1, "out of memory");
+        return;
+    }
+    cache_key_id(&key, ar->token_id);
+
+    review_request rr;
+    if (tokenreview_request_new(w, token, token_len, audiences, n_audiences, &key, &rr) != 0) {
+        authz_request_free(ar);
+        reply_unavailable(w, req, &started, 1, "out of memory");
+        return;
+    }
+    send_review(w, ar, REVIEW_KIND_TOKENREVIEW, &rr);
+}
+
+/* ---- connections ------------------------------------------------------------------------ */
+
+static void resume_accepting(worker *w)
+{
+    if (!w->accept_paused || w->shutting_down || !w->bound) return;
+    struct evconnlistener *l = evhttp_bound_socket_get_listener(w->bound);
+    if (l) evconnlistener_enable(l);
+    w->accept_paused = false;
+}
+
+static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    worker *w = arg;
+    atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&w->connections, memory_order_relaxed) < w->shared.max_connections) resume_accepting(w);
+}
+
+/* Runs once per loop turn that accepted connections, after evhttp set each one up: the
+ * bufferevent's callback argument is then its evhttp_connection, which gets our close
+ * callback. A connection evhttp already freed in between (only on its own allocation
+ * failures) is recognised by its cleared callbacks; the extra reference taken in
+ * new_connection_bufferevent keeps its memory readable until here. */
+static void adopt_new_connections(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    for (size_t i = 0; i < w->n_adopt; i++) {
+        struct bufferevent *bev = w->adopt[i];
+        bufferevent_data_cb readcb = NULL;
+        void *cbarg = NULL;
+        bufferevent_getcb(bev, &readcb, NULL, NULL, &cbarg);
+        if (readcb && cbarg) evhttp_connection_set_closecb(cbarg, on_connection_closed, w);
+        else on_connection_closed(NULL, w);
+        bufferevent_decref(bev);
+    }
+    w->n_adopt = 0;
+}
+
+/* evhttp_set_bevcb: called for every accepted connection before evhttp wraps it. Counts
+ * it, pauses the listener at this worker's share of --max-connections, and makes the
+ * connection's bufferevent (TLS on the current certificate when configured). */
+static struct bufferevent *new_connection_bufferevent(struct event_base *base, void *arg)
+{
+    worker *w = arg;
+    struct bufferevent *bev = NULL;
+    if (w->shared.tls) {
+        pthread_mutex_lock(&w->shared.tls->lock);
+        SSL *ssl = SSL_new(w->shared.tls->ctx);
+        pthread_mutex_unlock(&w->shared.tls->lock);
+        if (ssl) {
+            bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                 BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+            if (!bev) SSL_free(ssl);
+        }
+    } else {
+        bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    /* Without a bufferevent of ours (out of memory, or the adopt batch is full) evhttp
+     * makes its own and the connection goes uncounted: it can only make the limit lax. */
+    if (!bev || w->n_adopt == ADOPT_BATCH_MAX) return bev;
+    bufferevent_incref(bev);
+    w->adopt[w->n_adopt++] = bev;
+    event_active(w->adopt_event, EV_TIMEOUT, 0);
+    size_t open = atomic_fetch_add_explicit(&w->connections, 1, memory_order_relaxed) + 1;
+    if (open >= w->shared.max_connections && !w->accept_paused && w->bound) {
+        struct evconnlistener *l = evhttp_bound_socket_get_listener(w->bound);
+        if (l) evconnlistener_disable(l);
+        w->accept_paused = true;
+        if (w->connection_limit_pauses++ == 0 || w->connection_limit_pauses % 1000 == 0)
+            log_warn("--max-connections reached: new connections wait in the accept queue", NULL);
+    }
+    return bev;
+}
+
+/* ---- mails from the control thread --------------------------------------------------- */
+
+void gateway_mail_free(gateway_mail *m)
+{
+    if (!m) return;
+    if (m->rr.body) {
+        OPENSSL_cleanse(m->rr.body, m->rr.body_len);
+        free(m->rr.body);
+    }
+    if (m->rr.parse_arg && m->rr.parse_arg_free) m->rr.parse_arg_free(m->rr.parse_arg);
+    if (m->value) {
+        OPENSSL_cleanse(m->value, m->value_len);
+        free(m->value);
+    }
+    free(m);
+}
+
+static void stop_accepting(worker *w)
+{
+    w->shutting_down = true;
+    if (w->upstream) upstream_set_draining(w->upstream);
+    if (w->bound) {
+        evhttp_del_accept_socket(w->http, w->bound);
+        w->bound = NULL;
+    }
+}
+
+static void reload_policy(worker *w)
+{
+    char err[1024];
+    if (!w->policy || policy_host_load(w->policy, w->cfg->policy, err, sizeof(err)) == 0) return;
+    char index[16];
+    snprintf(index, sizeof(index), "%zu", w->index);
+    log_error("policy reload failed on a worker; it keeps the previous policy", "worker", index, "error", err, NULL);
+}
+
+static void worker_deliver(mail *link, void *arg)
+{
+    worker *w = arg;
+    gateway_mail *m = (gateway_mail *)link;
+    switch (m->kind) {
+    case MAIL_REVIEW: {
+        authz_request *ar = m->request;
+        review_outcome outcome = {.verdict = m->verdict, .error = m->error, .retry_after_s = m->retry_after_s,
+                                  .value = m->value, .value_len = m->value_len, .reason = m->reason};
+        ar->waiter.done(&outcome, ar);
+        break;
+    }
+    case MAIL_RELOAD_POLICY: reload_policy(w); break;
+    case MAIL_STOP_ACCEPTING: stop_accepting(w); break;
+    case MAIL_EXIT: event_base_loopexit(w->base, NULL); break;
+    case MAIL_REFRESH: break; /* never sent to a worker */
+    }
+    gateway_mail_free(m);
+}
+
+static void discard_mail(mail *link)
+{
+    gateway_mail_free((gateway_mail *)link);
+}
+
+/* ---- life cycle ------------------------------------------------------------------------ */
+
+worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
+{
+    const config *cfg = shared->cfg;
+    worker *w = calloc(1, sizeof(*w));
+    if (!w) {
+        close(listen_fd);
+        return NULL;
+    }
+    w->shared = *shared;
+    w->cfg = cfg;
+    w->index = index;
+    w->tokenreview_cache = shared->tokenreview_cache;
+    w->sar_cache = shared->sar_cache;
+    atomic_init(&w->requests_waiting, 0);
+    atomic_init(&w->connections, 0);
+    w->base = event_base_new();
+    if (!w->base) goto fail_fd;
+    w->keyer = cache_keyer_clone(shared->keyer);
+    w->inbox = mailbox_new(w->base, worker_deliver, w);
+    w->adopt_event = event_new(w->base, -1, 0, adopt_new_connections, w);
+    w->http = evhttp_new(w->base);
+    if (!w->keyer || !w->inbox || !w->adopt_event || !w->http) goto fail_fd;
+    if (config_proxy_mode(cfg)) {
+        upstream_options uo = {
+            .url = cfg->upstream,
+            .ca_file = cfg->upstream_ca,
+            .timeout_ms = cfg->upstream_timeout_ms,
+            .max_connections = shared->upstream_max_connections,
+            .keep_authorization = cfg->upstream_keep_authorization,
+            .listener_tls = cfg->tls_cert_file != NULL,
+            .client_closecb = on_connection_closed,
+            .client_closecb_arg = w,
+        };
+        w->upstream = upstream_new(w->base, &uo);
+        if (!w->upstream) goto fail_fd;
+    }
+    if (config_policy_enabled(cfg)) {
+        policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
+                                .max_memory_bytes = cfg->policy_max_memory_bytes};
+        char err[1024];
+        w->policy = policy_host_new(shared->custom, &limits);
+        if (!w->policy) goto fail_fd;
+        if (policy_host_load(w->policy, cfg->policy, err, sizeof(err)) != 0) {
+            log_error("policy load failed on a worker", "error", err, NULL);
+            goto fail_fd;
+        }
+    }
+    /* authz mode: auth_request / ext_authz / forwardAuth send any method, rarely a body.
+     * Proxy mode: the same methods (never CONNECT or TRACE) and bodies up to
+     * --max-body-bytes, buffered whole by evhttp before the request is authorized. */
+    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_max_headers_size(w->http, (ev_ssize_t)(cfg->max_token_bytes + 32768));
+    if (w->upstream) {
+        evhttp_set_max_body_size(w->http, (ev_ssize_t)cfg->max_body_bytes);
+        /* Read (and drop) an oversized body before answering 413, so the client gets the
+         * 413 rather than a reset; an upstream answer without Content-Type keeps none. */
+        evhttp_set_flags(w->http, EVHTTP_SERVER_LINGERING_CLOSE);
+        evhttp_set_default_content_type(w->http, NULL);
+    } else {
+        evhttp_set_max_body_size(w->http, MAIN_MAX_BODY_BYTES);
+    }
+    /* evhttp 2.1 has no separate header deadline: this inactivity timeout, the header
+     * size bound and the body bound are what limit a slow or oversized client. */
+    struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(w->http, &read_timeout);
+    evhttp_set_gencb(w->http, authz_handle, w);
+    evhttp_set_bevcb(w->http, new_connection_bufferevent, w);
+    w->bound = evhttp_accept_socket_with_handle(w->http, listen_fd);
+    if (!w->bound) goto fail_fd;
+    return w;
+fail_fd:
+    if (!w->bound) close(listen_fd);
+    worker_free(w);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int worker_start(worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return -1;
+    w->thread_started = true;
+    return 0;
+}
+
+void worker_post(worker *w, gateway_mail *m)
+{
+    mailbox_post(w->inbox, &m->link);
+}
+
+void worker_join(worker *w)
+{
+    if (!w->thread_started) return;
+    pthread_join(w->thread, NULL);
+    w->thread_started = false;
+}
+
+void worker_free(worker *w)
+{
+    if (!w) return;
+    /* Connections first: evhttp_free ends proxied requests still running (their close
+     * callbacks still find the worker, and must not resume a listener evhttp frees). */
+    w->shutting_down = true;
+    w->bound = NULL;
+    if (w->http) evhttp_free(w->http);
+    upstream_free(w->upstream);
+    /* --shutdown-grace ran out: requests still waiting for a review went with evhttp. */
+    while (w->waiting) authz_request_free(w->waiting);
+    mailbox_free(w->inbox, discard_mail);
+    for (size_t i = 0; i < w->n_adopt; i++) bufferevent_decref(w->adopt[i]);
+    if (w->adopt_event) event_free(w->adopt_event);
+    policy_host_free(w->policy);
+    cache_keyer_free(w->keyer);
+    if (w->base) event_base_free(w->base);
+    free(w);
+}
+
+size_t worker_requests_waiting(const worker *w)
+{
+    return atomic_load_explicit(&w->requests_waiting, memory_order_relaxed);
+}
+
+void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_served, size_t *connections)
+{
+    metrics_add(sum, &w->metrics);
+    *stale_served += w->stale_served;
+    *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
+}
+
+uint64_t worker_requests_answered(const worker *w)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < sizeof(w->metrics.requests_by_code) / sizeof(w->metrics.requests_by_code[0]); i++)
+        n += w->metrics.requests_by_code[i];
+    return n;
+}
