@@ -544,6 +544,22 @@ static void control_deliver(mail *link, void *arg)
     m->prev = NULL;
     if (srv->on_flights) srv->on_flights->prev = m;
     srv->on_flights = m;
+    /* The worker's lookup missed, but a flight may have finished since (it caches before
+     * it wakes its waiters, both on this thread): then the verdict is here and no call is
+     * needed. This is what keeps single-flight exact across threads. */
+    unsigned char value[TOKEN_CACHE_VALUE_MAX];
+    size_t value_len = 0;
+    token_cache_result cached =
+        token_cache_lookup(kind->cache, &m->rr.key, monotonic_ms(), value, sizeof(value), &value_len, NULL);
+    if (cached == TOKEN_CACHE_HIT_POSITIVE || cached == TOKEN_CACHE_HIT_NEGATIVE) {
+        kind->metrics->coalesced++;
+        review_outcome outcome = {.verdict = cached == TOKEN_CACHE_HIT_POSITIVE ? REVIEW_POSITIVE : REVIEW_NEGATIVE,
+                                  .error = API_ERROR_NONE, .value = value, .value_len = value_len,
+                                  .reason = "cached"};
+        review_mail_done(&outcome, m); /* unlinks it and sends it back */
+        OPENSSL_cleanse(value, value_len);
+        return;
+    }
     if (review_join(srv->reviews, kind, &m->rr.key, &m->waiter)) {
         /* The running flight has its own body: this one is not needed. */
         OPENSSL_cleanse(m->rr.body, m->rr.body_len);
