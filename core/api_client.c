@@ -303,43 +303,32 @@ size_t api_client_in_flight(const api_client *client)
     return client->in_flight;
 }
 
-int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
-                    api_done_fn done, void *arg)
+int api_client_prepare(api_client *client, CURL *e, const char *path, const char *const *extra_headers,
+                       size_t n_extra, struct curl_slist **headers_out)
 {
-    api_call *call = calloc(1, sizeof(*call));
-    if (!call) return -1;
-    call->client = client;
-    call->done = done;
-    call->arg = arg;
-    clock_gettime(CLOCK_MONOTONIC, &call->started);
-    if (refresh_credential(client) != 0) goto err;
-
-    char url[2048];
-    if ((size_t)snprintf(url, sizeof(url), "%s%s", client->server_url, path) >= sizeof(url)) goto err;
+    struct curl_slist *headers = NULL;
+    *headers_out = NULL;
+    if (refresh_credential(client) != 0) return -1;
+    char url[4096];
+    if ((size_t)snprintf(url, sizeof(url), "%s%s", client->server_url, path) >= sizeof(url)) return -1;
     if (client->credential_len) { /* none when a client certificate alone authenticates */
         char auth[CREDENTIAL_MAX + 32];
         snprintf(auth, sizeof(auth), "Authorization: Bearer %.*s", (int)client->credential_len, client->credential);
-        call->headers = curl_slist_append(NULL, auth);
+        headers = curl_slist_append(NULL, auth);
         OPENSSL_cleanse(auth, sizeof(auth));
-        if (!call->headers) goto err;
+        if (!headers) return -1;
     }
-    /* "Expect:" disables 100-continue: it costs a round trip per review. */
-    static const char *const fixed_headers[] = {"Content-Type: application/json", "Accept: application/json",
-                                                "Expect:"};
-    for (size_t i = 0; i < sizeof(fixed_headers) / sizeof(fixed_headers[0]); i++) {
-        struct curl_slist *more = curl_slist_append(call->headers, fixed_headers[i]);
-        if (!more) goto err;
-        call->headers = more;
+    for (size_t i = 0; i < n_extra; i++) {
+        struct curl_slist *more = curl_slist_append(headers, extra_headers[i]);
+        if (!more) {
+            api_client_free_headers(headers);
+            return -1;
+        }
+        headers = more;
     }
-
-    call->easy = curl_easy_init();
-    if (!call->easy) goto err;
-    CURL *e = call->easy;
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_URL, url); /* libcurl copies the URL */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     /* Trust the configured CA and nothing else: libcurl's default CApath (/etc/ssl/certs on
      * Debian) would add every system root, with CAINFO and with CAINFO_BLOB alike. */
     curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
@@ -372,14 +361,57 @@ int api_client_post(api_client *client, const char *path, const char *body, size
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L); /* prefer multiplexing on an existing h2 connection */
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : client->timeout_ms));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "tokengate");
+    *headers_out = headers;
+    return 0;
+}
+
+void api_client_free_headers(struct curl_slist *headers)
+{
+    wipe_headers(headers);
+}
+
+void api_client_note_status(api_client *client, long status)
+{
+    if (status == 401 && client->token_file) {
+        /* The gateway's own credential was refused: re-read the file before the next call. */
+        client->credential_stale = true;
+        log_error("the API server refused the gateway's credential (401); re-reading it", "path", client->token_file,
+                  NULL);
+    } else if (status == 401) {
+        log_error("the API server refused the gateway's credential (401); an inline kubeconfig token or a client "
+                  "certificate cannot be re-read: fix the kubeconfig and restart",
+                  NULL);
+    }
+}
+
+int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
+                    api_done_fn done, void *arg)
+{
+    api_call *call = calloc(1, sizeof(*call));
+    if (!call) return -1;
+    call->client = client;
+    call->done = done;
+    call->arg = arg;
+    clock_gettime(CLOCK_MONOTONIC, &call->started);
+    call->easy = curl_easy_init();
+    if (!call->easy) goto err;
+    CURL *e = call->easy;
+    /* "Expect:" disables 100-continue: it costs a round trip per review. */
+    static const char *const fixed_headers[] = {"Content-Type: application/json", "Accept: application/json",
+                                                "Expect:"};
+    if (api_client_prepare(client, e, path, fixed_headers, sizeof(fixed_headers) / sizeof(fixed_headers[0]),
+                           &call->headers) != 0)
+        goto err;
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : client->timeout_ms));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->curl_error);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "tokengate");
     call->transfer = (curl_loop_transfer){.done = on_call_done, .owner = call};
     if (curl_loop_add(client->loop, e, &call->transfer) != 0) goto err;
     call->next = client->calls;
@@ -423,16 +455,7 @@ static void finish_call(api_client *client, api_call *call, CURLcode code)
         snprintf(detail, sizeof(detail), "%s", call->curl_error[0] ? call->curl_error : curl_easy_strerror(code));
     else
         snprintf(detail, sizeof(detail), "HTTP %ld", status);
-    if (status == 401 && client->token_file) {
-        /* The gateway's own credential was refused: re-read the file before the next call. */
-        client->credential_stale = true;
-        log_error("the API server refused the gateway's credential (401); re-reading it", "path", client->token_file,
-                  NULL);
-    } else if (status == 401) {
-        log_error("the API server refused the gateway's credential (401); an inline kubeconfig token or a client "
-                  "certificate cannot be re-read: fix the kubeconfig and restart",
-                  NULL);
-    }
+    api_client_note_status(client, status);
     client->in_flight--;
     if (client->observe) client->observe(&response, client->observe_arg);
     call->done(&response, call->arg);

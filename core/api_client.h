@@ -10,6 +10,7 @@
 
 #include "metrics.h"
 
+#include <curl/curl.h>
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,6 +68,28 @@ void api_client_free(api_client *client);
  * credential file is unreadable. */
 int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
                     api_done_fn done, void *arg);
+
+/* For other requests to the API server made by the client's owner on the same thread (the
+ * revocation watch's lists and watches, on its own curl_loop): sets up easy exactly as
+ * api_client_post's calls are — URL server_url + path (path includes any query; https only),
+ * the configured CA and nothing else, the client certificate, peer and host verification,
+ * HTTP/2 over TLS, no signals, the User-Agent — and a new header list holding the bearer
+ * credential (the token file is re-read when it changed or after a 401) followed by the
+ * n_extra extra_headers, set as CURLOPT_HTTPHEADER and returned in *headers (NULL when
+ * there is nothing to send). The caller sets the method, callbacks and timeouts; after
+ * curl_easy_cleanup(easy) it frees *headers with api_client_free_headers, which wipes the
+ * credential. easy borrows the client's CA and key bytes: the client must outlive it.
+ * Returns 0, or -1 (nothing to free; logged when the credential is unreadable) when the
+ * credential cannot be read, the URL is too long or memory runs out. */
+int api_client_prepare(api_client *client, CURL *easy, const char *path, const char *const *extra_headers,
+                       size_t n_extra, struct curl_slist **headers);
+
+/* Frees (and wipes) a header list made by api_client_prepare. NULL is ignored. */
+void api_client_free_headers(struct curl_slist *headers);
+
+/* Tells the client the HTTP status a prepared request got: a 401 is logged and makes the
+ * client re-read its credential file before the next request. Other statuses are ignored. */
+void api_client_note_status(api_client *client, long http_status);
 
 /* The event base the client runs on. */
 struct event_base *api_client_base(const api_client *client);

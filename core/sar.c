@@ -355,3 +355,31 @@ done:
         free(attr_buf);
     return rc;
 }
+
+size_t sar_cache_value_pack(const unsigned char *identity, size_t identity_len, const char *reason, size_t reason_len,
+                            unsigned char *out, size_t cap)
+{
+    if (cap < 4) return 0;
+    if (reason_len > cap - 4) reason_len = cap - 4;
+    if (identity_len > cap - 4 - reason_len) identity_len = 0; /* does not fit: evicted by any revocation */
+    out[0] = (unsigned char)(identity_len & 0xff);
+    out[1] = (unsigned char)((identity_len >> 8) & 0xff);
+    out[2] = (unsigned char)((identity_len >> 16) & 0xff);
+    out[3] = (unsigned char)((identity_len >> 24) & 0xff);
+    if (identity_len) memcpy(out + 4, identity, identity_len);
+    if (reason_len) memcpy(out + 4 + identity_len, reason, reason_len);
+    return 4 + identity_len + reason_len;
+}
+
+int sar_cache_value_unpack(const unsigned char *value, size_t value_len, const unsigned char **identity,
+                           size_t *identity_len, const char **reason, size_t *reason_len)
+{
+    if (value_len < 4) return -1;
+    size_t n = (size_t)value[0] | (size_t)value[1] << 8 | (size_t)value[2] << 16 | (size_t)value[3] << 24;
+    if (n > value_len - 4) return -1;
+    *identity = value + 4;
+    *identity_len = n;
+    *reason = (const char *)value + 4 + n;
+    *reason_len = value_len - 4 - n;
+    return 0;
+}

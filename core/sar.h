@@ -95,4 +95,16 @@ sar_result sar_parse_response(const char *body, size_t body_len, char *reason, s
 int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar_attributes *attrs,
                   cache_key *out);
 
+/* What the SubjectAccessReview cache keeps per verdict: the packed identity it was asked
+ * for (so a revoked identity's verdicts can be found and evicted) followed by the denial
+ * reason (empty when allowed). Layout: le32 identity length | identity | reason.
+ * sar_cache_value_pack writes at most cap bytes and returns the length; when the identity
+ * does not fit beside the reason, it is left out (length 0) and such an entry is evicted
+ * by every revocation (sar_cache_value_unpack reports identity_len 0). */
+size_t sar_cache_value_pack(const unsigned char *identity, size_t identity_len, const char *reason, size_t reason_len,
+                            unsigned char *out, size_t cap);
+/* Splits a value made by sar_cache_value_pack. Returns 0, or -1 when it is malformed. */
+int sar_cache_value_unpack(const unsigned char *value, size_t value_len, const unsigned char **identity,
+                           size_t *identity_len, const char **reason, size_t *reason_len);
+
 #endif

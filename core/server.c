@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "review.h"
+#include "revocation_watch.h"
 #include "sar.h"
 #include "tls_server.h"
 #include "token_cache.h"
@@ -80,7 +81,55 @@ typedef struct server {
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
+    revocation_watch *revocations; /* --watch-revocations; NULL when off */
 } server;
+
+/* ---- revocations (--watch-revocations, docs/REVOCATION.md) ---------------------------- */
+
+static bool revoked_identity(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    identity_view view;
+    if (negative || identity_view_parse(value, value_len, &view) != 0) return false;
+    return revocation_target_matches(ctx, &view);
+}
+
+/* A SubjectAccessReview verdict goes with its identity; one whose identity could not be
+ * kept (sar_cache_value_pack) goes with every revocation — fail closed. */
+static bool revoked_sar_verdict(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    (void)negative;
+    const unsigned char *identity;
+    size_t identity_len, reason_len;
+    const char *reason;
+    identity_view view;
+    if (sar_cache_value_unpack(value, value_len, &identity, &identity_len, &reason, &reason_len) != 0 ||
+        identity_len == 0 || identity_view_parse(identity, identity_len, &view) != 0)
+        return true;
+    return revocation_target_matches(ctx, &view);
+}
+
+static size_t on_revoked(void *arg, const revocation_target *target)
+{
+    server *srv = arg;
+    size_t n = token_cache_flush_matching(srv->tokenreview_cache, revoked_identity, (void *)target);
+    return n + token_cache_flush_matching(srv->sar_cache, revoked_sar_verdict, (void *)target);
+}
+
+static bool collect_identity(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    identity_view view;
+    if (!negative && identity_view_parse(value, value_len, &view) == 0) revocation_collector_add(ctx, &view);
+    return false; /* only looking */
+}
+
+/* Before a relist: every identity cached now, so the ones whose ServiceAccount or Pod is
+ * missing from the list (deleted while nobody watched) can be evicted. */
+static void on_collect(void *arg, revocation_kind kind, revocation_collector *collector)
+{
+    (void)kind;
+    server *srv = arg;
+    token_cache_flush_matching(srv->tokenreview_cache, collect_identity, collector);
+}
 
 static int64_t monotonic_ms(void)
 {
@@ -94,7 +143,11 @@ static int64_t tokenreview_policy_ttl(void *ctx, const unsigned char *value, siz
 {
     server *srv = ctx;
     identity_view view;
-    if (!srv->policy || identity_view_parse(value, value_len, &view) != 0) return default_ms;
+    if (identity_view_parse(value, value_len, &view) != 0) return default_ms;
+    /* A review answered just before its ServiceAccount or Pod was deleted, arriving after
+     * the eviction: answered, but not cached. */
+    if (srv->revocations && revocation_watch_recently_revoked(srv->revocations, &view)) return 0;
+    if (!srv->policy) return default_ms;
     int64_t ttl_ms = 0;
     char err[512];
     switch (policy_ttl(srv->policy, &view, &ttl_ms, err, sizeof(err))) {
@@ -143,16 +196,16 @@ static void tokenreview_parse(const char *body, size_t body_len, const void *par
 static void sar_parse(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
                       review_parsed *out)
 {
-    (void)parse_arg;
+    const sar_parse_arg *arg = parse_arg;
     switch (sar_parse_response(body, body_len, out->reason, sizeof(out->reason))) {
     case SAR_ALLOWED:
         out->verdict = REVIEW_POSITIVE;
-        out->value_len = 0;
+        out->value_len = sar_cache_value_pack(arg->identity, arg->identity_len, NULL, 0, value, TOKEN_CACHE_VALUE_MAX);
         break;
     case SAR_DENIED:
         out->verdict = REVIEW_NEGATIVE;
-        out->value_len = strlen(out->reason);
-        memcpy(value, out->reason, out->value_len);
+        out->value_len = sar_cache_value_pack(arg->identity, arg->identity_len, out->reason, strlen(out->reason), value,
+                                              TOKEN_CACHE_VALUE_MAX);
         break;
     case SAR_BAD_RESPONSE:
         out->verdict = REVIEW_ERROR;
@@ -273,6 +326,7 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         worker_add_metrics(srv->workers[i], &sum, &g.stale_served, &g.connections_open);
     struct evbuffer *buf = evbuffer_new();
     int rc = !buf || metrics_render(buf, &sum, &g) != 0;
+    if (!rc && srv->revocations) rc = revocation_watch_render_metrics(srv->revocations, buf) != 0;
     if (!rc) {
         /* How evenly the kernel spreads connections over the workers' sockets. */
         rc |= evbuffer_add_printf(buf, "# HELP gateway_worker_requests_total Requests answered, by worker.\n"
@@ -389,7 +443,14 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/readyz") == 0) {
         if (srv->shutting_down) admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
         else if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
-        else admin_simple(req, 200, "OK", "ok");
+        else if (srv->revocations) {
+            /* Ready either way: while the watch is down, entries live their normal TTL. */
+            char detail[512] = "ok\n";
+            revocation_watch_describe(srv->revocations, detail + 3, sizeof(detail) - 3);
+            admin_simple(req, 200, "OK", detail);
+        } else {
+            admin_simple(req, 200, "OK", "ok");
+        }
     } else if (strcmp(path, "/cache/flush") == 0) {
         admin_flush(srv, req);
     } else if (strcmp(path, "/policy") == 0) {
@@ -788,6 +849,7 @@ static void server_teardown(server *srv)
     srv->workers = NULL;
     srv->n_workers = 0;
     if (srv->admin_http) evhttp_free(srv->admin_http);
+    revocation_watch_free(srv->revocations);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     review_engine_free(srv->reviews); /* never calls the waiters, i.e. the mails below */
     while (srv->on_flights) {
@@ -972,6 +1034,16 @@ int server_run(const config *cfg, const apiserver_settings *api)
         goto join;
     }
 
+    if (cfg->watch_revocations) {
+        revocation_watch_options ro = {.api = &ao, .watch_pods = cfg->watch_pods, .evict = on_revoked,
+                                       .collect = on_collect, .ctx = srv};
+        srv->revocations = revocation_watch_new(srv->base, &ro);
+        if (!srv->revocations) {
+            log_error("cannot start the revocation watch", NULL);
+            stop_now(srv);
+            goto join;
+        }
+    }
     struct timeval now = {0, 0};
     evtimer_add(srv->probe_timer, &now);
     char workers[16];

@@ -288,6 +288,20 @@ static void reply_forbidden(worker *w, struct evhttp_request *req, const struct 
     reply(w, req, started, 403, "Forbidden", body);
 }
 
+/* A denied SubjectAccessReview verdict as cached: its reason follows the identity. */
+static void reply_forbidden_cached(worker *w, struct evhttp_request *req, const struct timespec *started,
+                                   const unsigned char *value, size_t value_len)
+{
+    const unsigned char *identity;
+    size_t identity_len, reason_len;
+    const char *reason;
+    if (sar_cache_value_unpack(value, value_len, &identity, &identity_len, &reason, &reason_len) != 0) {
+        reason = "denied";
+        reason_len = strlen(reason);
+    }
+    reply_forbidden(w, req, started, reason, reason_len);
+}
+
 static void reply_policy_error(worker *w, struct evhttp_request *req, const struct timespec *started,
                                const char *hook, const char *message)
 {
@@ -462,7 +476,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
         answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
         break;
     case REVIEW_NEGATIVE:
-        reply_forbidden(ar->w, ar->req, &ar->started, (const char *)outcome->value, outcome->value_len);
+        reply_forbidden_cached(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
         break;
     case REVIEW_ERROR:
         reply_unavailable(ar->w, ar->req, &ar->started, outcome->retry_after_s,
@@ -513,7 +527,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
-        reply_forbidden(w, req, started, (const char *)value, value_len);
+        reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
     case TOKEN_CACHE_MISS:
@@ -528,6 +542,16 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
     review_request rr = {.key = key};
     rr.positive_ttl_ms = rr.positive_ttl_cap_ms = w->cfg->sar_allowed_ttl_ms;
     rr.negative_ttl_ms = w->cfg->sar_denied_ttl_ms;
+    sar_parse_arg *identity = malloc(sizeof(*identity) + packed_len);
+    if (!identity) {
+        authz_request_free(ar);
+        reply_unavailable(w, req, started, 1, "out of memory");
+        return;
+    }
+    identity->identity_len = packed_len;
+    memcpy(identity->identity, packed, packed_len);
+    rr.parse_arg = identity;
+    rr.parse_arg_free = free;
     cache_key_id(&key, rr.token_id);
     rr.body = sar_request_body(view, attrs, &rr.body_len);
     if (!rr.body) {

@@ -94,6 +94,13 @@ typedef struct gateway_mail {
     char reason[256];
 } gateway_mail;
 
+/* What the SubjectAccessReview parser needs: the packed identity the question was asked
+ * for, which the cached verdict keeps (sar_cache_value_pack) so revocations can find it. */
+typedef struct sar_parse_arg {
+    size_t identity_len;
+    unsigned char identity[];
+} sar_parse_arg;
+
 /* Frees a mail and whatever it still owns (body wiped, value wiped). */
 void gateway_mail_free(gateway_mail *m);
 

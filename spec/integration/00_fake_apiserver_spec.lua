@@ -400,3 +400,293 @@ describe("fake kube-apiserver", function()
     end)
   end)
 end)
+
+-- ServiceAccounts and Pods: list (pagination), watch (HTTP/1.1 chunked and HTTP/2), the
+-- revocation of tokens by deletions, 410 Gone and the control knobs the revocation watch
+-- specs (08_revocation_spec.lua) turn. The model: kube-apiserver 1.26's captured lists and
+-- watches (list-serviceaccounts-page.json, watch-*.jsonl).
+describe("fake kube-apiserver: ServiceAccounts, Pods and watches", function()
+  local f
+  local POD_UID = "872f8d49-620a-4db7-83b4-39cbb8cf4aed"
+  local TOKENS = {
+    { token = "tok-sender", username = "system:serviceaccount:team-a:webhook-sender",
+      uid = "84aa73c3-2ab6-4096-82bf-62bbbc52c53a" },
+    { token = "tok-sender-pod", username = "system:serviceaccount:team-a:webhook-sender",
+      uid = "84aa73c3-2ab6-4096-82bf-62bbbc52c53a",
+      extra = { ["authentication.kubernetes.io/pod-name"] = { "hook-pod" },
+                ["authentication.kubernetes.io/pod-uid"] = { POD_UID } } },
+    { token = "tok-gateway", username = "system:serviceaccount:gateway-system:gateway", uid = "uid-gateway" },
+    { token = "tok-jane", username = "jane@example.com" },
+  }
+
+  -- Runs a watch with curl in the background; returns a handle for watch_result().
+  local function watch_in_background(resource, query, args)
+    local base = os.tmpname()
+    os.execute("(" .. f:watch_command(resource, query, args) .. " >" .. proc.quote(base .. ".out") .. " 2>" ..
+      proc.quote(base .. ".err") .. "; echo $? >" .. proc.quote(base .. ".rc") .. ") </dev/null >/dev/null 2>&1 &")
+    return base
+  end
+
+  -- Waits for the background curl to end: { rc, head (status line and headers), events }.
+  local function watch_result(base, timeout_s)
+    wait_until("the watch to end", function() return proc.read_file(base .. ".rc") end, timeout_s or 10)
+    local out = proc.read_file(base .. ".out") or ""
+    local res = { rc = tonumber(proc.read_file(base .. ".rc")), raw = out, events = {},
+      err = proc.read_file(base .. ".err") }
+    local head, body = out:match("^(.-)\r\n\r\n(.*)$")
+    res.head, res.body = head or out, body or ""
+    if res.head:match("^HTTP/%S+ 200") then -- a watch body: one event a line
+      for line in res.body:gmatch("[^\n]+") do res.events[#res.events + 1] = cjson.decode(line) end
+    end
+    for _, suffix in ipairs{ ".out", ".err", ".rc", "" } do os.remove(base .. suffix) end
+    return res
+  end
+
+  local function wait_watches(n)
+    wait_until(n .. " open watches", function() return f:cluster().watches >= n end)
+  end
+
+  local function names(events)
+    local out = {}
+    for _, e in ipairs(events) do
+      out[#out + 1] = e.type .. " " .. (e.object.metadata.namespace or "") .. "/" .. (e.object.metadata.name or "")
+    end
+    return out
+  end
+
+  setup(function()
+    f = fake.start{ tokens = TOKENS }
+  end)
+
+  teardown(function()
+    if f then f:stop() end
+  end)
+
+  before_each(function()
+    f:reset()
+  end)
+
+  it("lists the ServiceAccounts and Pods the token table names", function()
+    local res = f:list("serviceaccounts")
+    assert.are.equal(200, res.status)
+    assert.are.equal("ServiceAccountList", res.json.kind)
+    assert.is_truthy(tonumber(res.json.metadata.resourceVersion))
+    local seen = {}
+    for _, item in ipairs(res.json.items) do seen[item.metadata.namespace .. "/" .. item.metadata.name] = item.metadata.uid end
+    assert.are.equal("84aa73c3-2ab6-4096-82bf-62bbbc52c53a", seen["team-a/webhook-sender"])
+    assert.are.equal("uid-gateway", seen["gateway-system/gateway"])
+    local pods = f:list("pods").json
+    assert.are.equal("PodList", pods.kind)
+    assert.are.equal(1, #pods.items)
+    assert.are.equal(POD_UID, pods.items[1].metadata.uid)
+    assert.are.equal("hook-pod", pods.items[1].metadata.name)
+    assert.are.equal("webhook-sender", pods.items[1].spec.serviceAccountName)
+  end)
+
+  it("requires the caller's credential for lists and watches", function()
+    assert.are.equal(401, f:list("serviceaccounts", nil, { credential = "wrong" }).status)
+    local out = proc.run((f:watch_command("pods", "", "--max-time 2"):gsub("Bearer [^']*", "Bearer wrong")))
+    assert.matches("HTTP/%S+ 401", out)
+  end)
+
+  it("pages lists with limit and continue, in key order, as a real API server", function()
+    for i = 1, 5 do f:create_serviceaccount("paging", "sa-" .. i) end
+    local all = f:list("serviceaccounts").json
+    local got, pages, query = {}, 0, "limit=2"
+    local rv
+    repeat
+      local page = f:list("serviceaccounts", query).json
+      pages = pages + 1
+      rv = rv or page.metadata.resourceVersion
+      assert.are.equal(rv, page.metadata.resourceVersion) -- every page names the first's
+      assert.is_true(#page.items <= 2)
+      for _, item in ipairs(page.items) do got[#got + 1] = item.metadata.namespace .. "/" .. item.metadata.name end
+      if page.metadata.continue then
+        assert.is_truthy(page.metadata.remainingItemCount)
+        query = "limit=2&continue=" .. page.metadata.continue
+      end
+    until not page.metadata.continue
+    local want = {}
+    for _, item in ipairs(all.items) do want[#want + 1] = item.metadata.namespace .. "/" .. item.metadata.name end
+    assert.are.same(want, got)
+    assert.are.equal(math.ceil(#want / 2), pages)
+    local sorted = { unpack(want) }
+    table.sort(sorted)
+    assert.are.same(sorted, want)
+  end)
+
+  for _, proto in ipairs{ { "HTTP/1.1", "--http1.1" }, { "HTTP/2", "--http2" } } do
+    it("streams watch events over " .. proto[1] .. ", one JSON object a line", function()
+      local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+      local w = watch_in_background("serviceaccounts", "resourceVersion=" .. rv .. "&allowWatchBookmarks=true",
+        proto[2] .. " --max-time 3")
+      wait_watches(1)
+      local created = f:create_serviceaccount("team-w", "watch-demo")
+      assert.are.equal(1, f:send_bookmarks())
+      local deleted = f:delete_serviceaccount("team-w", "watch-demo").deleted
+      local res = watch_result(w)
+      assert.are.equal(28, res.rc) -- curl's --max-time: the watch was still open
+      if proto[1] == "HTTP/1.1" then
+        assert.matches("^HTTP/1.1 200", res.head)
+        assert.matches("Transfer%-Encoding: chunked", res.head)
+      else
+        assert.matches("^HTTP/2 200", res.head)
+      end
+      assert.matches("content%-type: application/json", res.head:lower())
+      assert.are.same({ "ADDED team-w/watch-demo", "BOOKMARK /", "DELETED team-w/watch-demo" }, names(res.events))
+      assert.are.equal(created.metadata.uid, res.events[3].object.metadata.uid)
+      assert.are.equal("ServiceAccount", res.events[3].object.kind)
+      assert.are.equal(deleted.metadata.resourceVersion, res.events[3].object.metadata.resourceVersion)
+      local bookmark_rv = tonumber(res.events[2].object.metadata.resourceVersion)
+      assert.is_true(bookmark_rv >= tonumber(res.events[1].object.metadata.resourceVersion))
+      assert.is_true(tonumber(res.events[3].object.metadata.resourceVersion) > bookmark_rv)
+    end)
+  end
+
+  it("replays what happened after a resourceVersion, and everything without one", function()
+    local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+    f:create_serviceaccount("team-r", "later")
+    f:delete_serviceaccount("team-r", "later")
+    local res = watch_result(watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--max-time 1"))
+    assert.are.same({ "ADDED team-r/later", "DELETED team-r/later" }, names(res.events))
+    res = watch_result(watch_in_background("serviceaccounts", "", "--max-time 1"))
+    local n = #f:list("serviceaccounts").json.items
+    assert.are.equal(n, #res.events)
+    for _, e in ipairs(res.events) do assert.are.equal("ADDED", e.type) end
+  end)
+
+  it("revokes a deleted ServiceAccount's tokens, and a deleted Pod's bound tokens only", function()
+    f:create_serviceaccount("team-d", "doomed", "uid-doomed")
+    f:create_pod{ namespace = "team-d", name = "doomed-pod", uid = "uid-doomed-pod", serviceaccount = "doomed" }
+    f:reload{ TOKENS[1], TOKENS[2], TOKENS[3], TOKENS[4],
+      { token = "tok-doomed", username = "system:serviceaccount:team-d:doomed", uid = "uid-doomed" },
+      { token = "tok-doomed-pod", username = "system:serviceaccount:team-d:doomed", uid = "uid-doomed",
+        extra = { ["authentication.kubernetes.io/pod-name"] = { "doomed-pod" },
+                  ["authentication.kubernetes.io/pod-uid"] = { "uid-doomed-pod" } } } }
+    assert.is_true(f:review("tok-doomed").json.status.authenticated)
+    assert.is_true(f:review("tok-doomed-pod").json.status.authenticated)
+
+    local rv = f:list("pods").json.metadata.resourceVersion
+    f:delete_pod("team-d", "doomed-pod")
+    local status = f:review("tok-doomed-pod").json.status
+    assert.is_nil(status.authenticated)
+    assert.are.equal("[invalid bearer token, service account token has been invalidated]", status.error)
+    assert.is_true(f:review("tok-doomed").json.status.authenticated)
+    -- As the capture of a force-deleted pod: MODIFIED (deletionTimestamp), then DELETED.
+    local res = watch_result(watch_in_background("pods", "resourceVersion=" .. rv, "--max-time 1"))
+    assert.are.same({ "MODIFIED team-d/doomed-pod", "DELETED team-d/doomed-pod" }, names(res.events))
+    assert.is_truthy(res.events[1].object.metadata.deletionTimestamp)
+
+    f:delete_serviceaccount("team-d", "doomed")
+    status = f:review("tok-doomed").json.status
+    assert.is_nil(status.authenticated)
+    assert.are.equal('[invalid bearer token, serviceaccounts "doomed" not found]', status.error)
+    -- Recreated under the same name, it is another object: the old tokens stay revoked.
+    f:create_serviceaccount("team-d", "doomed", "uid-doomed-2")
+    assert.is_nil(f:review("tok-doomed").json.status.authenticated)
+    -- A reload does not bring deleted objects back for tokens the table already had.
+    f:reload()
+    assert.is_nil(f:review("tok-doomed-pod").json.status.authenticated)
+    assert.is_true(f:review("tok-jane").json.status.authenticated) -- not a ServiceAccount: never revoked
+  end)
+
+  it("answers a compacted resourceVersion with an ERROR 410 event, or HTTP 410 with watch_gone_http", function()
+    local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+    f:compact()
+    local res = watch_result(watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--max-time 3"))
+    assert.are.equal(0, res.rc) -- the server ended the body after the error
+    assert.matches("^HTTP/%S+ 200", res.head)
+    assert.are.equal(1, #res.events)
+    assert.are.equal("ERROR", res.events[1].type)
+    assert.are.same({ "Status", 410, "Expired" },
+      { res.events[1].object.kind, res.events[1].object.code, res.events[1].object.reason })
+    assert.matches("too old resource version: " .. rv, res.events[1].object.message)
+
+    f:config{ watch_gone_http = true }
+    res = watch_result(watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--max-time 3"))
+    assert.matches("^HTTP/%S+ 410", res.head)
+    assert.are.equal("Expired", cjson.decode(res.body).reason)
+    -- The next list's resourceVersion is valid again.
+    local fresh = f:list("serviceaccounts").json.metadata.resourceVersion
+    res = watch_result(watch_in_background("serviceaccounts", "resourceVersion=" .. fresh, "--max-time 1"))
+    assert.are.equal(28, res.rc)
+    assert.matches("^HTTP/%S+ 200", res.head)
+  end)
+
+  it("answers an expired continue token with 410", function()
+    f:create_serviceaccount("team-c", "one")
+    f:create_serviceaccount("team-c", "two")
+    local page = f:list("serviceaccounts", "limit=1").json
+    f:compact()
+    local res = f:list("serviceaccounts", "limit=1&continue=" .. page.metadata.continue)
+    assert.are.equal(410, res.status)
+    assert.are.equal("Expired", res.json.reason)
+  end)
+
+  it("expires, drops and ends open watches on demand", function()
+    local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+    local a = watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--http1.1 --max-time 5")
+    local b = watch_in_background("pods", "resourceVersion=" .. rv, "--http2 --max-time 5")
+    wait_watches(2)
+    assert.are.equal(1, f:expire_watches{ resource = "serviceaccounts" })
+    local res = watch_result(a)
+    assert.are.equal(0, res.rc)
+    assert.are.equal("ERROR", res.events[#res.events].type)
+    assert.are.equal(410, res.events[#res.events].object.code)
+    assert.are.equal(1, f:cluster().watches)
+    assert.are.equal(1, f:drop_watches())
+    res = watch_result(b)
+    assert.are_not.equal(0, res.rc) -- the connection was cut mid-body
+    assert.are_not.equal(28, res.rc)
+
+    local c = watch_in_background("pods", "", "--http1.1 --max-time 5")
+    wait_watches(1)
+    assert.are.equal(1, f:drop_watches{ graceful = true })
+    assert.are.equal(0, watch_result(c).rc) -- a clean end of the body
+
+    local d = watch_in_background("pods", "timeoutSeconds=1", "--http2 --max-time 5")
+    res = watch_result(d)
+    assert.are.equal(0, res.rc) -- timeoutSeconds: the server ends it
+  end)
+
+  it("answers lists and watches with watch_error_status while it is set", function()
+    f:config{ watch_error_status = 403 }
+    local res = f:list("pods")
+    assert.are.equal(403, res.status)
+    assert.matches('cannot list resource "pods"', res.json.message)
+    local out = proc.run(f:watch_command("serviceaccounts", "", "--max-time 2"))
+    assert.matches("HTTP/%S+ 403", out)
+    assert.matches('cannot watch resource', out)
+    f:config{ watch_error_status = 0 }
+    assert.are.equal(200, f:list("pods").status)
+    local stats = f:stats()
+    assert.is_true(stats.list_calls >= 2)
+    assert.is_true(stats.watch_calls >= 1)
+  end)
+
+  it("bulk-creates ServiceAccounts and sends them to open watches", function()
+    local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+    local w = watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--max-time 3")
+    wait_watches(1)
+    local before = f:cluster().serviceaccounts
+    local res = f:bulk_create_serviceaccounts(2000, "bulk-test")
+    assert.are.equal(2000, res.created)
+    assert.are.equal(before + 2000, res.serviceaccounts)
+    assert.are.equal(2000, #watch_result(w).events)
+    local page = f:list("serviceaccounts", "limit=500").json
+    assert.are.equal(500, #page.items)
+    assert.are.equal(before + 2000 - 500, page.metadata.remainingItemCount)
+  end)
+
+  it("restarts on the same address, with resourceVersions older than the restart too old", function()
+    local rv = f:list("serviceaccounts").json.metadata.resourceVersion
+    local addr = f.addr
+    f:restart()
+    assert.are.equal(addr, f.addr)
+    local res = watch_result(watch_in_background("serviceaccounts", "resourceVersion=" .. rv, "--max-time 3"))
+    assert.are.equal(410, res.events[1].object.code)
+    local fresh = f:list("serviceaccounts").json.metadata.resourceVersion
+    assert.is_true(tonumber(fresh) > tonumber(rv))
+    assert.is_true(f:review("tok-sender").json.status.authenticated)
+  end)
+end)

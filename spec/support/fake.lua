@@ -5,7 +5,19 @@
 --                         sar_rules = { { user = "*", verb = "get" } } }
 --   f.url, f.control_url, f.ca_file, f.credential, f.credential_file, f.dir
 --   f:config{ latency_ms = 200 }   f:stats()   f:reset_stats()   f:reset()
---   f:reload(new_tokens)           f:set_credential("new")       f:stop()
+--   f:reload(new_tokens)           f:set_credential("new")       f:stop()   f:restart()
+--
+-- ServiceAccounts and Pods (list/watch, see fake_cluster.c): every ServiceAccount token of
+-- the table has its ServiceAccount (uid = the user's uid), every token with extra
+-- authentication.kubernetes.io/pod-uid and pod-name its Pod.
+--   f:cluster()                                   resourceVersion, counts, open watches
+--   f:create_serviceaccount(ns, name, uid?)       f:delete_serviceaccount(ns, name)
+--   f:bulk_create_serviceaccounts(n, ns?)         f:create_pod{ namespace=, name=, uid=?, serviceaccount=? }
+--   f:delete_pod(ns, name)                        deleting revokes the related tokens
+--   f:drop_watches{ resource=?, graceful=? }      f:send_bookmarks{ resource=? }
+--   f:compact{ resource=? }                       f:expire_watches{ resource=? }
+--   f:list(resource, query)  -> http result with .json   (resource: "serviceaccounts"/"pods")
+--   f:watch_command(resource, query, args)         a curl command line streaming a watch
 --
 -- start() makes certificates (gen_certs.sh), a token file and a credential file in a
 -- private directory, runs the binary from the build tree and waits until both listeners
@@ -71,6 +83,7 @@ end
 
 -- Start a fake API server. opts: tokens (list), sar_rules (list), credential (string,
 -- random by default), dir (keep files there instead of a temporary directory),
+-- listen / control_listen (addresses, default 127.0.0.1:0),
 -- wrapper (argv list put in front, e.g. { "valgrind", "--error-exitcode=9" }; default:
 -- the words of $TOKENGATE_FAKE_WRAPPER, to run every spec's fake under a tool),
 -- timeout (seconds to wait for the listeners, default 10).
@@ -86,38 +99,75 @@ function fake.start(opts)
   self.tokens_file = self.dir .. "/tokens.json"
   self.credential_file = self.dir .. "/credential"
   self.credential = opts.credential or random_credential()
-  self.log = self.dir .. "/fake-apiserver.log"
   write_tokens(self, opts.tokens, opts.sar_rules)
   -- A trailing newline, as in a mounted token file; the fake trims it.
   proc.write_file(self.credential_file, self.credential .. "\n")
 
-  local argv = {}
-  local wrapper = opts.wrapper
-  if not wrapper and os.getenv("TOKENGATE_FAKE_WRAPPER") then
-    wrapper = {}
-    for word in os.getenv("TOKENGATE_FAKE_WRAPPER"):gmatch("%S+") do wrapper[#wrapper + 1] = word end
+  self.wrapper = opts.wrapper
+  if not self.wrapper and os.getenv("TOKENGATE_FAKE_WRAPPER") then
+    self.wrapper = {}
+    for word in os.getenv("TOKENGATE_FAKE_WRAPPER"):gmatch("%S+") do self.wrapper[#self.wrapper + 1] = word end
   end
-  for _, a in ipairs(wrapper or {}) do argv[#argv + 1] = a end
+  self.timeout = opts.timeout
+  self.runs = 0
+  local ok, err = pcall(self._spawn, self, opts.listen or "127.0.0.1:0", opts.control_listen or "127.0.0.1:0")
+  if not ok then
+    self:stop()
+    error(err, 0)
+  end
+  return self
+end
+
+-- Run the binary on the given addresses and wait for both listeners.
+function Fake:_spawn(listen, control_listen)
+  self.runs = self.runs + 1
+  -- One log per run, so that a restart's "listening" lines are its own.
+  self.log = self.dir .. (self.runs == 1 and "/fake-apiserver.log" or ("/fake-apiserver-" .. self.runs .. ".log"))
+  local argv = {}
+  for _, a in ipairs(self.wrapper or {}) do argv[#argv + 1] = a end
   for _, a in ipairs{ proc.build_path("spec/support/fake-apiserver"),
-      "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
+      "--listen", listen, "--control-listen", control_listen,
       "--cert", self.dir .. "/server.crt", "--key", self.dir .. "/server.key",
       "--tokens", self.tokens_file, "--credential-file", self.credential_file } do
     argv[#argv + 1] = a
   end
   self.handle = proc.spawn(argv, self.log)
   local ok, err = pcall(function()
-    self.addr = proc.wait_listening(self.handle, "api", opts.timeout)
-    self.control_addr = proc.wait_listening(self.handle, "control", opts.timeout)
+    self.addr = proc.wait_listening(self.handle, "api", self.timeout)
+    self.control_addr = proc.wait_listening(self.handle, "control", self.timeout)
   end)
   if not ok then
-    self:stop()
+    proc.stop(self.handle)
+    self.handle = nil
     error(err, 0)
   end
   self.url = "https://" .. self.addr
   self.control_url = "http://" .. self.control_addr
   self.tokenreview_url = self.url .. TOKENREVIEW_PATH
   self.sar_url = self.url .. SAR_PATH
-  return self
+end
+
+-- Stop the process and start a new one on the same addresses, files and credential, as
+-- when kube-apiserver restarts: open connections and watches are cut, the ServiceAccounts
+-- and Pods are those of the current token table again (objects created or deleted at the
+-- control listener are forgotten), and resourceVersions handed out before are too old to
+-- watch from (410). down_s: seconds to stay down in between (default 0).
+function Fake:restart(down_s)
+  local addr, control_addr = self.addr, self.control_addr
+  proc.stop(self.handle)
+  self.handle = nil
+  if down_s and down_s > 0 then proc.sleep(down_s) end
+  -- The port was just released; another process could take it in between, but on a
+  -- test machine's loopback that does not happen in practice. Retry a few times for
+  -- TIME_WAIT-free rebinding delays.
+  local last_err
+  for _ = 1, 20 do
+    local ok, err = pcall(self._spawn, self, addr, control_addr)
+    if ok then return self end
+    last_err = err
+    proc.sleep(0.1)
+  end
+  error("fake-apiserver did not restart on " .. addr .. ": " .. tostring(last_err))
 end
 
 -- POST or GET on the control listener; returns the decoded JSON answer, errors otherwise.
@@ -181,6 +231,85 @@ function Fake:sar(spec, opts)
   local ok, doc = pcall(cjson.decode, res.body)
   res.json = ok and doc or nil
   return res
+end
+
+-- ---- ServiceAccounts, Pods and watches ----
+
+-- lua-cjson encodes an empty table as {}, which is what the control API wants here.
+local function json_body(t) return cjson.encode(t or {}) end
+
+function Fake:cluster() return self:control("GET", "/control/cluster") end
+
+function Fake:create_serviceaccount(ns, name, uid)
+  return self:control("POST", "/control/serviceaccounts/create", json_body{ namespace = ns, name = name, uid = uid })
+end
+
+-- Deletes the ServiceAccount: a DELETED event on every serviceaccounts watch, and later
+-- TokenReviews of its tokens are unauthenticated. Returns { deleted = object }.
+function Fake:delete_serviceaccount(ns, name)
+  return self:control("POST", "/control/serviceaccounts/delete", json_body{ namespace = ns, name = name })
+end
+
+-- n ServiceAccounts named bulk/sa-NNNNNNN (or in namespace ns), with ADDED events.
+function Fake:bulk_create_serviceaccounts(n, ns)
+  return self:control("POST", "/control/serviceaccounts/bulk-create", json_body{ count = n, namespace = ns })
+end
+
+-- pod = { namespace =, name =, uid = (optional), serviceaccount = (default "default") }
+function Fake:create_pod(pod)
+  return self:control("POST", "/control/pods/create", json_body(pod))
+end
+
+-- MODIFIED (deletionTimestamp) then DELETED on every pods watch; tokens bound to the pod
+-- are unauthenticated from then on.
+function Fake:delete_pod(ns, name)
+  return self:control("POST", "/control/pods/delete", json_body{ namespace = ns, name = name })
+end
+
+-- Cut open watches (opts.resource: "serviceaccounts" or "pods", default both): the
+-- connection is closed, or with opts.graceful the body just ends. Returns the count.
+function Fake:drop_watches(opts)
+  return self:control("POST", "/control/watch/drop", json_body(opts)).dropped
+end
+
+-- A BOOKMARK event on every open watch that allowed bookmarks. Returns the count.
+function Fake:send_bookmarks(opts)
+  return self:control("POST", "/control/watch/bookmark", json_body(opts)).sent
+end
+
+-- Forget the event history: every resourceVersion handed out so far becomes too old to
+-- watch from or continue a list with (410). Open watches go on.
+function Fake:compact(opts)
+  return self:control("POST", "/control/watch/compact", json_body(opts))
+end
+
+-- Compact, then end every open watch with an ERROR event holding a 410 Expired Status.
+function Fake:expire_watches(opts)
+  return self:control("POST", "/control/watch/expire", json_body(opts)).expired
+end
+
+local RESOURCE_PATHS = { serviceaccounts = "/api/v1/serviceaccounts", pods = "/api/v1/pods" }
+fake.RESOURCE_PATHS = RESOURCE_PATHS
+
+-- GET a list (query: a string such as "limit=2", optional); .json holds the decoded body.
+function Fake:list(resource, query, opts)
+  opts = opts or {}
+  local url = self.url .. assert(RESOURCE_PATHS[resource], "unknown resource") .. (query and ("?" .. query) or "")
+  local res = http.get(url, { "Authorization: Bearer " .. (opts.credential or self.credential) },
+    { cacert = self.ca_file, timeout = opts.timeout })
+  local ok, doc = pcall(cjson.decode, res.body)
+  res.json = ok and doc or nil
+  return res
+end
+
+-- The shell command of a watch with curl (-N, headers to stdout with -i), e.g. to run in
+-- the background with its output in a file: query like "resourceVersion=12&allowWatchBookmarks=true";
+-- args: extra curl arguments ("--http1.1", "--max-time 3").
+function Fake:watch_command(resource, query, args)
+  local url = self.url .. assert(RESOURCE_PATHS[resource], "unknown resource") .. "?watch=1" ..
+    (query and query ~= "" and ("&" .. query) or "")
+  return table.concat({ "curl", "-sS", "-N", "-i", "--cacert", proc.quote(self.ca_file),
+    "-H", proc.quote("Authorization: Bearer " .. self.credential), args or "", proc.quote(url) }, " ")
 end
 
 function Fake:read_log() return proc.read_file(self.log) or "" end

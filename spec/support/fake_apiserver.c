@@ -204,6 +204,10 @@ static int server_start(struct fake_server *srv, const struct options *opt)
 {
     char err[512];
 
+    if (fake_cluster_init(srv) < 0) {
+        log_json("out of memory", NULL);
+        return -1;
+    }
     if (tables_load(srv, err, sizeof err) < 0) {
         log_json("cannot load tokens", json_pack("{ss}", "error", err));
         return -1;
@@ -245,6 +249,7 @@ static void server_free(struct fake_server *srv)
     if (srv->sigint)
         event_free(srv->sigint);
     SSL_CTX_free(srv->ssl_ctx);
+    fake_cluster_free(srv);
     tables_free(&srv->tables);
     json_decref(srv->stats.by_token);
     if (srv->base)

@@ -3,11 +3,14 @@
  *
  * The fake answers TokenReview and SubjectAccessReview like kube-apiserver 1.26 does
  * (see shared/testdata/kube-apiserver-1.26), with knobs that tests turn to make it slow,
- * throttled, broken or hung. Its pieces:
+ * throttled, broken or hung. It also lists and watches ServiceAccounts and Pods (the
+ * revocation watch of docs/REVOCATION.md): deleting one at the control listener makes the
+ * related tokens unauthenticated and is announced to every open watch. Its pieces:
  *
  *   fake_apiserver.c  main(): flags, TLS context, listeners, signals, teardown
  *   fake_state.c      knobs, counters, token table and SAR rules (the server's state)
  *   fake_review.c     what the API answers, independent of HTTP/1.1 or HTTP/2
+ *   fake_cluster.c    ServiceAccounts and Pods: the store, list, watch, event history
  *   fake_tls.c        TLS connections of the API listener, ALPN, connection lifetime
  *   fake_http1.c      the HTTP/1.1 transport
  *   fake_http2.c      the HTTP/2 transport (nghttp2)
@@ -50,6 +53,10 @@ struct fake_config {
     bool rbac_forbidden;         /* 403: the caller may not create reviews */
     bool sar_send_allowed_false; /* send "allowed":false instead of omitting it */
     bool http2;                  /* offer h2 in ALPN (new connections only) */
+    /* Lists and watches of ServiceAccounts and Pods (fake_cluster.c). */
+    bool watch_gone_http;   /* too old resourceVersion: HTTP 410, not 200 + ERROR event */
+    int watch_error_status; /* 0, or the status every list and watch is answered with */
+    int watch_bookmark_ms;  /* 0, or send BOOKMARK events this often (bookmark watches) */
 };
 
 /* Counters of GET /control/stats. */
@@ -62,6 +69,8 @@ struct fake_stats {
     uint64_t connections; /* completed TLS handshakes */
     uint64_t h2_connections;
     uint64_t unauthorized; /* 401 answers (wrong or missing credential) */
+    uint64_t list_calls;   /* GET of serviceaccounts or pods without watch */
+    uint64_t watch_calls;  /* GET with watch=1 */
     json_t *by_token;      /* object: reviewed token -> number of TokenReviews */
 };
 
@@ -77,8 +86,39 @@ struct fake_tables {
 
 struct fake_exchange;
 struct api_conn;
+struct fake_watcher;
 TAILQ_HEAD(fake_exchange_list, fake_exchange);
 LIST_HEAD(api_conn_list, api_conn);
+LIST_HEAD(fake_watcher_list, fake_watcher);
+
+/* ---- the cluster: ServiceAccounts and Pods (fake_cluster.c) ---- */
+
+enum fake_resource { FAKE_SERVICEACCOUNTS, FAKE_PODS, FAKE_RESOURCES };
+
+struct fake_object;
+
+/* A bounded history of one resource's events, for watches that resume from a
+ * resourceVersion; older ones are "compacted" (410 Gone). */
+struct fake_history {
+    struct fake_history_event *ring;
+    size_t start, count;
+    uint64_t compacted_rv; /* a watch from a resourceVersion below this gets 410 */
+};
+
+/* The objects of one resource, sorted by namespace/name (the order of a real list). */
+struct fake_store {
+    struct fake_object **items;
+    size_t n, cap;
+    struct fake_history history;
+};
+
+struct fake_cluster {
+    uint64_t rv;       /* the last resourceVersion handed out (shared, like etcd's) */
+    uint64_t bulk_seq; /* names of bulk-created ServiceAccounts */
+    struct fake_store stores[FAKE_RESOURCES];
+    struct fake_watcher_list watchers; /* open watch streams */
+    struct event *bookmark_timer;      /* the watch_bookmark_ms knob */
+};
 
 /* The whole mutable state of the process. */
 struct fake_server {
@@ -100,6 +140,7 @@ struct fake_server {
     unsigned inflight;                 /* admitted reviews not answered yet */
     struct fake_exchange_list pending; /* those reviews, for hang release */
     struct api_conn_list conns;        /* live API connections, for shutdown */
+    struct fake_cluster cluster;       /* ServiceAccounts, Pods and their watches */
 };
 
 /* ---- one request and its answer, as every transport sees them ---- */
@@ -134,10 +175,18 @@ struct fake_request {
  * for each fake_review_handle(), unless the transport cancels first. The transport must
  * copy what it needs from resp before returning, and must not free the connection
  * synchronously from either callback (it may be deep inside its own read path).
+ *
+ * A watch answers in pieces instead: stream_start (status and headers; the body's length
+ * is unknown: chunked in HTTP/1.1, DATA frames in HTTP/2), any number of stream_write,
+ * then stream_end (a clean end of the body) or close (the connection is dropped). The
+ * transport copies the bytes it is given.
  */
 struct fake_exchange_ops {
     void (*respond)(struct fake_exchange *ex, const struct fake_response *resp);
     void (*close)(struct fake_exchange *ex);
+    void (*stream_start)(struct fake_exchange *ex, const struct fake_response *head);
+    void (*stream_write)(struct fake_exchange *ex, const char *data, size_t len);
+    void (*stream_end)(struct fake_exchange *ex);
 };
 
 enum fake_review_kind { REVIEW_NONE, REVIEW_TOKEN, REVIEW_SAR };
@@ -156,6 +205,7 @@ struct fake_exchange {
     struct event *timer; /* latency wait and hang release */
     bool admitted;       /* counted in srv->inflight and on srv->pending */
     bool hung;
+    struct fake_watcher *watch; /* set while the exchange is an open watch stream */
     TAILQ_ENTRY(fake_exchange) link;
 };
 
@@ -171,6 +221,45 @@ void fake_review_release_hung(struct fake_server *srv);
 void fake_response_clear(struct fake_response *resp);
 /* Reason phrase of an HTTP status, for HTTP/1.1 status lines. */
 const char *fake_reason_phrase(int status);
+/* Shared with fake_cluster.c: the common headers of an answer (flow: add the API Priority
+ * and Fairness ones), a metav1.Status failure answer, a JSON body (doc stolen). */
+void fake_answer_start(struct fake_response *r, int status, const char *content_type, bool flow);
+void fake_answer_status(struct fake_response *r, int code, const char *message);
+void fake_answer_json(struct fake_response *r, json_t *doc);
+/* A random version-4 UUID. */
+void fake_random_uuid(char out[37]);
+
+/* ---- fake_cluster.c ---- */
+
+/* Set up the empty cluster (resourceVersions start at the current time in microseconds,
+ * so that they keep growing across restarts of the fake, as a real cluster's do). */
+int fake_cluster_init(struct fake_server *srv);
+/* End every watch and free every object (shutdown). */
+void fake_cluster_free(struct fake_server *srv);
+/* True when path (query string allowed) is a list/watch path the cluster serves. */
+bool fake_cluster_path(const char *path);
+/* Answer a list or watch request whose caller is already authenticated. */
+void fake_cluster_handle(struct fake_server *srv, struct fake_exchange *ex);
+/* The client of a watch went away: forget the stream without writing to it. */
+void fake_cluster_cancel(struct fake_exchange *ex);
+/* Check a new token table (object of token -> entry, as fake_state.c builds it): one uid
+ * per ServiceAccount and one name per Pod. -1 with a message when it contradicts itself. */
+int fake_cluster_check_tokens(const json_t *tokens, char *err, size_t errlen);
+/* Create the ServiceAccounts and Pods that tokens new to the table (not in old, which may
+ * be NULL) name and that do not exist yet. */
+void fake_cluster_add_tokens(struct fake_server *srv, const json_t *old, const json_t *tokens);
+/* Why a known token's user is no longer authenticated (its ServiceAccount or Pod was
+ * deleted), or NULL when it still is. */
+const char *fake_cluster_token_error(struct fake_server *srv, const json_t *user);
+/* The watch_bookmark_ms knob changed. */
+void fake_cluster_config_changed(struct fake_server *srv);
+/* A control request under /control/ that the cluster answers (ServiceAccounts, Pods,
+ * watches); returns false when path is not one of them. Sets *status and *answer (a new
+ * reference) otherwise. */
+bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, const json_t *body,
+                          int *status, json_t **answer);
+/* Counters for GET /control/stats. */
+json_t *fake_cluster_stats(const struct fake_server *srv);
 
 /* ---- fake_state.c ---- */
 

@@ -8,6 +8,25 @@
  *   POST /control/reset         zero the counters and restore the default knobs
  *   POST /control/reload        re-read the token table and SAR rules
  *
+ * ServiceAccounts, Pods and their watches (fake_cluster.c); bodies are JSON objects:
+ *   GET  /control/cluster                       resourceVersion, object and watch counts
+ *   POST /control/serviceaccounts/create        {"namespace","name","uid"?}
+ *   POST /control/serviceaccounts/delete        {"namespace","name"}: DELETED event, and its
+ *                                               tokens are no longer authenticated
+ *   POST /control/serviceaccounts/bulk-create   {"count", "namespace"? = "bulk"}
+ *   POST /control/pods/create                   {"namespace","name","uid"?,"serviceaccount"?}
+ *   POST /control/pods/delete                   {"namespace","name"}: MODIFIED then DELETED;
+ *                                               tokens bound to it are no longer authenticated
+ *   POST /control/watch/drop                    {"resource"?, "graceful"?}: close open watches
+ *                                               (the connection; graceful: end the body)
+ *   POST /control/watch/bookmark                {"resource"?}: a BOOKMARK on open watches
+ *   POST /control/watch/compact                 {"resource"?}: resourceVersions handed out
+ *                                               so far become too old (410)
+ *   POST /control/watch/expire                  {"resource"?}: compact, then an ERROR 410
+ *                                               event ends every open watch
+ * The review knobs (latency, hang, errors, close_connection) do not apply to lists and
+ * watches; watch_error_status, watch_gone_http and watch_bookmark_ms do.
+ *
  * Every answer is JSON; errors are {"error": "..."}. Clearing the hang knob (by config
  * or reset) answers the parked reviews.
  */
@@ -65,6 +84,7 @@ static void set_config(struct fake_server *srv, const struct fake_config *next)
     srv->config = *next;
     if (was_hung && !next->hang)
         fake_review_release_hung(srv);
+    fake_cluster_config_changed(srv);
 }
 
 static void post_config(struct fake_server *srv, struct evhttp_request *req)
@@ -112,6 +132,32 @@ static void post_reload(struct fake_server *srv, struct evhttp_request *req)
                          "sar_rules", (json_int_t)json_array_size(srv->tables.sar_rules)));
 }
 
+/* A request the cluster answers; false when path is none of its endpoints. */
+static bool cluster_control(struct fake_server *srv, struct evhttp_request *req, const char *path,
+                            bool post)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    json_t *body = NULL, *answer = NULL;
+    int status = 500;
+    bool handled;
+
+    if (post && evbuffer_get_length(in) > 0) {
+        body = read_json(req);
+        if (!body)
+            return true; /* answered 400 */
+    } else {
+        body = json_object();
+    }
+    handled = fake_cluster_control(srv, path, post, body, &status, &answer);
+    if (handled) {
+        if (post)
+            log_json("cluster", json_pack("{ss si}", "control", path, "status", status));
+        reply_json(req, status, answer ? answer : json_pack("{ss}", "error", "out of memory"));
+    }
+    json_decref(body);
+    return handled;
+}
+
 static void control_cb(struct evhttp_request *req, void *arg)
 {
     struct fake_server *srv = arg;
@@ -134,7 +180,7 @@ static void control_cb(struct evhttp_request *req, void *arg)
         post_reset(srv, req);
     else if (strcmp(path, "/control/reload") == 0 && post)
         post_reload(srv, req);
-    else
+    else if (!cluster_control(srv, req, path, post))
         reply_error(req, 404, "no such control endpoint (or wrong method)");
 }
 

@@ -8,6 +8,9 @@
  *
  * While a request is with the review core (latency, hang) the connection keeps reading,
  * so that a client that gives up is noticed at once and its review cancelled.
+ *
+ * Watches answer with "Transfer-Encoding: chunked", one chunk per event, as kube-apiserver
+ * does on HTTP/1.1; the connection serves nothing else until the watch ends.
  */
 #include "fake_apiserver.h"
 
@@ -73,9 +76,9 @@ static void add_canonical_name(struct evbuffer *out, const char *name)
     }
 }
 
-static void write_response(struct api_conn *conn, const struct fake_response *resp, bool keep_alive)
+/* The status line and headers, without the blank line that ends them. */
+static void write_head(struct evbuffer *out, const struct fake_response *resp)
 {
-    struct evbuffer *out = bufferevent_get_output(conn->bev);
     char date[64];
 
     fake_http_date(date, sizeof date);
@@ -84,7 +87,15 @@ static void write_response(struct api_conn *conn, const struct fake_response *re
         add_canonical_name(out, resp->headers[i].name);
         evbuffer_add_printf(out, ": %s\r\n", resp->headers[i].value);
     }
-    evbuffer_add_printf(out, "Date: %s\r\nContent-Length: %zu\r\n%s\r\n", date, resp->body_len,
+    evbuffer_add_printf(out, "Date: %s\r\n", date);
+}
+
+static void write_response(struct api_conn *conn, const struct fake_response *resp, bool keep_alive)
+{
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+
+    write_head(out, resp);
+    evbuffer_add_printf(out, "Content-Length: %zu\r\n%s\r\n", resp->body_len,
                         keep_alive ? "" : "Connection: close\r\n");
     evbuffer_add(out, resp->body, resp->body_len);
 }
@@ -112,13 +123,12 @@ static void refuse(struct api_conn *conn, int status)
 
 /* ---- the review core's callbacks ---- */
 
-static void h1_respond(struct fake_exchange *ex, const struct fake_response *resp)
+/* The answer is out (or queued): on to the next request, or close. */
+static void request_done(struct api_conn *conn)
 {
-    struct api_conn *conn = ex->owner;
     struct h1_state *st = state_of(conn);
 
-    write_response(conn, resp, st->keep_alive);
-    request_clear(&ex->req);
+    request_clear(&st->ex.req);
     if (!st->keep_alive) {
         finish_connection(conn);
         return;
@@ -130,6 +140,43 @@ static void h1_respond(struct fake_exchange *ex, const struct fake_response *res
         bufferevent_trigger(conn->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
 }
 
+static void h1_respond(struct fake_exchange *ex, const struct fake_response *resp)
+{
+    struct api_conn *conn = ex->owner;
+
+    write_response(conn, resp, state_of(conn)->keep_alive);
+    request_done(conn);
+}
+
+static void h1_stream_start(struct fake_exchange *ex, const struct fake_response *head)
+{
+    struct api_conn *conn = ex->owner;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+
+    write_head(out, head);
+    evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n%s\r\n",
+                        state_of(conn)->keep_alive ? "" : "Connection: close\r\n");
+}
+
+static void h1_stream_write(struct fake_exchange *ex, const char *data, size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(((struct api_conn *)ex->owner)->bev);
+
+    if (len == 0)
+        return; /* a zero-length chunk would end the body */
+    evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, len);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void h1_stream_end(struct fake_exchange *ex)
+{
+    struct api_conn *conn = ex->owner;
+
+    evbuffer_add(bufferevent_get_output(conn->bev), "0\r\n\r\n", 5);
+    request_done(conn);
+}
+
 static void h1_close(struct fake_exchange *ex)
 {
     struct api_conn *conn = ex->owner;
@@ -139,7 +186,8 @@ static void h1_close(struct fake_exchange *ex)
     api_conn_close_later(conn);
 }
 
-static const struct fake_exchange_ops h1_ops = {h1_respond, h1_close};
+static const struct fake_exchange_ops h1_ops = {h1_respond, h1_close, h1_stream_start,
+                                                h1_stream_write, h1_stream_end};
 
 /* ---- parsing ---- */
 

@@ -10,6 +10,10 @@
  * nghttp2 is driven with mem_recv/mem_send over the TLS bufferevent. Its send functions
  * must not run inside its own callbacks, so answers given while it is parsing are queued
  * by nghttp2 and sent once parsing returns.
+ *
+ * A watch is a stream whose body has no known length: its data source answers
+ * NGHTTP2_ERR_DEFERRED while no event is waiting and is resumed by each new one; the end
+ * of the watch is END_STREAM on an empty DATA frame.
  */
 #include "fake_apiserver.h"
 
@@ -29,8 +33,10 @@ struct h2_stream {
     int32_t id;
     size_t body_cap;
     bool too_large;
-    char *answer; /* response body being sent */
-    size_t answer_len, answer_off;
+    char *answer; /* response body being sent (a watch: the events not sent yet) */
+    size_t answer_len, answer_off, answer_cap;
+    bool streaming;   /* a watch: more body may come */
+    bool stream_done; /* the watch ended: END_STREAM once the rest is sent */
     LIST_ENTRY(h2_stream) link;
 };
 
@@ -135,12 +141,18 @@ static ssize_t answer_read_cb(nghttp2_session *session, int32_t stream_id, uint8
     (void)session;
     (void)stream_id;
     (void)user_data;
+    if (n == 0 && s->streaming && !s->stream_done)
+        return NGHTTP2_ERR_DEFERRED; /* resumed by h2_stream_write or h2_stream_end */
     if (n > length)
         n = length;
-    memcpy(buf, s->answer + s->answer_off, n);
+    if (n > 0)
+        memcpy(buf, s->answer + s->answer_off, n);
     s->answer_off += n;
-    if (s->answer_off == s->answer_len)
-        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->answer_off == s->answer_len) {
+        if (!s->streaming || s->stream_done)
+            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        s->answer_off = s->answer_len = 0; /* a watch reuses the buffer */
+    }
     return (ssize_t)n;
 }
 
@@ -170,13 +182,13 @@ static int submit_answer(struct h2_stream *s, const struct fake_response *resp)
 
     free(s->answer);
     s->answer = NULL;
-    s->answer_len = s->answer_off = 0;
+    s->answer_len = s->answer_off = s->answer_cap = 0;
     if (resp->body_len > 0) {
         s->answer = malloc(resp->body_len);
         if (!s->answer)
             return -1;
         memcpy(s->answer, resp->body, resp->body_len);
-        s->answer_len = resp->body_len;
+        s->answer_len = s->answer_cap = resp->body_len;
     }
     return nghttp2_submit_response(s->h2->session, s->id, nva, n, s->answer_len ? &provider : NULL);
 }
@@ -200,7 +212,64 @@ static void h2_close(struct fake_exchange *ex)
     api_conn_close_later(s->h2->conn);
 }
 
-static const struct fake_exchange_ops h2_ops = {h2_respond, h2_close};
+static void h2_stream_start(struct fake_exchange *ex, const struct fake_response *head)
+{
+    struct h2_stream *s = ex->owner;
+    nghttp2_nv nva[FAKE_MAX_HEADERS + 2];
+    char status[8], date[64];
+    size_t n = 0;
+    nghttp2_data_provider provider = {.source.ptr = s, .read_callback = answer_read_cb};
+
+    snprintf(status, sizeof status, "%d", head->status);
+    fake_http_date(date, sizeof date);
+    nva[n++] = make_nv(":status", status);
+    for (size_t i = 0; i < head->n_headers; i++)
+        nva[n++] = make_nv(head->headers[i].name, head->headers[i].value);
+    nva[n++] = make_nv("date", date);
+    s->streaming = true;
+    if (nghttp2_submit_response(s->h2->session, s->id, nva, n, &provider) != 0)
+        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+    flush(s->h2);
+}
+
+static void h2_stream_write(struct fake_exchange *ex, const char *data, size_t len)
+{
+    struct h2_stream *s = ex->owner;
+
+    if (s->answer_off > 0) { /* move what is left to the front */
+        memmove(s->answer, s->answer + s->answer_off, s->answer_len - s->answer_off);
+        s->answer_len -= s->answer_off;
+        s->answer_off = 0;
+    }
+    if (s->answer_len + len > s->answer_cap) {
+        size_t cap = (s->answer_len + len) * 2;
+        char *grown = realloc(s->answer, cap);
+        if (!grown) {
+            nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
+                                      NGHTTP2_INTERNAL_ERROR);
+            flush(s->h2);
+            return;
+        }
+        s->answer = grown;
+        s->answer_cap = cap;
+    }
+    memcpy(s->answer + s->answer_len, data, len);
+    s->answer_len += len;
+    nghttp2_session_resume_data(s->h2->session, s->id); /* fails harmlessly if not deferred */
+    flush(s->h2);
+}
+
+static void h2_stream_end(struct fake_exchange *ex)
+{
+    struct h2_stream *s = ex->owner;
+
+    s->stream_done = true;
+    nghttp2_session_resume_data(s->h2->session, s->id);
+    flush(s->h2);
+}
+
+static const struct fake_exchange_ops h2_ops = {h2_respond, h2_close, h2_stream_start,
+                                                h2_stream_write, h2_stream_end};
 
 /* A request stream is complete: hand it to the review core. */
 static void dispatch(struct h2_stream *s)

@@ -5,7 +5,8 @@
  * struct fake_exchange and gets back either a response, or a request to close the
  * connection, now or later (latency knob, hang knob). The order of checks follows the
  * real handler chain of kube-apiserver: authentication (401), then API Priority and
- * Fairness (429), then authorization (403), then the review itself.
+ * Fairness (429), then authorization (403), then the review itself. Lists and watches of
+ * ServiceAccounts and Pods pass the same authentication and go to fake_cluster.c.
  *
  * Answers copy the shape of the captures in shared/testdata/kube-apiserver-1.26:
  * Status bodies are indented JSON without a trailing newline, review bodies are compact
@@ -55,8 +56,8 @@ static void resp_header(struct fake_response *r, const char *name, const char *f
     va_end(ap);
 }
 
-/* A random version-4 UUID, as kube-apiserver uses for audit-id. */
-static void random_uuid(char out[37])
+/* A random version-4 UUID, as kube-apiserver uses for audit-id (and the fake for uids). */
+void fake_random_uuid(char out[37])
 {
     unsigned char b[16];
 
@@ -78,7 +79,7 @@ static void resp_start(struct fake_response *r, int status, const char *content_
 
     memset(r, 0, sizeof *r);
     r->status = status;
-    random_uuid(uuid);
+    fake_random_uuid(uuid);
     resp_header(r, "audit-id", "%s", uuid);
     resp_header(r, "cache-control", "no-cache, private");
     resp_header(r, "content-type", "%s", content_type);
@@ -190,6 +191,21 @@ static void answer_status(struct fake_response *r, int code, unsigned flags, con
 {
     resp_start(r, code, JSON_TYPE, flags);
     resp_json(r, k8s_status(code, message, details), true);
+}
+
+void fake_answer_start(struct fake_response *r, int status, const char *content_type, bool flow)
+{
+    resp_start(r, status, content_type, flow ? HDR_FLOW : 0);
+}
+
+void fake_answer_status(struct fake_response *r, int code, const char *message)
+{
+    answer_status(r, code, HDR_FLOW, message, NULL);
+}
+
+void fake_answer_json(struct fake_response *r, json_t *doc)
+{
+    resp_json(r, doc, false);
 }
 
 /* Exactly what API Priority and Fairness sends when it rejects a request. */
@@ -307,15 +323,23 @@ static json_t *unauthenticated(const char *error)
 }
 
 /* status of a TokenReview of a known token. */
-static json_t *tokenreview_known(const json_t *entry, const json_t *requested)
+static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry,
+                                 const json_t *requested)
 {
     json_t *token_aud = json_object_get(entry, "audiences");
     json_t *accepted;
     char error[1024], have[400], want[400];
+    const char *revoked;
 
     if (json_object_get(entry, "error")) {
         snprintf(error, sizeof error, "[invalid bearer token, %s]",
                  json_string_value(json_object_get(entry, "error")));
+        return unauthenticated(error);
+    }
+    /* Its ServiceAccount or its Pod was deleted: the captures' wording. */
+    revoked = fake_cluster_token_error(srv, json_object_get(entry, "user"));
+    if (revoked) {
+        snprintf(error, sizeof error, "[invalid bearer token, %s]", revoked);
         return unauthenticated(error);
     }
     if (json_array_size(requested) == 0)
@@ -361,7 +385,8 @@ static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex
     }
 
     entry = json_object_get(srv->tables.tokens, token);
-    status = entry ? tokenreview_known(entry, requested) : unauthenticated("invalid bearer token");
+    status =
+        entry ? tokenreview_known(srv, entry, requested) : unauthenticated("invalid bearer token");
     /* A real server echoes the spec, token included. */
     echo = json_pack("{ss}", "token", token);
     if (requested)
@@ -725,6 +750,9 @@ void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
         srv->stats.unauthorized++;
         /* The capture of this answer has no APF headers: it never reached APF. */
         answer_status(&resp, 401, 0, "Unauthorized", NULL);
+    } else if (ex->kind == REVIEW_NONE && fake_cluster_path(ex->req.path ? ex->req.path : "/")) {
+        fake_cluster_handle(srv, ex); /* list or watch of serviceaccounts or pods */
+        return;
     } else if (ex->kind == REVIEW_NONE) {
         answer_status(&resp, 404, HDR_FLOW, "the server could not find the requested resource",
                       json_object());
@@ -743,6 +771,8 @@ void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
 
 void fake_review_cancel(struct fake_exchange *ex)
 {
+    if (ex->watch)
+        fake_cluster_cancel(ex);
     if (ex->srv)
         release(ex);
 }

@@ -41,6 +41,9 @@ static const struct knob knobs[] = {
     KNOB(rbac_forbidden, KNOB_BOOL, 0, 0),
     KNOB(sar_send_allowed_false, KNOB_BOOL, 0, 0),
     KNOB(http2, KNOB_BOOL, 0, 0),
+    KNOB(watch_gone_http, KNOB_BOOL, 0, 0),
+    KNOB(watch_error_status, KNOB_INT, 0, 599),
+    KNOB(watch_bookmark_ms, KNOB_INT, 0, 3600 * 1000),
 };
 /* clang-format on */
 
@@ -157,14 +160,21 @@ json_t *stats_to_json(const struct fake_server *srv)
 {
     const struct fake_stats *s = &srv->stats;
 
-    return json_pack("{sI sI sI sI sI sI sI sI sI sO}", "calls", (json_int_t)s->calls,
-                     "tokenreview_calls", (json_int_t)s->tokenreview_calls,
-                     "subjectaccessreview_calls", (json_int_t)s->subjectaccessreview_calls,
-                     "inflight", (json_int_t)srv->inflight, "max_inflight_seen",
-                     (json_int_t)s->max_inflight_seen, "throttled", (json_int_t)s->throttled,
-                     "connections", (json_int_t)s->connections, "h2_connections",
-                     (json_int_t)s->h2_connections, "unauthorized", (json_int_t)s->unauthorized,
-                     "by_token", s->by_token);
+    json_t *out =
+        json_pack("{sI sI sI sI sI sI sI sI sI sI sI sO}", "calls", (json_int_t)s->calls,
+                  "tokenreview_calls", (json_int_t)s->tokenreview_calls,
+                  "subjectaccessreview_calls", (json_int_t)s->subjectaccessreview_calls, "inflight",
+                  (json_int_t)srv->inflight, "max_inflight_seen", (json_int_t)s->max_inflight_seen,
+                  "throttled", (json_int_t)s->throttled, "connections", (json_int_t)s->connections,
+                  "h2_connections", (json_int_t)s->h2_connections, "unauthorized",
+                  (json_int_t)s->unauthorized, "list_calls", (json_int_t)s->list_calls,
+                  "watch_calls", (json_int_t)s->watch_calls, "by_token", s->by_token);
+
+    json_t *cluster = fake_cluster_stats(srv); /* open watches, object counts */
+
+    json_object_update(out, cluster);
+    json_decref(cluster);
+    return out;
 }
 
 void stats_count_token(struct fake_server *srv, const char *token)
@@ -405,7 +415,12 @@ int tables_load(struct fake_server *srv, char *err, size_t errlen)
     rules = rules_build(srv, doc, err, errlen);
     if (!rules)
         goto cleanup;
+    if (fake_cluster_check_tokens(tokens, err, errlen) < 0)
+        goto cleanup;
 
+    /* Tokens new to the table get their ServiceAccount and Pod; deleted ones stay deleted
+     * for the tokens the table already had. */
+    fake_cluster_add_tokens(srv, srv->tables.tokens, tokens);
     tables_free(&srv->tables);
     srv->tables.tokens = tokens;
     srv->tables.sar_rules = rules;

@@ -1087,8 +1087,38 @@ static void test_cache_key_secret(void)
     cache_keyer_free(r);
 }
 
+/* The cached verdict keeps its identity beside the reason; what does not fit drops the
+ * identity (then every revocation evicts it), never the bounds. */
+static void test_cache_value_pack(void)
+{
+    unsigned char out[64];
+    const unsigned char id[] = "IDENTITY";
+    const unsigned char *identity;
+    size_t identity_len, reason_len;
+    const char *reason;
+    size_t n = sar_cache_value_pack(id, 8, "no access", 9, out, sizeof(out));
+    CHECK_EQ_INT((int)n, 4 + 8 + 9);
+    CHECK_EQ_INT(sar_cache_value_unpack(out, n, &identity, &identity_len, &reason, &reason_len), 0);
+    CHECK_EQ_INT((int)identity_len, 8);
+    CHECK(memcmp(identity, "IDENTITY", 8) == 0);
+    CHECK_EQ_INT((int)reason_len, 9);
+    CHECK(memcmp(reason, "no access", 9) == 0);
+    n = sar_cache_value_pack(id, 8, NULL, 0, out, sizeof(out)); /* allowed: no reason */
+    CHECK_EQ_INT(sar_cache_value_unpack(out, n, &identity, &identity_len, &reason, &reason_len), 0);
+    CHECK_EQ_INT((int)reason_len, 0);
+    n = sar_cache_value_pack(id, 8, "a long reason", 13, out, 20); /* 4 + 8 + 13 > 20 */
+    CHECK(n <= 20);
+    CHECK_EQ_INT(sar_cache_value_unpack(out, n, &identity, &identity_len, &reason, &reason_len), 0);
+    CHECK_EQ_INT((int)identity_len, 0);
+    CHECK_EQ_INT(sar_cache_value_pack(id, 8, "x", 1, out, 3), 0); /* no room at all */
+    out[0] = 200; /* identity length beyond the value */
+    CHECK_EQ_INT(sar_cache_value_unpack(out, 10, &identity, &identity_len, &reason, &reason_len), -1);
+    CHECK_EQ_INT(sar_cache_value_unpack(out, 3, &identity, &identity_len, &reason, &reason_len), -1);
+}
+
 int main(void)
 {
+    RUN(test_cache_value_pack);
     RUN(test_request_body_exact);
     RUN(test_request_body_resource);
     RUN(test_request_body_nonresource);
