@@ -1,6 +1,8 @@
 /* identity.c owns the packed identity format used by cache entries. */
 #include "identity.h"
 
+#include <openssl/evp.h>
+
 #include <string.h>
 
 static void put_u16(unsigned char *p, size_t v)
@@ -148,4 +150,10 @@ long identity_join_groups(const identity_view *view, char *out, size_t cap)
     if (cap == 0) return -1;
     out[len] = '\0';
     return (long)len;
+}
+
+int identity_digest(const void *packed, size_t len, unsigned char out[IDENTITY_DIGEST_BYTES])
+{
+    unsigned int n = 0;
+    return EVP_Digest(packed, len, out, &n, EVP_sha256(), NULL) == 1 && n == IDENTITY_DIGEST_BYTES ? 0 : -1;
 }

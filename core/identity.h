@@ -54,6 +54,12 @@ size_t identity_read_count(const unsigned char **pos);
 /* If username is "system:serviceaccount:NS:NAME", stores NS and NAME and returns true. */
 bool identity_serviceaccount(str_view username, str_view *namespace_out, str_view *name_out);
 
+#define IDENTITY_DIGEST_BYTES 32
+
+/* SHA-256 of a packed identity: a fixed-size stand-in for all of it (the SubjectAccessReview
+ * cache key hashes this instead of every field). Returns 0, or -1 if hashing fails. */
+int identity_digest(const void *packed, size_t len, unsigned char out[IDENTITY_DIGEST_BYTES]);
+
 /* Joins the groups with '|' (kube-rbac-proxy's X-Remote-Groups form) into out.
  * Returns the length, or -1 if it does not fit. */
 long identity_join_groups(const identity_view *view, char *out, size_t cap);

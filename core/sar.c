@@ -236,121 +236,55 @@ done:
 
 /* ---- cache key ---- */
 
-static void put_be32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
 
 #define SAR_KEY_ATTRS 8
 
-int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar_attributes *attrs,
-                  cache_key *out)
+int sar_cache_key(const cache_keyer *keyer, const unsigned char identity_digest[IDENTITY_DIGEST_BYTES],
+                  const sar_attributes *attrs, cache_key *out)
 {
-    if (!keyer || !user || !attrs || !out)
+    if (!keyer || !identity_digest || !attrs || !out)
         return -1;
     const char *values[SAR_KEY_ATTRS] = {attrs->namespace_, attrs->verb,     attrs->group,
                                          attrs->version,    attrs->resource, attrs->subresource,
                                          attrs->name,       attrs->path};
-    size_t value_lens[SAR_KEY_ATTRS];
     size_t attr_bytes = 0;
+    size_t value_lens[SAR_KEY_ATTRS];
     for (size_t i = 0; i < SAR_KEY_ATTRS; i++) {
         value_lens[i] = values[i] ? strlen(values[i]) : 0;
         if (value_lens[i] >= UINT32_MAX)
             return -1;
         attr_bytes += values[i] ? 1 + value_lens[i] : 0;
     }
-
-    /* Count the parts: username, uid, n_groups, groups, n_extra, per key (key, n_values,
-     * values), kind, attributes. */
-    size_t n_parts = 2 + 1 + user->n_groups + 1 + 1 + SAR_KEY_ATTRS;
-    const unsigned char *pos = user->extra;
-    for (size_t i = 0; i < user->n_extra; i++) {
-        str_view key;
-        identity_read_string(&pos, &key);
-        size_t n_values = identity_read_count(&pos);
-        n_parts += 2 + n_values;
-        for (size_t v = 0; v < n_values; v++)
-            identity_read_string(&pos, &key);
-    }
-    size_t n_counts = 2 + user->n_extra;
-
-    /* Typical identities (a ServiceAccount: 3 groups, pod extras) fit the stack buffers;
-     * this runs on every request a policy answers with tg.sar, cache hits included. */
-    enum { STACK_PARTS = 64, STACK_COUNTS = 16, STACK_ATTR_BYTES = 2048 };
-    const char *parts_stack[STACK_PARTS];
-    size_t lens_stack[STACK_PARTS];
-    unsigned char counts_stack[STACK_COUNTS * 4];
+    /* The identity enters as its SHA-256 (identity_digest): the key stays a keyed hash of
+     * user and attributes, and hashing it costs two SHA-256 blocks, not the whole identity
+     * on every request. */
+    enum { N_PARTS = 2 + SAR_KEY_ATTRS, STACK_ATTR_BYTES = 2048 };
+    const char *parts[N_PARTS];
+    size_t lens[N_PARTS];
     char attr_stack[STACK_ATTR_BYTES];
-    const char **parts = n_parts <= STACK_PARTS ? parts_stack : malloc(n_parts * sizeof(*parts));
-    size_t *lens = n_parts <= STACK_PARTS ? lens_stack : malloc(n_parts * sizeof(*lens));
-    unsigned char *counts = n_counts <= STACK_COUNTS ? counts_stack : malloc(n_counts * 4);
     char *attr_buf = attr_bytes <= STACK_ATTR_BYTES ? attr_stack : malloc(attr_bytes);
-    int rc = -1;
-    if (!parts || !lens || !counts || !attr_buf)
-        goto done;
-
-    size_t n = 0, c = 0;
-#define ADD(ptr_, len_)                                                                            \
-    do {                                                                                           \
-        parts[n] = (const char *)(ptr_);                                                           \
-        lens[n] = (len_);                                                                          \
-        n++;                                                                                       \
-    } while (0)
-#define ADD_COUNT(v_)                                                                              \
-    do {                                                                                           \
-        put_be32(counts + 4 * c, (uint32_t)(v_));                                                  \
-        ADD(counts + 4 * c, 4);                                                                    \
-        c++;                                                                                       \
-    } while (0)
-
-    str_view s;
-    ADD(user->username.ptr, user->username.len);
-    ADD(user->uid.ptr, user->uid.len);
-    ADD_COUNT(user->n_groups);
-    pos = user->groups;
-    for (size_t i = 0; i < user->n_groups; i++) {
-        identity_read_string(&pos, &s);
-        ADD(s.ptr, s.len);
-    }
-    ADD_COUNT(user->n_extra);
-    pos = user->extra;
-    for (size_t i = 0; i < user->n_extra; i++) {
-        identity_read_string(&pos, &s);
-        ADD(s.ptr, s.len);
-        size_t n_values = identity_read_count(&pos);
-        ADD_COUNT(n_values);
-        for (size_t v = 0; v < n_values; v++) {
-            identity_read_string(&pos, &s);
-            ADD(s.ptr, s.len);
-        }
-    }
-    ADD(attrs->nonresource ? "N" : "R", 1);
+    if (!attr_buf)
+        return -1;
+    size_t n = 0;
+    parts[n] = (const char *)identity_digest;
+    lens[n++] = IDENTITY_DIGEST_BYTES;
+    parts[n] = attrs->nonresource ? "N" : "R";
+    lens[n++] = 1;
     /* Absent: an empty part. Present: 0x01 then the string, so "" is one byte long. */
     size_t a = 0;
     for (size_t i = 0; i < SAR_KEY_ATTRS; i++) {
         if (!values[i]) {
-            ADD("", 0);
+            parts[n] = "";
+            lens[n++] = 0;
             continue;
         }
         attr_buf[a] = '\x01';
         memcpy(attr_buf + a + 1, values[i], value_lens[i]);
-        ADD(attr_buf + a, 1 + value_lens[i]);
+        parts[n] = attr_buf + a;
+        lens[n++] = 1 + value_lens[i];
         a += 1 + value_lens[i];
     }
-#undef ADD
-#undef ADD_COUNT
-    rc = n == n_parts ? cache_key_for_parts(keyer, SAR_CACHE_KEY_DOMAIN, parts, lens, n_parts, out)
-                      : -1;
-done:
-    if (parts != parts_stack)
-        free(parts);
-    if (lens != lens_stack)
-        free(lens);
-    if (counts != counts_stack)
-        free(counts);
+    int rc = cache_key_for_parts(keyer, SAR_CACHE_KEY_DOMAIN, parts, lens, N_PARTS, out);
     if (attr_buf != attr_stack)
         free(attr_buf);
     return rc;

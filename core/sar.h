@@ -81,19 +81,19 @@ sar_result sar_parse_response(const char *body, size_t body_len, char *reason, s
 
 /* Cache key of the question "may user do attrs": cache_key_for_parts with domain
  * SAR_CACHE_KEY_DOMAIN over the parts
- *   username, uid, be32(n_groups), group*, be32(n_extra), { key, be32(n_values), value* }*,
+ *   identity_digest (32 bytes: SHA-256 of the packed identity, identity_digest()),
  *   "R" | "N" (resource / non-resource),
  *   then namespace, verb, group, version, resource, subresource, name, path, each as an
  *   empty part when NULL or as byte 0x01 followed by the string when present.
- * Counts and length prefixes make the encoding unambiguous: keys differ whenever any
- * field, the order of groups or extra, the kind, or absent-versus-"" differs. attrs is not
+ * The packed identity is itself unambiguous (length-prefixed, counted), so its digest
+ * stands for every field of the user; length prefixes keep the rest apart: keys differ
+ * whenever the identity, the kind, an attribute, or absent-versus-"" differs. attrs is not
  * validated (an invalid question simply never gets a body to be cached under).
  *
- * user must be a view identity_view_parse accepted. Writes *out and returns 0, or returns
- * -1 (out unspecified) when an argument is NULL, an attribute is longer than 4 GiB, memory
- * runs out or the HMAC fails. Thread-safe. */
-int sar_cache_key(const cache_keyer *keyer, const identity_view *user, const sar_attributes *attrs,
-                  cache_key *out);
+ * Writes *out and returns 0, or returns -1 (out unspecified) when an argument is NULL, an
+ * attribute is longer than 4 GiB, memory runs out or the HMAC fails. Thread-safe. */
+int sar_cache_key(const cache_keyer *keyer, const unsigned char identity_digest[IDENTITY_DIGEST_BYTES],
+                  const sar_attributes *attrs, cache_key *out);
 
 /* What the SubjectAccessReview cache keeps per verdict: the packed identity it was asked
  * for (so a revoked identity's verdicts can be found and evicted) followed by the denial

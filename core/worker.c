@@ -36,6 +36,17 @@
 #define MAIN_MAX_BODY_BYTES 65536
 #define URI_MAX 8192
 #define ADOPT_BATCH_MAX 256 /* connections accepted in one loop turn before they are adopted */
+#define DIGEST_MEMO_SLOTS 64         /* identities whose digest a worker remembers */
+#define DIGEST_MEMO_IDENTITY_MAX 1024 /* longer identities are hashed every time */
+
+/* The last identities seen by this worker's SubjectAccessReview step and their digests:
+ * the same few callers come back on every request, and their identities arrive as fresh
+ * copies from the cache, so they are compared byte for byte (never trusted by slot). */
+typedef struct digest_memo_slot {
+    size_t len; /* 0: empty */
+    unsigned char digest[IDENTITY_DIGEST_BYTES];
+    unsigned char identity[DIGEST_MEMO_IDENTITY_MAX];
+} digest_memo_slot;
 
 struct worker {
     worker_shared shared;
@@ -69,6 +80,7 @@ struct worker {
     size_t n_adopt;
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
+    digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
 };
 
 /* A request handed to the upstream: what its end needs for the metrics. */
@@ -507,13 +519,33 @@ static authz_request *authz_request_new(worker *w, struct evhttp_request *req, c
     return ar;
 }
 
+/* SHA-256 of the packed identity, from the worker's memo when it saw this identity last. */
+static int memo_identity_digest(worker *w, const unsigned char *packed, size_t len,
+                                unsigned char out[IDENTITY_DIGEST_BYTES])
+{
+    if (len == 0 || len > DIGEST_MEMO_IDENTITY_MAX) return identity_digest(packed, len, out);
+    uint64_t h = 1469598103934665603ULL ^ len; /* FNV-1a over a sample: picks a slot only */
+    for (size_t i = 0; i < len; i += 1 + len / 32) h = (h ^ packed[i]) * 1099511628211ULL;
+    digest_memo_slot *slot = &w->digest_memo[h % DIGEST_MEMO_SLOTS];
+    if (slot->len == len && memcmp(slot->identity, packed, len) == 0) {
+        memcpy(out, slot->digest, IDENTITY_DIGEST_BYTES);
+        return 0;
+    }
+    if (identity_digest(packed, len, out) != 0) return -1;
+    slot->len = len;
+    memcpy(slot->identity, packed, len);
+    memcpy(slot->digest, out, IDENTITY_DIGEST_BYTES);
+    return 0;
+}
+
 /* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
 static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
                     const unsigned char *packed, size_t packed_len, const identity_view *view,
                     const sar_attributes *attrs)
 {
     cache_key key;
-    if (sar_cache_key(w->keyer, view, attrs, &key) != 0) {
+    unsigned char digest[IDENTITY_DIGEST_BYTES];
+    if (memo_identity_digest(w, packed, packed_len, digest) != 0 || sar_cache_key(w->keyer, digest, attrs, &key) != 0) {
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
     }

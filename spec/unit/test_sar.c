@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -835,9 +836,10 @@ static bool key_of(const cache_keyer *k, const test_user *u, const sar_attribute
 {
     static packed_user p;
     memset(out, 0, sizeof(*out));
-    if (pack(u, &p) != 0)
+    unsigned char digest[IDENTITY_DIGEST_BYTES];
+    if (pack(u, &p) != 0 || identity_digest(p.packed, p.len, digest) != 0)
         return false;
-    return sar_cache_key(k, &p.view, a, out) == 0;
+    return sar_cache_key(k, digest, a, out) == 0;
 }
 
 static void be32(unsigned char *p, uint32_t v)
@@ -869,20 +871,30 @@ static void test_cache_key_reference(void)
     cache_key got;
     CHECK(key_of(k, &u, &a, &got));
 
-    unsigned char msg[512], count[4];
+    /* The identity enters as the SHA-256 of its packed form (identity.h's layout). */
+    static packed_user p;
+    REQUIRE(pack(&u, &p) == 0);
+    unsigned char packed[64];
+    size_t n = 0;
+    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'u';     /* username */
+    packed[n++] = 0; packed[n++] = 0;                       /* uid "" */
+    packed[n++] = 1; packed[n++] = 0;                       /* 1 group */
+    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'g';
+    packed[n++] = 1; packed[n++] = 0;                       /* 1 extra key */
+    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'k';
+    packed[n++] = 1; packed[n++] = 0;                       /* 1 value */
+    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'v';
+    CHECK_EQ_INT((int)p.len, (int)n);
+    CHECK_MEM(p.packed, packed, n);
+    unsigned char digest[32];
+    CHECK(SHA256(packed, n, digest) != NULL);
+
+    unsigned char msg[512];
     size_t o = 0;
     msg[o++] = 'S';
-    be32(msg + o, 17);
+    be32(msg + o, 10);
     o += 4;
-    part(msg, &o, "u", 1);
-    part(msg, &o, "", 0);
-    be32(count, 1);
-    part(msg, &o, count, 4); /* n_groups */
-    part(msg, &o, "g", 1);
-    part(msg, &o, count, 4); /* n_extra */
-    part(msg, &o, "k", 1);
-    part(msg, &o, count, 4); /* n_values */
-    part(msg, &o, "v", 1);
+    part(msg, &o, digest, 32);
     part(msg, &o, "N", 1);
     part(msg, &o, "", 0);        /* namespace */
     part(msg, &o, "\x01get", 4); /* verb */
@@ -1060,10 +1072,12 @@ static void test_cache_key_secret(void)
     static packed_user p;
     REQUIRE(pack(&webhook_sender, &p) == 0);
     cache_key out;
-    CHECK_EQ_INT(sar_cache_key(NULL, &p.view, &create_webhooks, &out), -1);
+    unsigned char digest[IDENTITY_DIGEST_BYTES];
+    REQUIRE(identity_digest(p.packed, p.len, digest) == 0);
+    CHECK_EQ_INT(sar_cache_key(NULL, digest, &create_webhooks, &out), -1);
     CHECK_EQ_INT(sar_cache_key(a1, NULL, &create_webhooks, &out), -1);
-    CHECK_EQ_INT(sar_cache_key(a1, &p.view, NULL, &out), -1);
-    CHECK_EQ_INT(sar_cache_key(a1, &p.view, &create_webhooks, NULL), -1);
+    CHECK_EQ_INT(sar_cache_key(a1, digest, NULL, &out), -1);
+    CHECK_EQ_INT(sar_cache_key(a1, digest, &create_webhooks, NULL), -1);
 
     /* A large identity (256 groups, 256 extra values) still gets a key. */
     static char names[256][16];
