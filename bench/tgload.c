@@ -4,6 +4,7 @@
  *
  *   tgload --url http://127.0.0.1:PORT/path -c CONCURRENCY (-n TOTAL | -d SECONDS)
  *          [--tokens FILE] [-H "Name: value"]... [--timeout SECONDS]
+ *          [--rate REQ_PER_S] [--slow-ms MS]
  *
  * Each connection has exactly one request in flight and reuses the connection (keep-alive)
  * unless the server closes it. All connections are opened before the first request is
@@ -26,6 +27,13 @@
  * there is none. elapsed_s runs from firing the first request to the last completion;
  * rps = requests / elapsed_s. Diagnostics go to stderr. Exit status: 0 when the JSON line
  * was printed (whatever the codes), 2 for a usage error, 1 when the run could not start.
+ *
+ * --rate R paces the load at about R requests per second in total (steady traffic rather
+ * than as fast as the server answers): each connection starts its next request no sooner
+ * than c/R seconds after it started the previous one (the connections' first requests are
+ * spread over that interval). A request that takes longer delays only its own connection;
+ * latency is still measured from the moment a request is handed to its connection.
+ * --slow-ms MS adds "slow":n to the JSON line: responses that took more than MS ms.
  *
  * With -d, no request is issued after the deadline and the ones in flight are allowed to
  * finish (each bounded by --timeout). SIGINT/SIGTERM stop at once and report what
@@ -77,6 +85,7 @@ enum timer_mode {
     T_OPEN,    /* connect deadline while opening all connections */
     T_REQUEST, /* deadline of the request in flight */
     T_RETRY,   /* pause before reconnecting after a failed connect */
+    T_PACE,    /* --rate: waiting for this connection's next slot */
 };
 
 struct load;
@@ -91,6 +100,7 @@ struct conn {
     int connected; /* TCP connection established */
     int busy;      /* a request is outstanding */
     uint64_t req_start_ns;
+    uint64_t next_due_ns; /* --rate: earliest start of the next request */
     /* response parser */
     enum parse_state ps;
     int status;
@@ -114,6 +124,10 @@ struct load {
     uint64_t total;  /* -n; 0 when running for a duration */
     double duration; /* -d seconds */
     struct timeval timeout_tv;
+    double rate;        /* --rate: requests per second in total; 0 = as fast as possible */
+    uint64_t pace_ns;   /* --rate: interval between two requests of one connection */
+    double slow_ms;     /* --slow-ms threshold; 0 = not reported */
+    uint64_t slow;      /* responses slower than slow_ms */
     int running;        /* all connections opened (or given up on), requests fired */
     int stopping;       /* no more requests to issue */
     size_t opening;     /* connections still opening before the fire */
@@ -280,6 +294,18 @@ static void conn_next(struct conn *c)
         load_maybe_finish(ld);
         return;
     }
+    if (ld->pace_ns) {
+        uint64_t now = now_ns();
+        if (c->next_due_ns > now) {
+            uint64_t wait = c->next_due_ns - now;
+            struct timeval tv = {(time_t)(wait / 1000000000u), (suseconds_t)(wait % 1000000000u / 1000u)};
+            conn_arm(c, T_PACE, &tv);
+            return;
+        }
+        /* Due (or late, after a slow answer): start now and keep the schedule from here
+         * rather than bursting to catch up. */
+        c->next_due_ns = now + ld->pace_ns;
+    }
     conn_issue(c);
 }
 
@@ -319,6 +345,8 @@ static void conn_complete(struct conn *c)
     ld->inflight--;
     ld->codes[c->status]++;
     ld->t_last_ns = t;
+    if (ld->slow_ms > 0 && (double)(t - c->req_start_ns) / 1e6 > ld->slow_ms)
+        ld->slow++;
     if (record_sample(ld, t - c->req_start_ns) < 0 && !ld->stopping) {
         logmsg("reached %u latency samples; stopping early", TGLOAD_MAX_SAMPLES);
         ld->stopping = 1;
@@ -608,6 +636,14 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     case T_RETRY:
         conn_next(c);
         break;
+    case T_PACE:
+        if (ld->stopping) {
+            load_maybe_finish(ld);
+            break;
+        }
+        c->next_due_ns += ld->pace_ns;
+        conn_issue(c);
+        break;
     case T_NONE:
         break;
     }
@@ -630,6 +666,8 @@ static void load_fire(struct load *ld)
         tv.tv_usec = (suseconds_t)((ld->duration - (double)tv.tv_sec) * 1e6);
         evtimer_add(ld->deadline_ev, &tv);
     }
+    for (i = 0; i < ld->nconns && ld->pace_ns; i++)
+        ld->conns[i].next_due_ns = ld->t_fire_ns + ld->pace_ns * i / ld->nconns;
     for (i = 0; i < ld->nconns && !ld->stopping; i++)
         conn_next(&ld->conns[i]);
 }
@@ -650,7 +688,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     ld->stopping = 1;
     /* Connections pausing after a failed connect hold no request: stop their timers. */
     for (i = 0; i < ld->nconns; i++) {
-        if (ld->conns[i].tmode == T_RETRY) {
+        if (ld->conns[i].tmode == T_RETRY || ld->conns[i].tmode == T_PACE) {
             evtimer_del(ld->conns[i].timer);
             ld->conns[i].tmode = T_NONE;
         }
@@ -711,7 +749,10 @@ static void print_result(struct load *ld)
         printf("%s\"%u\":%llu", first ? "" : ",", code, (unsigned long long)ld->codes[code]);
         first = 0;
     }
-    printf("},\"errors\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
+    printf("}");
+    if (ld->slow_ms > 0)
+        printf(",\"slow\":%llu", (unsigned long long)ld->slow);
+    printf(",\"errors\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
            "\"elapsed_s\":%.3f,\"rps\":%.1f}\n",
            (unsigned long long)ld->errors, pct_ms(ld, 50), pct_ms(ld, 90), pct_ms(ld, 99),
            ld->nsamples ? (double)ld->samples[ld->nsamples - 1] / 1e6 : 0.0, elapsed,
@@ -870,6 +911,7 @@ static void usage(FILE *f)
 {
     fputs("usage: tgload --url http://HOST:PORT/path -c CONCURRENCY (-n TOTAL | -d SECONDS)\n"
           "              [--tokens FILE] [-H \"Name: value\"]... [--timeout SECONDS]\n"
+          "              [--rate REQ_PER_S] [--slow-ms MS]\n"
           "  -c N          connections, one request in flight on each (default 1)\n"
           "  -n N          send N requests in total\n"
           "  -d SECONDS    send requests for SECONDS (fractions allowed)\n"
@@ -877,6 +919,8 @@ static void usage(FILE *f)
           "                a line \"-\" sends no Authorization header\n"
           "  -H HEADER     extra request header (repeatable)\n"
           "  --timeout S   per-request (and connect) timeout in seconds (default 10)\n"
+          "  --rate R      pace at about R requests/s in total (default: as fast as answered)\n"
+          "  --slow-ms MS  also count responses slower than MS ms (\"slow\" in the JSON)\n"
           "Prints one JSON line: requests, codes, errors, p50/p90/p99/max latency in ms,\n"
           "elapsed_s and rps.\n",
           f);
@@ -897,6 +941,8 @@ int main(int argc, char **argv)
         {"url", required_argument, NULL, 'u'},
         {"tokens", required_argument, NULL, 't'},
         {"timeout", required_argument, NULL, 'T'},
+        {"rate", required_argument, NULL, 'r'},
+        {"slow-ms", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -954,6 +1000,22 @@ int main(int argc, char **argv)
         case 'T':
             if (parse_seconds(optarg, &timeout_s) < 0) {
                 logmsg("--timeout must be a positive number of seconds");
+                rc = 2;
+                goto out;
+            }
+            break;
+        case 'r':
+            errno = 0;
+            ld.rate = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(ld.rate > 0) || ld.rate > 1e7) {
+                logmsg("--rate must be a positive number of requests per second");
+                rc = 2;
+                goto out;
+            }
+            break;
+        case 's':
+            if (parse_seconds(optarg, &ld.slow_ms) < 0) {
+                logmsg("--slow-ms must be a positive number of milliseconds");
                 rc = 2;
                 goto out;
             }
@@ -1025,6 +1087,8 @@ int main(int argc, char **argv)
             concurrency = (size_t)ld.total;
     }
     ld.nconns = concurrency;
+    if (ld.rate > 0)
+        ld.pace_ns = (uint64_t)((double)concurrency / ld.rate * 1e9);
     raise_nofile(concurrency + 64);
     signal(SIGPIPE, SIG_IGN);
 
