@@ -5,6 +5,32 @@
 
 #include <string.h>
 
+/* Strings nearly every ServiceAccount identity carries, stored as a 2-byte code instead
+ * of their bytes (a string record whose length field has the high bit set names one by
+ * index). Real lengths never have that bit (IDENTITY_STRING_MAX is 4096). Appending to
+ * this table is compatible; reordering is not (codes live in cache entries only, which
+ * do not outlive the process, so that would merely be a rebuild). */
+#define WELL_KNOWN_CODE 0x8000u
+static const str_view well_known[] = {
+#define WK(s) {s, sizeof(s) - 1}
+    WK("system:serviceaccounts"),
+    WK("system:authenticated"),
+    WK("authentication.kubernetes.io/pod-name"),
+    WK("authentication.kubernetes.io/pod-uid"),
+    WK("authentication.kubernetes.io/node-name"),
+    WK("authentication.kubernetes.io/node-uid"),
+    WK("authentication.kubernetes.io/credential-id"),
+#undef WK
+};
+#define N_WELL_KNOWN (sizeof(well_known) / sizeof(well_known[0]))
+
+static int well_known_index(const char *s, size_t len)
+{
+    for (size_t i = 0; i < N_WELL_KNOWN; i++)
+        if (well_known[i].len == len && memcmp(well_known[i].ptr, s, len) == 0) return (int)i;
+    return -1;
+}
+
 static void put_u16(unsigned char *p, size_t v)
 {
     p[0] = (unsigned char)(v & 0xff);
@@ -47,6 +73,12 @@ void identity_builder_string(identity_builder *b, const char *s, size_t len)
             return;
         }
     }
+    int code = well_known_index(s, len);
+    if (code >= 0) {
+        put_u16(b->buf + b->len, WELL_KNOWN_CODE | (size_t)code);
+        b->len += 2;
+        return;
+    }
     put_u16(b->buf + b->len, len);
     memcpy(b->buf + b->len + 2, s, len);
     b->len += 2 + len;
@@ -72,6 +104,15 @@ static size_t reader_u16(reader *r)
 static void reader_string(reader *r, str_view *out)
 {
     size_t len = reader_u16(r);
+    if (!r->failed && (len & WELL_KNOWN_CODE)) {
+        size_t code = len & ~(size_t)WELL_KNOWN_CODE;
+        if (code >= N_WELL_KNOWN) {
+            r->failed = true;
+            return;
+        }
+        if (out) *out = well_known[code];
+        return;
+    }
     if (r->failed || (size_t)(r->end - r->pos) < len) {
         r->failed = true;
         return;
@@ -104,9 +145,15 @@ int identity_view_parse(const void *packed, size_t len, identity_view *view)
 
 void identity_read_string(const unsigned char **pos, str_view *out)
 {
-    out->len = get_u16(*pos);
+    size_t len = get_u16(*pos);
+    if (len & WELL_KNOWN_CODE) { /* validated by identity_view_parse */
+        *out = well_known[len & ~(size_t)WELL_KNOWN_CODE];
+        *pos += 2;
+        return;
+    }
+    out->len = len;
     out->ptr = (const char *)*pos + 2;
-    *pos += 2 + out->len;
+    *pos += 2 + len;
 }
 
 size_t identity_read_count(const unsigned char **pos)

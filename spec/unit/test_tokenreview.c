@@ -680,8 +680,53 @@ static void test_identity_builder_and_view(void)
     CHECK(b.failed);
 }
 
+/* Well-known strings are stored as 2-byte codes and read back as themselves; an unknown
+ * code is refused by identity_view_parse. */
+static void test_identity_well_known_strings(void)
+{
+    unsigned char buf[512];
+    identity_builder b;
+    identity_builder_init(&b, buf, sizeof(buf));
+    identity_builder_string(&b, "system:serviceaccount:ns:app", 28);
+    identity_builder_string(&b, "u-1", 3);
+    identity_builder_count(&b, 3);
+    identity_builder_string(&b, "system:serviceaccounts", 22);
+    identity_builder_string(&b, "system:serviceaccounts:ns", 25);
+    identity_builder_string(&b, "system:authenticated", 20);
+    identity_builder_count(&b, 1);
+    identity_builder_string(&b, "authentication.kubernetes.io/pod-uid", 36);
+    identity_builder_count(&b, 1);
+    identity_builder_string(&b, "pod-uid-1", 9);
+    CHECK(!b.failed);
+    /* 2+28 2+3 2 | 2 2+25 2 | 2 2 2 2+9 */
+    CHECK_EQ_INT((int)b.len, 30 + 5 + 2 + 2 + 27 + 2 + 2 + 2 + 2 + 11);
+    identity_view v;
+    CHECK_EQ_INT(identity_view_parse(buf, b.len, &v), 0);
+    const unsigned char *pos = v.groups;
+    str_view s;
+    identity_read_string(&pos, &s);
+    CHECK(s.len == 22 && memcmp(s.ptr, "system:serviceaccounts", 22) == 0);
+    identity_read_string(&pos, &s);
+    CHECK(s.len == 25 && memcmp(s.ptr, "system:serviceaccounts:ns", 25) == 0);
+    identity_read_string(&pos, &s);
+    CHECK(s.len == 20 && memcmp(s.ptr, "system:authenticated", 20) == 0);
+    char groups[128];
+    CHECK_EQ_INT((int)identity_join_groups(&v, groups, sizeof(groups)), 69);
+    CHECK_STR(groups, "system:serviceaccounts|system:serviceaccounts:ns|system:authenticated");
+    pos = v.extra;
+    identity_read_string(&pos, &s);
+    CHECK(s.len == 36 && memcmp(s.ptr, "authentication.kubernetes.io/pod-uid", 36) == 0);
+    CHECK_EQ_INT((int)identity_read_count(&pos), 1);
+    identity_read_string(&pos, &s);
+    CHECK(s.len == 9 && memcmp(s.ptr, "pod-uid-1", 9) == 0);
+    /* A code past the table is malformed. */
+    unsigned char bad[] = {0xff, 0x80, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ_INT(identity_view_parse(bad, sizeof(bad), &v), -1);
+}
+
 int main(void)
 {
+    RUN(test_identity_well_known_strings);
     RUN(test_request_body_no_audiences);
     RUN(test_request_body_audiences);
     RUN(test_request_body_audience_not_utf8);
