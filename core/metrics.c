@@ -157,6 +157,12 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                                    "gateway_tokenreview_refreshes_total{result=\"skipped\"} %llu\n",
                               (unsigned long long)e->refreshes_started,
                               (unsigned long long)e->refreshes_skipped) < 0;
+    rc |= render_gauge(out, "gateway_apiserver_rate_qps",
+                       "API calls per second the client-side limit allows now: --apiserver-qps, halved by each "
+                       "429 burst, regained as calls are answered.",
+                       e->rate_qps);
+    rc |= render_counter(out, "gateway_apiserver_rate_cuts_total", "Times a 429 halved the client-side call rate.",
+                         e->rate_cuts);
     rc |= render_gauge(out, "gateway_workers", "Event-loop threads serving the main listener (--workers).",
                        (double)g->workers);
     rc |= render_gauge(out, "gateway_connections_open", "Open client connections on the main listener.",

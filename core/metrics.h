@@ -78,6 +78,8 @@ typedef struct review_engine_stats {
     int circuit_open;           /* 1 while open or half-open */
     uint64_t refreshes_started;  /* refresh-ahead reviews sent */
     uint64_t refreshes_skipped;  /* refresh-ahead reviews not sent (busy, limited or failing) */
+    uint64_t rate_cuts;          /* times a 429 halved the adaptive call rate */
+    double rate_qps;             /* the adaptive call rate now (at most --apiserver-qps) */
 } review_engine_stats;
 
 /* Values that are read from elsewhere at scrape time. */

@@ -25,6 +25,8 @@
 #define RETRY_MAX_BACKOFF_MS 2000
 #define DEADLINE_SLACK_MS 20 /* a retry needs at least this much time left to be worth it */
 #define MIN_CALL_MS 50        /* a call with less time left than this is not started */
+#define RATE_FLOOR_QPS 1.0    /* the adaptive rate never drops below this (or --apiserver-qps if lower) */
+#define RATE_STEP_QPS 0.5     /* what each answered call adds back to the adaptive rate */
 
 typedef enum { FLIGHT_QUEUED, FLIGHT_CALLING } flight_state;
 typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
@@ -60,6 +62,8 @@ struct review_engine {
     review_flight *queue_head, *queue_tail;
     size_t queued;
     double tokens;
+    double rate; /* calls per second now: --apiserver-qps, halved by each 429, regained by answers */
+    int64_t rate_cut_ms; /* no second cut before this (the same overrun's other 429s) */
     int64_t refilled_ms;
     int64_t paused_until_ms; /* no new calls before this (after a 429) */
     circuit_state circuit;
@@ -106,6 +110,7 @@ review_engine *review_engine_new(api_client *client, struct event_base *base, co
     if (engine->limits.circuit_failures < 1) engine->limits.circuit_failures = 5;
     if (engine->limits.retry_after_cap_s < 1) engine->limits.retry_after_cap_s = 32;
     engine->tokens = engine->limits.burst;
+    engine->rate = engine->limits.qps;
     engine->refilled_ms = monotonic_ms();
     engine->timer = evtimer_new(base, on_timer, engine);
     if (!engine->timer) {
@@ -149,6 +154,7 @@ void review_engine_get_stats(const review_engine *engine, review_engine_stats *o
 {
     *out = engine->stats;
     out->queued = engine->queued;
+    out->rate_qps = engine->rate;
     out->circuit_open = engine->circuit != CIRCUIT_CLOSED;
 }
 
@@ -323,6 +329,8 @@ static void on_api_done(const api_response *response, void *arg)
 
     if (response->error == API_ERROR_NONE) {
         circuit_success(engine);
+        engine->rate += RATE_STEP_QPS;
+        if (engine->rate > engine->limits.qps) engine->rate = engine->limits.qps;
         flight_answered(flight, response);
         pump(engine);
         return;
@@ -337,9 +345,18 @@ static void on_api_done(const api_response *response, void *arg)
          * the API server is up and telling us how to behave. */
         if (now + retry_after * 1000 > engine->paused_until_ms) engine->paused_until_ms = now + retry_after * 1000;
         retry_at = now + retry_after * 1000;
-        /* After the pause, calls resume at the configured rate, not as one burst that would
-         * overrun the API server's seats again. */
+        /* After the pause, calls resume at a rate, not as one burst that would overrun the
+         * API server's seats again — and at half the rate that just overran them
+         * (additive increase, multiplicative decrease, as TCP does): calls settle near
+         * what API Priority and Fairness admits instead of tripping a 429 every pause. */
         engine->tokens = 0;
+        if (now >= engine->rate_cut_ms) {
+            double floor = engine->limits.qps < RATE_FLOOR_QPS ? engine->limits.qps : RATE_FLOOR_QPS;
+            engine->rate = engine->rate / 2 > floor ? engine->rate / 2 : floor;
+            engine->stats.rate_cuts++;
+            /* One cut per pause: the other calls of the same burst get their 429s too. */
+            engine->rate_cut_ms = now + retry_after * 1000;
+        }
     } else {
         bool retryable = response->error == API_ERROR_NETWORK ||
                          (response->error == API_ERROR_HTTP && retryable_status(response->http_status));
@@ -390,7 +407,7 @@ static void pump(review_engine *engine)
     double elapsed = now < engine->paused_until_ms ? 0.0 : (double)(now - engine->refilled_ms);
     if (engine->refilled_ms < engine->paused_until_ms && now >= engine->paused_until_ms)
         elapsed = (double)(now - engine->paused_until_ms);
-    engine->tokens += elapsed * engine->limits.qps / 1000.0;
+    engine->tokens += elapsed * engine->rate / 1000.0;
     if (engine->tokens > engine->limits.burst) engine->tokens = engine->limits.burst;
     engine->refilled_ms = now;
 
@@ -426,7 +443,7 @@ static void pump(review_engine *engine)
         if (!ready) break;
         if (engine->tokens < 1.0) {
             engine->stats.rate_limited++;
-            wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->limits.qps);
+            wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->rate);
             break;
         }
         queue_remove(engine, ready);

@@ -357,6 +357,9 @@ describe("resilience", function()
         gw:metric("gateway_apiserver_retries_total") >= 1)
 
       local storm_metrics = gw:metrics()
+      -- Each 429 burst halved the client's own call rate (AIMD), never raising it above the flag.
+      assert.is_true(storm_metrics["gateway_apiserver_rate_cuts_total"] >= 1, "no 429 cut the call rate")
+      assert.is_true(storm_metrics["gateway_apiserver_rate_qps"] <= QPS, "rate " .. storm_metrics["gateway_apiserver_rate_qps"])
       local cached = storm_metrics["gateway_tokenreview_cache_entries"]
       assert.is_true(cached >= 10, "only " .. cached .. " tokens got a verdict during the storm")
 
