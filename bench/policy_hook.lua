@@ -12,7 +12,8 @@
 --                    the hook, the decision it builds (tg.sar for default.lua) and the
 --                    sandbox's checks
 --   views+authorize  the same with a fresh req view and user table per call, built the
---                    way core/policy.c builds them (sandbox.host_interface), i.e. what the
+--                    way core/policy.c builds them (sandbox.host_interface: req through
+--                    authorize_request, user only if authorize declares it), i.e. what the
 --                    gateway runs per request minus the C API calls and the decision copy
 --   kit              make_request + make_user + authorize, as tokengate.testing does
 -- and the memory each call leaves for the garbage collector (bytes per call).
@@ -26,7 +27,9 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 jit.off()
 local G = _G
 local saved_debug, saved_jit = G.debug, G.jit
-G.debug, G.jit = nil, nil
+-- Without the debug library's hooks; getmetatable stands in for the C host's
+-- raw_getmetatable (how the sandbox finds a read-only view's source).
+G.debug, G.jit = { getmetatable = saved_debug.getmetatable }, nil
 local testing = require("tokengate.testing")
 G.debug, G.jit = saved_debug, saved_jit
 local sandbox = testing.sandbox
@@ -46,13 +49,7 @@ local UID = "0b6f2a8e-3c1d-4e5f-9a7b-8c9d0e1f2a3b"
 local GROUPS = { "system:serviceaccounts", "system:serviceaccounts:bench", "system:authenticated" }
 local HEADERS = { ["Host"] = "127.0.0.1:8080", ["Authorization"] = "Bearer x" }
 
--- (sandbox.host_interface is absent from versions before it, where the views case builds
--- requests with make_request.)
-local request_source, REQUEST_MT
-if sandbox.host_interface then
-  local host_interface = sandbox.host_interface()
-  request_source, REQUEST_MT = host_interface.request_source, host_interface.request_mt
-end
+local host_interface = sandbox.host_interface and sandbox.host_interface()
 
 -- The gateway's host unpacks packed headers in C; the kit's host has no such function, so
 -- a Lua stand-in serves policies that read req.headers here.
@@ -65,15 +62,15 @@ host.unpack_headers = host.unpack_headers or function(packed)
   return map
 end
 
--- What core/policy.c's push_request and push_user build.
+local PACKED_HEADERS = "host\000127.0.0.1:8080\000"
+
+-- What core/policy.c's call_hook passes the sandbox to build req (older versions, without
+-- host_interface().request_view, build it with make_request).
 local function c_like_request()
-  if not request_source then
+  if not (host_interface and host_interface.request_view) then
     return sandbox.make_request("GET", "/bench", "", "127.0.0.1:8080", "127.0.0.1", HEADERS)
   end
-  local req = setmetatable({}, REQUEST_MT)
-  request_source[req] = { method = "GET", path = "/bench", query = "", host = "127.0.0.1:8080",
-                          client_ip = "127.0.0.1", headers = "host\000127.0.0.1:8080\000" }
-  return req
+  return host_interface.request_view("GET", "/bench", "", "127.0.0.1:8080", "127.0.0.1", PACKED_HEADERS)
 end
 
 -- The gateway builds user only when authorize declares a parameter for it (core/policy.c,
@@ -87,21 +84,44 @@ end
 -- and look its decision's payload up (a sar's is packed). Older versions: the gateway
 -- called sandbox.authorize. The kit case calls sandbox.authorize.
 local info = debug.getinfo(policy.authorize, "u")
-local builds_user = not sandbox.host_interface or info.isvararg or info.nparams >= 2
+local builds_user = not host_interface or info.isvararg or info.nparams >= 2
 local function user_arg()
   if builds_user then return c_like_user() end
 end
 
 local authorize = sandbox.authorize
-if sandbox.host_interface then
-  local host_interface = sandbox.host_interface()
+-- views+authorize: req built per call as call_hook has it built (authorize_request).
+local authorize_fresh = function(policy, user)
+  return sandbox.authorize(policy, c_like_request(), user)
+end
+if host_interface then
   local payloads, authorize_error = host_interface.decision_payloads, host_interface.authorize_error
-  authorize = function(policy, req, user)
-    local ok, d = pcall(policy.authorize, req, user)
+  local function finish(policy, ok, d)
     if not ok then return "error", authorize_error(policy, d, true) end
     local payload = payloads[d]
     if payload == nil then return "error", authorize_error(policy, d, false) end
     return "ok", payload
+  end
+  authorize = function(policy, req, user)
+    return finish(policy, pcall(policy.authorize, req, user))
+  end
+  local authorize_request = host_interface.authorize_request
+  if authorize_request then
+    -- As call_hook passes them: the request's strings, then the identity's parts (fresh
+    -- groups and extra tables) when authorize declares user.
+    authorize_fresh = function(policy)
+      if builds_user then
+        return finish(policy, pcall(authorize_request, policy.authorize, "GET", "/bench", "", "127.0.0.1:8080",
+          "127.0.0.1", PACKED_HEADERS, USERNAME, UID, { GROUPS[1], GROUPS[2], GROUPS[3] }, {}, "bench",
+          "load-client"))
+      end
+      return finish(policy, pcall(authorize_request, policy.authorize, "GET", "/bench", "", "127.0.0.1:8080",
+        "127.0.0.1", PACKED_HEADERS))
+    end
+  else
+    authorize_fresh = function(policy, user)
+      return authorize(policy, c_like_request(), user)
+    end
   end
 end
 local cases = {
@@ -114,8 +134,8 @@ local cases = {
     end },
   { "views+authorize", function(n)
       for _ = 1, n do
-        local kind = authorize(policy, c_like_request(), user_arg())
-        if kind == "error" then error(select(2, authorize(policy, c_like_request(), user_arg()))) end
+        local kind = authorize_fresh(policy, user_arg())
+        if kind == "error" then error(select(2, authorize_fresh(policy, user_arg()))) end
       end
     end },
   { "kit", function(n)

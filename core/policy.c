@@ -5,12 +5,14 @@
  * shared with the busted kit.
  *
  * The per-request path (policy_authorize) is kept short because it runs on every cached
- * request: one lua_pcall of the C closure call_hook, which builds req (a read-only view
- * whose headers stay one packed string until a policy reads them) and user, each only if
- * authorize declares a parameter for it, from references taken once per state, calls the
- * policy's authorize directly and looks up the decision's validated payload; small blocks
- * come from per-state free lists (see limited_alloc). bench/policy_hook.lua and
- * bench/cached_path.sh measure it. */
+ * request: one lua_pcall of the C closure call_hook, which pushes the request's strings
+ * (its headers packed into one string that is unpacked only if a policy reads them) and
+ * the identity's for the sandbox's authorize_request, which builds the read-only req
+ * view and the user table and tail-calls the policy's authorize; req and user each only
+ * if authorize declares a parameter for it. References are taken once per state; the
+ * decision's validated payload is looked up directly; small blocks come from per-state
+ * free lists (see limited_alloc). bench/policy_hook.lua and bench/cached_path.sh
+ * measure it. */
 #include "policy.h"
 
 #include "embedded.h"
@@ -417,11 +419,21 @@ static int host_unpack_headers(lua_State *L)
     return 1;
 }
 
+/* raw_getmetatable(v): v's metatable even when __metatable hides it (nil if none). The
+ * sandbox finds a read-only view's source in its metatable this way; policies cannot
+ * reach this module, so to them the metatable stays hidden. */
+static int host_raw_getmetatable(lua_State *L)
+{
+    if (lua_gettop(L) < 1 || !lua_getmetatable(L, 1)) lua_pushnil(L);
+    return 1;
+}
+
 static int open_host_module(lua_State *L)
 {
     static const luaL_Reg functions[] = {
         {"has_control", host_has_control},
         {"unpack_headers", host_unpack_headers},
+        {"raw_getmetatable", host_raw_getmetatable},
         {"metric_declare", host_metric_declare},
         {"metric_update", host_metric_update},
         {"log", host_log},
@@ -545,34 +557,17 @@ static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
     return rc;
 }
 
-/* call_hook is a C closure whose upvalues are what it builds requests and users from
- * and calls: from sandbox.host_interface() the req view -> source table, the req view
- * metatable and the decision -> payload table; the policy's authorize; and the field
- * names, interned once per state instead of on every lua_setfield. */
+/* call_hook is a C closure whose upvalues are what it builds requests and users with
+ * and calls: from sandbox.host_interface() the req view and user constructors, the
+ * function that builds both and calls authorize with them, and the decision -> payload
+ * table; and the policy's authorize. */
 enum {
-    UV_REQUEST_SOURCE = 1,
-    UV_REQUEST_MT,
-    UV_PAYLOADS,  /* decision -> validated payload */
-    UV_AUTHORIZE, /* the policy's authorize */
-    UV_METHOD,
-    UV_PATH,
-    UV_QUERY,
-    UV_HOST,
-    UV_CLIENT_IP,
-    UV_HEADERS,
-    UV_USERNAME,
-    UV_UID,
-    UV_GROUPS,
-    UV_EXTRA,
-    UV_NAMESPACE,
-    UV_SERVICEACCOUNT,
-    UV_COUNT = UV_SERVICEACCOUNT
-};
-static const char *const uv_names[] = {
-    [UV_METHOD] = "method",       [UV_PATH] = "path",         [UV_QUERY] = "query",
-    [UV_HOST] = "host",           [UV_CLIENT_IP] = "client_ip", [UV_HEADERS] = "headers",
-    [UV_USERNAME] = "username",   [UV_UID] = "uid",           [UV_GROUPS] = "groups",
-    [UV_EXTRA] = "extra",         [UV_NAMESPACE] = "namespace", [UV_SERVICEACCOUNT] = "serviceaccount",
+    UV_REQUEST_VIEW = 1,  /* request_view(<REQUEST_ARGS>) */
+    UV_USER,              /* user(<USER_ARGS>) */
+    UV_AUTHORIZE_REQUEST, /* authorize_request(authorize, <REQUEST_ARGS>[, <USER_ARGS>]) */
+    UV_PAYLOADS,          /* decision -> validated payload */
+    UV_AUTHORIZE,         /* the policy's authorize */
+    UV_COUNT = UV_AUTHORIZE
 };
 
 static int call_hook(lua_State *L);
@@ -628,11 +623,11 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
         return -1;
     }
     int hi = lua_gettop(L);
-    static const char *const fields[] = {"request_source", "request_mt", "decision_payloads"};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const fields[] = {"request_view", "user", "authorize_request", "decision_payloads"};
+    for (size_t i = 0; i < 4; i++) {
         lua_getfield(L, hi, fields[i]);
-        if (!lua_istable(L, -1)) {
-            snprintf(err, err_cap, "tokengate.sandbox.host_interface() has no table %s", fields[i]);
+        if (lua_type(L, -1) != (i < 3 ? LUA_TFUNCTION : LUA_TTABLE)) {
+            snprintf(err, err_cap, "tokengate.sandbox.host_interface() lacks %s", fields[i]);
             lua_settop(L, top);
             return -1;
         }
@@ -647,7 +642,6 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
         return -1;
     }
     ps->authorize_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    for (int i = UV_METHOD; i <= UV_COUNT; i++) lua_pushstring(L, uv_names[i]);
     lua_pushcclosure(L, call_hook, UV_COUNT);
     ps->call_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* host_interface() */
@@ -860,25 +854,17 @@ size_t policy_audiences(const policy_host *host, const char *const **out)
 
 /* ---- calling hooks -------------------------------------------------------------------- */
 
-/* t[key] = s for the table at the top; key is an upvalue index of call_hook. */
-static void set_string(lua_State *L, int key, const char *s, size_t len)
+/* Pushes the six arguments of the sandbox's user (and authorize_request after the
+ * request's): username, uid, groups (a fresh list), extra (a fresh table of fresh lists),
+ * and namespace and serviceaccount for system:serviceaccount:NS:NAME, which
+ * identity_serviceaccount parses as sandbox.make_user's pattern does (else nil, nil).
+ * Runs inside call_hook, under lua_pcall: running out of memory here is a policy error,
+ * not a panic. */
+#define USER_ARGS 6
+static void push_user_args(lua_State *L, const identity_view *user)
 {
-    lua_pushvalue(L, lua_upvalueindex(key));
-    lua_pushlstring(L, s, len);
-    lua_rawset(L, -3);
-}
-
-/* Pushes the user table a hook receives, built here rather than by sandbox.make_user
- * but the same: a fresh plain table per call (username, uid, groups, extra, and
- * namespace/serviceaccount for system:serviceaccount:NS:NAME, which
- * identity_serviceaccount parses as make_user's pattern does). Runs inside call_hook,
- * under lua_pcall: running out of memory here is a policy error, not a panic. */
-static void push_user(lua_State *L, const identity_view *user)
-{
-    lua_createtable(L, 0, 6);
-    set_string(L, UV_USERNAME, user->username.ptr, user->username.len);
-    set_string(L, UV_UID, user->uid.ptr, user->uid.len);
-    lua_pushvalue(L, lua_upvalueindex(UV_GROUPS));
+    lua_pushlstring(L, user->username.ptr, user->username.len);
+    lua_pushlstring(L, user->uid.ptr, user->uid.len);
     lua_createtable(L, (int)user->n_groups, 0);
     const unsigned char *pos = user->groups;
     for (size_t i = 0; i < user->n_groups; i++) {
@@ -887,8 +873,6 @@ static void push_user(lua_State *L, const identity_view *user)
         lua_pushlstring(L, g.ptr, g.len);
         lua_rawseti(L, -2, (int)i + 1);
     }
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(UV_EXTRA));
     lua_createtable(L, 0, (int)user->n_extra);
     pos = user->extra;
     for (size_t i = 0; i < user->n_extra; i++) {
@@ -905,32 +889,34 @@ static void push_user(lua_State *L, const identity_view *user)
         }
         lua_rawset(L, -3);
     }
-    lua_rawset(L, -3);
     str_view ns, name;
     if (identity_serviceaccount(user->username, &ns, &name)) {
-        set_string(L, UV_NAMESPACE, ns.ptr, ns.len);
-        set_string(L, UV_SERVICEACCOUNT, name.ptr, name.len);
+        lua_pushlstring(L, ns.ptr, ns.len);
+        lua_pushlstring(L, name.ptr, name.len);
+    } else {
+        lua_pushnil(L);
+        lua_pushnil(L);
     }
 }
 
-static void set_cstring(lua_State *L, int key, const char *s)
+static void push_cstring(lua_State *L, const char *s, const char *fallback)
 {
-    set_string(L, key, s, strlen(s));
+    lua_pushstring(L, s ? s : fallback);
 }
 
-/* Pushes the read-only req view, built as sandbox.make_request builds it (see
- * sandbox.host_interface), except that its headers are one packed string,
- * "name\0value\0..." with lower-case names, which sandbox unpacks (host_unpack_headers)
- * only if the policy reads them. The credential headers are never shown to policies. */
-static void push_request(lua_State *L, const policy_request *req)
+/* Pushes the six arguments of the sandbox's request_view (and authorize_request after
+ * authorize): method, path, query, host, client_ip, and the headers packed into one
+ * string, "name\0value\0..." with lower-case names, which the sandbox unpacks
+ * (host_unpack_headers) only if the policy reads them. The credential headers are never
+ * shown to policies. */
+#define REQUEST_ARGS 6
+static void push_request_args(lua_State *L, const policy_request *req)
 {
-    lua_createtable(L, 0, 6);
-    set_cstring(L, UV_METHOD, req->method ? req->method : "");
-    set_cstring(L, UV_PATH, req->path ? req->path : "/");
-    set_cstring(L, UV_QUERY, req->query ? req->query : "");
-    set_cstring(L, UV_HOST, req->host ? req->host : "");
-    set_cstring(L, UV_CLIENT_IP, req->client_ip ? req->client_ip : "");
-    lua_pushvalue(L, lua_upvalueindex(UV_HEADERS));
+    push_cstring(L, req->method, "");
+    push_cstring(L, req->path, "/");
+    push_cstring(L, req->query, "");
+    push_cstring(L, req->host, "");
+    push_cstring(L, req->client_ip, "");
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     if (req->headers) {
@@ -947,15 +933,6 @@ static void push_request(lua_State *L, const policy_request *req)
         }
     }
     luaL_pushresult(&b);
-    lua_rawset(L, -3);
-    /* The view: an empty table with the shared metatable; request_source[view] = src. */
-    lua_createtable(L, 0, 0);
-    lua_pushvalue(L, lua_upvalueindex(UV_REQUEST_MT));
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_pushvalue(L, -3);
-    lua_rawset(L, lua_upvalueindex(UV_REQUEST_SOURCE));
-    lua_remove(L, -2);
 }
 
 /* The protected part of every hook call, run by lua_pcall as a C function so that
@@ -963,35 +940,51 @@ static void push_request(lua_State *L, const policy_request *req)
  * Lua error. With ps->call.fn_ref set, calls that sandbox function with the policy and
  * then req and/or user, and returns its two results. Without, calls the policy's
  * authorize(req, user) itself (what sandbox.authorize does, minus its own pcall: an
- * error propagates to run_hook's lua_pcall) and returns the value and its payload (nil
- * when the value is not a decision). */
+ * error propagates to run_hook's lua_pcall), through the sandbox's authorize_request
+ * when it takes req, and returns the value and its payload (nil when the value is not a
+ * decision). */
 static int call_hook(lua_State *L)
 {
     policy_state *ps = state_of(L);
     lua_settop(L, 0);
-    int nargs = 0;
-    if (ps->call.fn_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call.fn_ref);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
-        nargs = 1;
-    } else {
-        lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE));
+    /* the most pushed at once: two functions, the arguments, what building them needs */
+    luaL_checkstack(L, 2 + REQUEST_ARGS + USER_ARGS + 8, "call_hook");
+    if (ps->call.fn_ref == LUA_NOREF) {
+        int nargs = 0;
+        if (ps->call.req) {
+            lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE_REQUEST));
+            lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE));
+            push_request_args(L, ps->call.req);
+            nargs = 1 + REQUEST_ARGS;
+            if (ps->call.user) {
+                push_user_args(L, ps->call.user);
+                nargs += USER_ARGS;
+            }
+        } else {
+            /* authorize declares no parameter, so it takes no user either */
+            lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE));
+        }
+        lua_call(L, nargs, 1);
+        lua_pushvalue(L, 1);
+        lua_rawget(L, lua_upvalueindex(UV_PAYLOADS));
+        return 2;
     }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call.fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    int nargs = 1;
     if (ps->call.req) {
-        push_request(L, ps->call.req);
+        lua_pushvalue(L, lua_upvalueindex(UV_REQUEST_VIEW));
+        push_request_args(L, ps->call.req);
+        lua_call(L, REQUEST_ARGS, 1);
         nargs++;
     }
     if (ps->call.user) {
-        push_user(L, ps->call.user);
+        lua_pushvalue(L, lua_upvalueindex(UV_USER));
+        push_user_args(L, ps->call.user);
+        lua_call(L, USER_ARGS, 1);
         nargs++;
     }
-    if (ps->call.fn_ref != LUA_NOREF) {
-        lua_call(L, nargs, 2);
-        return 2;
-    }
-    lua_call(L, nargs, 1);
-    lua_pushvalue(L, 1);
-    lua_rawget(L, lua_upvalueindex(UV_PAYLOADS));
+    lua_call(L, nargs, 2);
     return 2;
 }
 

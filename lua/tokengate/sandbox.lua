@@ -7,8 +7,8 @@
 -- busted calls through tokengate.testing, so one definition of the sandbox is tested and
 -- shipped. For authorize, which runs on every request, the host does what
 -- sandbox.authorize does with the parts host_interface() hands it (the request view's
--- metatable and source table, the decision -> payload table, the error messages), in one
--- protected call instead of three: see host_interface below and core/policy.c.
+-- constructor, the decision -> payload table, the error messages), in one protected
+-- call instead of three: see host_interface below and core/policy.c.
 --
 -- The budget has two enforcers, one per host:
 --   * under busted (and any state with the `debug` and `jit` libraries) this module sets a
@@ -23,6 +23,7 @@
 -- ttl), false, err (anonymous) or "error", message (authorize).
 
 local tg = require("tokengate")
+local host = require("tokengate.host")
 
 local type = type
 local next = next
@@ -102,110 +103,104 @@ harden_string_metatable()
 
 -- Read-only views ------------------------------------------------------------------------
 
--- A view is an empty proxy: writes hit __newindex, reads go to the hidden source. Lua 5.1
--- has no __pairs, so the sandbox's pairs/next/ipairs look the source up here. The proxy
--- stays empty, so nothing a policy can do to the table itself (rawget, table.foreach,
--- table.maxn, ...) reaches the source.
-local view_source = setmetatable({}, { __mode = "k" })
+-- A view is an empty proxy table with a metatable of its own: __index is the view's
+-- source table, so a read that hits is a plain table lookup (no function call, which
+-- matters for req: policies run interpreted, and read req on every request); only a
+-- miss reaches the source's shared metatable, whose __index raises "has no field" with
+-- the reading line (or answers nil, for headers). Writes hit __newindex and raise.
+-- __metatable = false hides the metatable, and with it the source, from policies; the
+-- proxy stays empty, so nothing a policy can do to the table itself (rawget,
+-- table.foreach, table.maxn, ...) reaches the source either. Lua 5.1 has no __pairs, so
+-- the sandbox's pairs/next/ipairs find the source through source_of, which reads the
+-- metatable with raw_getmetatable (the debug library under busted, a C function of the
+-- gateway's host: neither is in the policy environment) and the private key VIEW.
+--
+-- No weak table maps views to sources. LuaJIT has no ephemerons: a weak-keyed table
+-- marks its values, so with one fresh source per request each source outlived its view
+-- by a collector cycle and counted as live, the collector's threshold grew cycle after
+-- cycle, and a policy allocating little else (one returning a prebuilt decision) ran
+-- into the memory cap after some 600,000 requests. A metatable per view costs about what
+-- that table's entry did, and dies with its view.
+local VIEW = {}   -- metatable[VIEW] = the view's source
+local PACKED = {} -- source[PACKED] = a request's headers, still packed (see below)
 
-local function readonly(src, what, strict, index)
-  local proxy = {}
-  view_source[proxy] = src
-  if strict and index == nil then
-    -- Reads that hit go straight to the source table without a function call; only a
-    -- miss reaches the function that raises (the error points at the reading line).
-    setmetatable(src, { __index = function(_, k)
-      error(format("%s has no field '%s'", what, tostring(k)), 2)
-    end })
-    index = src
-  end
-  return setmetatable(proxy, {
-    __index = index or function(_, k)
-      local v = src[k]
-      if v == nil and strict then
-        error(format("%s has no field '%s'", what, tostring(k)), 2)
-      end
-      return v
-    end,
-    __newindex = function(_, k)
-      error(format("%s is read-only (cannot set '%s')", what, tostring(k)), 2)
-    end,
-    __metatable = false,
-  })
+local raw_getmetatable = (debug and debug.getmetatable) or host.raw_getmetatable
+assert(raw_getmetatable, "tokengate.sandbox needs debug.getmetatable or tokengate.host.raw_getmetatable")
+
+local function make_view(src, newindex)
+  return setmetatable({}, { __index = src, __newindex = newindex, __metatable = false, [VIEW] = src })
 end
 
--- Requests are made for every call, so their views share two metatables (no closure or
--- metatable per request), and a req view finds its source in request_source. The
--- gateway's C host builds the same structure itself (see _M.host_interface), so a policy
--- sees exactly what make_request builds for specs, with one difference in how headers
--- get there: the host may leave src.headers as a packed string (lower-case
--- "name\0value\0" pairs, credentials already left out) that becomes the headers view the
--- first time anything reads req.headers or iterates req. Policies that never look at
--- headers then cost no header table; the packed string is a copy, so a req kept past
--- its call still shows its own request's headers.
-local request_source = setmetatable({}, { __mode = "k" })
+-- A view that raises on a read of a field src does not have.
+local function readonly(src, what)
+  setmetatable(src, { __index = function(_, k)
+    error(format("%s has no field '%s'", what, tostring(k)), 2)
+  end })
+  return make_view(src, function(_, k)
+    error(format("%s is read-only (cannot set '%s')", what, tostring(k)), 2)
+  end)
+end
 
 -- Header names are stored lower-case; a lookup with another case is lower-cased once.
-local HEADERS_MT = {
-  __index = function(proxy, k)
+local HEADERS_SOURCE_MT = {
+  __index = function(map, k)
     if type(k) ~= "string" then return nil end
-    local headers = view_source[proxy]
-    local v = headers[k]
-    if v == nil then v = headers[lower(k)] end
-    return v
+    local lk = lower(k)
+    if lk ~= k then return rawget(map, lk) end
+    return nil
   end,
-  __newindex = function(_, k)
-    error(format("req.headers is read-only (cannot set '%s')", tostring(k)), 2)
-  end,
-  __metatable = false,
 }
 
-local function headers_view(map)
-  local proxy = setmetatable({}, HEADERS_MT)
-  view_source[proxy] = map
-  return proxy
+local function headers_newindex(_, k)
+  error(format("req.headers is read-only (cannot set '%s')", tostring(k)), 2)
 end
 
+local function headers_view(map)
+  return make_view(setmetatable(map, HEADERS_SOURCE_MT), headers_newindex)
+end
+
+-- Requests are made for every call. Their sources share one metatable, which raises for
+-- a field req does not have and makes the headers view the first time anything reads
+-- req.headers (or iterates req): the gateway's C host leaves a request's headers packed
+-- in source[PACKED], one string of lower-case "name\0value\0" pairs with the credentials
+-- already left out, so a policy that never looks at headers costs no header table. The
+-- packed string is a copy, so a req kept past its call still shows its own request's
+-- headers. Sources that make_request builds (specs) have their headers view from the
+-- start.
 local unpack_headers -- the host's unpacker, looked up when first needed
 
--- Replaces a packed src.headers with its view; returns the view.
+-- Replaces the packed headers of a request source with their view; returns the view.
 local function unpacked_headers(src)
-  local h = src.headers
-  if type(h) == "string" then
-    unpack_headers = unpack_headers or require("tokengate.host").unpack_headers
-    h = headers_view(unpack_headers(h))
-    src.headers = h
-  end
+  local packed = rawget(src, PACKED)
+  unpack_headers = unpack_headers or host.unpack_headers
+  local h = headers_view(unpack_headers(packed))
+  rawset(src, PACKED, nil)
+  rawset(src, "headers", h)
   return h
 end
 
-local REQUEST_MT = {
-  __index = function(proxy, k)
-    local src = request_source[proxy]
-    local v = src[k]
-    if v == nil then error(format("req has no field '%s'", tostring(k)), 2) end
-    if k == "headers" and type(v) == "string" then v = unpacked_headers(src) end
-    return v
+local REQUEST_SOURCE_MT = {
+  __index = function(src, k)
+    if k == "headers" and rawget(src, PACKED) ~= nil then return unpacked_headers(src) end
+    error(format("req has no field '%s'", tostring(k)), 2)
   end,
-  __newindex = function(_, k)
-    error(format("req is read-only (cannot set '%s')", tostring(k)), 2)
-  end,
-  __metatable = false,
 }
 
-local function request_view(src)
-  local proxy = setmetatable({}, REQUEST_MT)
-  request_source[proxy] = src
-  return proxy
+local function request_newindex(_, k)
+  error(format("req is read-only (cannot set '%s')", tostring(k)), 2)
 end
 
--- The source behind a view (nil for any other table), with its headers unpacked.
+-- The req view of a request whose headers are packed (the C host's requests).
+local function packed_request_view(method, path, query, host_name, client_ip, packed)
+  return make_view(setmetatable({ method = method, path = path, query = query, host = host_name,
+    client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT), request_newindex)
+end
+
+-- The source behind a view (nil for any other value), with its headers unpacked.
 local function source_of(t)
-  local src = view_source[t]
-  if src == nil then
-    src = request_source[t]
-    if src ~= nil and type(src.headers) == "string" then unpacked_headers(src) end
-  end
+  local mt = raw_getmetatable(t)
+  local src = type(mt) == "table" and rawget(mt, VIEW) or nil
+  if src ~= nil and rawget(src, PACKED) ~= nil then unpacked_headers(src) end
   return src
 end
 
@@ -227,9 +222,9 @@ local policy_tg = readonly({
   deny = tg.deny,
   sar = tg.sar,
   log = tg.log,
-  metrics = readonly(copy_table(tg.metrics), "tokengate.metrics", true),
-  limits = readonly(copy_table(tg.limits), "tokengate.limits", true),
-}, "tokengate", true)
+  metrics = readonly(copy_table(tg.metrics), "tokengate.metrics"),
+  limits = readonly(copy_table(tg.limits), "tokengate.limits"),
+}, "tokengate")
 
 
 -- Instruction budget ---------------------------------------------------------------------
@@ -664,29 +659,62 @@ end
 
 -- syntax: req = sandbox.make_request(method, path, query, host, client_ip, headers_map)
 -- A read-only view; headers_map values may be strings or lists of strings.
-function _M.make_request(method, path, query, host, client_ip, headers_map)
-  return request_view({
+function _M.make_request(method, path, query, host_name, client_ip, headers_map)
+  return make_view(setmetatable({
     method = opt_string(method), path = opt_string(path), query = opt_string(query),
-    host = opt_string(host), client_ip = opt_string(client_ip),
+    host = opt_string(host_name), client_ip = opt_string(client_ip),
     headers = request_headers(headers_map),
-  })
+  }, REQUEST_SOURCE_MT), request_newindex)
+end
+
+-- What the C host calls for authorize when the policy's authorize declares a req
+-- parameter: builds the req view (as packed_request_view does) and, when username is
+-- given, the user table (as host_user below does), and calls authorize(req, user) as a
+-- tail call, so no frame of this function stands between the policy and the host (an
+-- error(msg, 2) in authorize reports the same place as when the host calls it
+-- directly). Both are built here, inline, by table constructors: cheaper than C API
+-- calls or a call per table, and this runs on every request.
+local function authorize_request(authorize_fn, method, path, query, host_name, client_ip, packed,
+                                 username, uid, groups, extra, namespace, serviceaccount)
+  local src = setmetatable({ method = method, path = path, query = query, host = host_name,
+    client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT)
+  local user
+  if username ~= nil then
+    user = { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
+             serviceaccount = serviceaccount }
+  end
+  return authorize_fn(setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false,
+    [VIEW] = src }), user)
+end
+
+-- The user table of a hook, as make_user builds it, from parts the C host has read from
+-- the TokenReview's identity: groups is a fresh list and extra a fresh table of fresh
+-- lists; namespace and serviceaccount are nil unless username is a ServiceAccount's
+-- (system:serviceaccount:NS:NAME, parsed as SA_PATTERN does).
+local function host_user(username, uid, groups, extra, namespace, serviceaccount)
+  return { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
+           serviceaccount = serviceaccount }
 end
 
 -- syntax: t = sandbox.host_interface()
--- For the gateway's C host, which builds req and user itself and calls a policy's
--- authorize directly, in one protected call per request:
---   t.request_source, t.request_mt: a req view is an empty table with request_mt as its
---     metatable and request_source[view] = the table of its fields (method, path, query,
---     host, client_ip, and headers as the packed string described above REQUEST_MT; the
---     host's unpack_headers turns it into the map of lower-case names to values);
+-- For the gateway's C host, which calls a policy's authorize itself, in one protected
+-- call per request:
+--   t.request_view(method, path, query, host, client_ip, packed_headers): a req view
+--     whose headers are packed (see REQUEST_SOURCE_MT; the host's unpack_headers turns
+--     them into the map of lower-case names to values);
+--   t.user(username, uid, groups, extra, namespace, serviceaccount): a user table;
+--   t.authorize_request(authorize, <request_view's six>[, <user's six>]):
+--     authorize(request_view(...), user(...)), as a tail call;
 --   t.decision_payloads: decision -> validated payload (tokengate.unwrap_decision
 --     describes them; sar payloads are packed);
 --   t.authorize_error(policy, value, raised): the message sandbox.authorize reports for
 --     a call that raised value (raised = true) or returned value, not a decision.
--- The user is the plain table make_user builds; policy is what sandbox.load returned.
+-- policy is what sandbox.load returned.
 function _M.host_interface()
   return {
-    request_source = request_source, request_mt = REQUEST_MT,
+    request_view = packed_request_view,
+    user = host_user,
+    authorize_request = authorize_request,
     decision_payloads = tg.decision_payloads,
     authorize_error = authorize_error,
   }

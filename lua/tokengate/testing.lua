@@ -59,6 +59,11 @@ end
 local function new_host()
   local host = { _testing = true, metrics = {}, log_entries = {} }
 
+  -- The C host's raw_getmetatable (lua_getmetatable, which ignores __metatable), which
+  -- tokengate.sandbox uses to find a read-only view's source when it runs without the
+  -- debug library (as in the gateway). Sandbox code calls it; policies never see it.
+  host.raw_getmetatable = debug and debug.getmetatable
+
   -- Same rule as the gateway: a name keeps its kind, labels and buckets for the life of
   -- the process (a reload that changes them fails); help text may change.
   function host.metric_declare(kind, name, help, labels, buckets)

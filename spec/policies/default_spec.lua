@@ -53,6 +53,45 @@ describe("policies/default.lua", function()
     end)
   end)
 
+  describe("decisions it has made before", function()
+    -- The hook itself, called as the gateway calls it, to see which table it returns.
+    local function raw_authorize(method, path)
+      return policy.policy.authorize(testing.request{ method = method, path = path })
+    end
+
+    it("answers a repeated method and path with the decision made the first time", function()
+      local first = raw_authorize("GET", "/memo/a")
+      assert.equal(first, raw_authorize("GET", "/memo/a"))
+      assert.are_not.equal(first, raw_authorize("GET", "/memo/b"))
+    end)
+
+    it("keeps methods apart", function()
+      assert.equal("get", policy:authorize(testing.request{ method = "GET", path = "/memo/m" }, sender).attributes.verb)
+      assert.equal("create", policy:authorize(testing.request{ method = "POST", path = "/memo/m" }, sender).attributes.verb)
+      assert.equal("get", policy:authorize(testing.request{ method = "GET", path = "/memo/m" }, sender).attributes.verb)
+    end)
+
+    it("is not changed by a change to a decision table it returned", function()
+      local d = raw_authorize("GET", "/memo/c")
+      d.attributes.path, d.decision = "/admin", "allow"
+      assert.same({ kind = "sar", attributes = { kind = "nonresource", path = "/memo/c", verb = "get" } },
+        policy:authorize(testing.request{ path = "/memo/c" }, sender))
+    end)
+
+    it("starts over once it holds 1024 decisions, answering as before", function()
+      local first = raw_authorize("GET", "/memo/0")
+      for i = 1, 1100 do
+        local path = "/memo/" .. i
+        assert.same({ kind = "nonresource", path = path, verb = "get" },
+          policy:authorize(testing.request{ path = path }, sender).attributes)
+      end
+      local again = raw_authorize("GET", "/memo/0")
+      assert.are_not.equal(first, again)
+      assert.same({ kind = "sar", attributes = { kind = "nonresource", path = "/memo/0", verb = "get" } },
+        policy:authorize(testing.request{ path = "/memo/0" }, sender))
+    end)
+  end)
+
   describe("hooks it leaves to the gateway", function()
     it("has no ttl hook, so --cache-ttl applies", function()
       assert.same({}, { policy:ttl(sender) })
