@@ -48,8 +48,12 @@ typedef struct digest_memo_slot {
     unsigned char identity[DIGEST_MEMO_IDENTITY_MAX];
 } digest_memo_slot;
 
+/* --forwarded-headers, decided once (proxy mode: always the request itself). */
+typedef enum { FORWARDED_AUTO, FORWARDED_TRAEFIK, FORWARDED_NGINX, FORWARDED_NONE } forwarded_mode;
+
 struct worker {
     worker_shared shared;
+    forwarded_mode forwarded_mode;
     const config *cfg;
     size_t index;
     pthread_t thread;
@@ -352,6 +356,37 @@ static bool path_is_normalized(const char *path)
     return true;
 }
 
+/* The proxy headers describe_request may read, found in one pass over the headers (the
+ * first of each name, as evhttp_find_header would). */
+typedef struct forwarded_headers {
+    const char *forwarded_uri, *forwarded_method, *forwarded_host;
+    const char *original_uri, *original_method;
+    const char *host;
+} forwarded_headers;
+
+static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_headers *f)
+{
+    memset(f, 0, sizeof(*f));
+    const struct evkeyval *kv;
+    TAILQ_FOREACH(kv, headers, next)
+    {
+        const char *k = kv->key;
+        /* Most headers are told apart by their length alone. */
+#define TAKE(field, name)                                                                          \
+    if (!f->field && strcasecmp(k, name) == 0) f->field = kv->value
+        switch (strlen(k)) {
+        case 4: TAKE(host, "Host"); break;
+        case 14: TAKE(original_uri, "X-Original-URI"); break;
+        case 15: TAKE(forwarded_uri, "X-Forwarded-Uri"); break;
+        case 16: TAKE(forwarded_host, "X-Forwarded-Host"); break;
+        case 17: TAKE(original_method, "X-Original-Method"); break;
+        case 18: TAKE(forwarded_method, "X-Forwarded-Method"); break;
+        default: break;
+        }
+#undef TAKE
+    }
+}
+
 /* Fills pr from req: the original method, URI and host as the proxy in front reports
  * them — one family of headers, never mixed, chosen by --forwarded-headers (see config.h)
  * — else the request itself (Envoy ext_authz forwards the client's method and path). In
@@ -362,25 +397,26 @@ static int describe_request(const worker *w, struct evhttp_request *req, policy_
                             request_text *text)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-    const char *mode = w->upstream ? "none" : w->cfg->forwarded_headers;
-    bool traefik = strcmp(mode, "traefik") == 0 ||
-                   (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Forwarded-Uri"));
-    bool nginx = !traefik && (strcmp(mode, "nginx") == 0 ||
-                              (strcmp(mode, "auto") == 0 && evhttp_find_header(h, "X-Original-URI")));
+    forwarded_headers f;
+    scan_forwarded_headers(h, &f);
+    forwarded_mode mode = w->forwarded_mode;
+    bool traefik = mode == FORWARDED_TRAEFIK || (mode == FORWARDED_AUTO && f.forwarded_uri);
+    bool nginx = !traefik && (mode == FORWARDED_NGINX || (mode == FORWARDED_AUTO && f.original_uri));
     const char *method = NULL, *uri = NULL, *host = NULL;
     if (traefik) {
-        method = evhttp_find_header(h, "X-Forwarded-Method");
-        uri = evhttp_find_header(h, "X-Forwarded-Uri");
-        host = evhttp_find_header(h, "X-Forwarded-Host");
+        method = f.forwarded_method;
+        uri = f.forwarded_uri;
+        host = f.forwarded_host;
     } else if (nginx) {
-        method = evhttp_find_header(h, "X-Original-Method");
-        uri = evhttp_find_header(h, "X-Original-URI");
-        host = evhttp_find_header(h, "X-Forwarded-Host");
+        method = f.original_method;
+        uri = f.original_uri;
+        host = f.forwarded_host;
     }
     if (!uri) uri = evhttp_request_get_uri(req);
-    if (!host) host = evhttp_find_header(h, "Host");
-    if (!uri || strlen(uri) >= sizeof(text->uri)) return -1;
-    strcpy(text->uri, uri);
+    if (!host) host = f.host;
+    size_t uri_len = uri ? strlen(uri) : 0;
+    if (!uri || uri_len >= sizeof(text->uri)) return -1;
+    memcpy(text->uri, uri, uri_len + 1);
     char *q = strchr(text->uri, '?');
     if (q) *q++ = '\0';
     if (!path_is_normalized(text->uri[0] ? text->uri : "/")) return -2;
@@ -390,7 +426,8 @@ static int describe_request(const worker *w, struct evhttp_request *req, policy_
         char *addr = NULL;
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(conn, &addr, &port);
-        if (addr) snprintf(text->client_ip, sizeof(text->client_ip), "%s", addr);
+        size_t addr_len = addr ? strnlen(addr, sizeof(text->client_ip)) : 0;
+        if (addr && addr_len < sizeof(text->client_ip)) memcpy(text->client_ip, addr, addr_len + 1);
     }
     pr->method = method ? method : method_name(evhttp_request_get_command(req));
     pr->path = text->uri[0] ? text->uri : "/";
@@ -978,6 +1015,12 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     }
     w->shared = *shared;
     w->cfg = cfg;
+    const char *fh = cfg->forwarded_headers;
+    w->forwarded_mode = config_proxy_mode(cfg)              ? FORWARDED_NONE
+                        : strcmp(fh, "traefik") == 0        ? FORWARDED_TRAEFIK
+                        : strcmp(fh, "nginx") == 0          ? FORWARDED_NGINX
+                        : strcmp(fh, "none") == 0           ? FORWARDED_NONE
+                                                            : FORWARDED_AUTO;
     w->index = index;
     w->tokenreview_cache = shared->tokenreview_cache;
     w->sar_cache = shared->sar_cache;
