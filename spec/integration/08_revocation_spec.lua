@@ -428,9 +428,14 @@ describe("tokengate revocation watch with 100 000 ServiceAccounts", function()
     local growth = rss1 - rss0
     print(string.format("[100k ServiceAccounts] %d list pages; RSS %.1f -> %.1f MiB", pages, rss0 / 1048576,
       rss1 / 1048576))
-    assert.is_true(growth < 8 * 1024 * 1024,
-      string.format("RSS grew by %.1f MiB (%.1f -> %.1f MiB)", growth / 1048576, rss0 / 1048576, rss1 / 1048576))
-    assert.is_true(gw:metric("process_resident_memory_bytes") < metric0 + 8 * 1024 * 1024)
+    -- AddressSanitizer's quarantine keeps freed memory resident (hundreds of MiB here):
+    -- there RSS says nothing about what the gateway keeps, so only the normal build checks it.
+    local sanitized = proc.run("ldd " .. proc.quote(proc.build_path("core/tokengate"))):find("libasan", 1, true)
+    if not sanitized then
+      assert.is_true(growth < 8 * 1024 * 1024,
+        string.format("RSS grew by %.1f MiB (%.1f -> %.1f MiB)", growth / 1048576, rss0 / 1048576, rss1 / 1048576))
+      assert.is_true(gw:metric("process_resident_memory_bytes") < metric0 + 8 * 1024 * 1024)
+    end
     -- And it still answers, from the cache, at once.
     fake:reset_stats()
     warm(gw, { "tok-survivor" })
