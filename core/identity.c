@@ -62,7 +62,7 @@ void identity_builder_count(identity_builder *b, size_t n)
 
 void identity_builder_string(identity_builder *b, const char *s, size_t len)
 {
-    if (b->failed || len > IDENTITY_STRING_MAX || b->cap - b->len < 2 + len) {
+    if (b->failed || len > IDENTITY_STRING_MAX) {
         b->failed = true;
         return;
     }
@@ -73,7 +73,13 @@ void identity_builder_string(identity_builder *b, const char *s, size_t len)
             return;
         }
     }
+    /* Room is checked for what is written: a well-known string takes its code only. */
     int code = well_known_index(s, len);
+    size_t need = code >= 0 ? 2 : 2 + len;
+    if (b->cap - b->len < need) {
+        b->failed = true;
+        return;
+    }
     if (code >= 0) {
         put_u16(b->buf + b->len, WELL_KNOWN_CODE | (size_t)code);
         b->len += 2;

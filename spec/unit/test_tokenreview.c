@@ -719,6 +719,14 @@ static void test_identity_well_known_strings(void)
     CHECK_EQ_INT((int)identity_read_count(&pos), 1);
     identity_read_string(&pos, &s);
     CHECK(s.len == 9 && memcmp(s.ptr, "pod-uid-1", 9) == 0);
+    /* Exactly enough room for a well-known string's code is enough. */
+    unsigned char two[2];
+    identity_builder_init(&b, two, sizeof(two));
+    identity_builder_string(&b, "system:authenticated", 20);
+    CHECK(!b.failed);
+    CHECK_EQ_INT((int)b.len, 2);
+    identity_builder_string(&b, "", 0);
+    CHECK(b.failed); /* no room left for even a length */
     /* A code past the table is malformed. */
     unsigned char bad[] = {0xff, 0x80, 0, 0, 0, 0, 0, 0};
     CHECK_EQ_INT(identity_view_parse(bad, sizeof(bad), &v), -1);
