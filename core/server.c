@@ -915,7 +915,6 @@ int server_run(const config *cfg, const apiserver_settings *api)
     srv->cfg = cfg;
     int rc = 1;
     size_t n_workers = config_workers(cfg);
-    bool threads_started = false;
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     srv->start_time_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
@@ -1027,7 +1026,6 @@ int server_run(const config *cfg, const apiserver_settings *api)
     for (size_t i = 0; i < srv->n_workers; i++)
         if (worker_start(srv->workers[i]) != 0) started_all = false;
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    threads_started = true;
     if (!started_all) {
         log_error("cannot start the worker threads", NULL);
         stop_now(srv);
@@ -1056,7 +1054,6 @@ join:
     for (size_t i = 0; i < srv->n_workers; i++) worker_join(srv->workers[i]);
 done:
     if (rc != 0) log_error("start-up failed", NULL);
-    (void)threads_started;
     server_teardown(srv);
     free(srv);
     return rc;

@@ -880,8 +880,8 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
     (void)evcon;
     worker *w = arg;
-    atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed);
-    if (atomic_load_explicit(&w->connections, memory_order_relaxed) < w->shared.max_connections) resume_accepting(w);
+    size_t open = atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed) - 1;
+    if (open < w->shared.max_connections) resume_accepting(w);
 }
 
 /* Runs once per loop turn that accepted connections, after evhttp set each one up: the
