@@ -298,6 +298,9 @@ static void flight_answered(review_flight *flight, const api_response *response)
         flight_fail(flight, API_ERROR_BAD_RESPONSE, 1, parsed.reason);
         return;
     }
+    if (parsed.verdict == REVIEW_POSITIVE && kind->vet &&
+        !kind->vet(kind->ctx, value, &parsed.value_len, parsed.reason, sizeof(parsed.reason)))
+        parsed.verdict = REVIEW_NEGATIVE; /* cached and told as the API server's own "no" */
     review_outcome outcome = {.verdict = parsed.verdict, .error = API_ERROR_NONE, .value = value,
                               .value_len = parsed.value_len, .reason = parsed.reason};
     int64_t now = monotonic_ms();

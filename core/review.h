@@ -47,6 +47,12 @@ typedef struct review_kind {
      * Returns milliseconds, or default_ms when it has no opinion; <= 0 means don't cache.
      * The engine bounds the result by the request's positive_ttl_cap_ms. */
     int64_t (*positive_ttl)(void *ctx, const unsigned char *value, size_t value_len, int64_t default_ms);
+    /* Optional: a last word on a POSITIVE answer, before it is cached or told. Returns true
+     * to keep it; false turns it NEGATIVE, after rewriting value / *value_len into that
+     * kind's negative form and writing why into reason (cap bytes, NUL-terminated, safe to
+     * log). The gateway refuses this way the identities of ServiceAccounts and Pods it saw
+     * deleted while the API server's own cache still vouches for them. */
+    bool (*vet)(void *ctx, unsigned char *value, size_t *value_len, char *reason, size_t cap);
     void *ctx;
 } review_kind;
 

@@ -119,6 +119,7 @@ struct revocation_watch {
     /* Everything below is read by other threads: under lock. */
     pthread_mutex_t lock;
     uint64_t evictions[REVOCATION_CAUSES];
+    uint64_t refused[REVOCATION_KINDS];
     tombstone tombstones[REVOCATION_TOMBSTONES];
     size_t tombstone_next, tombstone_count;
 };
@@ -554,13 +555,16 @@ static void count_error(resource_watch *r, revocation_error e)
     pthread_mutex_unlock(&r->owner->lock);
 }
 
-static void add_tombstone(revocation_watch *w, const revocation_event *ev, revocation_kind kind)
+/* Remembers a deleted object (a DELETED event, or one missing from a relist) so that
+ * review answers vouching for its identities are refused for REVOCATION_TOMBSTONE_MS. */
+static void add_tombstone(revocation_watch *w, const revocation_target *target)
 {
     char key[REVOCATION_NAMESPACE_MAX + REVOCATION_NAME_MAX + 2];
-    int n = snprintf(key, sizeof(key), "%s/%s", ev->namespace_name, ev->name);
-    tombstone t = {.kind = kind,
-                   .name_hash = hash_bytes(key, (size_t)n),
-                   .uid_hash = ev->uid[0] ? hash_bytes(ev->uid, strlen(ev->uid)) : 0,
+    int n = snprintf(key, sizeof(key), "%s/%s", target->namespace_name, target->name);
+    if (n < 0 || (size_t)n >= sizeof(key)) n = 0; /* names are bounded by the parser; be safe */
+    tombstone t = {.kind = target->kind,
+                   .name_hash = n ? hash_bytes(key, (size_t)n) : 0,
+                   .uid_hash = target->uid[0] ? hash_bytes(target->uid, strlen(target->uid)) : 0,
                    .at_ms = monotonic_ms()};
     pthread_mutex_lock(&w->lock);
     w->tombstones[w->tombstone_next] = t;
@@ -709,7 +713,7 @@ static int on_watch_line(void *arg, const char *line, size_t len)
     if (ev.resource_version[0]) memcpy(r->rv, ev.resource_version, sizeof(r->rv));
     if (ev.type == REVOCATION_EVENT_DELETED && ev.name[0]) {
         revocation_target t = {r->kind, ev.namespace_name, ev.name, ev.uid};
-        add_tombstone(w, &ev, r->kind);
+        add_tombstone(w, &t);
         evict(r, &t,
               r->kind == REVOCATION_SERVICEACCOUNT ? REVOCATION_CAUSE_SERVICEACCOUNT_DELETED
                                                    : REVOCATION_CAUSE_POD_DELETED);
@@ -851,6 +855,7 @@ static void sweep(resource_watch *r)
         sweep_entry *e = &c->slots[i];
         if (!e->key || e->seen) continue;
         revocation_target t = {r->kind, e->namespace_name, e->name, e->uid};
+        add_tombstone(r->owner, &t);
         evict(r, &t,
               r->kind == REVOCATION_SERVICEACCOUNT ? REVOCATION_CAUSE_SERVICEACCOUNT_MISSING
                                                    : REVOCATION_CAUSE_POD_MISSING);
@@ -1090,6 +1095,7 @@ static void stats_locked(const revocation_watch *w, revocation_watch_stats *s)
         o->down_s = r->state == REVOCATION_STATE_WATCHING ? 0 : (double)(now - r->down_since_ms) / 1000.0;
     }
     memcpy(s->evictions, w->evictions, sizeof(s->evictions));
+    memcpy(s->refused, w->refused, sizeof(s->refused));
 }
 
 void revocation_watch_get_stats(const revocation_watch *w, revocation_watch_stats *s)
@@ -1144,6 +1150,13 @@ int revocation_watch_render_metrics(const revocation_watch *w, struct evbuffer *
         ADD("gateway_revocation_evictions_total{cause=\"%s\"} %llu\n", revocation_cause_name((revocation_cause)c),
             (unsigned long long)s.evictions[c]);
     }
+    rc |= family(out, "gateway_revocation_refused_total", "counter",
+                 "Review answers that vouched for an identity whose ServiceAccount or Pod was seen deleted, "
+                 "refused (the API server caches its own verdicts for a while).");
+    for (int k = 0; k < REVOCATION_KINDS; k++)
+        if (res[k].enabled)
+            ADD("gateway_revocation_refused_total{kind=\"%s\"} %llu\n", k == REVOCATION_POD ? "pod" : "serviceaccount",
+                (unsigned long long)s.refused[k]);
     rc |= family(out, "gateway_revocation_watch_last_event_age_seconds", "gauge",
                  "Seconds since the last watch event or completed list.");
     for (int k = 0; k < REVOCATION_KINDS; k++)
@@ -1209,7 +1222,7 @@ size_t revocation_watch_describe(const revocation_watch *w, char *buf, size_t ca
     return len;
 }
 
-bool revocation_watch_recently_revoked(revocation_watch *w, const identity_view *id)
+bool revocation_watch_recently_revoked(revocation_watch *w, const identity_view *id, revocation_kind *kind)
 {
     if (!w) return false;
     str_view ns, name, pod_uid;
@@ -1233,7 +1246,18 @@ bool revocation_watch_recently_revoked(revocation_watch *w, const identity_view 
             hit = name_hash && t->name_hash == name_hash && (!t->uid_hash || !uid_hash || t->uid_hash == uid_hash);
         else
             hit = pod_hash && t->uid_hash == pod_hash;
+        if (hit && kind) *kind = t->kind;
     }
     pthread_mutex_unlock(&w->lock);
     return hit;
+}
+
+bool revocation_watch_refuse(revocation_watch *w, const identity_view *id)
+{
+    revocation_kind kind = REVOCATION_SERVICEACCOUNT;
+    if (!revocation_watch_recently_revoked(w, id, &kind)) return false;
+    pthread_mutex_lock(&w->lock);
+    w->refused[kind]++;
+    pthread_mutex_unlock(&w->lock);
+    return true;
 }

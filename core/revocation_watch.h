@@ -144,6 +144,7 @@ typedef struct revocation_resource_stats {
 typedef struct revocation_watch_stats {
     revocation_resource_stats resources[REVOCATION_KINDS];
     uint64_t evictions[REVOCATION_CAUSES]; /* entries the evict callback reported */
+    uint64_t refused[REVOCATION_KINDS];    /* review answers refused by a tombstone */
 } revocation_watch_stats;
 
 /* A snapshot of the counters. Any thread. */
@@ -154,6 +155,7 @@ void revocation_watch_get_stats(const revocation_watch *watch, revocation_watch_
  *   gateway_revocation_watch_state{resource}         0 down, 1 listing, 2 watching
  *   gateway_revocation_watch_events_total{resource,type}
  *   gateway_revocation_evictions_total{cause}
+ *   gateway_revocation_refused_total{kind}           answers refused by a tombstone
  *   gateway_revocation_watch_last_event_age_seconds{resource}
  *   gateway_revocation_watch_relists_total{resource}
  *   gateway_revocation_watch_errors_total{resource,reason}
@@ -172,11 +174,22 @@ bool revocation_watch_healthy(const revocation_watch *watch);
  * it wanted, as snprintf does. Any thread. */
 size_t revocation_watch_describe(const revocation_watch *watch, char *buf, size_t cap);
 
-/* True when identity's ServiceAccount or Pod was seen deleted in the last
- * REVOCATION_TOMBSTONE_MS (at most REVOCATION_TOMBSTONES remembered). For the review path:
- * an answer that was in flight while the deletion was evicted must not be cached after it;
- * check this before inserting a positive verdict. false for NULL. Any thread. */
-bool revocation_watch_recently_revoked(revocation_watch *watch, const identity_view *identity);
+/* True when identity's ServiceAccount or Pod was seen deleted (a DELETED event, or missing
+ * from a relist) in the last REVOCATION_TOMBSTONE_MS; at most REVOCATION_TOMBSTONES are
+ * remembered, the oldest forgotten first. A deleted object's uid is never reused, so the
+ * tombstone holds by uid; a ServiceAccount recreated under the same name has another uid
+ * and is not matched. *kind (may be NULL) says which tombstone matched. false for NULL.
+ * Any thread. */
+bool revocation_watch_recently_revoked(revocation_watch *watch, const identity_view *identity,
+                                       revocation_kind *kind);
+
+/* For the review path: true when a review answer that vouches for identity must be
+ * refused because its ServiceAccount or Pod was seen deleted (recently_revoked), and then
+ * counts it (gateway_revocation_refused_total{kind}). kube-apiserver caches successful
+ * token authentications for about 10 s, so a TokenReview keeps saying "authenticated" for
+ * a while after a deletion; the tombstone outlives that window many times over. false for
+ * NULL. Any thread. */
+bool revocation_watch_refuse(revocation_watch *watch, const identity_view *identity);
 
 #define REVOCATION_TOMBSTONES 4096
 #define REVOCATION_TOMBSTONE_MS (120 * 1000)

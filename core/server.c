@@ -144,9 +144,6 @@ static int64_t tokenreview_policy_ttl(void *ctx, const unsigned char *value, siz
     server *srv = ctx;
     identity_view view;
     if (identity_view_parse(value, value_len, &view) != 0) return default_ms;
-    /* A review answered just before its ServiceAccount or Pod was deleted, arriving after
-     * the eviction: answered, but not cached. */
-    if (srv->revocations && revocation_watch_recently_revoked(srv->revocations, &view)) return 0;
     if (!srv->policy) return default_ms;
     int64_t ttl_ms = 0;
     char err[512];
@@ -159,6 +156,44 @@ static int64_t tokenreview_policy_ttl(void *ctx, const unsigned char *value, siz
         log_warn("policy error; verdict not cached", "hook", "ttl", "error", err, NULL);
         return 0;
     }
+}
+
+/* kind->vet for TokenReview: an identity whose ServiceAccount or Pod the revocation watch
+ * saw deleted is refused even when the API server still says "authenticated" (its own
+ * success cache outlives the deletion by seconds). The refusal is an ordinary negative
+ * verdict: 401, cached for --cache-negative-ttl. */
+static bool tokenreview_vet(void *ctx, unsigned char *value, size_t *value_len, char *reason, size_t cap)
+{
+    server *srv = ctx;
+    identity_view view;
+    if (!srv->revocations || identity_view_parse(value, *value_len, &view) != 0) return true;
+    if (!revocation_watch_refuse(srv->revocations, &view)) return true;
+    snprintf(reason, cap, "the ServiceAccount or Pod of this identity was deleted");
+    char user[320];
+    snprintf(user, sizeof(user), "%.*s", (int)view.username.len, view.username.ptr);
+    log_info("review answer refused: the identity's ServiceAccount or Pod was deleted", "user", user, NULL);
+    *value_len = 0;
+    return false;
+}
+
+/* kind->vet for SubjectAccessReview: an "allowed" for a revoked identity becomes a denial. */
+static bool sar_vet(void *ctx, unsigned char *value, size_t *value_len, char *reason, size_t cap)
+{
+    server *srv = ctx;
+    const unsigned char *identity;
+    size_t identity_len, old_reason_len;
+    const char *old_reason;
+    identity_view view;
+    if (!srv->revocations ||
+        sar_cache_value_unpack(value, *value_len, &identity, &identity_len, &old_reason, &old_reason_len) != 0 ||
+        identity_len == 0 || identity_view_parse(identity, identity_len, &view) != 0)
+        return true;
+    if (!revocation_watch_refuse(srv->revocations, &view)) return true;
+    snprintf(reason, cap, "the ServiceAccount or Pod of this identity was deleted");
+    unsigned char copy[TOKEN_CACHE_VALUE_MAX];
+    memcpy(copy, identity, identity_len);
+    *value_len = sar_cache_value_pack(copy, identity_len, reason, strlen(reason), value, TOKEN_CACHE_VALUE_MAX);
+    return false;
 }
 
 /* The audiences in force: the policy's if it declares any, else --audiences. */
@@ -986,6 +1021,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
         .metrics = &srv->metrics.tokenreview,
         .parse = tokenreview_parse,
         .positive_ttl = tokenreview_policy_ttl,
+        .vet = tokenreview_vet,
         .ctx = srv,
     };
     srv->sar_kind = (review_kind){
@@ -994,6 +1030,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
         .cache = srv->sar_cache,
         .metrics = &srv->metrics.subjectaccessreview,
         .parse = sar_parse,
+        .vet = sar_vet,
+        .ctx = srv,
     };
 
     if (cfg->tls_cert_file && load_tls(srv, "start-up") != 0) goto done;

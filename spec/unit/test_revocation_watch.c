@@ -415,7 +415,8 @@ static void test_off_and_bad_options(void)
     evbuffer_free(out);
     packed sa;
     pack(&sa, "system:serviceaccount:team-a:sender", "uid-sender", NULL);
-    CHECK(!revocation_watch_recently_revoked(NULL, &sa.view));
+    CHECK(!revocation_watch_recently_revoked(NULL, &sa.view, NULL));
+    CHECK(!revocation_watch_refuse(NULL, &sa.view));
 
     struct event_base *base = event_base_new();
     REQUIRE(base != NULL);
