@@ -144,12 +144,41 @@ describe("fake kube-apiserver", function()
       assert.are_not.equal(res.headers["audit-id"], f:review(SENDER.token).headers["audit-id"])
     end)
 
-    it("makes a token unauthenticated once the table is reloaded without it", function()
+    it("makes a token unauthenticated once the table is reloaded without it (and its success cache expired)", function()
       assert.is_true(f:review(HOOKS.token).json.status.authenticated)
       f:reload({ SENDER }, RULES)
-      finally(function() f:reload({ SENDER, HOOKS }, RULES) end)
+      finally(function()
+        f:config{ success_cache_ms = 10000 }
+        f:reload({ SENDER, HOOKS }, RULES)
+      end)
+      -- As kube-apiserver: a success stays cached for success_cache_ms (10 s by default).
+      assert.is_true(f:review(HOOKS.token).json.status.authenticated)
+      f:config{ success_cache_ms = 0 }
       assert.is_nil(f:review(HOOKS.token).json.status.authenticated)
       assert.is_true(f:review(SENDER.token).json.status.authenticated)
+    end)
+
+    it("caches successes per token and audiences, never failures, as kube-apiserver does", function()
+      finally(function()
+        f:config{ success_cache_ms = 10000 }
+        f:reload({ SENDER, HOOKS }, RULES)
+      end)
+      f:config{ success_cache_ms = 60000 }
+      f:reload({ SENDER }, RULES)
+      assert.is_nil(f:review(HOOKS.token).json.status.authenticated)  -- unknown: a failure
+      f:reload({ SENDER, HOOKS }, RULES)
+      assert.is_true(f:review(HOOKS.token).json.status.authenticated) -- the failure was not cached
+      f:reload({ SENDER }, RULES)
+      assert.is_true(f:review(HOOKS.token).json.status.authenticated) -- the success was
+      -- Another set of audiences is another question.
+      assert.is_nil(f:review(HOOKS.token, { audiences = { "other.example" } }).json.status.authenticated)
+      -- Each success keeps the lifetime it was cached with; a short one runs out.
+      f:config{ success_cache_ms = 50 }
+      f:reload({ SENDER, HOOKS }, RULES)
+      assert.is_true(f:review(HOOKS.token, { audiences = { "https://hooks.example.com" } }).json.status.authenticated)
+      f:reload({ SENDER }, RULES)
+      proc.sleep(0.2) -- only ever longer than 50 ms, however loaded the machine
+      assert.is_nil(f:review(HOOKS.token, { audiences = { "https://hooks.example.com" } }).json.status.authenticated)
     end)
   end)
 
@@ -568,6 +597,11 @@ describe("fake kube-apiserver: ServiceAccounts, Pods and watches", function()
 
     local rv = f:list("pods").json.metadata.resourceVersion
     f:delete_pod("team-d", "doomed-pod")
+    -- The success cache still vouches for both tokens (as kube-apiserver's does for ~10 s);
+    -- with it off, the deletion shows.
+    assert.is_true(f:review("tok-doomed-pod").json.status.authenticated)
+    f:config{ success_cache_ms = 0 }
+    finally(function() f:config{ success_cache_ms = 10000 } end)
     local status = f:review("tok-doomed-pod").json.status
     assert.is_nil(status.authenticated)
     assert.are.equal("[invalid bearer token, service account token has been invalidated]", status.error)

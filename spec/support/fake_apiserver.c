@@ -252,6 +252,7 @@ static void server_free(struct fake_server *srv)
     fake_cluster_free(srv);
     tables_free(&srv->tables);
     json_decref(srv->stats.by_token);
+    json_decref(srv->success_cache);
     if (srv->base)
         event_base_free(srv->base);
 }
@@ -271,8 +272,9 @@ int main(int argc, char **argv)
     TAILQ_INIT(&srv.pending);
     LIST_INIT(&srv.conns);
     srv.stats.by_token = json_object();
+    srv.success_cache = json_object();
     srv.base = event_base_new();
-    if (!srv.base || !srv.stats.by_token)
+    if (!srv.base || !srv.stats.by_token || !srv.success_cache)
         goto cleanup;
     if (server_start(&srv, &opt) < 0)
         goto cleanup;

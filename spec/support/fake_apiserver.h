@@ -2,8 +2,9 @@
  * fake_apiserver.h - internals shared by the source files of the fake kube-apiserver.
  *
  * The fake answers TokenReview and SubjectAccessReview like kube-apiserver 1.26 does
- * (see shared/testdata/kube-apiserver-1.26), with knobs that tests turn to make it slow,
- * throttled, broken or hung. It also lists and watches ServiceAccounts and Pods (the
+ * (spec/fixtures/kube-apiserver-1.26: captured answers, and behaviour measured on the
+ * genuine binary, such as its 10 s cache of successful token authentications), with knobs
+ * that tests turn to make it slow, throttled, broken or hung. It also lists and watches ServiceAccounts and Pods (the
  * revocation watch of docs/REVOCATION.md): deleting one at the control listener makes the
  * related tokens unauthenticated and is announced to every open watch. Its pieces:
  *
@@ -57,6 +58,11 @@ struct fake_config {
     bool watch_gone_http;   /* too old resourceVersion: HTTP 410, not 200 + ERROR event */
     int watch_error_status; /* 0, or the status every list and watch is answered with */
     int watch_bookmark_ms;  /* 0, or send BOOKMARK events this often (bookmark watches) */
+    /* kube-apiserver caches successful token authentications (10 s in 1.26; failures are
+     * not cached): within that time a TokenReview of the same token and audiences gets the
+     * same "authenticated" answer even after its ServiceAccount or Pod was deleted. 0 turns
+     * the cache off. Default 10000, as the real server. */
+    int success_cache_ms;
 };
 
 /* Counters of GET /control/stats. */
@@ -141,7 +147,13 @@ struct fake_server {
     struct fake_exchange_list pending; /* those reviews, for hang release */
     struct api_conn_list conns;        /* live API connections, for shutdown */
     struct fake_cluster cluster;       /* ServiceAccounts, Pods and their watches */
+    /* The success_cache_ms cache: "audiences JSON\ntoken" -> {"status": the answer's
+     * status, "until": expiry in monotonic ms}. Cleared whole beyond
+     * FAKE_SUCCESS_CACHE_MAX entries and by /control/reset. */
+    json_t *success_cache;
 };
+
+enum { FAKE_SUCCESS_CACHE_MAX = 65536 };
 
 /* ---- one request and its answer, as every transport sees them ---- */
 

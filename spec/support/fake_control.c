@@ -112,6 +112,7 @@ static void post_reset(struct fake_server *srv, struct evhttp_request *req)
     config_defaults(&defaults);
     set_config(srv, &defaults);
     stats_reset(srv);
+    json_object_clear(srv->success_cache);
     reply_json(req, 200, config_to_json(&srv->config));
 }
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <openssl/rand.h>
@@ -359,6 +360,64 @@ static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry,
     return unauthenticated(error);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The success cache's key: the requested audiences (as sent) and the token. */
+static char *success_cache_key(const char *token, const json_t *requested)
+{
+    char *aud = requested ? json_dumps(requested, JSON_COMPACT) : NULL;
+    size_t len = (aud ? strlen(aud) : 0) + strlen(token) + 2;
+    char *key = malloc(len);
+    if (key)
+        snprintf(key, len, "%s\n%s", aud ? aud : "", token);
+    free(aud);
+    return key;
+}
+
+/* A copy of the cached status of an authenticated answer, or NULL. */
+static json_t *success_cache_get(struct fake_server *srv, const char *token, const json_t *requested)
+{
+    json_t *hit = NULL;
+    char *key;
+
+    if (srv->config.success_cache_ms <= 0)
+        return NULL;
+    key = success_cache_key(token, requested);
+    if (!key)
+        return NULL;
+    json_t *entry = json_object_get(srv->success_cache, key);
+    if (entry && json_integer_value(json_object_get(entry, "until")) > now_ms())
+        hit = json_deep_copy(json_object_get(entry, "status"));
+    else if (entry)
+        json_object_del(srv->success_cache, key);
+    free(key);
+    return hit;
+}
+
+static void success_cache_put(struct fake_server *srv, const char *token, const json_t *requested,
+                              const json_t *status)
+{
+    char *key;
+
+    if (srv->config.success_cache_ms <= 0 ||
+        !json_is_true(json_object_get(status, "authenticated")))
+        return;
+    if (json_object_size(srv->success_cache) >= FAKE_SUCCESS_CACHE_MAX)
+        json_object_clear(srv->success_cache);
+    key = success_cache_key(token, requested);
+    if (!key)
+        return;
+    json_object_set_new(srv->success_cache, key,
+                        json_pack("{sO sI}", "status", status, "until",
+                                  (json_int_t)(now_ms() + srv->config.success_cache_ms)));
+    free(key);
+}
+
 static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex,
                                struct fake_response *r)
 {
@@ -384,9 +443,13 @@ static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex
         return;
     }
 
-    entry = json_object_get(srv->tables.tokens, token);
-    status =
-        entry ? tokenreview_known(srv, entry, requested) : unauthenticated("invalid bearer token");
+    status = success_cache_get(srv, token, requested);
+    if (!status) {
+        entry = json_object_get(srv->tables.tokens, token);
+        status = entry ? tokenreview_known(srv, entry, requested)
+                       : unauthenticated("invalid bearer token");
+        success_cache_put(srv, token, requested, status);
+    }
     /* A real server echoes the spec, token included. */
     echo = json_pack("{ss}", "token", token);
     if (requested)

@@ -44,6 +44,7 @@ static const struct knob knobs[] = {
     KNOB(watch_gone_http, KNOB_BOOL, 0, 0),
     KNOB(watch_error_status, KNOB_INT, 0, 599),
     KNOB(watch_bookmark_ms, KNOB_INT, 0, 3600 * 1000),
+    KNOB(success_cache_ms, KNOB_INT, 0, 3600 * 1000),
 };
 /* clang-format on */
 
@@ -67,6 +68,7 @@ void config_defaults(struct fake_config *config)
     config->error_status = 500;
     config->retry_after = 1;
     config->http2 = true;
+    config->success_cache_ms = 10000;
 }
 
 json_t *config_to_json(const struct fake_config *config)
