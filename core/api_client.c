@@ -386,8 +386,24 @@ void api_client_note_status(api_client *client, long status)
     }
 }
 
+/* A POST of a JSON body (borrowed), or a GET asking for accept when body is NULL. */
+static int start_call(api_client *client, const char *path, const char *body, size_t body_len, const char *accept,
+                      int64_t timeout_ms, api_done_fn done, void *arg);
+
 int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
                     api_done_fn done, void *arg)
+{
+    return start_call(client, path, body ? body : "", body_len, NULL, timeout_ms, done, arg);
+}
+
+int api_client_get(api_client *client, const char *path, const char *accept, int64_t timeout_ms, api_done_fn done,
+                   void *arg)
+{
+    return start_call(client, path, NULL, 0, accept ? accept : "application/json", timeout_ms, done, arg);
+}
+
+static int start_call(api_client *client, const char *path, const char *body, size_t body_len, const char *accept,
+                      int64_t timeout_ms, api_done_fn done, void *arg)
 {
     api_call *call = calloc(1, sizeof(*call));
     if (!call) return -1;
@@ -401,11 +417,17 @@ int api_client_post(api_client *client, const char *path, const char *body, size
     /* "Expect:" disables 100-continue: it costs a round trip per review. */
     static const char *const fixed_headers[] = {"Content-Type: application/json", "Accept: application/json",
                                                 "Expect:"};
-    if (api_client_prepare(client, e, path, fixed_headers, sizeof(fixed_headers) / sizeof(fixed_headers[0]),
-                           &call->headers) != 0)
+    char accept_header[128];
+    const char *get_headers[] = {accept_header};
+    snprintf(accept_header, sizeof(accept_header), "Accept: %s", accept ? accept : "application/json");
+    if (body ? api_client_prepare(client, e, path, fixed_headers, sizeof(fixed_headers) / sizeof(fixed_headers[0]),
+                                  &call->headers)
+             : api_client_prepare(client, e, path, get_headers, 1, &call->headers))
         goto err;
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    }
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : client->timeout_ms));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);

@@ -69,6 +69,13 @@ void api_client_free(api_client *client);
 int api_client_post(api_client *client, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
                     api_done_fn done, void *arg);
 
+/* Starts an HTTPS GET of server_url + path asking for the media type accept (NULL:
+ * application/json), for small documents such as the issuer's keys; otherwise exactly as
+ * api_client_post. kube-apiserver answers 406 to /openid/v1/jwks unless accept allows
+ * application/jwk-set+json. */
+int api_client_get(api_client *client, const char *path, const char *accept, int64_t timeout_ms, api_done_fn done,
+                   void *arg);
+
 /* For other requests to the API server made by the client's owner on the same thread (the
  * revocation watch's lists and watches, on its own curl_loop): sets up easy exactly as
  * api_client_post's calls are — URL server_url + path (path includes any query; https only),

@@ -119,6 +119,10 @@ static const flag_spec flag_table[] = {
     {"--watch-pods", FLAG_BOOL, FIELD(watch_pods),
      "with --watch-revocations: also watch Pods and evict tokens bound to deleted pods (needs list/watch on "
      "pods)"},
+    {"--jwt-preverify", FLAG_STRING, FIELD(jwt_preverify),
+     "check ServiceAccount JWTs against the cluster issuer's public keys before TokenReview and refuse "
+     "forged, expired or wrong-audience ones without an API call: review-others (default: tokens that are not "
+     "this issuer's JWTs still go to TokenReview), refuse-others (refuse them), off (docs/PREVERIFY.md)"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -137,6 +141,7 @@ static void config_defaults(config *cfg)
     cfg->max_token_bytes = 16384;
     cfg->log_level = "info";
     cfg->forwarded_headers = "auto";
+    cfg->jwt_preverify = "review-others";
     cfg->policy_max_instructions = 1000000;
     cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
     cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
@@ -456,6 +461,11 @@ int config_validate(const config *cfg, FILE *out)
                                       check_readable("--tls-key-file", cfg->tls_key_file, out) != 0)) {
         rc = -1;
     }
+    if (strcmp(cfg->jwt_preverify, "review-others") && strcmp(cfg->jwt_preverify, "refuse-others") &&
+        strcmp(cfg->jwt_preverify, "off")) {
+        fprintf(out, "tokengate: --jwt-preverify %s: use review-others, refuse-others or off\n", cfg->jwt_preverify);
+        rc = -1;
+    }
     if (strcmp(cfg->forwarded_headers, "auto") && strcmp(cfg->forwarded_headers, "traefik") &&
         strcmp(cfg->forwarded_headers, "nginx") && strcmp(cfg->forwarded_headers, "none")) {
         fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
@@ -523,6 +533,7 @@ void config_print(const config *cfg, FILE *out)
             cfg->cache_refresh_ahead_percent ? "" : " (off)");
     fprintf(out, "watch-revocations: %s\n",
             cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
+    fprintf(out, "jwt-preverify: %s\n", cfg->jwt_preverify);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }
 

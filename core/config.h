@@ -69,6 +69,10 @@ typedef struct config {
     bool watch_revocations; /* watch ServiceAccounts: evict the identities of deleted ones */
     bool watch_pods;        /* also watch Pods: evict pod-bound identities of deleted pods */
 
+    /* Local pre-verification of ServiceAccount JWTs (docs/PREVERIFY.md): "review-others"
+     * (default), "refuse-others" or "off". */
+    const char *jwt_preverify;
+
     /* HTTPS on the main listener: both or neither. Re-read on SIGHUP. */
     const char *tls_cert_file;
     const char *tls_key_file;

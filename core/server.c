@@ -82,6 +82,7 @@ typedef struct server {
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
+    jwks_source *jwks;             /* --jwt-preverify; NULL when off */
 } server;
 
 /* ---- revocations (--watch-revocations, docs/REVOCATION.md) ---------------------------- */
@@ -362,6 +363,7 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
     struct evbuffer *buf = evbuffer_new();
     int rc = !buf || metrics_render(buf, &sum, &g) != 0;
     if (!rc && srv->revocations) rc = revocation_watch_render_metrics(srv->revocations, buf) != 0;
+    if (!rc && srv->jwks) rc = jwks_source_render_metrics(srv->jwks, buf) != 0;
     if (!rc) {
         /* How evenly the kernel spreads connections over the workers' sockets. */
         rc |= evbuffer_add_printf(buf, "# HELP gateway_worker_requests_total Requests answered, by worker.\n"
@@ -886,6 +888,7 @@ static void server_teardown(server *srv)
     if (srv->admin_http) evhttp_free(srv->admin_http);
     revocation_watch_free(srv->revocations);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
+    jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
     review_engine_free(srv->reviews); /* never calls the waiters, i.e. the mails below */
     while (srv->on_flights) {
         gateway_mail *m = srv->on_flights;
@@ -931,6 +934,7 @@ static int start_workers(server *srv, int *fds, size_t n)
          * less than one connection per worker. */
         .max_connections = (cfg->max_connections + n - 1) / n,
         .upstream_max_connections = (cfg->upstream_max_connections + n - 1) / n,
+        .jwks = srv->jwks,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -985,6 +989,12 @@ int server_run(const config *cfg, const apiserver_settings *api)
         .observe_arg = srv,
     };
     srv->api = api_client_new(srv->base, &ao);
+    jwt_preverify_mode preverify = JWT_PREVERIFY_REVIEW_OTHERS;
+    jwt_preverify_mode_parse(cfg->jwt_preverify, &preverify); /* validated by config_validate */
+    if (srv->api && preverify != JWT_PREVERIFY_OFF) {
+        srv->jwks = jwks_source_new(srv->base, srv->api, preverify);
+        if (!srv->jwks) goto done;
+    }
     review_limits review_bounds = {
         .timeout_ms = cfg->review_timeout_ms,
         .qps = cfg->apiserver_qps,

@@ -847,6 +847,21 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         break;
     case TOKEN_CACHE_MISS:
         rm->cache_misses++;
+        /* --jwt-preverify: a token the API server is certain to refuse (a forged or expired
+         * JWT of this cluster's issuer) is refused here, and cached as refused, without a
+         * TokenReview. Tokens that pass still go to TokenReview: it stays the authority. */
+        if (w->shared.jwks) {
+            char why[128];
+            if (jwks_source_refuse(w->shared.jwks, token, token_len, audiences, n_audiences, (int64_t)time(NULL), why,
+                                   sizeof(why))) {
+                int64_t now = monotonic_ms();
+                int64_t ttl = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
+                                                                                 : cfg->cache_max_ttl_ms;
+                if (ttl > 0) token_cache_insert(w->tokenreview_cache, &key, true, NULL, 0, now + ttl, now);
+                reply_unauthorized(w, req, &started, why);
+                return;
+            }
+        }
         break;
     }
 

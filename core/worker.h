@@ -18,6 +18,7 @@
 #include "cache_key.h"
 #include "config.h"
 #include "custom_metrics.h"
+#include "jwks_source.h"
 #include "mailbox.h"
 #include "metrics.h"
 #include "policy.h"
@@ -60,6 +61,7 @@ typedef struct worker_shared {
     tls_holder *tls;          /* NULL without --tls-cert-file */
     size_t max_connections;   /* this worker's share of --max-connections */
     size_t upstream_max_connections; /* this worker's share of --upstream-max-connections */
+    jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
 } worker_shared;
 
 typedef enum {

@@ -190,7 +190,8 @@ end
 -- string. Returns the http.lua result with .json decoded when the body is JSON.
 function Kube:raw(method, path, body, opts)
   opts = opts or {}
-  local headers = { "Authorization: Bearer " .. (opts.token or self.admin_token), "Accept: application/json" }
+  local headers = { "Authorization: Bearer " .. (opts.token or self.admin_token),
+    "Accept: " .. (opts.accept or "application/json") }
   if body ~= nil then headers[#headers + 1] = "Content-Type: " .. (opts.content_type or "application/json") end
   -- cjson escapes "/" as "\/": valid JSON, but not a YAML escape, and apply patches are
   -- read as YAML. JSON never needs it, so undo it (a real backslash is "\\" and stays).
@@ -364,8 +365,8 @@ kube.base64url = base64url
 
 -- A ServiceAccount JWT signed here (RS256) with key ("sa": this cluster's signing key;
 -- "other-sa": another cluster's). claims overrides the defaults (a valid token of
--- ns/name that expires in an hour).
-function Kube:sign_token(key, ns, name, uid, claims)
+-- ns/name that expires in an hour); header adds to {alg = "RS256", typ = "JWT"} (e.g. a kid).
+function Kube:sign_token(key, ns, name, uid, claims, header)
   local now = os.time()
   local payload = {
     iss = kube.ISSUER, aud = { kube.ISSUER }, sub = "system:serviceaccount:" .. ns .. ":" .. name,
@@ -373,7 +374,9 @@ function Kube:sign_token(key, ns, name, uid, claims)
     ["kubernetes.io"] = { namespace = ns, serviceaccount = { name = name, uid = uid } },
   }
   for k, v in pairs(claims or {}) do payload[k] = v end
-  local input = base64url(cjson.encode{ alg = "RS256", typ = "JWT" }) .. "." .. base64url(cjson.encode(payload))
+  local head = { alg = "RS256", typ = "JWT" }
+  for k, v in pairs(header or {}) do head[k] = v end
+  local input = base64url(cjson.encode(head)) .. "." .. base64url(cjson.encode(payload))
   local tmp = self.dir .. "/sign-" .. random_hex(4)
   proc.write_file(tmp, input)
   local out = must(string.format("openssl dgst -sha256 -sign %s %s | od -An -v -tx1",
@@ -381,6 +384,13 @@ function Kube:sign_token(key, ns, name, uid, claims)
   os.remove(tmp)
   local sig = out:gsub("%s", ""):gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
   return input .. "." .. base64url(sig)
+end
+
+-- The key id kube-apiserver puts in the tokens it signs (its published JWKS has one key).
+function Kube:signing_kid()
+  -- kube-apiserver answers 406 to Accept: application/json here.
+  local body = self:api("GET", "/openid/v1/jwks", nil, nil, { accept = "application/jwk-set+json" })
+  return assert(body.keys and body.keys[1] and body.keys[1].kid, "no kid in /openid/v1/jwks")
 end
 
 -- ---- manifests ----------------------------------------------------------------------------
