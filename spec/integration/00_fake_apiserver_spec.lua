@@ -182,6 +182,38 @@ describe("fake kube-apiserver", function()
     end)
   end)
 
+  describe("issuer discovery", function()
+    local function get(path, accept)
+      return http.get(f.url .. path, { "Authorization: Bearer " .. f.credential, "Accept: " .. accept },
+        { cacert = f.ca_file })
+    end
+
+    it("serves the discovery document and the keys as kube-apiserver does, 406 included", function()
+      local doc = get("/.well-known/openid-configuration", "application/json")
+      assert.are.equal(200, doc.status)
+      assert.are.equal("public, max-age=3600", doc.headers["cache-control"])
+      local d = cjson.decode(doc.body)
+      assert.are.equal("https://kubernetes.default.svc.cluster.local", d.issuer)
+      -- The advertised address, not the one clients use: as the real server's.
+      assert.are.equal("https://192.0.2.2:6443/openid/v1/jwks", d.jwks_uri)
+      local keys = get("/openid/v1/jwks", "application/jwk-set+json")
+      assert.are.equal(200, keys.status)
+      assert.are.equal("application/jwk-set+json", keys.headers["content-type"])
+      local set = cjson.decode(keys.body)
+      assert.are.equal(1, #set.keys)
+      assert.are.equal("RSA", set.keys[1].kty)
+      assert.are.equal("RS256", set.keys[1].alg)
+      assert.matches("^[%w_-]+$", set.keys[1].kid)
+      -- kube-apiserver refuses application/json for the keys (and the reverse).
+      local refused = get("/openid/v1/jwks", "application/json")
+      assert.are.equal(406, refused.status)
+      assert.are.equal("406: Not Acceptable\n\nAvailable representations: application/jwk-set+json",
+        cjson.decode(refused.body).message)
+      assert.are.equal(406, get("/.well-known/openid-configuration", "application/jwk-set+json").status)
+      assert.are.equal(200, get("/openid/v1/jwks", "*/*").status)
+    end)
+  end)
+
   describe("the caller's own credential", function()
     it("is required: 401 Unauthorized Status without it or with a wrong one", function()
       local res = f:review(SENDER.token, { credential = "wrong" })

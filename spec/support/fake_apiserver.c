@@ -253,6 +253,7 @@ static void server_free(struct fake_server *srv)
     tables_free(&srv->tables);
     json_decref(srv->stats.by_token);
     json_decref(srv->success_cache);
+    free(srv->jwks_json);
     if (srv->base)
         event_base_free(srv->base);
 }
@@ -274,7 +275,7 @@ int main(int argc, char **argv)
     srv.stats.by_token = json_object();
     srv.success_cache = json_object();
     srv.base = event_base_new();
-    if (!srv.base || !srv.stats.by_token || !srv.success_cache)
+    if (!srv.base || !srv.stats.by_token || !srv.success_cache || fake_issuer_init(&srv) != 0)
         goto cleanup;
     if (server_start(&srv, &opt) < 0)
         goto cleanup;

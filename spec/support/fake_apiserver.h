@@ -151,6 +151,9 @@ struct fake_server {
      * status, "until": expiry in monotonic ms}. Cleared whole beyond
      * FAKE_SUCCESS_CACHE_MAX entries and by /control/reset. */
     json_t *success_cache;
+    /* Issuer discovery (GET /.well-known/openid-configuration, /openid/v1/jwks): the JWKS
+     * of an RSA key made at start-up, as kube-apiserver publishes its ServiceAccount key. */
+    char *jwks_json;
 };
 
 enum { FAKE_SUCCESS_CACHE_MAX = 65536 };
@@ -178,6 +181,7 @@ struct fake_request {
     char *method;
     char *path;          /* may carry a query string */
     char *authorization; /* NULL when absent */
+    char *accept;        /* NULL when absent */
     char *body;
     size_t body_len;
 };
@@ -225,6 +229,12 @@ struct fake_exchange {
 
 /* Start handling a request whose req/ops/owner are set; see fake_exchange_ops. */
 void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex);
+
+/* Makes srv->jwks_json: a fresh RSA 2048 key's public half as kube-apiserver publishes it
+ * (kid = base64url(SHA-256(DER SubjectPublicKeyInfo))). Returns 0 or -1. */
+int fake_issuer_init(struct fake_server *srv);
+
+#define FAKE_ISSUER "https://kubernetes.default.svc.cluster.local"
 /* The client went away: forget the exchange without answering. Safe on idle ones. */
 void fake_review_cancel(struct fake_exchange *ex);
 /* hang was cleared: answer every parked review from the event loop. */

@@ -41,7 +41,7 @@ struct h1_state {
 
 /* Parsed request head, before it becomes the exchange's request. */
 struct h1_head {
-    char *method, *path, *authorization;
+    char *method, *path, *authorization, *accept;
     size_t content_length;
     bool keep_alive;
     bool expect_continue;
@@ -58,6 +58,7 @@ static void request_clear(struct fake_request *req)
     free(req->method);
     free(req->path);
     free(req->authorization);
+    free(req->accept);
     free(req->body);
     memset(req, 0, sizeof *req);
 }
@@ -236,6 +237,9 @@ static void parse_header(struct h1_head *h, char *name, char *value)
     } else if (strcasecmp(name, "authorization") == 0) {
         free(h->authorization);
         h->authorization = strdup(value);
+    } else if (strcasecmp(name, "accept") == 0) {
+        free(h->accept);
+        h->accept = strdup(value);
     } else if (strcasecmp(name, "connection") == 0) {
         if (token_in_list(value, "close"))
             h->keep_alive = false;
@@ -312,6 +316,7 @@ static void head_free(struct h1_head *h)
     free(h->method);
     free(h->path);
     free(h->authorization);
+    free(h->accept);
 }
 
 /* Read one request head if complete. 1: got it; 0: need more; -1: refused. */
@@ -348,6 +353,7 @@ static int read_head(struct api_conn *conn)
     st->ex.req.method = h.method;
     st->ex.req.path = h.path;
     st->ex.req.authorization = h.authorization;
+    st->ex.req.accept = h.accept;
     st->content_length = h.content_length;
     st->keep_alive = h.keep_alive;
     st->phase = H1_BODY;

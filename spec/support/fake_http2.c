@@ -62,6 +62,7 @@ static void stream_free(struct h2_stream *s)
     free(s->ex.req.method);
     free(s->ex.req.path);
     free(s->ex.req.authorization);
+    free(s->ex.req.accept);
     free(s->ex.req.body);
     free(s->answer);
     free(s);
@@ -321,6 +322,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         slot = &s->ex.req.path;
     else if (namelen == 13 && memcmp(name, "authorization", 13) == 0)
         slot = &s->ex.req.authorization;
+    else if (namelen == 6 && memcmp(name, "accept", 6) == 0)
+        slot = &s->ex.req.accept;
     if (slot) {
         free(*slot);
         *slot = copy_value(value, valuelen);

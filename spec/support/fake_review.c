@@ -22,7 +22,12 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #define TOKENREVIEW_PATH "/apis/authentication.k8s.io/v1/tokenreviews"
 #define SAR_PATH "/apis/authorization.k8s.io/v1/subjectaccessreviews"
@@ -794,6 +799,93 @@ static bool throttle(const struct fake_server *srv)
     return srv->config.max_inflight > 0 && srv->inflight >= (unsigned)srv->config.max_inflight;
 }
 
+/* ---- issuer discovery ---- */
+
+#define DISCOVERY_PATH "/.well-known/openid-configuration"
+#define JWKS_PATH "/openid/v1/jwks"
+
+static void b64url(const unsigned char *in, size_t len, char *out, size_t cap)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+
+    for (size_t i = 0; i < len && o + 5 < cap; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) |
+                     (i + 2 < len ? in[i + 2] : 0);
+        out[o++] = alphabet[v >> 18 & 63];
+        out[o++] = alphabet[v >> 12 & 63];
+        if (i + 1 < len)
+            out[o++] = alphabet[v >> 6 & 63];
+        if (i + 2 < len)
+            out[o++] = alphabet[v & 63];
+    }
+    out[o] = 0;
+}
+
+int fake_issuer_init(struct fake_server *srv)
+{
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    BIGNUM *n = NULL, *e = NULL;
+    unsigned char *der = NULL, buf[512], digest[32];
+    char n64[400], e64[16], kid[64];
+    int der_len, rc = -1;
+
+    if (!key || !EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &n) ||
+        !EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e))
+        goto done;
+    der_len = i2d_PUBKEY(key, &der);
+    if (der_len <= 0)
+        goto done;
+    SHA256(der, (size_t)der_len, digest);
+    b64url(digest, sizeof digest, kid, sizeof kid);
+    b64url(buf, (size_t)BN_bn2bin(n, buf), n64, sizeof n64);
+    b64url(buf, (size_t)BN_bn2bin(e, buf), e64, sizeof e64);
+    srv->jwks_json = json_dumps(json_pack("{s[{ss ss ss ss ss ss}]}", "keys", "use", "sig", "kty",
+                                          "RSA", "kid", kid, "alg", "RS256", "n", n64, "e", e64),
+                                JSON_COMPACT | JSON_PRESERVE_ORDER);
+    rc = srv->jwks_json ? 0 : -1;
+done:
+    OPENSSL_free(der);
+    BN_free(n);
+    BN_free(e);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+/* What kube-apiserver answers on its two issuer discovery paths: the document (JSON) and
+ * the keys (only as application/jwk-set+json: an Accept that does not allow it is 406). */
+static void answer_issuer(struct fake_server *srv, const struct fake_exchange *ex,
+                          struct fake_response *r, bool jwks)
+{
+    const char *type = jwks ? "application/jwk-set+json" : JSON_TYPE;
+    const char *accept = ex->req.accept;
+    char message[128];
+
+    if (accept && *accept && !strstr(accept, type) && !strstr(accept, "*/*")) {
+        snprintf(message, sizeof message, "406: Not Acceptable\n\nAvailable representations: %s",
+                 type);
+        answer_status(r, 406, HDR_FLOW, message, json_object());
+        return;
+    }
+    resp_start(r, 200, type, HDR_FLOW);
+    /* Unlike every other answer, these may be cached for an hour. */
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (strcmp(r->headers[i].name, "cache-control") == 0)
+            snprintf(r->headers[i].value, sizeof r->headers[i].value, "public, max-age=3600");
+    if (jwks) {
+        resp_body(r, srv->jwks_json);
+        return;
+    }
+    /* jwks_uri names the advertised address, which clients may not reach: as the real one. */
+    resp_json(r,
+              json_pack("{ss ss s[s] s[s] s[s]}", "issuer", FAKE_ISSUER, "jwks_uri",
+                        "https://192.0.2.2:6443" JWKS_PATH, "response_types_supported", "id_token",
+                        "subject_types_supported", "public",
+                        "id_token_signing_alg_values_supported", "RS256"),
+              false);
+}
+
 void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
 {
     struct fake_response resp;
@@ -816,6 +908,9 @@ void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
     } else if (ex->kind == REVIEW_NONE && fake_cluster_path(ex->req.path ? ex->req.path : "/")) {
         fake_cluster_handle(srv, ex); /* list or watch of serviceaccounts or pods */
         return;
+    } else if (ex->kind == REVIEW_NONE && ex->req.path &&
+               (strcmp(ex->req.path, DISCOVERY_PATH) == 0 || strcmp(ex->req.path, JWKS_PATH) == 0)) {
+        answer_issuer(srv, ex, &resp, strcmp(ex->req.path, JWKS_PATH) == 0);
     } else if (ex->kind == REVIEW_NONE) {
         answer_status(&resp, 404, HDR_FLOW, "the server could not find the requested resource",
                       json_object());
