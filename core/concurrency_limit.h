@@ -1,0 +1,75 @@
+/* An adaptive limit on API calls in flight (docs/APISERVER.md "Adaptive concurrency").
+ *
+ * API Priority and Fairness limits seats, that is requests in flight, not a rate. A client
+ * that wants to use what it is given without being rejected must find that number. This
+ * limiter learns it from what the API server says, in the spirit of TCP congestion control
+ * and of Netflix's concurrency-limits (Vegas, gradient):
+ *
+ *  - slow start: while nothing has said "too much", the limit doubles every
+ *    CL_RAMP_MS as long as calls are waiting for it. A cold burst against a healthy server
+ *    reaches a hundred calls in flight within a few tens of milliseconds, with no fixed
+ *    cap in the way; against a server with five seats, the first rejections come back
+ *    before the limit has grown past a handful.
+ *  - a 429 sets the limit to the calls still in flight when it arrives (what the server
+ *    is evidently holding), never below the floor, and ends slow start. The rejected call
+ *    itself retries after Retry-After; the others go on.
+ *  - congestion avoidance: +1 after CL_PROBE_FACTOR x limit answered calls while the
+ *    limit is in use. A probe above the server's seats costs one 429 per that many calls.
+ *  - latency: when the recent latency of answered calls rises above CL_LATENCY_RATIO x
+ *    the long-term baseline (queueing inside the server: APF's Queue mode, an overloaded
+ *    etcd), the limit shrinks by 10 % at most once per baseline latency, never below 8 on
+ *    latency alone (a server slower for everyone must not collapse it to one call).
+ *  - after CL_CALM_MS without a 429 or a latency rise, slow start may begin again (the
+ *    server's capacity may have grown).
+ *
+ * The caller keeps its QPS/burst bucket as a ceiling beside it. Pure: no clock, no I/O;
+ * every function takes now_ms. Not thread-safe (the review engine's loop owns it). */
+#ifndef TOKENGATE_CONCURRENCY_LIMIT_H
+#define TOKENGATE_CONCURRENCY_LIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CL_INITIAL 8
+#define CL_MIN 1
+#define CL_RAMP_MS 10
+#define CL_PROBE_FACTOR 4
+#define CL_LATENCY_RATIO 2.0
+#define CL_CALM_MS 30000
+
+typedef struct concurrency_limit {
+    double limit;
+    double max_limit;
+    bool slow_start;
+    int64_t last_ramp_ms;       /* slow start: when the limit last doubled */
+    int64_t last_congestion_ms; /* last 429 or latency cut */
+    int64_t last_cut_ms;        /* last latency cut */
+    double probe_credit;        /* answered calls towards the next +1 */
+    double baseline_ms;         /* long-term latency of answered calls (slow EWMA) */
+    double recent_ms;           /* short-term latency (fast EWMA) */
+    uint64_t samples;
+    uint64_t throttled, latency_cuts;
+} concurrency_limit;
+
+/* max_limit >= 1: the ceiling (e.g. --apiserver-burst: more in flight could never be
+ * admitted by the bucket anyway). */
+void concurrency_limit_init(concurrency_limit *cl, double max_limit, int64_t now_ms);
+
+/* The limit now, as a whole number of calls (>= CL_MIN). */
+size_t concurrency_limit_get(const concurrency_limit *cl);
+
+/* Called when in_flight calls run and waiting more want to start: in slow start, doubles
+ * the limit if CL_RAMP_MS passed since the last step. Returns the time (ms) at which the
+ * next step could happen while it is blocked (for the caller's timer), or -1 when no
+ * growth by time is pending. */
+int64_t concurrency_limit_demand(concurrency_limit *cl, size_t in_flight, size_t waiting, int64_t now_ms);
+
+/* An answered call (any status but 429) that took latency_ms; in_flight counts the calls
+ * still running after it. */
+void concurrency_limit_answered(concurrency_limit *cl, double latency_ms, size_t in_flight, int64_t now_ms);
+
+/* A 429 from API Priority and Fairness; in_flight counts the calls still running. */
+void concurrency_limit_throttled(concurrency_limit *cl, size_t in_flight, int64_t now_ms);
+
+#endif
