@@ -40,7 +40,7 @@ int64_t concurrency_limit_demand(concurrency_limit *cl, size_t in_flight, size_t
     }
     if (!waiting || in_flight < concurrency_limit_get(cl) || !cl->slow_start || cl->limit >= cl->max_limit) return -1;
     if (now_ms - cl->last_ramp_ms < CL_RAMP_MS) return cl->last_ramp_ms + CL_RAMP_MS;
-    cl->limit = cl->limit * 2 < cl->max_limit ? cl->limit * 2 : cl->max_limit;
+    cl->limit = cl->limit * CL_RAMP_FACTOR < cl->max_limit ? cl->limit * CL_RAMP_FACTOR : cl->max_limit;
     cl->last_ramp_ms = now_ms;
     return 0;
 }

@@ -5,8 +5,9 @@
  * limiter learns it from what the API server says, in the spirit of TCP congestion control
  * and of Netflix's concurrency-limits (Vegas, gradient):
  *
- *  - slow start: while nothing has said "too much", the limit doubles every
- *    CL_RAMP_MS as long as calls are waiting for it. A cold burst against a healthy server
+ *  - slow start: while nothing has said "too much", the limit grows CL_RAMP_FACTOR-fold
+ *    every CL_RAMP_MS as long as calls are waiting for it (8, 32, 128: ten milliseconds to
+ *    a hundred calls in flight). A cold burst against a healthy server
  *    reaches a hundred calls in flight within a few tens of milliseconds, with no fixed
  *    cap in the way; against a server with five seats, the first rejections come back
  *    before the limit has grown past a handful.
@@ -33,7 +34,8 @@
 
 #define CL_INITIAL 8
 #define CL_MIN 1
-#define CL_RAMP_MS 10
+#define CL_RAMP_MS 5
+#define CL_RAMP_FACTOR 4
 #define CL_PROBE_FACTOR 4
 #define CL_LATENCY_RATIO 2.0
 #define CL_CALM_MS 30000
@@ -59,8 +61,8 @@ void concurrency_limit_init(concurrency_limit *cl, double max_limit, int64_t now
 /* The limit now, as a whole number of calls (>= CL_MIN). */
 size_t concurrency_limit_get(const concurrency_limit *cl);
 
-/* Called when in_flight calls run and waiting more want to start: in slow start, doubles
- * the limit if CL_RAMP_MS passed since the last step. Returns the time (ms) at which the
+/* Called when in_flight calls run and waiting more want to start: in slow start, grows
+ * the limit CL_RAMP_FACTOR-fold if CL_RAMP_MS passed since the last step. Returns the time (ms) at which the
  * next step could happen while it is blocked (for the caller's timer), or -1 when no
  * growth by time is pending. */
 int64_t concurrency_limit_demand(concurrency_limit *cl, size_t in_flight, size_t waiting, int64_t now_ms);

@@ -110,7 +110,7 @@ static void test_cold_burst_reaches_the_burst_at_once(void)
     CHECK_EQ_INT(r.started, 100);
     CHECK_EQ_INT(r.answered, 100);
     CHECK_EQ_INT(r.throttled, 0);
-    CHECK(r.last_start_ms <= 50); /* every call sent within 50 ms: answered by ~250 ms */
+    CHECK(r.last_start_ms <= 2 * CL_RAMP_MS); /* every call sent within 10 ms */
     CHECK_EQ_INT(r.max_in_flight, 100);
 }
 
@@ -149,7 +149,7 @@ static void test_latency_rise_cuts_once_per_round_trip(void)
 {
     concurrency_limit cl;
     concurrency_limit_init(&cl, 100, 0);
-    for (int64_t s = 10; s <= 30; s += 10) concurrency_limit_demand(&cl, 100, 100, s); /* slow start: 64 */
+    for (int64_t s = CL_RAMP_MS; s <= 2 * CL_RAMP_MS; s += CL_RAMP_MS) concurrency_limit_demand(&cl, 100, 100, s);
     concurrency_limit_throttled(&cl, 50, 30); /* out of slow start at 50 */
     CHECK_EQ_INT(concurrency_limit_get(&cl), 50);
     int64_t t = 31;
@@ -183,9 +183,9 @@ static void test_limits_and_calm(void)
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 3, 10, 100), -1); /* at the ceiling: no growth */
     concurrency_limit_init(&cl, 100, 0);
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 2, 10, 1), -1);  /* below the limit: not blocked */
-    CHECK_EQ_INT(concurrency_limit_demand(&cl, 8, 10, 5), 10); /* blocked: the next step at 10 ms */
-    CHECK_EQ_INT(concurrency_limit_demand(&cl, 8, 10, 10), 0);
-    CHECK_EQ_INT(concurrency_limit_get(&cl), 16);
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, 8, 10, 2), CL_RAMP_MS); /* blocked: the next step */
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, 8, 10, CL_RAMP_MS), 0);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), 8 * CL_RAMP_FACTOR);
     concurrency_limit_throttled(&cl, 0, 20);
     CHECK_EQ_INT(concurrency_limit_get(&cl), 1); /* never below the floor */
     CHECK(!cl.slow_start);
@@ -193,10 +193,10 @@ static void test_limits_and_calm(void)
     /* ... until calm: slow start again, its first step one ramp interval later. */
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 1, 10, 20 + CL_CALM_MS), 20 + CL_CALM_MS + CL_RAMP_MS);
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 1, 10, 20 + CL_CALM_MS + CL_RAMP_MS), 0);
-    CHECK_EQ_INT(concurrency_limit_get(&cl), 2);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), CL_RAMP_FACTOR);
     /* A throttled call never raises the limit. */
-    concurrency_limit_throttled(&cl, 50, 20 + CL_CALM_MS + 1);
-    CHECK_EQ_INT(concurrency_limit_get(&cl), 2);
+    concurrency_limit_throttled(&cl, 50, 20 + CL_CALM_MS + CL_RAMP_MS + 1);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), CL_RAMP_FACTOR);
 }
 
 int main(void)
