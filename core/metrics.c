@@ -189,6 +189,23 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                            &m->request_duration);
     rc |= render_counter(out, "gateway_cache_flushes_total", "Cache flushes requested on the admin listener.",
                          m->cache_flushes);
+    rc |= evbuffer_add_printf(out,
+                              "# HELP gateway_connections_closed_total Main-listener connections the gateway "
+                              "closed: the request's headers or body not complete in time (--header-timeout, "
+                              "--body-timeout), or the bodies being received over --max-buffered-body-bytes.\n"
+                              "# TYPE gateway_connections_closed_total counter\n"
+                              "gateway_connections_closed_total{reason=\"header_timeout\"} %llu\n"
+                              "gateway_connections_closed_total{reason=\"body_timeout\"} %llu\n"
+                              "gateway_connections_closed_total{reason=\"body_budget\"} %llu\n",
+                              (unsigned long long)m->closed_header_timeout, (unsigned long long)m->closed_body_timeout,
+                              (unsigned long long)m->closed_body_budget) < 0;
+    rc |= render_counter(out, "gateway_unauthenticated_bodies_limited_total",
+                         "Proxy mode: requests without Authorization held to --max-unauthenticated-body-bytes.",
+                         m->unauthenticated_bodies);
+    rc |= render_counter(out, "gateway_accept_errors_total",
+                         "accept() failures on the listeners (out of file descriptors or memory).", m->accept_errors);
+    rc |= render_counter(out, "gateway_accept_backoffs_total",
+                         "Times a listener stopped accepting for a moment after such a failure.", m->accept_backoffs);
     rc |= render_gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.",
                        g->process_start_time_seconds);
     rc |= render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
@@ -229,4 +246,10 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from)
         into->requests_by_code[i] += from->requests_by_code[i];
     histogram_add(&into->request_duration, &from->request_duration);
     into->cache_flushes += from->cache_flushes;
+    into->closed_header_timeout += from->closed_header_timeout;
+    into->closed_body_timeout += from->closed_body_timeout;
+    into->closed_body_budget += from->closed_body_budget;
+    into->unauthenticated_bodies += from->unauthenticated_bodies;
+    into->accept_errors += from->accept_errors;
+    into->accept_backoffs += from->accept_backoffs;
 }

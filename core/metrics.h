@@ -57,6 +57,13 @@ typedef struct gateway_metrics {
     uint64_t requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     metrics_histogram request_duration;
     uint64_t cache_flushes;
+    /* Denial-of-service bounds (conn_guard.c, the listeners' accept paths). */
+    uint64_t closed_header_timeout;  /* gateway_connections_closed_total{reason="header_timeout"} */
+    uint64_t closed_body_timeout;    /* {reason="body_timeout"} */
+    uint64_t closed_body_budget;     /* {reason="body_budget"} */
+    uint64_t unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
+    uint64_t accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
+    uint64_t accept_backoffs;        /* gateway_accept_backoffs_total */
 } gateway_metrics;
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);

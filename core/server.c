@@ -935,6 +935,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .max_connections = (cfg->max_connections + n - 1) / n,
         .upstream_max_connections = (cfg->upstream_max_connections + n - 1) / n,
         .jwks = srv->jwks,
+        .max_buffered_body_bytes = (cfg->max_buffered_body_bytes + n - 1) / n,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);

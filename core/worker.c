@@ -6,6 +6,7 @@
 #include "worker.h"
 
 #include "bearer.h"
+#include "conn_guard.h"
 #include "identity.h"
 #include "log.h"
 #include "sar.h"
@@ -84,6 +85,7 @@ struct worker {
     size_t n_adopt;
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
+    conn_guard_set *guards; /* request deadlines and body bounds per connection */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
 };
 
@@ -781,6 +783,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     const config *cfg = w->cfg;
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
+    conn_guard_request_read(w->guards, evhttp_request_get_connection(req));
 
     size_t n_headers = 0;
     struct evkeyval *kv;
@@ -893,8 +896,8 @@ static void resume_accepting(worker *w)
 
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
-    (void)evcon;
     worker *w = arg;
+    conn_guard_detach(w->guards, evcon);
     size_t open = atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed) - 1;
     if (open < w->shared.max_connections) resume_accepting(w);
 }
@@ -914,8 +917,13 @@ static void adopt_new_connections(evutil_socket_t fd, short what, void *arg)
         bufferevent_data_cb readcb = NULL;
         void *cbarg = NULL;
         bufferevent_getcb(bev, &readcb, NULL, NULL, &cbarg);
-        if (readcb && cbarg) evhttp_connection_set_closecb(cbarg, on_connection_closed, w);
-        else on_connection_closed(NULL, w);
+        if (readcb && cbarg) {
+            evhttp_connection_set_closecb(cbarg, on_connection_closed, w);
+            /* Unguarded, a connection could be held open for ever: fail closed. */
+            if (conn_guard_attach(w->guards, cbarg) != 0) shutdown(bufferevent_getfd(bev), SHUT_RDWR);
+        } else {
+            on_connection_closed(NULL, w);
+        }
         bufferevent_decref(bev);
     }
     w->n_adopt = 0;
@@ -1047,7 +1055,17 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     w->inbox = mailbox_new(w->base, worker_deliver, w);
     w->adopt_event = event_new(w->base, -1, 0, adopt_new_connections, w);
     w->http = evhttp_new(w->base);
-    if (!w->keyer || !w->inbox || !w->adopt_event || !w->http) goto fail_fd;
+    conn_guard_options guard_options = {
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .body_timeout_ms = cfg->body_timeout_ms,
+        .max_buffered_body = shared->max_buffered_body_bytes,
+        .bound_unauthenticated_body = config_proxy_mode(cfg),
+        .max_unauthenticated_body = cfg->max_unauthenticated_body_bytes,
+        .max_body = cfg->max_body_bytes,
+        .expected_connections = shared->max_connections,
+    };
+    w->guards = conn_guard_set_new(w->base, &guard_options);
+    if (!w->keyer || !w->inbox || !w->adopt_event || !w->http || !w->guards) goto fail_fd;
     if (config_proxy_mode(cfg)) {
         upstream_options uo = {
             .url = cfg->upstream,
@@ -1088,8 +1106,8 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     } else {
         evhttp_set_max_body_size(w->http, MAIN_MAX_BODY_BYTES);
     }
-    /* evhttp 2.1 has no separate header deadline: this inactivity timeout, the header
-     * size bound and the body bound are what limit a slow or oversized client. */
+    /* evhttp's timeout is an idle one (re-armed by every byte); conn_guard adds the total
+     * deadlines for a request's headers and body, and bounds the bodies buffered. */
     struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(w->http, &read_timeout);
     evhttp_set_gencb(w->http, authz_handle, w);
@@ -1137,6 +1155,7 @@ void worker_free(worker *w)
     w->shutting_down = true;
     w->bound = NULL;
     if (w->http) evhttp_free(w->http);
+    conn_guard_set_free(w->guards);
     upstream_free(w->upstream);
     /* --shutdown-grace ran out: requests still waiting for a review went with evhttp. */
     while (w->waiting) authz_request_free(w->waiting);
@@ -1157,6 +1176,12 @@ size_t worker_requests_waiting(const worker *w)
 void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_served, size_t *connections)
 {
     metrics_add(sum, &w->metrics);
+    conn_guard_stats gs;
+    conn_guard_get_stats(w->guards, &gs);
+    sum->closed_header_timeout += gs.header_timeouts;
+    sum->closed_body_timeout += gs.body_timeouts;
+    sum->closed_body_budget += gs.body_budget_closes;
+    sum->unauthenticated_bodies += gs.unauthenticated_bodies;
     *stale_served += w->stale_served;
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
 }

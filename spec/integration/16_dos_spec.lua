@@ -1,0 +1,116 @@
+-- Integration: denial-of-service bounds of the real gateway against misbehaving clients
+-- (spec/support/raw-client): slow headers and bodies (--header-timeout, --body-timeout),
+-- large bodies without a token in proxy mode (--max-unauthenticated-body-bytes), and
+-- running out of file descriptors (accept back-off, one log line per interval). The
+-- assertions are on what the clients saw (closed, answered), the gateway's metrics, its
+-- log and /proc — never on a tight time window: deadlines are short (1 s) and the
+-- observation windows generous.
+local fake_mod = require("support.fake")
+local gateway_mod = require("support.gateway")
+local upstream_mod = require("support.upstream")
+local proc = require("support.proc")
+local cjson = require("cjson")
+
+local MiB = 1024 * 1024
+
+local TOKEN = { token = "tok-dos-legit", username = "system:serviceaccount:team-a:legit", uid = "uid-legit",
+  groups = { "system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated" } }
+
+-- Runs raw-client against addr ("host:port") with opts; returns its JSON summary.
+local function raw(addr, opts)
+  local args = { proc.build_path("spec/support/raw-client"), "--addr", addr }
+  for _, k in ipairs{ "mode", "connections", "duration-s", "interval-ms", "body-bytes", "path" } do
+    if opts[k] then args[#args + 1] = "--" .. k; args[#args + 1] = tostring(opts[k]) end
+  end
+  for _, h in ipairs(opts.headers or {}) do args[#args + 1] = "--header"; args[#args + 1] = h end
+  local quoted = {}
+  for _, a in ipairs(args) do quoted[#quoted + 1] = proc.quote(a) end
+  local out, code = proc.run(table.concat(quoted, " "))
+  assert.equal(0, code, out)
+  return cjson.decode(out:match("({.*})%s*$"))
+end
+
+local function addr_of(url) return (url:gsub("^http://", "")) end
+
+local function sanitized_build()
+  local out = proc.run("ldd " .. proc.quote(proc.build_path("core/tokengate")))
+  return out:find("libasan", 1, true) ~= nil
+end
+
+local function rss_bytes(pid)
+  local status = proc.read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(status:match("VmRSS:%s*(%d+)")) * 1024
+end
+
+-- utime + stime of pid in clock ticks (/proc/PID/stat fields 14 and 15).
+local function cpu_ticks(pid)
+  local stat = proc.read_file("/proc/" .. pid .. "/stat") or ""
+  local rest = stat:match("%) (.*)$") or ""
+  local fields = {}
+  for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
+  -- rest starts at field 3 (state): utime is field 14, stime 15.
+  return tonumber(fields[12]) + tonumber(fields[13])
+end
+
+describe("tokengate under hostile clients", function()
+  local fake
+
+  lazy_setup(function() fake = fake_mod.start{ tokens = { TOKEN } } end)
+  lazy_teardown(function() if fake then fake:stop() end end)
+
+  local function with_gateway(opts, body)
+    local gw = gateway_mod.start{ fake = fake, args = opts.args, env = opts.env, wrapper = opts.wrapper }
+    local ok, err = pcall(body, gw)
+    gw:stop()
+    if not ok then error(err, 0) end
+  end
+
+  describe("slow clients (slowloris)", function()
+    it("closes connections whose headers do not complete within --header-timeout", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--header-timeout", "1s",
+                              "--read-timeout", "30s" } }, function(gw)
+        -- One header byte every 200 ms keeps the idle timeout (30 s) from ever firing; for
+        -- 6 s, six times the deadline.
+        local r = raw(addr_of(gw.url), { mode = "slowloris", connections = 20, ["interval-ms"] = 200,
+          ["duration-s"] = 6 })
+        assert.equal(20, r.opened)
+        assert.equal(20, r.closed_by_server)
+        assert.equal(0, r.still_open)
+        assert.same({}, r.answered) -- closed without an answer, as nginx does
+        assert.equal(20, gw:metric('gateway_connections_closed_total{reason="header_timeout"}'))
+        assert.equal(0, gw:metric("gateway_connections_open"))
+        -- The gateway still serves.
+        assert.equal(200, gw:request(TOKEN.token).status)
+      end)
+    end)
+
+    it("closes connections that are accepted and send nothing, counting from the accept", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--header-timeout", "1s" } }, function(gw)
+        local r = raw(addr_of(gw.url), { mode = "idle", connections = 10, ["duration-s"] = 6 })
+        assert.equal(10, r.closed_by_server)
+        assert.equal(10, gw:metric('gateway_connections_closed_total{reason="header_timeout"}'))
+      end)
+    end)
+
+    it("closes connections whose body does not complete within --body-timeout", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--body-timeout", "1s" } }, function(gw)
+        local r = raw(addr_of(gw.url), { mode = "slowbody", connections = 10, ["body-bytes"] = 1000,
+          ["interval-ms"] = 200, ["duration-s"] = 6, headers = { "Authorization: Bearer " .. TOKEN.token } })
+        assert.equal(10, r.closed_by_server)
+        assert.equal(10, gw:metric('gateway_connections_closed_total{reason="body_timeout"}'))
+        assert.equal(0, gw:metric('gateway_connections_closed_total{reason="header_timeout"}'))
+      end)
+    end)
+
+    it("does not close a kept-alive connection that waits between requests, nor a prompt request", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--header-timeout", "1s" } }, function(gw)
+        -- tgload keeps its connections alive across 2.5 s of requests: every request is
+        -- prompt, so none is closed however long the connection lives.
+        local r = gw:load{ c = 4, d = 2.5, tokens = { TOKEN.token } }
+        assert.equal(0, r.errors)
+        assert.equal(r.requests, r.codes["200"])
+        assert.equal(0, gw:metric('gateway_connections_closed_total{reason="header_timeout"}'))
+      end)
+    end)
+  end)
+end)
