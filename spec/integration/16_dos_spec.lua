@@ -113,4 +113,65 @@ describe("tokengate under hostile clients", function()
       end)
     end)
   end)
+
+  describe("proxy mode: request bodies before authorization", function()
+    local up
+    lazy_setup(function() up = upstream_mod.start{ dir = fake.dir } end)
+    lazy_teardown(function() if up then up:stop() end end)
+
+    local function proxy_args(extra)
+      local args = { "--mode", "proxy", "--upstream", up.url, "--policy", "none", "--workers", "2" }
+      for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+      return args
+    end
+
+    it("never buffers the bodies of requests without a token: 60 connections x 10 MiB", function()
+      with_gateway({ args = proxy_args() }, function(gw)
+        local before = rss_bytes(gw:pid())
+        local r = raw(addr_of(gw.url), { mode = "body", connections = 60, ["body-bytes"] = 10 * MiB,
+          ["duration-s"] = 60, path = "/upload" })
+        local after = rss_bytes(gw:pid())
+        io.stderr:write(string.format("\n    60 x 10 MiB without a token: VmRSS %.1f MiB before, %.1f MiB after\n",
+          before / MiB, after / MiB))
+        assert.equal(60, r.opened)
+        assert.same({ ["413"] = 60 }, r.answered)
+        assert.equal(60, gw:metric("gateway_unauthenticated_bodies_limited_total"))
+        assert.equal(0, #up:requests())
+        if not sanitized_build() then -- ASan's quarantine keeps freed memory resident
+          assert.is_true(after - before < 48 * MiB, "RSS grew by " .. (after - before) / MiB .. " MiB")
+        end
+      end)
+    end)
+
+    it("still answers 401 to a small body without a token, and forwards an allowed upload", function()
+      with_gateway({ args = proxy_args() }, function(gw)
+        local r = raw(addr_of(gw.url), { mode = "body", connections = 1, ["body-bytes"] = 1000, ["duration-s"] = 10 })
+        assert.same({ ["401"] = 1 }, r.answered)
+        local ok = raw(addr_of(gw.url), { mode = "body", connections = 1, ["body-bytes"] = 5 * MiB, ["duration-s"] = 20,
+          headers = { "Authorization: Bearer " .. TOKEN.token } })
+        assert.same({ ["200"] = 1 }, ok.answered)
+        assert.equal(5 * MiB, up:requests()[1].body_bytes)
+      end)
+    end)
+
+    it("bounds the bodies of requests whose token is not (yet) authenticated (--max-buffered-body-bytes)", function()
+      with_gateway({ args = proxy_args{ "--max-buffered-body-bytes", tostring(32 * MiB) } }, function(gw)
+        local before = rss_bytes(gw:pid())
+        local r = raw(addr_of(gw.url), { mode = "body", connections = 40, ["body-bytes"] = 10 * MiB,
+          ["duration-s"] = 60, headers = { "Authorization: Bearer garbage-token" } })
+        local after = rss_bytes(gw:pid())
+        io.stderr:write(string.format("\n    40 x 10 MiB with a garbage token: VmRSS %.1f MiB before, %.1f MiB after, " ..
+          "%d closed over the budget\n", before / MiB, after / MiB,
+          gw:metric('gateway_connections_closed_total{reason="body_budget"}')))
+        assert.equal(40, r.opened)
+        local closed = gw:metric('gateway_connections_closed_total{reason="body_budget"}')
+        assert.is_true(closed > 0)
+        -- Every connection was either answered 401 (its body fitted in the budget) or closed.
+        assert.equal(40, (r.answered["401"] or 0) + closed)
+        if not sanitized_build() then
+          assert.is_true(after - before < 96 * MiB, "RSS grew by " .. (after - before) / MiB .. " MiB")
+        end
+      end)
+    end)
+  end)
 end)

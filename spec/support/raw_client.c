@@ -9,7 +9,7 @@
  *                --interval-ms
  *     idle       connect and send nothing
  *     body       send headers (plus each --header) announcing --body-bytes, then the body
- *                as fast as the server reads it, and read the answer
+ *                as fast as the server reads it, and read the answer (then close)
  *   --duration-s S   how long to run (default 5); connections still open then are counted
  *   --path P         request target (default /)
  *   --header H       an extra header line (repeatable, at most 8)
@@ -164,6 +164,11 @@ int main(int argc, char **argv)
                     c->open = false;
                     close(c->fd);
                     closed++;
+                    continue;
+                }
+                if (body && c->answer_len >= 12) { /* answered: this client is done */
+                    c->open = false;
+                    close(c->fd);
                     continue;
                 }
             }
