@@ -5,6 +5,7 @@
  * connections: their count against --max-connections, and TLS on them. */
 #include "worker.h"
 
+#include "accept_backoff.h"
 #include "bearer.h"
 #include "conn_guard.h"
 #include "identity.h"
@@ -86,6 +87,7 @@ struct worker {
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
     conn_guard_set *guards; /* request deadlines and body bounds per connection */
+    accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
 };
 
@@ -889,9 +891,10 @@ static void authz_handle(struct evhttp_request *req, void *arg)
 static void resume_accepting(worker *w)
 {
     if (!w->accept_paused || w->shutting_down || !w->bound) return;
+    w->accept_paused = false;
+    if (accept_backoff_active(w->backoff)) return; /* its timer re-enables the listener */
     struct evconnlistener *l = evhttp_bound_socket_get_listener(w->bound);
     if (l) evconnlistener_enable(l);
-    w->accept_paused = false;
 }
 
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
@@ -985,6 +988,8 @@ void gateway_mail_free(gateway_mail *m)
 static void stop_accepting(worker *w)
 {
     w->shutting_down = true;
+    accept_backoff_free(w->backoff); /* before its listener goes */
+    w->backoff = NULL;
     if (w->upstream) upstream_set_draining(w->upstream);
     if (w->bound) {
         evhttp_del_accept_socket(w->http, w->bound);
@@ -1121,10 +1126,36 @@ fail_fd:
     return NULL;
 }
 
+/* accept_backoff_options.held: the connection limit holds the listener. */
+static bool listener_held(void *arg)
+{
+    worker *w = arg;
+    return w->accept_paused || w->shutting_down;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
+    /* The back-off is registered on the thread that runs the listener (accept_backoff.h).
+     * Without it accept() failures would spin: the worker does not serve (fail closed). */
+    struct evconnlistener *l = w->bound ? evhttp_bound_socket_get_listener(w->bound) : NULL;
+    accept_backoff_options options = {
+        .listener_name = "main",
+        .pause_ms = ACCEPT_BACKOFF_PAUSE_MS,
+        .log_interval_ms = ACCEPT_BACKOFF_LOG_INTERVAL_MS,
+        .errors = &w->metrics.accept_errors,
+        .backoffs = &w->metrics.accept_backoffs,
+        .held = listener_held,
+        .held_arg = w,
+    };
+    if (l) w->backoff = accept_backoff_new(w->base, l, w->http, &options);
+    if (l && !w->backoff) {
+        log_error("out of memory starting a worker; it does not accept connections", NULL);
+        stop_accepting(w);
+    }
     event_base_dispatch(w->base);
+    accept_backoff_free(w->backoff);
+    w->backoff = NULL;
     return NULL;
 }
 

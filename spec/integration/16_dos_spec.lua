@@ -174,4 +174,86 @@ describe("tokengate under hostile clients", function()
       end)
     end)
   end)
+
+  describe("running out of file descriptors", function()
+    -- The gateway under a low open-files limit: soft and hard (ulimit -n) unless soft_only.
+    local function limited(n, soft_only)
+      return { "sh", "-c", (soft_only and "ulimit -S -n " or "ulimit -n ") .. n .. ' && exec "$@"', "sh" }
+    end
+
+    local function count_lines(text, needle)
+      local n = 0
+      for line in text:gmatch("[^\n]+") do
+        if line:find(needle, 1, true) then n = n + 1 end
+      end
+      return n
+    end
+
+    it("pauses accepting instead of spinning, logs once per interval, and serves again afterwards", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1" }, wrapper = limited(128) }, function(gw)
+        assert.truthy(gw:log_text():find("open-files limit (ulimit -n) is below", 1, true))
+        assert.equal(200, gw:request(TOKEN.token).status)
+        -- 300 idle connections against 128 descriptors, held 5 s; the CPU the gateway uses
+        -- in the middle 2 s of it is measured.
+        local client = io.popen(table.concat({ proc.quote(proc.build_path("spec/support/raw-client")), "--addr",
+          addr_of(gw.url), "--mode idle --connections 300 --duration-s 5" }, " "))
+        proc.sleep(1.5)
+        local t0 = cpu_ticks(gw:pid())
+        proc.sleep(2)
+        local used = cpu_ticks(gw:pid()) - t0
+        local out = client:read("*a")
+        client:close()
+        local r = cjson.decode(out:match("({.*})%s*$"))
+        assert.equal(300, r.opened) -- the kernel took them all (listen backlog)
+        local log = gw:log_text()
+        local accept_lines = count_lines(log, "accept() failed")
+        io.stderr:write(string.format("\n    300 idle connections, 128 fds: %d CPU ticks in 2 s, %d accept log lines, " ..
+          "%d accept errors, %d back-offs\n", used, accept_lines, gw:metric("gateway_accept_errors_total"),
+          gw:metric("gateway_accept_backoffs_total")))
+        assert.is_true(gw:metric("gateway_accept_backoffs_total") >= 1)
+        assert.is_true(accept_lines >= 1 and accept_lines <= 3, accept_lines .. " accept() log lines")
+        assert.is_true(used < 100, "the gateway used " .. used .. " CPU ticks in 2 s") -- spinning: ~200
+        -- The connections are gone: it serves again.
+        local deadline = proc.now() + 10
+        local status
+        repeat
+          status = gw:request(TOKEN.token).status
+          if status ~= 200 then proc.sleep(0.2) end
+        until status == 200 or proc.now() > deadline
+        assert.equal(200, status)
+      end)
+    end)
+
+    it("raises its soft open-files limit to what the configuration needs when the hard limit allows", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--max-connections", "500" },
+                     wrapper = limited(128, true) }, function(gw)
+        local limits = proc.read_file("/proc/" .. gw:pid() .. "/limits") or ""
+        local soft = tonumber(limits:match("Max open files%s+(%d+)"))
+        assert.is_true(soft >= 500, "soft limit " .. tostring(soft))
+        assert.truthy(gw:log_text():find("raised the open-files limit", 1, true))
+        assert.is_nil(gw:log_text():find("is below", 1, true))
+      end)
+    end)
+
+    it("caps the admin listener's connections (--admin-max-connections) without starving the main one", function()
+      with_gateway({ args = { "--policy", "none", "--workers", "1", "--admin-max-connections", "4" } }, function(gw)
+        local client = io.popen(table.concat({ proc.quote(proc.build_path("spec/support/raw-client")), "--addr",
+          addr_of(gw.admin_url), "--mode idle --connections 50 --duration-s 3" }, " "))
+        proc.sleep(1)
+        assert.equal(200, gw:request(TOKEN.token).status)
+        -- The admin listener is at its cap: a new admin connection waits in the accept queue.
+        local out = proc.run("curl -s -o /dev/null -w '%{http_code}' --max-time 1 " .. proc.quote(gw.admin_url .. "/healthz"))
+        assert.equal("000", out)
+        client:read("*a")
+        client:close()
+        local deadline = proc.now() + 10
+        local code
+        repeat
+          code = proc.run("curl -s -o /dev/null -w '%{http_code}' --max-time 2 " .. proc.quote(gw.admin_url .. "/healthz"))
+          if code ~= "200" then proc.sleep(0.2) end
+        until code == "200" or proc.now() > deadline
+        assert.equal("200", code)
+      end)
+    end)
+  end)
 end)
