@@ -130,6 +130,9 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                        (double)e->queued);
     rc |= render_counter(out, "gateway_apiserver_queue_rejections_total",
                          "Reviews refused at once (503) because the queue was full.", e->queue_rejections);
+    rc |= render_counter(out, "gateway_apiserver_queue_pushed_out_total",
+                         "Queued reviews refused (503) to make room for a flow below its fair share of the queue.",
+                         e->queue_pushed_out);
     rc |= render_counter(out, "gateway_apiserver_rate_limited_total",
                          "Times a call had to wait for the client-side token bucket.", e->rate_limited);
     rc |= render_counter(out, "gateway_apiserver_retries_total", "API calls repeated after a 429, reset or 5xx.",

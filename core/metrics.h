@@ -76,6 +76,7 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from);
 typedef struct review_engine_stats {
     size_t queued;              /* flights waiting for the token bucket or a retry */
     uint64_t queue_rejections;  /* reviews refused because the queue was full */
+    uint64_t queue_pushed_out;  /* of those: queued reviews pushed out for a flow below its fair share */
     uint64_t rate_limited;      /* calls that had to wait for the token bucket */
     uint64_t retries;           /* calls repeated after a 429, reset or 5xx */
     uint64_t circuit_opens;     /* times the circuit opened */

@@ -560,6 +560,45 @@ static authz_request *authz_request_new(worker *w, struct evhttp_request *req, c
     return ar;
 }
 
+/* ---- flows: who a review is for, for the review queue's fairness ---------------------- */
+
+#define FLOW_FNV_OFFSET 1469598103934665603ULL
+#define FLOW_FNV_PRIME 1099511628211ULL
+
+static uint64_t flow_mix(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * FLOW_FNV_PRIME;
+    return h;
+}
+
+/* Shaped like a JWT (three non-empty dot-separated segments), as every ServiceAccount
+ * token is; says nothing about validity, only which flow a review goes to. */
+static bool jwt_shaped(const char *token, size_t len)
+{
+    const char *dot1 = memchr(token, '.', len);
+    if (!dot1 || dot1 == token) return false;
+    const char *rest = dot1 + 1;
+    const char *dot2 = memchr(rest, '.', len - (size_t)(rest - token));
+    return dot2 && dot2 > rest && dot2 + 1 < token + len && !memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token));
+}
+
+/* A TokenReview's flow: the connection's source address, and whether the token is shaped
+ * like a ServiceAccount token — so a flood of unknown tokens from one source shares one
+ * flow, and a flood of strings that cannot be tokens does not share the flow of real new
+ * tokens from the same source (a proxy in front). See docs/SECURITY.md. */
+static uint64_t tokenreview_flow(struct evhttp_request *req, const char *token, size_t token_len)
+{
+    uint64_t h = flow_mix(FLOW_FNV_OFFSET, "tokenreview", 11);
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (conn) evhttp_connection_get_peer(conn, &addr, &port);
+    if (addr) h = flow_mix(h, addr, strnlen(addr, 64));
+    unsigned char shaped = jwt_shaped(token, token_len);
+    return flow_mix(h, &shaped, 1);
+}
+
 /* SHA-256 of the packed identity, from the worker's memo when it saw this identity last. */
 static int memo_identity_digest(worker *w, const unsigned char *packed, size_t len,
                                 unsigned char out[IDENTITY_DIGEST_BYTES])
@@ -613,6 +652,9 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         return;
     }
     review_request rr = {.key = key};
+    /* A SubjectAccessReview's flow is the identity asking: one caller spraying distinct
+     * requests (one review each) takes turns with everyone else. */
+    rr.flow = flow_mix(flow_mix(FLOW_FNV_OFFSET, "sar", 3), digest, sizeof(digest));
     rr.positive_ttl_ms = rr.positive_ttl_cap_ms = w->cfg->sar_allowed_ttl_ms;
     rr.negative_ttl_ms = w->cfg->sar_denied_ttl_ms;
     sar_parse_arg *identity = malloc(sizeof(*identity) + packed_len);
@@ -883,6 +925,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply_unavailable(w, req, &started, 1, "out of memory");
         return;
     }
+    rr.flow = tokenreview_flow(req, token, token_len);
     send_review(w, ar, REVIEW_KIND_TOKENREVIEW, &rr);
 }
 

@@ -256,4 +256,82 @@ describe("tokengate under hostile clients", function()
       end)
     end)
   end)
+
+  describe("fair sharing of the API budget", function()
+    -- Slow enough that a flood fills the queue: 20 calls/s, 100 ms each, 20 waiting at most.
+    local LIMITS = { "--workers", "1", "--apiserver-qps", "20", "--apiserver-burst", "1", "--review-max-pending", "20" }
+
+    local function args_with(extra)
+      local args = {}
+      for _, a in ipairs(LIMITS) do args[#args + 1] = a end
+      for _, a in ipairs(extra) do args[#args + 1] = a end
+      return args
+    end
+
+    local function garbage(n)
+      local list = {}
+      for i = 1, n do list[i] = string.format("garbage-%d-%d", math.random(1, 1e9), i) end
+      return list
+    end
+
+    -- ServiceAccount tokens are JWTs: these are shaped like one (the fake knows them).
+    local function jwt_like(name)
+      return "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiI" .. name .. "In0.c2lnbmF0dXJl"
+    end
+
+    it("a flood of unknown tokens from one source cannot keep new legitimate tokens out", function()
+      local legit = {}
+      for i = 1, 8 do
+        legit[i] = { token = jwt_like("legit" .. i), username = "system:serviceaccount:team-a:app" .. i,
+          uid = "uid-app" .. i, groups = { "system:serviceaccounts", "system:authenticated" } }
+      end
+      local all = { TOKEN }
+      for _, t in ipairs(legit) do all[#all + 1] = t end
+      fake:reload(all)
+      fake:config{ latency_ms = 100 }
+      with_gateway({ args = args_with{ "--policy", "none" } }, function(gw)
+        local flood = gw:load_start{ c = 40, d = 5, tokens = garbage(5000), timeout = 10 }
+        proc.sleep(1.5) -- the queue is full of the flood's reviews by now
+        local codes = {}
+        for _, t in ipairs(legit) do
+          local status = gw:request(t.token).status
+          codes[tostring(status)] = (codes[tostring(status)] or 0) + 1
+        end
+        local f = flood:wait(30)
+        io.stderr:write(string.format("\n    flood: %d requests (%s); new legitimate tokens: %s; %d queued reviews " ..
+          "pushed out\n", f.requests, cjson.encode(f.codes), cjson.encode(codes),
+          gw:metric("gateway_apiserver_queue_pushed_out_total")))
+        assert.equal(#legit, codes["200"])
+        -- The flood did fill the queue: it was refused, not the legitimate tokens.
+        assert.is_true((f.codes["503"] or 0) > 0, "the flood never filled the queue: " .. cjson.encode(f.codes))
+      end)
+      fake:config{ latency_ms = 0 }
+      fake:reload{ TOKEN }
+    end)
+
+    it("one identity spraying SubjectAccessReviews cannot keep another identity's out", function()
+      local sprayer = { token = jwt_like("sprayer"), username = "system:serviceaccount:team-s:sprayer",
+        uid = "uid-sprayer", groups = { "system:serviceaccounts", "system:authenticated" } }
+      fake:reload({ TOKEN, sprayer }, { { user = "*", verb = "get" } })
+      fake:config{ latency_ms = 100 }
+      -- The default policy: one SubjectAccessReview per distinct path.
+      with_gateway({ args = args_with{} }, function(gw)
+        local spray = gw:load_start{ c = 40, d = 5, tokens = { sprayer.token }, path = "/spray/", spray_paths = true,
+          timeout = 10 }
+        proc.sleep(1.5)
+        local codes = {}
+        for i = 1, 8 do
+          local status = gw:request(TOKEN.token, "/mine/" .. i).status
+          codes[tostring(status)] = (codes[tostring(status)] or 0) + 1
+        end
+        local s = spray:wait(30)
+        io.stderr:write(string.format("\n    spray: %d requests (%s); the other identity: %s\n", s.requests,
+          cjson.encode(s.codes), cjson.encode(codes)))
+        assert.equal(8, codes["200"])
+        assert.is_true((s.codes["503"] or 0) > 0, "the spray never filled the queue: " .. cjson.encode(s.codes))
+      end)
+      fake:config{ latency_ms = 0 }
+      fake:reload({ TOKEN }, {})
+    end)
+  end)
 end)
