@@ -88,6 +88,10 @@ static int render_review_family(struct evbuffer *out, const char *family, const 
         rc |= evbuffer_add_printf(out, "%s{reason=\"%s\"} %llu\n", name, api_error_name((api_error)e),
                                   (unsigned long long)r->api_errors[e]) < 0;
     rc |= render_counter(out, NAME("coalesced_total"), "Requests that joined an in-flight review.", r->coalesced);
+    rc |= render_counter(out, NAME("unrepresentable_total"),
+                         "Authenticated identities refused (and cached as refused) because the gateway cannot "
+                         "carry them: too many groups or extra values, strings too long or with control characters.",
+                         r->unrepresentable);
     rc |= render_gauge(out, NAME("cache_entries"), "Entries in the cache.", (double)entries);
     rc |= render_counter(out, NAME("cache_evictions_total"), "Entries evicted to stay within the bound.",
                          evictions);
@@ -232,6 +236,7 @@ static void review_metrics_add(review_metrics *into, const review_metrics *from)
     into->cache_misses += from->cache_misses;
     into->api_calls += from->api_calls;
     into->coalesced += from->coalesced;
+    into->unrepresentable += from->unrepresentable;
     for (size_t i = 0; i < API_ERROR_KINDS; i++) into->api_errors[i] += from->api_errors[i];
     histogram_add(&into->api_latency, &from->api_latency);
 }

@@ -40,6 +40,7 @@ typedef struct review_metrics {
     uint64_t cache_misses;
     uint64_t api_calls;
     uint64_t coalesced;
+    uint64_t unrepresentable; /* identities refused (cached negative) as not representable */
     uint64_t api_errors[API_ERROR_KINDS];
     metrics_histogram api_latency;
 } review_metrics;

@@ -309,6 +309,11 @@ static void flight_answered(review_flight *flight, const api_response *response)
     unsigned char value[TOKEN_CACHE_VALUE_MAX];
     review_parsed parsed = {.verdict = REVIEW_ERROR};
     kind->parse(response->body, response->body_len, flight->parse_arg, value, &parsed);
+    if (parsed.unrepresentable) {
+        kind->metrics->unrepresentable++;
+        log_warn("identity cannot be represented; refused and cached as unauthenticated", "kind", kind->name,
+                 "token_id", flight->token_id, NULL);
+    }
     if (parsed.verdict == REVIEW_ERROR) {
         kind->metrics->api_errors[API_ERROR_BAD_RESPONSE]++;
         log_warn("review failed", "kind", kind->name, "token_id", flight->token_id, "reason", "bad_response", "detail",

@@ -31,6 +31,7 @@ typedef struct review_parsed {
     review_verdict verdict; /* POSITIVE, NEGATIVE, or ERROR for a bad response */
     size_t value_len;       /* bytes written to the value buffer: what the cache keeps */
     char reason[256];       /* NEGATIVE or ERROR: why, safe to log */
+    bool unrepresentable;   /* NEGATIVE because the identity cannot be carried (counted) */
 } review_parsed;
 
 /* One kind of review: where it is posted, how its answer is read, where verdicts go. */

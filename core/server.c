@@ -226,6 +226,11 @@ static void tokenreview_parse(const char *body, size_t body_len, const void *par
         out->verdict = REVIEW_NEGATIVE;
         out->value_len = 0;
         break;
+    case TOKENREVIEW_UNREPRESENTABLE:
+        out->verdict = REVIEW_NEGATIVE; /* cached: the next request is refused without a review */
+        out->value_len = 0;
+        out->unrepresentable = true;
+        break;
     case TOKENREVIEW_BAD_RESPONSE:
         out->verdict = REVIEW_ERROR;
         break;

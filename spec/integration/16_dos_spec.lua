@@ -334,4 +334,33 @@ describe("tokengate under hostile clients", function()
       fake:reload({ TOKEN }, {})
     end)
   end)
+
+  describe("identities the gateway cannot represent", function()
+    it("refuses them with a cached 401 and a metric, not a 503 and a review on every request", function()
+      local groups = {}
+      for i = 1, 300 do groups[i] = "group-" .. i end
+      local many_groups = { token = "tok-many-groups", username = "system:serviceaccount:team-a:many", uid = "uid-many",
+        groups = groups }
+      local control = { token = "tok-control-char", username = "system:serviceaccount:team-a:bad\001name",
+        uid = "uid-control", groups = { "system:authenticated" } }
+      fake:reload{ TOKEN, many_groups, control }
+      with_gateway({ args = { "--policy", "none", "--workers", "1" } }, function(gw)
+        fake:reset_stats()
+        for _, who in ipairs{ many_groups, control } do
+          for _ = 1, 5 do
+            local res = gw:request(who.token)
+            assert.equal(401, res.status)
+            assert.is_nil(res.headers and res.headers["retry-after"])
+          end
+        end
+        -- One review per identity; the four requests after it were answered from the cache.
+        assert.equal(2, fake:stats().tokenreview_calls)
+        assert.equal(2, gw:metric("gateway_tokenreview_unrepresentable_total"))
+        assert.equal(8, gw:metric("gateway_tokenreview_cache_hits_total"))
+        assert.equal(0, gw:metric('gateway_requests_total{code="503"}'))
+        assert.equal(200, gw:request(TOKEN.token).status)
+      end)
+      fake:reload{ TOKEN }
+    end)
+  end)
 end)
