@@ -994,9 +994,12 @@ static struct bufferevent *new_connection_bufferevent(struct event_base *base, v
     } else {
         bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     }
-    /* Without a bufferevent of ours (out of memory, or the adopt batch is full) evhttp
-     * makes its own and the connection goes uncounted: it can only make the limit lax. */
-    if (!bev || w->n_adopt == ADOPT_BATCH_MAX) return bev;
+    /* Without a bufferevent of ours (out of memory) evhttp makes its own and the
+     * connection goes uncounted (and unguarded): it can only make the limit lax. */
+    if (!bev) return bev;
+    /* A full batch: every connection in it was accepted earlier in this turn, and evhttp
+     * finished setting each up before accepting the next, so they can be adopted now. */
+    if (w->n_adopt == ADOPT_BATCH_MAX) adopt_new_connections(-1, 0, w);
     bufferevent_incref(bev);
     w->adopt[w->n_adopt++] = bev;
     event_active(w->adopt_event, EV_TIMEOUT, 0);
