@@ -1109,7 +1109,7 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     conn_guard_options guard_options = {
         .header_timeout_ms = cfg->header_timeout_ms,
         .body_timeout_ms = cfg->body_timeout_ms,
-        .max_buffered_body = shared->max_buffered_body_bytes,
+        .max_buffered_body = config_proxy_mode(cfg) ? shared->max_buffered_body_bytes : 0, /* authz: 64 KiB each */
         .bound_unauthenticated_body = config_proxy_mode(cfg),
         .max_unauthenticated_body = cfg->max_unauthenticated_body_bytes,
         .max_body = cfg->max_body_bytes,
