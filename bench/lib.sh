@@ -103,19 +103,21 @@ tg_certs() {
 # Identities are typical of pod-bound ServiceAccount tokens: system:serviceaccount:NS:NAME
 # over 20 namespaces, a uid, the three ServiceAccount groups, and the extra keys a recent
 # kube-apiserver adds (pod-name, pod-uid, node-name, node-uid, credential-id).
-# TG_TOKENS_EXTRA=0 leaves extra out. One awk process, whatever N.
+# TG_TOKENS_EXTRA=0 leaves extra out; TG_TOKENS_SUFFIX is appended to every token (e.g.
+# ".c2ln" with a PREFIX ending in "." makes them JWT-shaped). One awk process, whatever N.
 tg_tokens() {
   local base=$1 n=$2 prefix=${3:-bench}
   local salt
   salt=$(openssl rand -hex 6)
-  awk -v n="$n" -v prefix="$prefix-$salt" -v extra="${TG_TOKENS_EXTRA:-1}" -v txt="$base.txt" '
+  awk -v n="$n" -v prefix="$prefix-$salt" -v extra="${TG_TOKENS_EXTRA:-1}" -v suffix="${TG_TOKENS_SUFFIX:-}" \
+    -v txt="$base.txt" '
     function uuid(a, b) { return sprintf("%08x-%04x-4%03x-a%03x-%012d", a, b % 65536, a % 4096, b % 4096, a * 7919 + b) }
     BEGIN {
       printf "{\"tokens\":["
       for (i = 0; i < n; i++) {
         ns = "team-" (i % 20)
         sa = "webhook-sender-" i
-        tok = prefix "-" i
+        tok = prefix "-" i suffix
         print tok > txt
         printf "%s{\"token\":\"%s\",\"username\":\"system:serviceaccount:%s:%s\",\"uid\":\"%s\",", \
           (i ? "," : ""), tok, ns, sa, uuid(i, 1)

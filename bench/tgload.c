@@ -34,6 +34,8 @@
  * spread over that interval). A request that takes longer delays only its own connection;
  * latency is still measured from the moment a request is handed to its connection.
  * --slow-ms MS adds "slow":n to the JSON line: responses that took more than MS ms.
+ * --spray-paths sends request i (0-based, in issue order) to the URL's path followed by i
+ * (/x/ → /x/0, /x/1, ...): a caller whose every request is new to a per-path cache.
  *
  * With -d, no request is issued after the deadline and the ones in flight are allowed to
  * finish (each bounded by --timeout). SIGINT/SIGTERM stop at once and report what
@@ -114,7 +116,8 @@ struct load {
     struct event_base *base;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char *req_head; /* "GET path HTTP/1.1\r\nHost: ...\r\n" + -H headers */
+    char *req_head; /* "GET path HTTP/1.1\r\nHost: ...\r\n" + -H headers (--spray-paths: no request line) */
+    const char *spray_path; /* --spray-paths: request i goes to spray_path + i */
     size_t req_head_len;
     char **auth; /* per token line: "Authorization: Bearer x\r\n", or "" for "-" */
     size_t *auth_len;
@@ -277,6 +280,8 @@ static void conn_issue(struct conn *c)
         return;
     }
     out = bufferevent_get_output(c->bev);
+    if (ld->spray_path)
+        evbuffer_add_printf(out, "GET %s%llu HTTP/1.1\r\n", ld->spray_path, (unsigned long long)(ld->issued - 1));
     evbuffer_add(out, ld->req_head, ld->req_head_len);
     if (ld->ntokens && ld->auth_len[t])
         evbuffer_add(out, ld->auth[t], ld->auth_len[t]);
@@ -911,7 +916,7 @@ static void usage(FILE *f)
 {
     fputs("usage: tgload --url http://HOST:PORT/path -c CONCURRENCY (-n TOTAL | -d SECONDS)\n"
           "              [--tokens FILE] [-H \"Name: value\"]... [--timeout SECONDS]\n"
-          "              [--rate REQ_PER_S] [--slow-ms MS]\n"
+          "              [--rate REQ_PER_S] [--slow-ms MS] [--spray-paths]\n"
           "  -c N          connections, one request in flight on each (default 1)\n"
           "  -n N          send N requests in total\n"
           "  -d SECONDS    send requests for SECONDS (fractions allowed)\n"
@@ -943,6 +948,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, 'T'},
         {"rate", required_argument, NULL, 'r'},
         {"slow-ms", required_argument, NULL, 's'},
+        {"spray-paths", no_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -969,6 +975,9 @@ int main(int argc, char **argv)
             break;
         case 't':
             tokens_file = optarg;
+            break;
+        case 'P':
+            ld.spray_path = ""; /* set to the URL's path below */
             break;
         case 'c':
             errno = 0;
@@ -1065,7 +1074,10 @@ int main(int argc, char **argv)
     head = evbuffer_new();
     if (!head)
         goto out;
-    evbuffer_add_printf(head, "GET %s HTTP/1.1\r\n", path);
+    if (ld.spray_path)
+        ld.spray_path = path; /* each request's line is written with its number */
+    else
+        evbuffer_add_printf(head, "GET %s HTTP/1.1\r\n", path);
     if (!have_host)
         evbuffer_add_printf(head, "Host: %s\r\n", host_hdr);
     for (i = 0; i < nheaders; i++)

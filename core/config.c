@@ -109,6 +109,21 @@ static const flag_spec flag_table[] = {
     {"--max-connections", FLAG_SIZE, FIELD(max_connections),
      "main listener: open client connections at most, all workers together; beyond it new connections wait in "
      "the kernel's accept queue (default 10000)"},
+    {"--header-timeout", FLAG_DURATION, FIELD(header_timeout_ms),
+     "main listener: the request line and headers must arrive within this, counted from the request's first "
+     "byte (a new connection: from its accept, TLS handshake included); else the connection is closed "
+     "(default 10s)"},
+    {"--body-timeout", FLAG_DURATION, FIELD(body_timeout_ms),
+     "main listener: the request body must arrive within this after the headers; else the connection is "
+     "closed (default 60s)"},
+    {"--max-unauthenticated-body-bytes", FLAG_SIZE, FIELD(max_unauthenticated_body_bytes),
+     "proxy mode: largest body of a request without an Authorization header; larger: read and dropped, never "
+     "buffered, answered 413 (default 65536)"},
+    {"--max-buffered-body-bytes", FLAG_SIZE, FIELD(max_buffered_body_bytes),
+     "proxy mode: request bodies being received before authorization, all connections together; the "
+     "connection whose body would pass it is closed (default 134217728; 0: no bound)"},
+    {"--admin-max-connections", FLAG_SIZE, FIELD(admin_max_connections),
+     "admin listener: open connections at most; beyond it new ones wait in the accept queue (default 64)"},
     {"--workers", FLAG_SIZE, FIELD(workers), "event-loop threads serving the main listener (default: online CPUs)"},
     {"--cache-refresh-ahead", FLAG_PERCENT, FIELD(cache_refresh_ahead_percent),
      "a hit in the last PERCENT of a positive entry's TTL starts one background review and is answered from "
@@ -156,6 +171,11 @@ static void config_defaults(config *cfg)
     cfg->read_timeout_ms = 30000;
     cfg->max_header_count = 100;
     cfg->max_connections = 10000;
+    cfg->header_timeout_ms = 10000;
+    cfg->body_timeout_ms = 60000;
+    cfg->max_unauthenticated_body_bytes = 65536;
+    cfg->max_buffered_body_bytes = 128 * 1024 * 1024;
+    cfg->admin_max_connections = 64;
     cfg->workers = 0; /* 0: config_workers() answers the online CPUs */
     cfg->cache_refresh_ahead_percent = 10;
     cfg->upstream_timeout_ms = 30000;
@@ -442,8 +462,12 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
     }
-    if (cfg->max_connections < 1) {
-        fprintf(out, "tokengate: --max-connections must be at least 1\n");
+    if (cfg->max_connections < 1 || cfg->admin_max_connections < 1) {
+        fprintf(out, "tokengate: --max-connections and --admin-max-connections must be at least 1\n");
+        rc = -1;
+    }
+    if (cfg->header_timeout_ms < 1 || cfg->body_timeout_ms < 1) {
+        fprintf(out, "tokengate: --header-timeout and --body-timeout must be positive\n");
         rc = -1;
     }
     if (cfg->workers > CONFIG_MAX_WORKERS) {
@@ -527,7 +551,18 @@ void config_print(const config *cfg, FILE *out)
         fprintf(out, "upstream-keep-authorization: %s\nmax-body-bytes: %zu\n",
                 cfg->upstream_keep_authorization ? "yes" : "no (removed before forwarding)", cfg->max_body_bytes);
     }
-    fprintf(out, "max-connections: %zu\n", cfg->max_connections);
+    fprintf(out, "max-connections: %zu\nadmin-max-connections: %zu\n", cfg->max_connections,
+            cfg->admin_max_connections);
+    {
+        char header_timeout[32], body_timeout[32];
+        duration_format(cfg->header_timeout_ms, header_timeout, sizeof(header_timeout));
+        duration_format(cfg->body_timeout_ms, body_timeout, sizeof(body_timeout));
+        fprintf(out, "header-timeout: %s\nbody-timeout: %s\n", header_timeout, body_timeout);
+    }
+    if (config_proxy_mode(cfg))
+        fprintf(out, "max-unauthenticated-body-bytes: %zu\nmax-buffered-body-bytes: %zu%s\n",
+                cfg->max_unauthenticated_body_bytes, cfg->max_buffered_body_bytes,
+                cfg->max_buffered_body_bytes ? "" : " (no bound)");
     fprintf(out, "workers: %zu%s\ncache-refresh-ahead: %u%%%s\n", config_workers(cfg),
             cfg->workers ? "" : " (online CPUs)", cfg->cache_refresh_ahead_percent,
             cfg->cache_refresh_ahead_percent ? "" : " (off)");

@@ -60,6 +60,11 @@ typedef struct config {
     int64_t read_timeout_ms;  /* main listener: idle/read/write timeout of a connection */
     size_t max_header_count;  /* more request header fields than this: 431 */
     size_t max_connections;   /* main listener: open client connections at most (all workers) */
+    int64_t header_timeout_ms; /* main listener: a request's line and headers complete within this */
+    int64_t body_timeout_ms;   /* main listener: a request's body complete within this after its headers */
+    size_t max_unauthenticated_body_bytes; /* proxy mode: body of a request without Authorization */
+    size_t max_buffered_body_bytes;        /* proxy mode: bodies being read, all workers together */
+    size_t admin_max_connections;          /* admin listener: open connections at most */
 
     /* Performance (issue: workers). */
     size_t workers;                 /* event-loop threads serving the main listener; 0 = online CPUs */

@@ -129,3 +129,16 @@ void log_event_fields(log_level level, const char *msg, const char *source, cons
     *pos++ = '}';
     finish_line(line, pos);
 }
+
+bool log_ratelimit_allow(log_ratelimit *rl, int64_t now_ms, uint64_t *held_back)
+{
+    if (rl->started && now_ms - rl->last_ms < rl->interval_ms) {
+        rl->suppressed++;
+        return false;
+    }
+    *held_back = rl->suppressed;
+    rl->suppressed = 0;
+    rl->last_ms = now_ms;
+    rl->started = true;
+    return true;
+}

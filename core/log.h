@@ -6,7 +6,9 @@
 #ifndef TOKENGATE_LOG_H
 #define TOKENGATE_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 
@@ -23,6 +25,21 @@ void log_event(log_level level, const char *msg, ...);
  * keys and values are n strings each. */
 void log_event_fields(log_level level, const char *msg, const char *source, const char *const *keys,
                       const char *const *values, size_t n);
+
+/* Rate limit for a message that can repeat at machine speed (accept() failing with
+ * EMFILE): at most one line per interval, which reports how many were held back. Owned by
+ * the caller, used from one thread. */
+typedef struct log_ratelimit {
+    int64_t interval_ms;
+    int64_t last_ms;     /* when the last line was let through */
+    uint64_t suppressed; /* occurrences held back since then */
+    bool started;
+} log_ratelimit;
+
+/* An occurrence at now_ms (any monotonic clock): returns true when a line should be
+ * written now, with *held_back set to the occurrences suppressed since the previous line;
+ * false (and counted) otherwise. */
+bool log_ratelimit_allow(log_ratelimit *rl, int64_t now_ms, uint64_t *held_back);
 
 #define log_info(...) log_event(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_event(LOG_WARN, __VA_ARGS__)

@@ -88,6 +88,10 @@ static int render_review_family(struct evbuffer *out, const char *family, const 
         rc |= evbuffer_add_printf(out, "%s{reason=\"%s\"} %llu\n", name, api_error_name((api_error)e),
                                   (unsigned long long)r->api_errors[e]) < 0;
     rc |= render_counter(out, NAME("coalesced_total"), "Requests that joined an in-flight review.", r->coalesced);
+    rc |= render_counter(out, NAME("unrepresentable_total"),
+                         "Authenticated identities refused (and cached as refused) because the gateway cannot "
+                         "carry them: too many groups or extra values, strings too long or with control characters.",
+                         r->unrepresentable);
     rc |= render_gauge(out, NAME("cache_entries"), "Entries in the cache.", (double)entries);
     rc |= render_counter(out, NAME("cache_evictions_total"), "Entries evicted to stay within the bound.",
                          evictions);
@@ -130,6 +134,9 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                        (double)e->queued);
     rc |= render_counter(out, "gateway_apiserver_queue_rejections_total",
                          "Reviews refused at once (503) because the queue was full.", e->queue_rejections);
+    rc |= render_counter(out, "gateway_apiserver_queue_pushed_out_total",
+                         "Queued reviews refused (503) to make room for a flow below its fair share of the queue.",
+                         e->queue_pushed_out);
     rc |= render_counter(out, "gateway_apiserver_rate_limited_total",
                          "Times a call had to wait for the client-side token bucket.", e->rate_limited);
     rc |= render_counter(out, "gateway_apiserver_retries_total", "API calls repeated after a 429, reset or 5xx.",
@@ -189,6 +196,23 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                            &m->request_duration);
     rc |= render_counter(out, "gateway_cache_flushes_total", "Cache flushes requested on the admin listener.",
                          m->cache_flushes);
+    rc |= evbuffer_add_printf(out,
+                              "# HELP gateway_connections_closed_total Main-listener connections the gateway "
+                              "closed: the request's headers or body not complete in time (--header-timeout, "
+                              "--body-timeout), or the bodies being received over --max-buffered-body-bytes.\n"
+                              "# TYPE gateway_connections_closed_total counter\n"
+                              "gateway_connections_closed_total{reason=\"header_timeout\"} %llu\n"
+                              "gateway_connections_closed_total{reason=\"body_timeout\"} %llu\n"
+                              "gateway_connections_closed_total{reason=\"body_budget\"} %llu\n",
+                              (unsigned long long)m->closed_header_timeout, (unsigned long long)m->closed_body_timeout,
+                              (unsigned long long)m->closed_body_budget) < 0;
+    rc |= render_counter(out, "gateway_unauthenticated_bodies_limited_total",
+                         "Proxy mode: requests without Authorization held to --max-unauthenticated-body-bytes.",
+                         m->unauthenticated_bodies);
+    rc |= render_counter(out, "gateway_accept_errors_total",
+                         "accept() failures on the listeners (out of file descriptors or memory).", m->accept_errors);
+    rc |= render_counter(out, "gateway_accept_backoffs_total",
+                         "Times a listener stopped accepting for a moment after such a failure.", m->accept_backoffs);
     rc |= render_gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.",
                        g->process_start_time_seconds);
     rc |= render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
@@ -212,6 +236,7 @@ static void review_metrics_add(review_metrics *into, const review_metrics *from)
     into->cache_misses += from->cache_misses;
     into->api_calls += from->api_calls;
     into->coalesced += from->coalesced;
+    into->unrepresentable += from->unrepresentable;
     for (size_t i = 0; i < API_ERROR_KINDS; i++) into->api_errors[i] += from->api_errors[i];
     histogram_add(&into->api_latency, &from->api_latency);
 }
@@ -229,4 +254,10 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from)
         into->requests_by_code[i] += from->requests_by_code[i];
     histogram_add(&into->request_duration, &from->request_duration);
     into->cache_flushes += from->cache_flushes;
+    into->closed_header_timeout += from->closed_header_timeout;
+    into->closed_body_timeout += from->closed_body_timeout;
+    into->closed_body_budget += from->closed_body_budget;
+    into->unauthenticated_bodies += from->unauthenticated_bodies;
+    into->accept_errors += from->accept_errors;
+    into->accept_backoffs += from->accept_backoffs;
 }

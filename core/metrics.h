@@ -40,6 +40,7 @@ typedef struct review_metrics {
     uint64_t cache_misses;
     uint64_t api_calls;
     uint64_t coalesced;
+    uint64_t unrepresentable; /* identities refused (cached negative) as not representable */
     uint64_t api_errors[API_ERROR_KINDS];
     metrics_histogram api_latency;
 } review_metrics;
@@ -57,6 +58,13 @@ typedef struct gateway_metrics {
     uint64_t requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     metrics_histogram request_duration;
     uint64_t cache_flushes;
+    /* Denial-of-service bounds (conn_guard.c, the listeners' accept paths). */
+    uint64_t closed_header_timeout;  /* gateway_connections_closed_total{reason="header_timeout"} */
+    uint64_t closed_body_timeout;    /* {reason="body_timeout"} */
+    uint64_t closed_body_budget;     /* {reason="body_budget"} */
+    uint64_t unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
+    uint64_t accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
+    uint64_t accept_backoffs;        /* gateway_accept_backoffs_total */
 } gateway_metrics;
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);
@@ -69,6 +77,7 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from);
 typedef struct review_engine_stats {
     size_t queued;              /* flights waiting for the token bucket or a retry */
     uint64_t queue_rejections;  /* reviews refused because the queue was full */
+    uint64_t queue_pushed_out;  /* of those: queued reviews pushed out for a flow below its fair share */
     uint64_t rate_limited;      /* calls that had to wait for the token bucket */
     uint64_t retries;           /* calls repeated after a 429, reset or 5xx */
     uint64_t circuit_opens;     /* times the circuit opened */

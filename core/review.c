@@ -9,10 +9,12 @@
  * the pump for the next thing that can happen (a token, a pause's end, a deadline). */
 #include "review.h"
 
+#include "fair_queue.h"
 #include "log.h"
 
 #include <event2/event.h>
 #include <math.h>
+#include <stddef.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -33,7 +35,8 @@ typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
 
 typedef struct review_flight {
     struct review_flight *hash_next;
-    struct review_flight *queue_prev, *queue_next; /* in engine's queue while QUEUED */
+    fair_queue_item queue_item; /* in engine's queue while QUEUED */
+    uint64_t flow;              /* whose flight: its share of the queue (review_request.flow) */
     review_engine *engine;
     const review_kind *kind;
     cache_key key;
@@ -59,8 +62,7 @@ struct review_engine {
     review_limits limits;
     review_flight *buckets[FLIGHT_BUCKETS];
     size_t n_flights;
-    review_flight *queue_head, *queue_tail;
-    size_t queued;
+    fair_queue *queue; /* flights waiting to be sent, shared fairly between flows */
     double tokens;
     double rate; /* calls per second now: --apiserver-qps, halved by each 429, regained by answers */
     int64_t rate_cut_ms; /* no second cut before this (the same overrun's other 429s) */
@@ -113,7 +115,10 @@ review_engine *review_engine_new(api_client *client, struct event_base *base, co
     engine->rate = engine->limits.qps;
     engine->refilled_ms = monotonic_ms();
     engine->timer = evtimer_new(base, on_timer, engine);
-    if (!engine->timer) {
+    engine->queue = fair_queue_new(engine->limits.max_pending);
+    if (!engine->timer || !engine->queue) {
+        if (engine->timer) event_free(engine->timer);
+        fair_queue_free(engine->queue);
         free(engine);
         return NULL;
     }
@@ -142,6 +147,7 @@ void review_engine_free(review_engine *engine)
         }
     }
     event_free(engine->timer);
+    fair_queue_free(engine->queue);
     free(engine);
 }
 
@@ -153,7 +159,7 @@ size_t review_engine_flights(const review_engine *engine)
 void review_engine_get_stats(const review_engine *engine, review_engine_stats *out)
 {
     *out = engine->stats;
-    out->queued = engine->queued;
+    out->queued = fair_queue_length(engine->queue);
     out->rate_qps = engine->rate;
     out->circuit_open = engine->circuit != CIRCUIT_CLOSED;
 }
@@ -180,25 +186,37 @@ bool review_join(review_engine *engine, const review_kind *kind, const cache_key
 
 /* ---- the queue ------------------------------------------------------------------------ */
 
+#define FLIGHT_OF_ITEM(item) ((review_flight *)((char *)(item) - offsetof(review_flight, queue_item)))
+
+static review_flight *queue_first(const review_engine *engine)
+{
+    fair_queue_item *it = fair_queue_first(engine->queue);
+    return it ? FLIGHT_OF_ITEM(it) : NULL;
+}
+
+/* The queued flight after f (flow by flow); fetch it before f leaves the queue. */
+static review_flight *queue_after(const review_engine *engine, const review_flight *f)
+{
+    fair_queue_item *it = fair_queue_iter_next(engine->queue, &f->queue_item);
+    return it ? FLIGHT_OF_ITEM(it) : NULL;
+}
+
+static bool flight_ready(const fair_queue_item *item, void *now_ms)
+{
+    return FLIGHT_OF_ITEM(item)->not_before_ms <= *(const int64_t *)now_ms;
+}
+
+/* Back in the queue after a failed attempt: it was admitted already, so it always fits. */
 static void queue_push(review_engine *engine, review_flight *f)
 {
     f->state = FLIGHT_QUEUED;
-    f->queue_next = NULL;
-    f->queue_prev = engine->queue_tail;
-    if (engine->queue_tail) engine->queue_tail->queue_next = f;
-    else engine->queue_head = f;
-    engine->queue_tail = f;
-    engine->queued++;
+    fair_queue_item *pushed_out = NULL;
+    fair_queue_push(engine->queue, &f->queue_item, f->flow, true, &pushed_out);
 }
 
 static void queue_remove(review_engine *engine, review_flight *f)
 {
-    if (f->queue_prev) f->queue_prev->queue_next = f->queue_next;
-    else engine->queue_head = f->queue_next;
-    if (f->queue_next) f->queue_next->queue_prev = f->queue_prev;
-    else engine->queue_tail = f->queue_prev;
-    f->queue_prev = f->queue_next = NULL;
-    engine->queued--;
+    fair_queue_remove(engine->queue, &f->queue_item);
 }
 
 /* ---- finishing ------------------------------------------------------------------------ */
@@ -291,6 +309,11 @@ static void flight_answered(review_flight *flight, const api_response *response)
     unsigned char value[TOKEN_CACHE_VALUE_MAX];
     review_parsed parsed = {.verdict = REVIEW_ERROR};
     kind->parse(response->body, response->body_len, flight->parse_arg, value, &parsed);
+    if (parsed.unrepresentable) {
+        kind->metrics->unrepresentable++;
+        log_warn("identity cannot be represented; refused and cached as unauthenticated", "kind", kind->name,
+                 "token_id", flight->token_id, NULL);
+    }
     if (parsed.verdict == REVIEW_ERROR) {
         kind->metrics->api_errors[API_ERROR_BAD_RESPONSE]++;
         log_warn("review failed", "kind", kind->name, "token_id", flight->token_id, "reason", "bad_response", "detail",
@@ -393,8 +416,8 @@ static void on_api_done(const api_response *response, void *arg)
 /* Fails every queued flight (circuit open). */
 static void fail_queue(review_engine *engine, const char *reason, int retry_after_s)
 {
-    while (engine->queue_head) {
-        review_flight *f = engine->queue_head;
+    while (queue_first(engine)) {
+        review_flight *f = queue_first(engine);
         queue_remove(engine, f);
         engine->stats.circuit_rejections++;
         flight_fail(f, API_ERROR_NETWORK, retry_after_s, reason);
@@ -415,8 +438,8 @@ static void pump(review_engine *engine)
     engine->refilled_ms = now;
 
     /* Deadlines first: a review that can no longer be answered in time is answered now. */
-    for (review_flight *f = engine->queue_head, *next; f; f = next) {
-        next = f->queue_next;
+    for (review_flight *f = queue_first(engine), *next; f; f = next) {
+        next = queue_after(engine, f);
         if (f->deadline_ms > now) continue;
         queue_remove(engine, f);
         engine->stats.queue_timeouts++;
@@ -425,7 +448,7 @@ static void pump(review_engine *engine)
                         "API server asked to retry later");
         else
             flight_fail(f, API_ERROR_TIMEOUT, 1, "deadline passed while waiting to call the API server");
-        next = engine->queue_head; /* callbacks may have changed the queue: rescan */
+        next = queue_first(engine); /* callbacks may have changed the queue: rescan */
     }
 
     if (engine->circuit == CIRCUIT_OPEN && now >= engine->circuit_open_until_ms) engine->circuit = CIRCUIT_HALF_OPEN;
@@ -435,21 +458,18 @@ static void pump(review_engine *engine)
     }
 
     int64_t wake = -1;
-    while (engine->queue_head && now >= engine->paused_until_ms) {
+    while (queue_first(engine) && now >= engine->paused_until_ms) {
         if (engine->circuit == CIRCUIT_HALF_OPEN && engine->probe_running) break;
-        review_flight *ready = NULL;
-        for (review_flight *f = engine->queue_head; f; f = f->queue_next)
-            if (f->not_before_ms <= now) {
-                ready = f;
-                break;
-            }
-        if (!ready) break;
+        /* Flows take turns (fair_queue): a flood from one flow gets one call in n. */
+        fair_queue_item *next_item = fair_queue_next(engine->queue, flight_ready, &now);
+        if (!next_item) break;
+        review_flight *ready = FLIGHT_OF_ITEM(next_item);
         if (engine->tokens < 1.0) {
             engine->stats.rate_limited++;
             wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->rate);
             break;
         }
-        queue_remove(engine, ready);
+        fair_queue_take(engine->queue, next_item);
         if (ready->deadline_ms - now < MIN_CALL_MS) {
             /* Too late to be answered in time: fail it here instead of spending an API
              * call (and an API Priority and Fairness seat) that would time out. */
@@ -463,14 +483,14 @@ static void pump(review_engine *engine)
     }
 
     /* Arm the timer for the earliest of: a token, the pause's end, a backoff, a deadline. */
-    for (review_flight *f = engine->queue_head; f; f = f->queue_next) {
+    for (review_flight *f = queue_first(engine); f; f = queue_after(engine, f)) {
         int64_t t = f->deadline_ms;
         if (f->not_before_ms > now && f->not_before_ms < t) t = f->not_before_ms;
         if (wake < 0 || t < wake) wake = t;
     }
-    if (engine->queue_head && engine->paused_until_ms > now && (wake < 0 || engine->paused_until_ms < wake))
+    if (queue_first(engine) && engine->paused_until_ms > now && (wake < 0 || engine->paused_until_ms < wake))
         wake = engine->paused_until_ms;
-    if (engine->queue_head && engine->circuit == CIRCUIT_OPEN &&
+    if (queue_first(engine) && engine->circuit == CIRCUIT_OPEN &&
         (wake < 0 || engine->circuit_open_until_ms < wake))
         wake = engine->circuit_open_until_ms;
     if (wake < 0) {
@@ -533,12 +553,25 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
                     "API server asked to retry later");
         return;
     }
-    if (engine->queued >= engine->limits.max_pending) {
+    /* A full queue admits a flight whose flow holds less than its fair share, pushing out
+     * the newest flight of the longest flow (fair_queue.h). */
+    flight->flow = request->flow;
+    flight->state = FLIGHT_QUEUED;
+    fair_queue_item *pushed_out = NULL;
+    switch (fair_queue_push(engine->queue, &flight->queue_item, flight->flow, false, &pushed_out)) {
+    case FAIR_QUEUE_ADMITTED: break;
+    case FAIR_QUEUE_ADMITTED_PUSHED_OUT:
         engine->stats.queue_rejections++;
+        engine->stats.queue_pushed_out++;
+        flight_fail(FLIGHT_OF_ITEM(pushed_out), API_ERROR_NETWORK, 1, "review queue full");
+        break;
+    case FAIR_QUEUE_FULL:
+    case FAIR_QUEUE_NO_MEMORY:
+        engine->stats.queue_rejections++;
+        if (pushed_out) flight_fail(FLIGHT_OF_ITEM(pushed_out), API_ERROR_NETWORK, 1, "review queue full");
         flight_fail(flight, API_ERROR_NETWORK, 1, "review queue full");
         return;
     }
-    queue_push(engine, flight);
     pump(engine);
 }
 
@@ -559,7 +592,7 @@ bool review_start_background(review_engine *engine, const review_kind *kind, rev
     int64_t now = monotonic_ms();
     pump(engine); /* refills the bucket and settles the circuit's state for now */
     if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED ||
-        engine->paused_until_ms > now || engine->queue_head || engine->tokens < 1.0) {
+        engine->paused_until_ms > now || queue_first(engine) || engine->tokens < 1.0) {
         engine->stats.refreshes_skipped++;
         request_discard(request);
         return false;

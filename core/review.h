@@ -31,6 +31,7 @@ typedef struct review_parsed {
     review_verdict verdict; /* POSITIVE, NEGATIVE, or ERROR for a bad response */
     size_t value_len;       /* bytes written to the value buffer: what the cache keeps */
     char reason[256];       /* NEGATIVE or ERROR: why, safe to log */
+    bool unrepresentable;   /* NEGATIVE because the identity cannot be carried (counted) */
 } review_parsed;
 
 /* One kind of review: where it is posted, how its answer is read, where verdicts go. */
@@ -86,6 +87,10 @@ typedef struct review_request {
     int64_t positive_ttl_cap_ms; /* upper bound (max TTL, token expiry) of any positive TTL */
     int64_t negative_ttl_ms;     /* <= 0: don't cache */
     char token_id[9];        /* for logs */
+    /* Whose review this is, for the queue's fairness (fair_queue.h): flights of one flow
+     * take turns with other flows' and cannot hold more than their share of a full queue.
+     * The worker sets it (docs/SECURITY.md, "Fair sharing of the API budget"). */
+    uint64_t flow;
 } review_request;
 
 /* How the engine protects the API server (and itself). */

@@ -6,8 +6,10 @@
  * same way (worker.h). */
 #include "server.h"
 
+#include "accept_backoff.h"
 #include "api_client.h"
 #include "cache_key.h"
+#include "conn_limit.h"
 #include "custom_metrics.h"
 #include "identity.h"
 #include "log.h"
@@ -53,6 +55,8 @@ typedef struct server {
     const config *cfg;
     struct event_base *base; /* the control thread's loop */
     struct evhttp *admin_http;
+    conn_limit *admin_limit;       /* --admin-max-connections */
+    accept_backoff *admin_backoff; /* pauses the admin listener when accept() runs out of fds */
     struct event *sigterm_event, *sigint_event, *sighup_event;
     struct event *probe_timer;
     struct event *policy_watch_timer;
@@ -221,6 +225,11 @@ static void tokenreview_parse(const char *body, size_t body_len, const void *par
     case TOKENREVIEW_UNAUTHENTICATED:
         out->verdict = REVIEW_NEGATIVE;
         out->value_len = 0;
+        break;
+    case TOKENREVIEW_UNREPRESENTABLE:
+        out->verdict = REVIEW_NEGATIVE; /* cached: the next request is refused without a review */
+        out->value_len = 0;
+        out->unrepresentable = true;
         break;
     case TOKENREVIEW_BAD_RESPONSE:
         out->verdict = REVIEW_ERROR;
@@ -885,7 +894,9 @@ static void server_teardown(server *srv)
     free(srv->workers);
     srv->workers = NULL;
     srv->n_workers = 0;
+    accept_backoff_free(srv->admin_backoff);
     if (srv->admin_http) evhttp_free(srv->admin_http);
+    conn_limit_free(srv->admin_limit); /* after evhttp_free: its close callbacks count down */
     revocation_watch_free(srv->revocations);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
@@ -935,6 +946,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .max_connections = (cfg->max_connections + n - 1) / n,
         .upstream_max_connections = (cfg->upstream_max_connections + n - 1) / n,
         .jwks = srv->jwks,
+        .max_buffered_body_bytes = (cfg->max_buffered_body_bytes + n - 1) / n,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -1045,6 +1057,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
     };
 
     if (cfg->tls_cert_file && load_tls(srv, "start-up") != 0) goto done;
+    fd_limit_ensure(fd_limit_needed(cfg->max_connections, cfg->admin_max_connections,
+                                    config_proxy_mode(cfg) ? cfg->upstream_max_connections : 0, n_workers));
     int fds[CONFIG_MAX_WORKERS];
     if (open_main_listeners(cfg->listen, n_workers, fds) != 0 || start_workers(srv, fds, n_workers) != 0) goto done;
 
@@ -1054,7 +1068,24 @@ int server_run(const config *cfg, const apiserver_settings *api)
     evhttp_set_max_body_size(srv->admin_http, 4096);
     evhttp_set_timeout(srv->admin_http, 30);
     evhttp_set_gencb(srv->admin_http, admin_handle, srv);
-    if (bind_listener(srv->admin_http, "admin", cfg->admin_listen, NULL) != 0) goto done;
+    srv->admin_limit = conn_limit_new(srv->base, srv->admin_http, cfg->admin_max_connections);
+    struct evhttp_bound_socket *admin_bound = NULL;
+    if (!srv->admin_limit || bind_listener(srv->admin_http, "admin", cfg->admin_listen, &admin_bound) != 0) goto done;
+    {
+        struct evconnlistener *listener = evhttp_bound_socket_get_listener(admin_bound);
+        accept_backoff_options backoff = {
+            .listener_name = "admin",
+            .pause_ms = ACCEPT_BACKOFF_PAUSE_MS,
+            .log_interval_ms = ACCEPT_BACKOFF_LOG_INTERVAL_MS,
+            .errors = &srv->metrics.accept_errors,
+            .backoffs = &srv->metrics.accept_backoffs,
+            .held = conn_limit_holds,
+            .held_arg = srv->admin_limit,
+        };
+        srv->admin_backoff = accept_backoff_new(srv->base, listener, srv->admin_http, &backoff);
+        if (!srv->admin_backoff) goto done;
+        conn_limit_set_listener(srv->admin_limit, listener, srv->admin_backoff);
+    }
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);

@@ -84,23 +84,26 @@ static bool audiences_accepted(json_t *status, const char *const *audiences, siz
     return false;
 }
 
-/* Packs status.user; false when it is not a usable identity. */
-static bool pack_user(json_t *user, unsigned char *packed, size_t cap, size_t *packed_len)
+typedef enum { PACK_OK, PACK_MALFORMED, PACK_UNREPRESENTABLE } pack_result;
+
+/* Packs status.user: PACK_MALFORMED when it is not shaped like a user (a broken answer),
+ * PACK_UNREPRESENTABLE when it is but breaks the identity bounds (identity.h). */
+static pack_result pack_user(json_t *user, unsigned char *packed, size_t cap, size_t *packed_len)
 {
-    if (!json_is_object(user)) return false;
+    if (!json_is_object(user)) return PACK_MALFORMED;
     json_t *username = json_object_get(user, "username");
     json_t *uid = json_object_get(user, "uid");
-    if (!json_is_string(username) || json_string_length(username) == 0) return false;
-    if (uid && !json_is_string(uid)) return false;
+    if (!json_is_string(username) || json_string_length(username) == 0) return PACK_MALFORMED;
+    if (uid && !json_is_string(uid)) return PACK_MALFORMED;
 
     identity_builder b;
     identity_builder_init(&b, packed, cap);
     identity_builder_string(&b, json_string_value(username), json_string_length(username));
     identity_builder_string(&b, uid ? json_string_value(uid) : "", uid ? json_string_length(uid) : 0);
-    if (!pack_string_array(&b, json_object_get(user, "groups"))) return false;
+    if (!pack_string_array(&b, json_object_get(user, "groups"))) return PACK_MALFORMED;
 
     json_t *extra = json_object_get(user, "extra");
-    if (extra && !json_is_object(extra)) return false;
+    if (extra && !json_is_object(extra)) return PACK_MALFORMED;
     identity_builder_count(&b, extra ? json_object_size(extra) : 0);
     if (extra) {
         const char *key;
@@ -108,12 +111,12 @@ static bool pack_user(json_t *user, unsigned char *packed, size_t cap, size_t *p
         json_object_foreach(extra, key, values)
         {
             identity_builder_string(&b, key, strlen(key));
-            if (!pack_string_array(&b, values)) return false;
+            if (!pack_string_array(&b, values)) return PACK_MALFORMED;
         }
     }
-    if (b.failed) return false;
+    if (b.failed) return PACK_UNREPRESENTABLE;
     *packed_len = b.len;
-    return true;
+    return PACK_OK;
 }
 
 tokenreview_result tokenreview_parse_response(const char *body, size_t body_len,
@@ -154,8 +157,14 @@ tokenreview_result tokenreview_parse_response(const char *body, size_t body_len,
         result = TOKENREVIEW_UNAUTHENTICATED;
         goto done;
     }
-    if (!pack_user(json_object_get(status, "user"), packed, packed_cap, packed_len)) {
-        set_reason(reason, reason_cap, "status.user is missing, malformed or too large");
+    switch (pack_user(json_object_get(status, "user"), packed, packed_cap, packed_len)) {
+    case PACK_OK: break;
+    case PACK_MALFORMED: set_reason(reason, reason_cap, "status.user is missing or malformed"); goto done;
+    case PACK_UNREPRESENTABLE:
+        set_reason(reason, reason_cap,
+                   "the identity cannot be represented (too many groups or extra values, a string too long or "
+                   "with a control character)");
+        result = TOKENREVIEW_UNREPRESENTABLE;
         goto done;
     }
     result = TOKENREVIEW_AUTHENTICATED;

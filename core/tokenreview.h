@@ -12,6 +12,11 @@ typedef enum {
     TOKENREVIEW_AUTHENTICATED = 0,
     TOKENREVIEW_UNAUTHENTICATED, /* includes "no requested audience accepted" */
     TOKENREVIEW_BAD_RESPONSE,    /* not a TokenReview we can trust: fail closed */
+    /* Authenticated, well-formed, but an identity the gateway cannot carry (more than 256
+     * groups or extra values, a string over 4096 bytes or with a control character, or too
+     * large in all): refused like an unauthenticated token, and cached as such, rather
+     * than failed (an error is never cached and would cost a review on every request). */
+    TOKENREVIEW_UNREPRESENTABLE,
 } tokenreview_result;
 
 /* Builds the request JSON for token (which must be a validated b64token: it is inserted

@@ -5,7 +5,9 @@
  * connections: their count against --max-connections, and TLS on them. */
 #include "worker.h"
 
+#include "accept_backoff.h"
 #include "bearer.h"
+#include "conn_guard.h"
 #include "identity.h"
 #include "log.h"
 #include "sar.h"
@@ -84,6 +86,8 @@ struct worker {
     size_t n_adopt;
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
+    conn_guard_set *guards; /* request deadlines and body bounds per connection */
+    accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
 };
 
@@ -556,6 +560,45 @@ static authz_request *authz_request_new(worker *w, struct evhttp_request *req, c
     return ar;
 }
 
+/* ---- flows: who a review is for, for the review queue's fairness ---------------------- */
+
+#define FLOW_FNV_OFFSET 1469598103934665603ULL
+#define FLOW_FNV_PRIME 1099511628211ULL
+
+static uint64_t flow_mix(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * FLOW_FNV_PRIME;
+    return h;
+}
+
+/* Shaped like a JWT (three non-empty dot-separated segments), as every ServiceAccount
+ * token is; says nothing about validity, only which flow a review goes to. */
+static bool jwt_shaped(const char *token, size_t len)
+{
+    const char *dot1 = memchr(token, '.', len);
+    if (!dot1 || dot1 == token) return false;
+    const char *rest = dot1 + 1;
+    const char *dot2 = memchr(rest, '.', len - (size_t)(rest - token));
+    return dot2 && dot2 > rest && dot2 + 1 < token + len && !memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token));
+}
+
+/* A TokenReview's flow: the connection's source address, and whether the token is shaped
+ * like a ServiceAccount token — so a flood of unknown tokens from one source shares one
+ * flow, and a flood of strings that cannot be tokens does not share the flow of real new
+ * tokens from the same source (a proxy in front). See docs/SECURITY.md. */
+static uint64_t tokenreview_flow(struct evhttp_request *req, const char *token, size_t token_len)
+{
+    uint64_t h = flow_mix(FLOW_FNV_OFFSET, "tokenreview", 11);
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (conn) evhttp_connection_get_peer(conn, &addr, &port);
+    if (addr) h = flow_mix(h, addr, strnlen(addr, 64));
+    unsigned char shaped = jwt_shaped(token, token_len);
+    return flow_mix(h, &shaped, 1);
+}
+
 /* SHA-256 of the packed identity, from the worker's memo when it saw this identity last. */
 static int memo_identity_digest(worker *w, const unsigned char *packed, size_t len,
                                 unsigned char out[IDENTITY_DIGEST_BYTES])
@@ -609,6 +652,9 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         return;
     }
     review_request rr = {.key = key};
+    /* A SubjectAccessReview's flow is the identity asking: one caller spraying distinct
+     * requests (one review each) takes turns with everyone else. */
+    rr.flow = flow_mix(flow_mix(FLOW_FNV_OFFSET, "sar", 3), digest, sizeof(digest));
     rr.positive_ttl_ms = rr.positive_ttl_cap_ms = w->cfg->sar_allowed_ttl_ms;
     rr.negative_ttl_ms = w->cfg->sar_denied_ttl_ms;
     sar_parse_arg *identity = malloc(sizeof(*identity) + packed_len);
@@ -781,6 +827,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     const config *cfg = w->cfg;
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
+    conn_guard_request_read(w->guards, evhttp_request_get_connection(req));
 
     size_t n_headers = 0;
     struct evkeyval *kv;
@@ -878,6 +925,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply_unavailable(w, req, &started, 1, "out of memory");
         return;
     }
+    rr.flow = tokenreview_flow(req, token, token_len);
     send_review(w, ar, REVIEW_KIND_TOKENREVIEW, &rr);
 }
 
@@ -886,15 +934,16 @@ static void authz_handle(struct evhttp_request *req, void *arg)
 static void resume_accepting(worker *w)
 {
     if (!w->accept_paused || w->shutting_down || !w->bound) return;
+    w->accept_paused = false;
+    if (accept_backoff_active(w->backoff)) return; /* its timer re-enables the listener */
     struct evconnlistener *l = evhttp_bound_socket_get_listener(w->bound);
     if (l) evconnlistener_enable(l);
-    w->accept_paused = false;
 }
 
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
-    (void)evcon;
     worker *w = arg;
+    conn_guard_detach(w->guards, evcon);
     size_t open = atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed) - 1;
     if (open < w->shared.max_connections) resume_accepting(w);
 }
@@ -914,8 +963,13 @@ static void adopt_new_connections(evutil_socket_t fd, short what, void *arg)
         bufferevent_data_cb readcb = NULL;
         void *cbarg = NULL;
         bufferevent_getcb(bev, &readcb, NULL, NULL, &cbarg);
-        if (readcb && cbarg) evhttp_connection_set_closecb(cbarg, on_connection_closed, w);
-        else on_connection_closed(NULL, w);
+        if (readcb && cbarg) {
+            evhttp_connection_set_closecb(cbarg, on_connection_closed, w);
+            /* Unguarded, a connection could be held open for ever: fail closed. */
+            if (conn_guard_attach(w->guards, cbarg) != 0) shutdown(bufferevent_getfd(bev), SHUT_RDWR);
+        } else {
+            on_connection_closed(NULL, w);
+        }
         bufferevent_decref(bev);
     }
     w->n_adopt = 0;
@@ -940,9 +994,12 @@ static struct bufferevent *new_connection_bufferevent(struct event_base *base, v
     } else {
         bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     }
-    /* Without a bufferevent of ours (out of memory, or the adopt batch is full) evhttp
-     * makes its own and the connection goes uncounted: it can only make the limit lax. */
-    if (!bev || w->n_adopt == ADOPT_BATCH_MAX) return bev;
+    /* Without a bufferevent of ours (out of memory) evhttp makes its own and the
+     * connection goes uncounted (and unguarded): it can only make the limit lax. */
+    if (!bev) return bev;
+    /* A full batch: every connection in it was accepted earlier in this turn, and evhttp
+     * finished setting each up before accepting the next, so they can be adopted now. */
+    if (w->n_adopt == ADOPT_BATCH_MAX) adopt_new_connections(-1, 0, w);
     bufferevent_incref(bev);
     w->adopt[w->n_adopt++] = bev;
     event_active(w->adopt_event, EV_TIMEOUT, 0);
@@ -977,6 +1034,8 @@ void gateway_mail_free(gateway_mail *m)
 static void stop_accepting(worker *w)
 {
     w->shutting_down = true;
+    accept_backoff_free(w->backoff); /* before its listener goes */
+    w->backoff = NULL;
     if (w->upstream) upstream_set_draining(w->upstream);
     if (w->bound) {
         evhttp_del_accept_socket(w->http, w->bound);
@@ -1047,7 +1106,17 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     w->inbox = mailbox_new(w->base, worker_deliver, w);
     w->adopt_event = event_new(w->base, -1, 0, adopt_new_connections, w);
     w->http = evhttp_new(w->base);
-    if (!w->keyer || !w->inbox || !w->adopt_event || !w->http) goto fail_fd;
+    conn_guard_options guard_options = {
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .body_timeout_ms = cfg->body_timeout_ms,
+        .max_buffered_body = config_proxy_mode(cfg) ? shared->max_buffered_body_bytes : 0, /* authz: 64 KiB each */
+        .bound_unauthenticated_body = config_proxy_mode(cfg),
+        .max_unauthenticated_body = cfg->max_unauthenticated_body_bytes,
+        .max_body = cfg->max_body_bytes,
+        .expected_connections = shared->max_connections,
+    };
+    w->guards = conn_guard_set_new(w->base, &guard_options);
+    if (!w->keyer || !w->inbox || !w->adopt_event || !w->http || !w->guards) goto fail_fd;
     if (config_proxy_mode(cfg)) {
         upstream_options uo = {
             .url = cfg->upstream,
@@ -1088,8 +1157,8 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     } else {
         evhttp_set_max_body_size(w->http, MAIN_MAX_BODY_BYTES);
     }
-    /* evhttp 2.1 has no separate header deadline: this inactivity timeout, the header
-     * size bound and the body bound are what limit a slow or oversized client. */
+    /* evhttp's timeout is an idle one (re-armed by every byte); conn_guard adds the total
+     * deadlines for a request's headers and body, and bounds the bodies buffered. */
     struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(w->http, &read_timeout);
     evhttp_set_gencb(w->http, authz_handle, w);
@@ -1103,10 +1172,36 @@ fail_fd:
     return NULL;
 }
 
+/* accept_backoff_options.held: the connection limit holds the listener. */
+static bool listener_held(void *arg)
+{
+    worker *w = arg;
+    return w->accept_paused || w->shutting_down;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
+    /* The back-off is registered on the thread that runs the listener (accept_backoff.h).
+     * Without it accept() failures would spin: the worker does not serve (fail closed). */
+    struct evconnlistener *l = w->bound ? evhttp_bound_socket_get_listener(w->bound) : NULL;
+    accept_backoff_options options = {
+        .listener_name = "main",
+        .pause_ms = ACCEPT_BACKOFF_PAUSE_MS,
+        .log_interval_ms = ACCEPT_BACKOFF_LOG_INTERVAL_MS,
+        .errors = &w->metrics.accept_errors,
+        .backoffs = &w->metrics.accept_backoffs,
+        .held = listener_held,
+        .held_arg = w,
+    };
+    if (l) w->backoff = accept_backoff_new(w->base, l, w->http, &options);
+    if (l && !w->backoff) {
+        log_error("out of memory starting a worker; it does not accept connections", NULL);
+        stop_accepting(w);
+    }
     event_base_dispatch(w->base);
+    accept_backoff_free(w->backoff);
+    w->backoff = NULL;
     return NULL;
 }
 
@@ -1137,6 +1232,7 @@ void worker_free(worker *w)
     w->shutting_down = true;
     w->bound = NULL;
     if (w->http) evhttp_free(w->http);
+    conn_guard_set_free(w->guards);
     upstream_free(w->upstream);
     /* --shutdown-grace ran out: requests still waiting for a review went with evhttp. */
     while (w->waiting) authz_request_free(w->waiting);
@@ -1157,6 +1253,12 @@ size_t worker_requests_waiting(const worker *w)
 void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_served, size_t *connections)
 {
     metrics_add(sum, &w->metrics);
+    conn_guard_stats gs;
+    conn_guard_get_stats(w->guards, &gs);
+    sum->closed_header_timeout += gs.header_timeouts;
+    sum->closed_body_timeout += gs.body_timeouts;
+    sum->closed_body_budget += gs.body_budget_closes;
+    sum->unauthenticated_bodies += gs.unauthenticated_bodies;
     *stale_served += w->stale_served;
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
 }

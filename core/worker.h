@@ -62,6 +62,7 @@ typedef struct worker_shared {
     size_t max_connections;   /* this worker's share of --max-connections */
     size_t upstream_max_connections; /* this worker's share of --upstream-max-connections */
     jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
+    size_t max_buffered_body_bytes;  /* this worker's share of --max-buffered-body-bytes (0: none) */
 } worker_shared;
 
 typedef enum {

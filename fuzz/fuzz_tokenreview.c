@@ -54,7 +54,7 @@ static void parse(const char *body, size_t len, const char *const *auds, size_t 
     out->result = tokenreview_parse_response(body, len, auds, n, out->packed, sizeof(out->packed),
                                              &out->packed_len, out->reason, sizeof(out->reason));
     FUZZ_CHECK(out->result == TOKENREVIEW_AUTHENTICATED || out->result == TOKENREVIEW_UNAUTHENTICATED ||
-               out->result == TOKENREVIEW_BAD_RESPONSE);
+               out->result == TOKENREVIEW_BAD_RESPONSE || out->result == TOKENREVIEW_UNREPRESENTABLE);
     if (out->result == TOKENREVIEW_AUTHENTICATED) {
         FUZZ_CHECK(out->packed_len > 0 && out->packed_len <= sizeof(out->packed));
     } else {
@@ -197,6 +197,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_identity(&none, status, NULL, 0);
             if (one.result == TOKENREVIEW_AUTHENTICATED) check_identity(&one, status, auds_one, 1);
             if (two.result == TOKENREVIEW_AUTHENTICATED) check_identity(&two, status, auds_two, 2);
+        } else if (none.result == TOKENREVIEW_UNREPRESENTABLE) {
+            /* Authenticated, with a user the identity bounds refuse. */
+            FUZZ_CHECK(json_is_true(json_object_get(status, "authenticated")));
+            FUZZ_CHECK(json_is_object(json_object_get(status, "user")));
         } else {
             FUZZ_CHECK(!json_is_true(json_object_get(status, "authenticated")));
         }
@@ -215,7 +219,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         unsigned char *short_buf = fuzz_xmalloc(len - 1);
         got = 0;
         FUZZ_CHECK(tokenreview_parse_response(body, size, NULL, 0, short_buf, len - 1, &got, reason, sizeof(reason)) ==
-                   TOKENREVIEW_BAD_RESPONSE);
+                   TOKENREVIEW_UNREPRESENTABLE);
         FUZZ_CHECK(memchr(reason, '\0', sizeof(reason)) != NULL);
         free(short_buf);
     } else {

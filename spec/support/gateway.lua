@@ -150,7 +150,8 @@ function gateway:stop(timeout_s)
 end
 
 -- bench/tgload's command line for opts = { c=, n= or d=, tokens={...}, path=, headers={},
--- timeout=, rate= (requests per second in total, paced) }, with the token file written; returns the quoted command and the token file.
+-- timeout=, rate= (requests per second in total, paced), spray_paths= (request i goes to path .. i) }, with
+-- the token file written; returns the quoted command and the token file.
 function gateway:load_command(opts)
   local tokens_file = string.format("%s/tokens-%d.txt", self.dir, math.random(1, 1e9))
   proc.write_file(tokens_file, table.concat(opts.tokens, "\n") .. "\n")
@@ -163,6 +164,7 @@ function gateway:load_command(opts)
   end
   for _, h in ipairs(opts.headers or {}) do args[#args + 1] = "-H"; args[#args + 1] = h end
   if opts.rate then args[#args + 1] = "--rate"; args[#args + 1] = tostring(opts.rate) end
+  if opts.spray_paths then args[#args + 1] = "--spray-paths" end
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = proc.quote(a) end
   return table.concat(quoted, " "), tokens_file

@@ -73,6 +73,12 @@ static void test_defaults(void)
     CHECK_EQ_INT(cfg.upstream_max_connections, 128);
     CHECK_EQ_INT(cfg.max_body_bytes, 10 * 1024 * 1024);
     CHECK(!cfg.upstream_keep_authorization);
+    /* Denial-of-service bounds (docs/SECURITY.md). */
+    CHECK_EQ_INT(cfg.header_timeout_ms, 10000);
+    CHECK_EQ_INT(cfg.body_timeout_ms, 60000);
+    CHECK_EQ_INT(cfg.max_unauthenticated_body_bytes, 65536);
+    CHECK_EQ_INT(cfg.max_buffered_body_bytes, 128 * 1024 * 1024);
+    CHECK_EQ_INT(cfg.admin_max_connections, 64);
 }
 
 static void test_flag_forms(void)
@@ -316,6 +322,24 @@ static void test_validate(void)
     char *bad_level[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
                          "--apiserver-token-file", tok.path, "--log-level", "chatty"};
     CHECK_EQ_INT(validate_args(ARGC(bad_level), bad_level, &out), -1);
+    capture_free(&out);
+
+    char *zero_header_timeout[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                                   "--apiserver-token-file", tok.path, "--header-timeout", "0s"};
+    CHECK_EQ_INT(validate_args(ARGC(zero_header_timeout), zero_header_timeout, &out), -1);
+    CHECK(out.text && strstr(out.text, "--header-timeout"));
+    capture_free(&out);
+
+    char *zero_admin_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                              "--apiserver-token-file", tok.path, "--admin-max-connections", "0"};
+    CHECK_EQ_INT(validate_args(ARGC(zero_admin_cap), zero_admin_cap, &out), -1);
+    CHECK(out.text && strstr(out.text, "--admin-max-connections"));
+    capture_free(&out);
+
+    char *dos_flags[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                         "--apiserver-token-file", tok.path, "--header-timeout", "2s", "--body-timeout", "5m",
+                         "--admin-max-connections", "8"};
+    CHECK_EQ_INT(validate_args(ARGC(dos_flags), dos_flags, &out), 0);
     capture_free(&out);
 
     /* Nothing validate prints reveals the credential. */

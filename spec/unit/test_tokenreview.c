@@ -448,6 +448,13 @@ static void expect_bad(const parsed *p, const char *what)
     CHECK(p->reason[0] != '\0');
 }
 
+static void expect_unrepresentable(const parsed *p, const char *what)
+{
+    CHECK_EQ_INT(p->result, TOKENREVIEW_UNREPRESENTABLE);
+    if (p->result != TOKENREVIEW_UNREPRESENTABLE) fprintf(stderr, "    not refused as unrepresentable: %s\n", what);
+    CHECK(p->reason[0] != '\0');
+}
+
 static void test_handmade_hostile(void)
 {
     static const char *const statuses[] = {
@@ -469,6 +476,19 @@ static void test_handmade_hostile(void)
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":{\"a\":\"b\"}}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"g1\",2]}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[null]}}",
+        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":[]}}",
+        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\":\"v\"}}}",
+        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\":[1]}}}",
+        "\"ok\"",
+        "null",
+        "[]",
+        "true",
+    };
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) expect_bad(parse_status(statuses[i]), statuses[i]);
+
+    /* Authenticated and well-formed, but not representable (control characters would be
+     * header injection): refused as unauthenticated — a verdict, cached — never allowed. */
+    static const char *const unrepresentable[] = {
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\\r\\nX-Remote-Group: admin\"}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\\n\"}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"al\\u0001ice\"}}",
@@ -476,17 +496,11 @@ static void test_handmade_hostile(void)
         "{\"authenticated\":true,\"user\":{\"username\":\"al\\tice\"}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"uid\":\"u\\r\\n\"}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"ok\",\"g\\r\\nX: y\"]}}",
-        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":[]}}",
-        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\":\"v\"}}}",
-        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\":[1]}}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\":[\"v\\n\"]}}}",
         "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"extra\":{\"k\\r\\n\":[\"v\"]}}}",
-        "\"ok\"",
-        "null",
-        "[]",
-        "true",
     };
-    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) expect_bad(parse_status(statuses[i]), statuses[i]);
+    for (size_t i = 0; i < sizeof(unrepresentable) / sizeof(unrepresentable[0]); i++)
+        expect_unrepresentable(parse_status(unrepresentable[i]), unrepresentable[i]);
 
     static const char *const bodies[] = {
         "",
@@ -543,7 +557,7 @@ static void test_handmade_limits(void)
     memset(name, 'u', 5000);
     name[5000] = '\0';
     snprintf(status, sizeof(status), "{\"authenticated\":true,\"user\":{\"username\":\"%s\"}}", name);
-    expect_bad(parse_status(status), "5000-char username");
+    expect_unrepresentable(parse_status(status), "5000-char username");
     name[IDENTITY_STRING_MAX] = '\0';
     snprintf(status, sizeof(status), "{\"authenticated\":true,\"user\":{\"username\":\"%s\"}}", name);
     const parsed *p = parse_status(status);
@@ -551,7 +565,7 @@ static void test_handmade_limits(void)
     name[IDENTITY_STRING_MAX] = 'u';
     name[IDENTITY_STRING_MAX + 1] = '\0';
     snprintf(status, sizeof(status), "{\"authenticated\":true,\"user\":{\"username\":\"%s\"}}", name);
-    expect_bad(parse_status(status), "4097-char username");
+    expect_unrepresentable(parse_status(status), "4097-char username");
     free(name);
 
     /* 300 groups refused; 256 accepted. */
@@ -563,7 +577,7 @@ static void test_handmade_limits(void)
         snprintf(status + o, sizeof(status) - o, "]}}");
         p = parse_status(status);
         if (n_groups == 300) {
-            expect_bad(p, "300 groups");
+            expect_unrepresentable(p, "300 groups");
         } else {
             CHECK_EQ_INT(p->result, TOKENREVIEW_AUTHENTICATED);
             identity_view view;
@@ -572,7 +586,7 @@ static void test_handmade_limits(void)
         }
     }
 
-    /* An identity larger than the caller's buffer: refused (fail closed), no overrun. */
+    /* An identity larger than the caller's buffer: refused as unrepresentable, no overrun. */
     static const char body[] = "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "}}";
     unsigned char small[24];
     memset(small, 0xCC, sizeof(small));
@@ -580,7 +594,7 @@ static void test_handmade_limits(void)
     char reason[128] = "";
     CHECK_EQ_INT(tokenreview_parse_response(body, strlen(body), NULL, 0, small, 16, &packed_len, reason,
                                             sizeof(reason)),
-                 TOKENREVIEW_BAD_RESPONSE);
+                 TOKENREVIEW_UNREPRESENTABLE);
     for (size_t i = 16; i < sizeof(small); i++) CHECK_EQ_INT(small[i], 0xCC);
     CHECK(reason[0] != '\0');
 }

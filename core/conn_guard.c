@@ -1,0 +1,310 @@
+/* conn_guard.c: request deadlines and body-memory bounds per client connection (see
+ * conn_guard.h). A guard is found from its evhttp_connection through a small chained hash
+ * table owned by the worker's set. */
+#include "conn_guard.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define AUTHORIZATION_PREFIX "authorization:"
+#define AUTHORIZATION_PREFIX_LEN (sizeof(AUTHORIZATION_PREFIX) - 1)
+
+typedef enum {
+    PHASE_HEADERS, /* a request (or the connection) started; its headers are not complete */
+    PHASE_BODY,    /* headers complete; evhttp reads the body */
+    PHASE_BETWEEN, /* the request was handed over; nothing of the next one arrived yet */
+} guard_phase;
+
+typedef struct conn_guard {
+    conn_guard_set *set;
+    struct conn_guard *next_in_bucket;
+    struct evhttp_connection *evcon;
+    struct evbuffer *input;
+    struct evbuffer_cb_entry *input_cb;
+    struct event *deadline;
+    guard_phase phase;
+    /* Header scanner: where the headers end, and whether an Authorization field is among
+     * them (its value is never looked at or kept). */
+    bool request_line_seen;
+    bool has_authorization;
+    size_t line_len;
+    char line_head[AUTHORIZATION_PREFIX_LEN];
+    /* Body bytes of this request counted in set->buffered_body, and the most it may count. */
+    size_t body_counted;
+    size_t body_count_cap;
+} conn_guard;
+
+struct conn_guard_set {
+    struct event_base *base;
+    conn_guard_options options;
+    conn_guard_stats stats;
+    conn_guard **buckets;
+    size_t n_buckets; /* a power of two */
+};
+
+static size_t bucket_of(const conn_guard_set *set, const struct evhttp_connection *evcon)
+{
+    uint64_t h = (uint64_t)(uintptr_t)evcon;
+    h ^= h >> 29;
+    h *= 0x9e3779b97f4a7c15ULL;
+    return (size_t)(h >> 32) & (set->n_buckets - 1);
+}
+
+static conn_guard **find_slot(conn_guard_set *set, const struct evhttp_connection *evcon)
+{
+    conn_guard **slot = &set->buckets[bucket_of(set, evcon)];
+    while (*slot && (*slot)->evcon != evcon) slot = &(*slot)->next_in_bucket;
+    return slot;
+}
+
+conn_guard_set *conn_guard_set_new(struct event_base *base, const conn_guard_options *options)
+{
+    conn_guard_set *set = calloc(1, sizeof(*set));
+    if (!set) return NULL;
+    set->base = base;
+    set->options = *options;
+    set->n_buckets = 1024;
+    while (set->n_buckets < options->expected_connections && set->n_buckets < ((size_t)1 << 20)) set->n_buckets <<= 1;
+    set->buckets = calloc(set->n_buckets, sizeof(*set->buckets));
+    if (!set->buckets) {
+        free(set);
+        return NULL;
+    }
+    return set;
+}
+
+static void release_body(conn_guard *g)
+{
+    g->set->stats.buffered_body -= g->body_counted;
+    g->body_counted = 0;
+}
+
+static void guard_free(conn_guard *g, bool connection_alive)
+{
+    release_body(g);
+    if (connection_alive && g->input_cb) evbuffer_remove_cb_entry(g->input, g->input_cb);
+    if (g->deadline) event_free(g->deadline);
+    g->set->stats.guarded--;
+    free(g);
+}
+
+void conn_guard_set_free(conn_guard_set *set)
+{
+    if (!set) return;
+    for (size_t i = 0; i < set->n_buckets; i++) {
+        while (set->buckets[i]) {
+            conn_guard *g = set->buckets[i];
+            set->buckets[i] = g->next_in_bucket;
+            guard_free(g, false);
+        }
+    }
+    free(set->buckets);
+    free(set);
+}
+
+static void arm(conn_guard *g, int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(g->deadline, &tv);
+}
+
+/* Ends the connection as if the client had gone: evhttp reads the end of the stream and
+ * frees the connection (its close callback detaches this guard). */
+static void close_connection(conn_guard *g)
+{
+    evtimer_del(g->deadline);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(g->evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_guard *g = arg;
+    if (g->phase == PHASE_HEADERS) g->set->stats.header_timeouts++;
+    else if (g->phase == PHASE_BODY) g->set->stats.body_timeouts++;
+    else return; /* disarmed in between: nothing to do */
+    close_connection(g);
+}
+
+static void start_request(conn_guard *g)
+{
+    release_body(g); /* the previous request's body is no longer being read */
+    g->phase = PHASE_HEADERS;
+    g->request_line_seen = false;
+    g->has_authorization = false;
+    g->line_len = 0;
+    arm(g, g->set->options.header_timeout_ms);
+}
+
+/* The blank line ending the headers was seen: the body phase starts, with its own deadline
+ * and, without Authorization in proxy mode, the lower body limit. */
+static void headers_complete(conn_guard *g)
+{
+    const conn_guard_options *o = &g->set->options;
+    g->phase = PHASE_BODY;
+    g->body_count_cap = SIZE_MAX;
+    arm(g, o->body_timeout_ms);
+    if (!o->bound_unauthenticated_body) return;
+    size_t limit = o->max_body;
+    if (!g->has_authorization && o->max_unauthenticated_body < limit) {
+        limit = o->max_unauthenticated_body;
+        g->body_count_cap = limit; /* a larger body is read and dropped, not buffered */
+        g->set->stats.unauthenticated_bodies++;
+    }
+    /* evhttp checks this when it parses the headers, after this callback. */
+    evhttp_connection_set_max_body_size(g->evcon, (ev_ssize_t)limit);
+}
+
+/* One header line ended (its bytes, CR excluded, were counted in line_len). */
+static void line_complete(conn_guard *g)
+{
+    if (g->line_len == 0) {
+        /* Empty lines before the request line are tolerated (RFC 9112, 2.2). */
+        if (g->request_line_seen) headers_complete(g);
+    } else if (!g->request_line_seen) {
+        g->request_line_seen = true;
+    } else if (g->line_len >= AUTHORIZATION_PREFIX_LEN &&
+               memcmp(g->line_head, AUTHORIZATION_PREFIX, AUTHORIZATION_PREFIX_LEN) == 0) {
+        g->has_authorization = true;
+    }
+    g->line_len = 0;
+}
+
+/* Scans bytes of the header block; returns how many belong to it (the rest is body). */
+static size_t scan_headers(conn_guard *g, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c == '\n') {
+            line_complete(g);
+            if (g->phase == PHASE_BODY) return i + 1;
+        } else if (c != '\r') {
+            if (g->line_len < AUTHORIZATION_PREFIX_LEN)
+                g->line_head[g->line_len] = (char)((c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c);
+            g->line_len++;
+        }
+    }
+    return n;
+}
+
+static void count_body(conn_guard *g, size_t n)
+{
+    size_t room = g->body_count_cap - g->body_counted;
+    if (n > room) n = room;
+    g->body_counted += n;
+    g->set->stats.buffered_body += n;
+    size_t max = g->set->options.max_buffered_body;
+    if (max && g->set->stats.buffered_body > max) {
+        g->set->stats.body_budget_closes++;
+        release_body(g);
+        g->body_count_cap = 0;
+        close_connection(g);
+    }
+}
+
+/* Bytes were added to (or drained from) the connection's input buffer. The new bytes are
+ * the last n_added ones. */
+static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    conn_guard *g = arg;
+    if (info->n_added == 0) return;
+    if (g->phase == PHASE_BETWEEN) start_request(g);
+    size_t len = evbuffer_get_length(buf);
+    size_t n = info->n_added < len ? info->n_added : len;
+    if (g->phase == PHASE_BODY) {
+        count_body(g, n);
+        return;
+    }
+    struct evbuffer_ptr pos;
+    if (evbuffer_ptr_set(buf, &pos, len - n, EVBUFFER_PTR_SET) != 0) return;
+    struct evbuffer_iovec vec[8];
+    while (n > 0 && g->phase == PHASE_HEADERS) {
+        int nvec = evbuffer_peek(buf, (ev_ssize_t)n, &pos, vec, 8);
+        if (nvec <= 0) return;
+        size_t seen = 0;
+        for (int i = 0; i < nvec && i < 8 && seen < n && g->phase == PHASE_HEADERS; i++) {
+            size_t chunk = vec[i].iov_len < n - seen ? vec[i].iov_len : n - seen;
+            size_t used = scan_headers(g, vec[i].iov_base, chunk);
+            seen += used;
+            if (g->phase == PHASE_BODY) {
+                if (n - seen > 0) count_body(g, n - seen);
+                return;
+            }
+        }
+        if (seen == 0) return;
+        n -= seen;
+        if (evbuffer_ptr_set(buf, &pos, seen, EVBUFFER_PTR_ADD) != 0) return;
+    }
+}
+
+int conn_guard_attach(conn_guard_set *set, struct evhttp_connection *evcon)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    conn_guard *g = calloc(1, sizeof(*g));
+    if (!g || !bev) {
+        free(g);
+        return -1;
+    }
+    g->set = set;
+    g->evcon = evcon;
+    g->input = bufferevent_get_input(bev);
+    g->deadline = evtimer_new(set->base, on_deadline, g);
+    g->input_cb = g->deadline ? evbuffer_add_cb(g->input, on_input, g) : NULL;
+    if (!g->input_cb) {
+        if (g->deadline) event_free(g->deadline);
+        free(g);
+        return -1;
+    }
+    set->stats.guarded++;
+    conn_guard **slot = &set->buckets[bucket_of(set, evcon)];
+    g->next_in_bucket = *slot;
+    *slot = g;
+    start_request(g);
+    /* Bytes that arrived before the guard (same loop turn as the accept) are scanned now. */
+    size_t already = evbuffer_get_length(g->input);
+    if (already) {
+        struct evbuffer_cb_info info = {.orig_size = 0, .n_added = already, .n_deleted = 0};
+        on_input(g->input, &info, g);
+    }
+    return 0;
+}
+
+void conn_guard_request_read(conn_guard_set *set, struct evhttp_connection *evcon)
+{
+    if (!set || !evcon) return;
+    conn_guard *g = *find_slot(set, evcon);
+    if (!g) return;
+    evtimer_del(g->deadline);
+    g->phase = PHASE_BETWEEN;
+    /* A pipelined request already waiting in the buffer starts its clock now. */
+    size_t pending = evbuffer_get_length(g->input);
+    if (pending) {
+        struct evbuffer_cb_info info = {.orig_size = 0, .n_added = pending, .n_deleted = 0};
+        on_input(g->input, &info, g);
+    }
+}
+
+void conn_guard_detach(conn_guard_set *set, struct evhttp_connection *evcon)
+{
+    if (!set || !evcon) return;
+    conn_guard **slot = find_slot(set, evcon);
+    conn_guard *g = *slot;
+    if (!g) return;
+    *slot = g->next_in_bucket;
+    guard_free(g, true);
+}
+
+void conn_guard_get_stats(const conn_guard_set *set, conn_guard_stats *out)
+{
+    if (!set) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
+    *out = set->stats;
+}

@@ -1,0 +1,78 @@
+/* conn_guard: deadlines and memory bounds on a worker's client connections while they
+ * send a request — what evhttp 2.1 does not bound by itself.
+ *
+ * evhttp's --read-timeout is an idle timeout: it is re-armed by every byte, so a client
+ * sending one header byte every few seconds (slowloris) keeps a connection, and a slot of
+ * --max-connections, for ever. A guard watches the bytes arriving on one connection (a
+ * callback on its bufferevent's input buffer, plain text after TLS) and closes the
+ * connection when
+ *   - the request line and headers are not complete header_timeout after the request's
+ *     first byte (for the connection's first request: after the connection was accepted,
+ *     so a TLS handshake or an idle new connection counts too), or
+ *   - the body is not complete body_timeout after the end of the headers;
+ * "complete" is when evhttp hands the request to the gateway (conn_guard_request_read).
+ * Between requests on a kept-alive connection only the idle timeout applies.
+ *
+ * It also bounds the memory held in request bodies that evhttp buffers before the request
+ * is authorized (proxy mode):
+ *   - a request without an Authorization header may carry at most
+ *     max_unauthenticated_body bytes (evhttp's per-connection body limit is lowered for
+ *     that request when its headers end; a larger body is read and dropped, never
+ *     buffered, and answered 413);
+ *   - the bodies being read on this worker's connections together stay under
+ *     max_buffered_body: the connection whose body would pass it is closed.
+ *
+ * A connection is closed by shutting its socket down: evhttp then sees the end of the
+ * stream and frees the connection its usual way (no request is handed to the gateway).
+ * All of it runs on the worker's loop thread; nothing here is shared. */
+#ifndef TOKENGATE_CONN_GUARD_H
+#define TOKENGATE_CONN_GUARD_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct conn_guard_options {
+    int64_t header_timeout_ms;       /* > 0 */
+    int64_t body_timeout_ms;         /* > 0 */
+    size_t max_buffered_body;        /* this worker's share; 0: no bound */
+    bool bound_unauthenticated_body; /* proxy mode: apply max_unauthenticated_body */
+    size_t max_unauthenticated_body;
+    size_t max_body;                 /* evhttp's body limit for other requests (restored) */
+    size_t expected_connections;     /* sizes the lookup table (this worker's share) */
+} conn_guard_options;
+
+typedef struct conn_guard_stats {
+    uint64_t header_timeouts;        /* connections closed: headers not complete in time */
+    uint64_t body_timeouts;          /* connections closed: body not complete in time */
+    uint64_t body_budget_closes;     /* connections closed: max_buffered_body reached */
+    uint64_t unauthenticated_bodies; /* requests without Authorization whose limit was lowered */
+    size_t buffered_body;            /* body bytes being read now */
+    size_t guarded;                  /* connections watched now */
+} conn_guard_stats;
+
+typedef struct conn_guard_set conn_guard_set;
+
+/* Returns a set for connections on base, or NULL without memory. */
+conn_guard_set *conn_guard_set_new(struct event_base *base, const conn_guard_options *options);
+
+/* Frees the set and the guards still in it (call after evhttp_free: their connections are
+ * gone; their input-buffer callbacks went with them). */
+void conn_guard_set_free(conn_guard_set *set);
+
+/* Starts guarding a newly accepted connection: its header deadline runs from now.
+ * Returns 0, or -1 without memory (the caller closes the connection: fail closed). */
+int conn_guard_attach(conn_guard_set *set, struct evhttp_connection *evcon);
+
+/* evhttp handed a complete request of evcon to the gateway: no deadline runs until the
+ * next request's first byte. Unknown connections are ignored. */
+void conn_guard_request_read(conn_guard_set *set, struct evhttp_connection *evcon);
+
+/* evcon is closing: forget it. Unknown connections are ignored. */
+void conn_guard_detach(conn_guard_set *set, struct evhttp_connection *evcon);
+
+void conn_guard_get_stats(const conn_guard_set *set, conn_guard_stats *out);
+
+#endif
