@@ -430,7 +430,7 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     srv->metrics.cache_flushes++;
     char count[32];
     snprintf(count, sizeof(count), "%zu", flushed);
-    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, "entries",
+    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, LOG_NUMBER "entries",
              count, NULL);
     struct evbuffer *buf = evbuffer_new();
     if (buf) evbuffer_add_printf(buf, "{\"flushed\":%zu}\n", flushed);
@@ -705,7 +705,7 @@ static void on_shutdown_tick(evutil_socket_t fd, short what, void *arg)
     } else if (monotonic_ms() >= srv->shutdown_deadline_ms) {
         char n[32];
         snprintf(n, sizeof(n), "%zu", waiting);
-        log_warn("stopped: --shutdown-grace ran out", "requests_waiting", n, NULL);
+        log_warn("stopped: --shutdown-grace ran out", LOG_NUMBER "requests_waiting", n, NULL);
         stop_now(srv);
     }
 }
@@ -724,7 +724,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     srv->shutdown_deadline_ms = monotonic_ms() + srv->cfg->shutdown_grace_ms;
     char grace[32];
     snprintf(grace, sizeof(grace), "%lld", (long long)srv->cfg->shutdown_grace_ms);
-    log_info("stopping: finishing in-flight requests", "signal", name, "grace_ms", grace, NULL);
+    log_info("stopping: finishing in-flight requests", "signal", name, LOG_NUMBER "grace_ms", grace, NULL);
     post_to_workers(srv, MAIL_STOP_ACCEPTING);
     struct timeval every = {0, 20000};
     if (!srv->shutdown_timer || evtimer_add(srv->shutdown_timer, &every) != 0) stop_now(srv);
@@ -819,7 +819,7 @@ static int open_main_listeners(const char *hostport, size_t n, int *fds)
     format_sockaddr(&bound, addr, sizeof(addr));
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", n);
-    log_info("listening", "listener", "main", "addr", addr, "workers", workers, NULL);
+    log_info("listening", "listener", "main", "addr", addr, LOG_NUMBER "workers", workers, NULL);
     return 0;
 }
 
@@ -1095,7 +1095,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", srv->n_workers);
     log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
-             apiserver_source_name(api->source), "upstream", cfg->upstream, "workers", workers, NULL);
+             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers, NULL);
     event_base_dispatch(srv->base);
     rc = 0;
 join:

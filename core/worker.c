@@ -990,7 +990,7 @@ static void reload_policy(worker *w)
     if (!w->policy || policy_host_load(w->policy, w->cfg->policy, err, sizeof(err)) == 0) return;
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
-    log_error("policy reload failed on a worker; it keeps the previous policy", "worker", index, "error", err, NULL);
+    log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error", err, NULL);
 }
 
 static void worker_deliver(mail *link, void *arg)
