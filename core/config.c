@@ -1,6 +1,7 @@
 /* config.c owns the command line: the flag table, defaults, parsing and --check output. */
 #include "config.h"
 
+#include "cpu_budget.h"
 #include "duration.h"
 
 #include <errno.h>
@@ -110,7 +111,9 @@ static const flag_spec flag_table[] = {
     {"--max-connections", FLAG_SIZE, FIELD(max_connections),
      "main listener: open client connections at most, all workers together; beyond it new connections wait in "
      "the kernel's accept queue (default 10000)"},
-    {"--workers", FLAG_SIZE, FIELD(workers), "event-loop threads serving the main listener (default: online CPUs)"},
+    {"--workers", FLAG_SIZE, FIELD(workers),
+     "event-loop threads serving the main listener (default: the CPUs this process may use: the affinity mask, "
+     "capped by the cgroup CPU quota rounded up, at least 1)"},
     {"--cache-refresh-ahead", FLAG_PERCENT, FIELD(cache_refresh_ahead_percent),
      "a hit in the last PERCENT of a positive entry's TTL starts one background review and is answered from "
      "the cache at once (default 10%; 0: off)"},
@@ -163,7 +166,7 @@ static void config_defaults(config *cfg)
     cfg->read_timeout_ms = 30000;
     cfg->max_header_count = 100;
     cfg->max_connections = 10000;
-    cfg->workers = 0; /* 0: config_workers() answers the online CPUs */
+    cfg->workers = 0; /* 0: config_workers() answers the CPUs the process may use */
     cfg->cache_refresh_ahead_percent = 10;
     cfg->upstream_timeout_ms = 30000;
     cfg->upstream_max_connections = 128;
@@ -521,7 +524,8 @@ int config_validate(const config *cfg, FILE *out)
         rc = -1;
     }
     if (cfg->workers > CONFIG_MAX_WORKERS) {
-        fprintf(out, "tokengate: --workers must be between 1 and %d (0 or unset: online CPUs)\n", CONFIG_MAX_WORKERS);
+        fprintf(out, "tokengate: --workers must be between 1 and %d (0 or unset: the CPUs this process may use)\n",
+                CONFIG_MAX_WORKERS);
         rc = -1;
     }
     if (cfg->watch_pods && !cfg->watch_revocations) {
@@ -601,8 +605,10 @@ void config_print(const config *cfg, FILE *out)
                 cfg->upstream_keep_authorization ? "yes" : "no (removed before forwarding)", cfg->max_body_bytes);
     }
     fprintf(out, "max-connections: %zu\n", cfg->max_connections);
-    fprintf(out, "workers: %zu%s\ncache-refresh-ahead: %u%%%s\n", config_workers(cfg),
-            cfg->workers ? "" : " (online CPUs)", cfg->cache_refresh_ahead_percent,
+    char workers_why[CPU_BUDGET_WHY_MAX + 32];
+    size_t workers = config_workers(cfg, workers_why, sizeof(workers_why));
+    fprintf(out, "workers: %zu (%s)\ncache-refresh-ahead: %u%%%s\n", workers, workers_why,
+            cfg->cache_refresh_ahead_percent,
             cfg->cache_refresh_ahead_percent ? "" : " (off)");
     fprintf(out, "watch-revocations: %s\n",
             cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
@@ -610,10 +616,15 @@ void config_print(const config *cfg, FILE *out)
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }
 
-size_t config_workers(const config *cfg)
+size_t config_workers(const config *cfg, char *why, size_t why_cap)
 {
-    if (cfg->workers) return cfg->workers;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) return 1;
-    return n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (size_t)n;
+    if (cfg->workers) {
+        if (why) snprintf(why, why_cap, "--workers");
+        return cfg->workers;
+    }
+    cpu_budget budget;
+    cpu_budget_detect(&budget);
+    size_t n = budget.cpus > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : budget.cpus;
+    if (why) snprintf(why, why_cap, "%s%s", budget.why, n < budget.cpus ? "; at most 64" : "");
+    return n;
 }

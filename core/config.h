@@ -62,7 +62,7 @@ typedef struct config {
     size_t max_connections;   /* main listener: open client connections at most (all workers) */
 
     /* Performance (issue: workers). */
-    size_t workers;                 /* event-loop threads serving the main listener; 0 = online CPUs */
+    size_t workers;                 /* event-loop threads serving the main listener; 0 = the CPU budget */
     unsigned cache_refresh_ahead_percent; /* refresh a hit entry in this last share of its TTL; 0: off */
 
     /* Revocation watches (docs/REVOCATION.md). */
@@ -108,8 +108,9 @@ int config_validate(const config *cfg, FILE *out);
  * the API server, for apiserver_resolve(). in points into cfg and the environment. */
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in);
 
-/* --workers, or the online CPUs when unset (1 to CONFIG_MAX_WORKERS). */
-size_t config_workers(const config *cfg);
+/* --workers, or when unset the CPUs this process may use (core/cpu_budget.h): 1 to
+ * CONFIG_MAX_WORKERS. When why is not NULL, it receives how the number was decided. */
+size_t config_workers(const config *cfg, char *why, size_t why_cap);
 
 /* True with --mode proxy. */
 bool config_proxy_mode(const config *cfg);

@@ -780,6 +780,23 @@ static int listen_socket(const struct sockaddr *addr, socklen_t addr_len, bool r
     return fd;
 }
 
+/* True when some socket (another process's, typically another gateway's) already holds
+ * addr. Probed with a bind without SO_REUSEPORT: the kernel refuses it while any socket is
+ * bound to the port, with or without SO_REUSEPORT; SO_REUSEADDR keeps TIME_WAIT leftovers
+ * of a previous run from counting. Two gateways started within the same few microseconds
+ * could both pass; the probe is for the usual mistake (a second Deployment, a forgotten
+ * process), where SO_REUSEPORT would otherwise share the port silently. */
+static bool address_taken(const struct sockaddr *addr, socklen_t addr_len)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false; /* the real bind will report the problem */
+    int one = 1;
+    bool taken = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 && bind(fd, addr, addr_len) != 0 &&
+                 errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
 /* The main listener: one socket per worker on the same address (SO_REUSEPORT: the kernel
  * spreads new connections across them), so no worker waits on another's accept. The
  * first socket picks the port (":0" = a free one), the others bind exactly that. Logs the
@@ -798,6 +815,14 @@ static int open_main_listeners(const char *hostport, size_t n, int *fds)
     struct addrinfo *ai = NULL;
     if (getaddrinfo(host[0] ? host : NULL, port_text, &hints, &ai) != 0 || !ai) {
         log_error("cannot resolve the listen address", "listener", "main", "addr", hostport, NULL);
+        return -1;
+    }
+    /* One gateway per port: SO_REUSEPORT is for this process's workers only. */
+    if (port != 0 && address_taken(ai->ai_addr, ai->ai_addrlen)) {
+        log_error("another process already listens on this address; refusing to share it (stop it or choose "
+                  "another --listen)",
+                  "listener", "main", "addr", hostport, NULL);
+        freeaddrinfo(ai);
         return -1;
     }
     struct sockaddr_storage bound;
@@ -953,7 +978,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
     if (!srv) return 1;
     srv->cfg = cfg;
     int rc = 1;
-    size_t n_workers = config_workers(cfg);
+    char workers_why[512]; /* how the worker count was decided, for the start-up log */
+    size_t n_workers = config_workers(cfg, workers_why, sizeof(workers_why));
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     srv->start_time_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
@@ -1095,7 +1121,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", srv->n_workers);
     log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
-             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers, NULL);
+             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers, "workers_from",
+             workers_why, NULL);
     event_base_dispatch(srv->base);
     rc = 0;
 join:
