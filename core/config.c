@@ -17,7 +17,7 @@
 #define TOKENGATE_GIT "unknown"
 #endif
 
-typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_BYTES, FLAG_DOUBLE, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
+typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_BYTES, FLAG_DOUBLE, FLAG_FRACTION, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
 
 /* One row per flag; offset locates the field in struct config. */
 typedef struct flag_spec {
@@ -127,6 +127,11 @@ static const flag_spec flag_table[] = {
      "check ServiceAccount JWTs against the cluster issuer's public keys before TokenReview and refuse "
      "forged, expired or wrong-audience ones without an API call: review-others (default: tokens that are not "
      "this issuer's JWTs still go to TokenReview), refuse-others (refuse them), off (docs/PREVERIFY.md)"},
+    {"--access-log", FLAG_STRING, FIELD(access_log),
+     "the decision log, one JSON line per answer (who, what, decided by which step, why): off (default), "
+     "stdout, or a file path (reopened on SIGUSR1, for logrotate); see docs/OPERATIONS.md"},
+    {"--access-log-sample-allowed", FLAG_FRACTION, FIELD(access_log_sample_allowed),
+     "share of allowed answers written to the decision log, 0 to 1 (default 1); refusals are always written"},
     {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error (any case)"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
@@ -150,6 +155,8 @@ static void config_defaults(config *cfg)
     cfg->review_timeout_ms = 5000;
     cfg->max_token_bytes = 16384;
     cfg->log_level = "info";
+    cfg->access_log = "off";
+    cfg->access_log_sample_allowed = 1;
     cfg->forwarded_headers = "auto";
     cfg->jwt_preverify = "review-others";
     cfg->policy_max_instructions = 1000000;
@@ -204,6 +211,7 @@ static void print_help(FILE *out)
                           : flag_table[i].kind == FLAG_SIZE     ? " N"
                           : flag_table[i].kind == FLAG_BYTES    ? " BYTES"
                           : flag_table[i].kind == FLAG_DOUBLE   ? " NUMBER"
+                          : flag_table[i].kind == FLAG_FRACTION ? " FRACTION"
                           : flag_table[i].kind == FLAG_PERCENT  ? " PERCENT"
                                                                 : " VALUE";
         fprintf(out, "  %s%s\n      %s\n", flag_table[i].name, arg, flag_table[i].help);
@@ -280,6 +288,17 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
             return 0;
         }
         fprintf(out, "tokengate: %s: not a positive number: \"%s\"\n", spec->name, value);
+        return -1;
+    }
+    case FLAG_FRACTION: {
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (!errno && end != value && !*end && v >= 0 && v <= 1) {
+            *(double *)field = v;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s: not a number from 0 to 1: \"%s\"\n", spec->name, value);
         return -1;
     }
     case FLAG_PERCENT: {
@@ -476,6 +495,42 @@ static int validate_ttl_caps(const config *cfg, FILE *out)
     return rc;
 }
 
+/* --access-log FILE: the file, or its directory when it does not exist yet, must be
+ * writable (checked without creating it: --check writes nothing). */
+static int validate_access_log(const config *cfg, FILE *out)
+{
+    const char *target = cfg->access_log;
+    if (!target[0]) {
+        fprintf(out, "tokengate: --access-log: use off, stdout or a file path\n");
+        return -1;
+    }
+    if (strcmp(target, "off") == 0 || strcmp(target, "stdout") == 0) {
+        if (strcmp(target, "off") == 0 && cfg->access_log_sample_allowed < 1) {
+            fprintf(out, "tokengate: --access-log-sample-allowed needs --access-log\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (access(target, F_OK) == 0) {
+        if (access(target, W_OK) == 0) return 0;
+        fprintf(out, "tokengate: --access-log %s: %s\n", target, strerror(errno));
+        return -1;
+    }
+    char dir[4096];
+    const char *slash = strrchr(target, '/');
+    size_t dir_len = slash ? (size_t)(slash - target) : 0;
+    if (dir_len >= sizeof(dir)) {
+        fprintf(out, "tokengate: --access-log: path too long\n");
+        return -1;
+    }
+    if (slash) memcpy(dir, target, dir_len);
+    dir[dir_len] = '\0';
+    const char *where = !slash ? "." : dir_len ? dir : "/";
+    if (access(where, W_OK) == 0) return 0;
+    fprintf(out, "tokengate: --access-log %s: cannot create it in %s: %s\n", target, where, strerror(errno));
+    return -1;
+}
+
 int config_validate(const config *cfg, FILE *out)
 {
     int rc = validate_mode(cfg, out);
@@ -549,6 +604,7 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
         rc = -1;
     }
+    if (validate_access_log(cfg, out) != 0) rc = -1;
     if (!canonical_log_level(cfg->log_level)) {
         fprintf(out, "tokengate: --log-level %s: use debug, info, warn or error\n", cfg->log_level);
         rc = -1;
@@ -613,6 +669,11 @@ void config_print(const config *cfg, FILE *out)
     fprintf(out, "watch-revocations: %s\n",
             cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
     fprintf(out, "jwt-preverify: %s\n", cfg->jwt_preverify);
+    if (cfg->access_log_sample_allowed < 1 && strcmp(cfg->access_log, "off") != 0)
+        fprintf(out, "access-log: %s (allowed answers sampled at %g, refusals all)\n", cfg->access_log,
+                cfg->access_log_sample_allowed);
+    else
+        fprintf(out, "access-log: %s\n", cfg->access_log);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }
 

@@ -90,6 +90,11 @@ typedef struct config {
     size_t max_body_bytes;           /* largest request body forwarded; larger: 413 */
     bool upstream_keep_authorization; /* forward the client's Authorization header (default: removed) */
 
+    /* The decision log (core/access_log.h): "off" (default), "stdout" or a file path;
+     * allowed answers written at this rate (0 to 1), every refusal always. */
+    const char *access_log;
+    double access_log_sample_allowed;
+
     const char *log_level;
     bool check_only; /* --check */
 } config;

@@ -6,6 +6,7 @@
  * same way (worker.h). */
 #include "server.h"
 
+#include "access_log.h"
 #include "api_client.h"
 #include "cache_key.h"
 #include "custom_metrics.h"
@@ -54,6 +55,8 @@ typedef struct server {
     struct event_base *base; /* the control thread's loop */
     struct evhttp *admin_http;
     struct event *sigterm_event, *sigint_event, *sighup_event;
+    struct event *sigusr1_event; /* reopens --access-log */
+    access_log *access_log;      /* --access-log; NULL: off. Freed after the workers. */
     struct event *probe_timer;
     struct event *policy_watch_timer;
     struct stat policy_file_stat; /* what --policy-watch compares against */
@@ -353,7 +356,14 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         .process_start_time_seconds = srv->start_time_s,
         .workers = srv->n_workers,
         .connections_limit = srv->cfg->max_connections,
+        .policy_file_in_sync = true,
     };
+    if (srv->policy) {
+        policy_info info;
+        policy_host_info(srv->policy, &info);
+        g.policy_last_reload_failed = info.last_error[0] != '\0';
+        g.policy_file_in_sync = policy_host_file_matches(srv->policy);
+    }
     review_engine_get_stats(srv->reviews, &g.engine);
     /* Each worker keeps its own counters (no shared cache line on the hot path); the
      * exposition is their sum with the control thread's. */
@@ -564,6 +574,20 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     server *srv = arg;
     if (srv->policy) load_policy(srv, "SIGHUP");
     if (srv->tls.ctx) load_tls(srv, "SIGHUP");
+}
+
+/* SIGUSR1: reopen the decision log file (logrotate renamed it), as nginx does. */
+static void on_sigusr1(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    server *srv = arg;
+    if (!srv->access_log) return;
+    char err[512];
+    if (access_log_reopen(srv->access_log, err, sizeof(err)) != 0)
+        log_error("cannot reopen the decision log; it stays on the old file", "error", err, NULL);
+    else
+        log_info("decision log reopened", "trigger", "SIGUSR1", "path", srv->cfg->access_log, NULL);
 }
 
 static bool same_file_version(const struct stat *a, const struct stat *b)
@@ -930,6 +954,8 @@ static void server_teardown(server *srv)
     if (srv->sigterm_event) event_free(srv->sigterm_event);
     if (srv->sigint_event) event_free(srv->sigint_event);
     if (srv->sighup_event) event_free(srv->sighup_event);
+    if (srv->sigusr1_event) event_free(srv->sigusr1_event);
+    access_log_free(srv->access_log); /* the workers that wrote to it are gone */
     if (srv->policy_watch_timer) event_free(srv->policy_watch_timer);
     if (srv->shutdown_timer) event_free(srv->shutdown_timer);
     SSL_CTX_free(srv->tls.ctx);
@@ -960,6 +986,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .max_connections = (cfg->max_connections + n - 1) / n,
         .upstream_max_connections = (cfg->upstream_max_connections + n - 1) / n,
         .jwks = srv->jwks,
+        .access_log = srv->access_log,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -1071,6 +1098,14 @@ int server_run(const config *cfg, const apiserver_settings *api)
     };
 
     if (cfg->tls_cert_file && load_tls(srv, "start-up") != 0) goto done;
+    if (strcmp(cfg->access_log, "off") != 0) {
+        char err[512];
+        srv->access_log = access_log_open(cfg->access_log, cfg->access_log_sample_allowed, err, sizeof(err));
+        if (!srv->access_log) {
+            log_error("cannot open the decision log", "error", err, NULL);
+            goto done;
+        }
+    }
     int fds[CONFIG_MAX_WORKERS];
     if (open_main_listeners(cfg->listen, n_workers, fds) != 0 || start_workers(srv, fds, n_workers) != 0) goto done;
 
@@ -1085,9 +1120,10 @@ int server_run(const config *cfg, const apiserver_settings *api)
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
     srv->sighup_event = evsignal_new(srv->base, SIGHUP, on_sighup, srv);
-    if (!srv->sigterm_event || !srv->sigint_event || !srv->sighup_event ||
+    srv->sigusr1_event = evsignal_new(srv->base, SIGUSR1, on_sigusr1, srv);
+    if (!srv->sigterm_event || !srv->sigint_event || !srv->sighup_event || !srv->sigusr1_event ||
         evsignal_add(srv->sigterm_event, NULL) != 0 || evsignal_add(srv->sigint_event, NULL) != 0 ||
-        evsignal_add(srv->sighup_event, NULL) != 0)
+        evsignal_add(srv->sighup_event, NULL) != 0 || evsignal_add(srv->sigusr1_event, NULL) != 0)
         goto done;
     /* Signals go to the control thread only: workers block them (they inherit this mask). */
     sigset_t blocked, previous;
@@ -1095,6 +1131,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     sigaddset(&blocked, SIGTERM);
     sigaddset(&blocked, SIGINT);
     sigaddset(&blocked, SIGHUP);
+    sigaddset(&blocked, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &blocked, &previous);
     bool started_all = true;
     for (size_t i = 0; i < srv->n_workers; i++)

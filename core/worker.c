@@ -5,6 +5,7 @@
  * connections: their count against --max-connections, and TLS on them. */
 #include "worker.h"
 
+#include "access_log.h"
 #include "bearer.h"
 #include "identity.h"
 #include "log.h"
@@ -48,6 +49,18 @@ typedef struct digest_memo_slot {
     unsigned char identity[DIGEST_MEMO_IDENTITY_MAX];
 } digest_memo_slot;
 
+/* What the decision log says about the request being answered, filled along the request
+ * path with --access-log (w->access_log set) and read by reply(). The pointers are valid
+ * until the reply: they point into the request, the cache's copy or the caller's stack. */
+typedef struct decision_note {
+    decision_source source;
+    int cache_hit;                     /* the token's verdict was cached: 1, 0, -1 (no token) */
+    const unsigned char *identity;     /* packed identity, or NULL */
+    size_t identity_len;
+    const char *method;                /* as judged; NULL: the request's own */
+    const char *path;                  /* as judged, without the query; NULL: the request's own */
+} decision_note;
+
 /* --forwarded-headers, decided once (proxy mode: always the request itself). */
 typedef enum { FORWARDED_AUTO, FORWARDED_TRAEFIK, FORWARDED_NGINX, FORWARDED_NONE } forwarded_mode;
 
@@ -85,12 +98,22 @@ struct worker {
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
+
+    /* --access-log: the shared log (NULL: off), this worker's buffer, its flush timer and
+     * the note of the request being answered. */
+    const access_log *access_log;
+    access_log_buffer *access_log_buffer;
+    struct event *access_log_timer;
+    decision_note note;
 };
 
-/* A request handed to the upstream: what its end needs for the metrics. */
+/* A request handed to the upstream: what its end needs for the metrics and, with
+ * --access-log, a copy of its decision note (the strings follow the struct). */
 typedef struct proxied_request {
     worker *w;
     struct timespec started;
+    decision_note note;
+    char storage[];
 } proxied_request;
 
 /* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
@@ -102,6 +125,7 @@ typedef struct authz_request {
     struct timespec started;
     review_waiter waiter;
     char token_id[9];
+    int token_cache_hit; /* SAR stage: the decision note's cache_hit when the SAR was asked */
     size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
@@ -117,6 +141,8 @@ static void send_review(worker *w, struct authz_request *ar, review_kind_id whic
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
                          size_t n_audiences, const cache_key *key);
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
+struct proxied_request;
+static void record_proxied_decision(struct proxied_request *p, int status, double latency_s);
 
 static double seconds_since(const struct timespec *start)
 {
@@ -139,6 +165,64 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     case EVHTTP_REQ_PATCH: return "PATCH";
     }
     return "GET";
+}
+
+/* ---- the decision log ------------------------------------------------------------------ */
+
+/* Starts the note of a request (or of its next stage after a review). */
+static void note_begin(worker *w, decision_source source, int cache_hit)
+{
+    if (!w->access_log) return;
+    w->note = (decision_note){.source = source, .cache_hit = cache_hit};
+}
+
+/* Writes the decision log line of an answered request. reason: why it was refused. */
+static void record_decision(worker *w, struct evhttp_request *req, const decision_note *note, int status,
+                            const char *reason, double latency_s)
+{
+    access_log_entry e = {
+        .method = note->method ? note->method : method_name(evhttp_request_get_command(req)),
+        .status = status,
+        .source = note->source,
+        .reason = reason,
+        .latency_s = latency_s,
+        .cache_hit = note->cache_hit,
+    };
+    if (note->path) {
+        e.path = note->path;
+        e.path_len = strlen(note->path);
+    } else {
+        /* No policy judged it: the request's own path, never its query. */
+        const char *uri = evhttp_request_get_uri(req);
+        e.path = uri ? uri : "";
+        e.path_len = strcspn(e.path, "?");
+    }
+    identity_view view;
+    if (note->identity && identity_view_parse(note->identity, note->identity_len, &view) == 0) {
+        e.user = view.username.ptr;
+        e.user_len = view.username.len;
+        e.uid = view.uid.ptr;
+        e.uid_len = view.uid.len;
+        str_view ns, name;
+        if (identity_serviceaccount(view.username, &ns, &name)) {
+            e.namespace_name = ns.ptr;
+            e.namespace_len = ns.len;
+        }
+    }
+    policy_info info;
+    if (w->policy) {
+        policy_host_info(w->policy, &info);
+        e.policy_sha256 = info.sha256_hex;
+    }
+    access_log_add(w->access_log, w->access_log_buffer, &e);
+}
+
+static void on_access_log_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    if (w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
 }
 
 /* ---- answers ------------------------------------------------------------------------ */
@@ -198,7 +282,9 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
     track_answer_while_stopping(w, req);
     evhttp_send_reply(req, status, reason, buf);
     if (buf) evbuffer_free(buf);
-    metrics_count_request(&w->metrics, status, seconds_since(started));
+    double latency_s = seconds_since(started);
+    metrics_count_request(&w->metrics, status, latency_s);
+    if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
 }
 
 static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started,
@@ -240,9 +326,82 @@ static int identity_text_from(const unsigned char *packed, size_t packed_len, id
 static void on_proxied_done(void *arg, int status)
 {
     proxied_request *p = arg;
-    metrics_count_request(&p->w->metrics, status, seconds_since(&p->started));
+    double latency_s = seconds_since(&p->started);
+    metrics_count_request(&p->w->metrics, status, latency_s);
+    if (p->w->access_log) record_proxied_decision(p, status, latency_s);
     p->w->requests_waiting--;
     free(p);
+}
+
+/* The decision log line of a proxied request, from the note copied when it was forwarded. */
+static void record_proxied_decision(struct proxied_request *p, int status, double latency_s)
+{
+    access_log_entry e = {
+        .method = p->note.method,
+        .path = p->note.path,
+        .path_len = p->note.path ? strlen(p->note.path) : 0,
+        .status = status,
+        .source = p->note.source,
+        .reason = status >= 300 ? "answered by the upstream" : NULL,
+        .latency_s = latency_s,
+        .cache_hit = p->note.cache_hit,
+    };
+    identity_view view;
+    if (p->note.identity && identity_view_parse(p->note.identity, p->note.identity_len, &view) == 0) {
+        e.user = view.username.ptr;
+        e.user_len = view.username.len;
+        e.uid = view.uid.ptr;
+        e.uid_len = view.uid.len;
+        str_view ns, name;
+        if (identity_serviceaccount(view.username, &ns, &name)) {
+            e.namespace_name = ns.ptr;
+            e.namespace_len = ns.len;
+        }
+    }
+    policy_info info;
+    if (p->w->policy) {
+        policy_host_info(p->w->policy, &info);
+        e.policy_sha256 = info.sha256_hex;
+    }
+    access_log_add(p->w->access_log, p->w->access_log_buffer, &e);
+}
+
+/* A proxied_request with, when the decision log is on, a copy of the current note (its
+ * method, path and identity live in the allocation). */
+static proxied_request *proxied_request_new(worker *w, struct evhttp_request *req)
+{
+    if (!w->access_log) return calloc(1, sizeof(proxied_request));
+    const decision_note *n = &w->note;
+    const char *method = n->method ? n->method : method_name(evhttp_request_get_command(req));
+    const char *path = n->path;
+    size_t path_len;
+    if (path) {
+        path_len = strlen(path);
+    } else {
+        const char *uri = evhttp_request_get_uri(req);
+        path = uri ? uri : "";
+        path_len = strcspn(path, "?");
+    }
+    if (path_len > URI_MAX) path_len = URI_MAX;
+    size_t method_len = strlen(method);
+    if (method_len > 32) method_len = 32;
+    proxied_request *p = calloc(1, sizeof(*p) + method_len + 1 + path_len + 1 + n->identity_len);
+    if (!p) return NULL;
+    char *at = p->storage;
+    memcpy(at, method, method_len);
+    p->note.method = at;
+    at += method_len + 1;
+    memcpy(at, path, path_len);
+    p->note.path = at;
+    at += path_len + 1;
+    if (n->identity) {
+        memcpy(at, n->identity, n->identity_len);
+        p->note.identity = (const unsigned char *)at;
+        p->note.identity_len = n->identity_len;
+    }
+    p->note.source = n->source;
+    p->note.cache_hit = n->cache_hit;
+    return p;
 }
 
 /* Proxy mode: the request is allowed; the upstream answers it. id NULL: anonymous. */
@@ -259,7 +418,7 @@ static void forward_allowed(worker *w, struct evhttp_request *req, const struct 
         .header_values = allow ? (const char *const *)allow->header_values : NULL,
         .n_headers = allow ? allow->n_headers : 0,
     };
-    proxied_request *p = malloc(sizeof(*p));
+    proxied_request *p = proxied_request_new(w, req);
     if (!p || upstream_forward(w->upstream, &ur, on_proxied_done, p) != 0) {
         free(p);
         reply_unavailable(w, req, started, 1, "cannot forward the request");
@@ -448,6 +607,10 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
 static void authorize_identity(worker *w, struct evhttp_request *req, const struct timespec *started,
                                const unsigned char *packed, size_t packed_len)
 {
+    if (w->access_log) {
+        w->note.identity = packed;
+        w->note.identity_len = packed_len;
+    }
     if (!w->policy) {
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
@@ -464,9 +627,14 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     case -2: reply_forbidden(w, req, started, "path is not normalized", strlen("path is not normalized")); return;
     default: break;
     }
+    if (w->access_log) {
+        w->note.method = pr.method;
+        w->note.path = pr.path;
+    }
     /* One decision buffer per loop, reused: it is used and done with before this returns. */
     policy_decision *d = &w->decision;
     policy_authorize(w->policy, &pr, &view, d);
+    if (d->kind != POLICY_SAR && w->access_log) w->note.source = DECISION_POLICY;
     switch (d->kind) {
     case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
@@ -492,6 +660,7 @@ static void authz_request_free(authz_request *ar)
 static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
+    note_begin(ar->w, DECISION_TOKENREVIEW, 0);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
@@ -504,6 +673,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
             /* --stale-if-error: the API server failed and this token had a positive verdict
              * that expired less than the window ago. Opt-in; counted and logged. */
             ar->w->stale_served++;
+            note_begin(ar->w, DECISION_CACHE, 1);
             log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
                      api_error_name(outcome->error), NULL);
             authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len);
@@ -520,6 +690,11 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 static void on_sar_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
+    note_begin(ar->w, DECISION_SUBJECTACCESSREVIEW, ar->token_cache_hit);
+    if (ar->w->access_log) {
+        ar->w->note.identity = ar->identity;
+        ar->w->note.identity_len = ar->identity_len;
+    }
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
@@ -592,10 +767,12 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
     switch (token_cache_lookup(w->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
+        if (w->access_log) w->note.source = DECISION_CACHE;
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
+        if (w->access_log) w->note.source = DECISION_CACHE;
         reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
@@ -608,6 +785,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         reply_unavailable(w, req, started, 1, "out of memory");
         return;
     }
+    ar->token_cache_hit = w->note.cache_hit;
     review_request rr = {.key = key};
     rr.positive_ttl_ms = rr.positive_ttl_cap_ms = w->cfg->sar_allowed_ttl_ms;
     rr.negative_ttl_ms = w->cfg->sar_denied_ttl_ms;
@@ -691,11 +869,16 @@ static size_t current_audiences(const worker *w, const char *const **out)
  * (answered 200, or forwarded in proxy mode, without identity headers). */
 static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
+    note_begin(w, DECISION_ANONYMOUS, -1);
     if (w->policy) {
         policy_request pr;
         request_text text;
         char err[512];
         if (describe_request(w, req, &pr, &text) == 0) {
+            if (w->access_log) {
+                w->note.method = pr.method;
+                w->note.path = pr.path;
+            }
             int rc = policy_anonymous(w->policy, &pr, err, sizeof(err));
             if (rc < 0) {
                 reply_policy_error(w, req, started, "anonymous", err);
@@ -781,6 +964,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     const config *cfg = w->cfg;
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
+    note_begin(w, DECISION_REQUEST, -1);
 
     size_t n_headers = 0;
     struct evkeyval *kv;
@@ -832,6 +1016,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
                                        sizeof(value), &value_len, &refresh_due)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
+        note_begin(w, DECISION_CACHE, 1);
         /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
          * entry's refresh claim (one per entry and retry interval, across workers). */
         if (refresh_due) send_refresh(w, token, token_len, audiences, n_audiences, &key);
@@ -839,6 +1024,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
+        note_begin(w, DECISION_CACHE, 1);
         reply_unauthorized(w, req, &started, "token not authenticated");
         return;
     case TOKEN_CACHE_STALE_POSITIVE:
@@ -1094,6 +1280,16 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     evhttp_set_timeout_tv(w->http, &read_timeout);
     evhttp_set_gencb(w->http, authz_handle, w);
     evhttp_set_bevcb(w->http, new_connection_bufferevent, w);
+    if (shared->access_log) {
+        /* Flushed every 200 ms at most late, and whenever the buffer fills. */
+        w->access_log = shared->access_log;
+        w->access_log_buffer = malloc(sizeof(*w->access_log_buffer));
+        w->access_log_timer = event_new(w->base, -1, EV_PERSIST, on_access_log_timer, w);
+        struct timeval every = {0, 200000};
+        if (!w->access_log_buffer || !w->access_log_timer || event_add(w->access_log_timer, &every) != 0)
+            goto fail_fd;
+        access_log_buffer_init(w->access_log_buffer, 0x9e3779b97f4a7c15ULL * (index + 1) ^ (uint64_t)time(NULL));
+    }
     w->bound = evhttp_accept_socket_with_handle(w->http, listen_fd);
     if (!w->bound) goto fail_fd;
     return w;
@@ -1107,6 +1303,7 @@ static void *worker_main(void *arg)
 {
     worker *w = arg;
     event_base_dispatch(w->base);
+    if (w->access_log_buffer && w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
     return NULL;
 }
 
@@ -1145,6 +1342,9 @@ void worker_free(worker *w)
     if (w->adopt_event) event_free(w->adopt_event);
     policy_host_free(w->policy);
     cache_keyer_free(w->keyer);
+    if (w->access_log_timer) event_free(w->access_log_timer);
+    if (w->access_log_buffer && w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
+    free(w->access_log_buffer);
     if (w->base) event_base_free(w->base);
     free(w);
 }
@@ -1157,6 +1357,11 @@ size_t worker_requests_waiting(const worker *w)
 void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_served, size_t *connections)
 {
     metrics_add(sum, &w->metrics);
+    if (w->access_log_buffer) {
+        sum->access_log_written += w->access_log_buffer->written;
+        sum->access_log_sampled_out += w->access_log_buffer->sampled_out;
+        sum->access_log_dropped += w->access_log_buffer->dropped;
+    }
     *stale_served += w->stale_served;
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
 }

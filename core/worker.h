@@ -62,6 +62,7 @@ typedef struct worker_shared {
     size_t max_connections;   /* this worker's share of --max-connections */
     size_t upstream_max_connections; /* this worker's share of --upstream-max-connections */
     jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
+    const struct access_log *access_log; /* --access-log; NULL: off */
 } worker_shared;
 
 typedef enum {
