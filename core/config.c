@@ -661,7 +661,7 @@ void config_print(const config *cfg, FILE *out)
                 cfg->upstream_keep_authorization ? "yes" : "no (removed before forwarding)", cfg->max_body_bytes);
     }
     fprintf(out, "max-connections: %zu\n", cfg->max_connections);
-    char workers_why[CPU_BUDGET_WHY_MAX + 32];
+    char workers_why[CONFIG_WORKERS_WHY_MAX];
     size_t workers = config_workers(cfg, workers_why, sizeof(workers_why));
     fprintf(out, "workers: %zu (%s)\ncache-refresh-ahead: %u%%%s\n", workers, workers_why,
             cfg->cache_refresh_ahead_percent,

@@ -13,6 +13,7 @@
 #define CONFIG_MAX_AUDIENCES 16
 #define CONFIG_AUDIENCES_TEXT_MAX 4096
 #define CONFIG_MAX_WORKERS 64
+#define CONFIG_WORKERS_WHY_MAX 1600 /* config_workers' explanation, at most */
 
 typedef enum { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERROR } config_action;
 

@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define CPU_BUDGET_WHY_MAX 256
+#define CPU_BUDGET_WHY_MAX 1536 /* room for a quota file path (1024) and its numbers */
 
 /* cgroup v2 cpu.max: "max 100000" (no quota) or "150000 100000" (1.5 CPUs). Returns 1 with
  * *cpus set for a quota, 0 for "max", -1 when text is malformed. */

@@ -1005,7 +1005,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     if (!srv) return 1;
     srv->cfg = cfg;
     int rc = 1;
-    char workers_why[512]; /* how the worker count was decided, for the start-up log */
+    char workers_why[CONFIG_WORKERS_WHY_MAX]; /* how the worker count was decided, for the start-up log */
     size_t n_workers = config_workers(cfg, workers_why, sizeof(workers_why));
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);

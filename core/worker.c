@@ -870,9 +870,10 @@ static size_t current_audiences(const worker *w, const char *const **out)
 static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
     note_begin(w, DECISION_ANONYMOUS, -1);
+    /* Outside the block: the decision note points into text until the reply below. */
+    policy_request pr;
+    request_text text;
     if (w->policy) {
-        policy_request pr;
-        request_text text;
         char err[512];
         if (describe_request(w, req, &pr, &text) == 0) {
             if (w->access_log) {
