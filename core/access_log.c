@@ -139,29 +139,76 @@ static void put_string(line_writer *w, const char *s, size_t len, size_t budget)
     }
     const char *limit = w->pos + budget - 4; /* room for "..." and the closing quote */
     put_raw(w, "\"", 1);
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+    while (i < len) {
+        /* A run of bytes written as they are, copied at once. */
+        size_t run = i;
+        while (run < len) {
+            unsigned char c = (unsigned char)s[run];
+            if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') break;
+            run++;
+        }
+        if (run > i) {
+            size_t n = run - i;
+            bool cut = w->pos + n > limit;
+            if (cut) n = limit > w->pos ? (size_t)(limit - w->pos) : 0;
+            put_raw(w, s + i, n);
+            if (cut) {
+                put_raw(w, "...", 3);
+                break;
+            }
+            i = run;
+            if (i == len) break;
+        }
         unsigned char c = (unsigned char)s[i];
         char esc[6];
-        size_t n = 1;
+        size_t n = 2;
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
-            n = 2;
-        } else if (c < 0x20 || c >= 0x7f) {
+        } else {
             memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 0xf];
             n = 6;
-        } else {
-            esc[0] = (char)c;
         }
         if (w->pos + n > limit) {
             put_raw(w, "...", 3);
             break;
         }
         put_raw(w, esc, n);
+        i++;
     }
     put_raw(w, "\"", 1);
+}
+
+/* Appends v in decimal. */
+static void put_uint(line_writer *w, uint64_t v)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[sizeof(digits) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < sizeof(digits));
+    put_raw(w, digits + sizeof(digits) - n, n);
+}
+
+/* Appends v (>= 0) with exactly `decimals` digits after the point, from an integer count of
+ * 10^-decimals units: no floating-point formatting on the request path. */
+static void put_fixed(line_writer *w, uint64_t units, unsigned decimals)
+{
+    uint64_t scale = 1;
+    for (unsigned i = 0; i < decimals; i++) scale *= 10;
+    put_uint(w, units / scale);
+    char frac[8];
+    uint64_t rest = units % scale;
+    for (unsigned i = decimals; i > 0; i--) {
+        frac[i] = (char)('0' + rest % 10);
+        rest /= 10;
+    }
+    frac[0] = '.';
+    put_raw(w, frac, decimals + 1);
 }
 
 /* Writes buf->data[0..len) with as few write(2) calls as it takes; what cannot be
@@ -175,15 +222,16 @@ void access_log_flush(const access_log *log, access_log_buffer *buf)
         if (n <= 0) break;
         done += (size_t)n;
     }
-    uint64_t lines_written = 0, lines_lost = 0;
-    for (size_t i = 0; i < buf->len; i++)
-        if (buf->data[i] == '\n') {
-            if (i < done) lines_written++;
-            else lines_lost++;
-        }
-    buf->written += lines_written;
-    buf->dropped += lines_lost;
+    if (done == buf->len) {
+        buf->written += buf->lines;
+    } else { /* rare: count what got out */
+        uint64_t lines_written = 0;
+        for (size_t i = 0; i < done; i++) lines_written += buf->data[i] == '\n';
+        buf->written += lines_written;
+        buf->dropped += buf->lines - lines_written;
+    }
     buf->len = 0;
+    buf->lines = 0;
 }
 
 void access_log_add(const access_log *log, access_log_buffer *buf, const access_log_entry *e)
@@ -204,15 +252,18 @@ void access_log_add(const access_log *log, access_log_buffer *buf, const access_
     }
     char line[ACCESS_LOG_LINE_MAX];
     line_writer w = {line, line + sizeof(line) - 1}; /* room for '\n' */
-    char number[96];
-    snprintf(number, sizeof(number), "{\"time\":\"%s.%03ldZ\",\"method\":", buf->stamp_text,
-             (long)(now.tv_nsec / 1000000));
-    put_text(&w, number);
+    put_text(&w, "{\"time\":\"");
+    put_text(&w, buf->stamp_text);
+    char millis[5] = {'.', (char)('0' + now.tv_nsec / 100000000), (char)('0' + now.tv_nsec / 10000000 % 10),
+                      (char)('0' + now.tv_nsec / 1000000 % 10), 'Z'};
+    put_raw(&w, millis, sizeof(millis));
+    put_text(&w, "\",\"method\":");
     put_string(&w, e->method, e->method ? strlen(e->method) : 0, FIELD_METHOD_MAX);
     put_text(&w, ",\"path\":");
     put_string(&w, e->path, e->path_len, FIELD_PATH_MAX);
-    snprintf(number, sizeof(number), ",\"status\":%d,\"user\":", e->status);
-    put_text(&w, number);
+    put_text(&w, ",\"status\":");
+    put_uint(&w, e->status > 0 && e->status < 1000 ? (uint64_t)e->status : 0);
+    put_text(&w, ",\"user\":");
     put_string(&w, e->user, e->user_len, FIELD_USER_MAX);
     put_text(&w, ",\"uid\":");
     put_string(&w, e->uid, e->uid_len, FIELD_UID_MAX);
@@ -222,10 +273,12 @@ void access_log_add(const access_log *log, access_log_buffer *buf, const access_
     put_text(&w, decision_source_name(e->source));
     put_text(&w, "\",\"reason\":");
     put_string(&w, e->reason, e->reason ? strlen(e->reason) : 0, FIELD_REASON_MAX);
-    snprintf(number, sizeof(number), ",\"latency_ms\":%.3f,\"cache_hit\":%s,\"policy_sha256\":",
-             e->latency_s > 0 ? e->latency_s * 1000 : 0.0,
-             e->cache_hit > 0 ? "true" : e->cache_hit == 0 ? "false" : "null");
-    put_text(&w, number);
+    put_text(&w, ",\"latency_ms\":");
+    /* Microseconds, written as milliseconds with three decimals; at most a day. */
+    double us = e->latency_s > 0 ? e->latency_s * 1e6 + 0.5 : 0;
+    put_fixed(&w, us < 86400e6 ? (uint64_t)us : (uint64_t)86400e6, 3);
+    put_text(&w, e->cache_hit > 0 ? ",\"cache_hit\":true" : e->cache_hit == 0 ? ",\"cache_hit\":false" : ",\"cache_hit\":null");
+    put_text(&w, ",\"policy_sha256\":");
     put_string(&w, e->policy_sha256, e->policy_sha256 ? strlen(e->policy_sha256) : 0, FIELD_SHA256_MAX);
     put_raw(&w, "}", 1);
     *w.pos++ = '\n';
@@ -233,4 +286,5 @@ void access_log_add(const access_log *log, access_log_buffer *buf, const access_
     if (buf->len + len > sizeof(buf->data)) access_log_flush(log, buf);
     memcpy(buf->data + buf->len, line, len);
     buf->len += len;
+    buf->lines++;
 }

@@ -75,6 +75,7 @@ typedef struct access_log_buffer {
     uint64_t sampled_out;     /* allowed answers left out by --access-log-sample-allowed */
     uint64_t dropped;         /* lines lost to a failed or short write */
     size_t len;
+    uint64_t lines; /* whole lines in data */
     char data[ACCESS_LOG_BUFFER_BYTES];
 } access_log_buffer;
 

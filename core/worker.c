@@ -39,6 +39,8 @@
 #define ADOPT_BATCH_MAX 256 /* connections accepted in one loop turn before they are adopted */
 #define DIGEST_MEMO_SLOTS 64         /* identities whose digest a worker remembers */
 #define DIGEST_MEMO_IDENTITY_MAX 1024 /* longer identities are hashed every time */
+#define SAR_KEY_MEMO_SLOTS 32          /* SubjectAccessReview keys a worker remembers */
+#define SAR_KEY_MEMO_MATERIAL_MAX 512  /* longer questions are keyed every time */
 
 /* The last identities seen by this worker's SubjectAccessReview step and their digests:
  * the same few callers come back on every request, and their identities arrive as fresh
@@ -60,6 +62,16 @@ typedef struct decision_note {
     const char *method;                /* as judged; NULL: the request's own */
     const char *path;                  /* as judged, without the query; NULL: the request's own */
 } decision_note;
+
+/* The last SubjectAccessReview keys this worker computed, by what they were computed from
+ * (the identity's digest and the attributes, in an injective encoding of this file's own,
+ * compared byte for byte): the same callers ask the same questions, and each key is an
+ * HMAC of two to three SHA-256 blocks. Holds no secret: digests and attributes only. */
+typedef struct sar_key_memo_slot {
+    size_t len; /* 0: empty */
+    cache_key key;
+    unsigned char material[SAR_KEY_MEMO_MATERIAL_MAX];
+} sar_key_memo_slot;
 
 /* --forwarded-headers, decided once (proxy mode: always the request itself). */
 typedef enum { FORWARDED_AUTO, FORWARDED_TRAEFIK, FORWARDED_NGINX, FORWARDED_NONE } forwarded_mode;
@@ -98,6 +110,7 @@ struct worker {
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
+    sar_key_memo_slot sar_key_memo[SAR_KEY_MEMO_SLOTS];
 
     /* --access-log: the shared log (NULL: off), this worker's buffer, its flush timer and
      * the note of the request being answered. */
@@ -752,6 +765,59 @@ static int memo_identity_digest(worker *w, const unsigned char *packed, size_t l
     return 0;
 }
 
+/* Encodes digest and attrs into out: digest, the resource kind, then per attribute a
+ * presence byte and, when present, be32(length) and the bytes. Returns the length, or 0
+ * when it does not fit (the key is then computed without the memo). */
+static size_t sar_key_material(const unsigned char digest[IDENTITY_DIGEST_BYTES], const sar_attributes *attrs,
+                               unsigned char *out, size_t cap)
+{
+    const char *values[] = {attrs->namespace_, attrs->verb,        attrs->group, attrs->version,
+                            attrs->resource,   attrs->subresource, attrs->name,  attrs->path};
+    if (cap < IDENTITY_DIGEST_BYTES + 1) return 0;
+    memcpy(out, digest, IDENTITY_DIGEST_BYTES);
+    size_t n = IDENTITY_DIGEST_BYTES;
+    out[n++] = attrs->nonresource ? 'N' : 'R';
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        if (!values[i]) {
+            if (n + 1 > cap) return 0;
+            out[n++] = 0;
+            continue;
+        }
+        size_t len = strlen(values[i]);
+        if (len > cap || n + 5 + len > cap) return 0;
+        out[n++] = 1;
+        out[n++] = (unsigned char)(len >> 24);
+        out[n++] = (unsigned char)(len >> 16);
+        out[n++] = (unsigned char)(len >> 8);
+        out[n++] = (unsigned char)len;
+        memcpy(out + n, values[i], len);
+        n += len;
+    }
+    return n;
+}
+
+/* sar_cache_key, from the worker's memo when it asked this question for this identity last. */
+static int memo_sar_cache_key(worker *w, const unsigned char digest[IDENTITY_DIGEST_BYTES],
+                              const sar_attributes *attrs, cache_key *out)
+{
+    unsigned char material[SAR_KEY_MEMO_MATERIAL_MAX];
+    size_t len = sar_key_material(digest, attrs, material, sizeof(material));
+    if (len == 0) return sar_cache_key(w->keyer, digest, attrs, out);
+    /* The slot: a few digest bytes (already uniform) mixed with a sample of the rest. */
+    uint64_t h = 1469598103934665603ULL ^ len;
+    for (size_t i = 0; i < len; i += 1 + len / 24) h = (h ^ material[i]) * 1099511628211ULL;
+    sar_key_memo_slot *slot = &w->sar_key_memo[h % SAR_KEY_MEMO_SLOTS];
+    if (slot->len == len && memcmp(slot->material, material, len) == 0) {
+        *out = slot->key;
+        return 0;
+    }
+    if (sar_cache_key(w->keyer, digest, attrs, out) != 0) return -1;
+    slot->len = len;
+    memcpy(slot->material, material, len);
+    slot->key = *out;
+    return 0;
+}
+
 /* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
 static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
                     const unsigned char *packed, size_t packed_len, const identity_view *view,
@@ -759,7 +825,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
 {
     cache_key key;
     unsigned char digest[IDENTITY_DIGEST_BYTES];
-    if (memo_identity_digest(w, packed, packed_len, digest) != 0 || sar_cache_key(w->keyer, digest, attrs, &key) != 0) {
+    if (memo_identity_digest(w, packed, packed_len, digest) != 0 || memo_sar_cache_key(w, digest, attrs, &key) != 0) {
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
     }
