@@ -88,6 +88,7 @@ const char *decision_source_name(decision_source source)
     case DECISION_TOKENREVIEW: return "tokenreview";
     case DECISION_SUBJECTACCESSREVIEW: return "subjectaccessreview";
     case DECISION_POLICY: return "policy";
+    case DECISION_JWT_PREVERIFY: return "jwt_preverify";
     }
     return "request";
 }

@@ -43,6 +43,7 @@ typedef enum {
     DECISION_TOKENREVIEW,          /* a TokenReview answered (or failed) for this request */
     DECISION_SUBJECTACCESSREVIEW,  /* a SubjectAccessReview answered (or failed) for this request */
     DECISION_POLICY,               /* the policy's authorize() */
+    DECISION_JWT_PREVERIFY,        /* --jwt-preverify refused a forged or expired JWT, no TokenReview */
 } decision_source;
 
 const char *decision_source_name(decision_source source);

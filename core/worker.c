@@ -1113,6 +1113,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
                 int64_t ttl = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
                                                                                  : cfg->cache_max_ttl_ms;
                 if (ttl > 0) token_cache_insert(w->tokenreview_cache, &key, true, NULL, 0, now + ttl, now);
+                note_begin(w, DECISION_JWT_PREVERIFY, 0);
                 reply_unauthorized(w, req, &started, why);
                 return;
             }
