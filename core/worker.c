@@ -189,6 +189,30 @@ static void note_begin(worker *w, decision_source source, int cache_hit)
     w->note = (decision_note){.source = source, .cache_hit = cache_hit};
 }
 
+/* Completes e with the noted identity (user, uid, a ServiceAccount's namespace) and the
+ * worker's policy, and adds the line to the worker's buffer. */
+static void entry_add(worker *w, access_log_entry *e, const decision_note *note)
+{
+    identity_view view;
+    if (note->identity && identity_view_parse(note->identity, note->identity_len, &view) == 0) {
+        e->user = view.username.ptr;
+        e->user_len = view.username.len;
+        e->uid = view.uid.ptr;
+        e->uid_len = view.uid.len;
+        str_view ns, name;
+        if (identity_serviceaccount(view.username, &ns, &name)) {
+            e->namespace_name = ns.ptr;
+            e->namespace_len = ns.len;
+        }
+    }
+    policy_info info;
+    if (w->policy) {
+        policy_host_info(w->policy, &info);
+        e->policy_sha256 = info.sha256_hex;
+    }
+    access_log_add(w->access_log, w->access_log_buffer, e);
+}
+
 /* Writes the decision log line of an answered request. reason: why it was refused. */
 static void record_decision(worker *w, struct evhttp_request *req, const decision_note *note, int status,
                             const char *reason, double latency_s)
@@ -210,24 +234,7 @@ static void record_decision(worker *w, struct evhttp_request *req, const decisio
         e.path = uri ? uri : "";
         e.path_len = strcspn(e.path, "?");
     }
-    identity_view view;
-    if (note->identity && identity_view_parse(note->identity, note->identity_len, &view) == 0) {
-        e.user = view.username.ptr;
-        e.user_len = view.username.len;
-        e.uid = view.uid.ptr;
-        e.uid_len = view.uid.len;
-        str_view ns, name;
-        if (identity_serviceaccount(view.username, &ns, &name)) {
-            e.namespace_name = ns.ptr;
-            e.namespace_len = ns.len;
-        }
-    }
-    policy_info info;
-    if (w->policy) {
-        policy_host_info(w->policy, &info);
-        e.policy_sha256 = info.sha256_hex;
-    }
-    access_log_add(w->access_log, w->access_log_buffer, &e);
+    entry_add(w, &e, note);
 }
 
 static void on_access_log_timer(evutil_socket_t fd, short what, void *arg)
@@ -361,24 +368,7 @@ static void record_proxied_decision(struct proxied_request *p, int status, doubl
         .latency_s = latency_s,
         .cache_hit = p->note.cache_hit,
     };
-    identity_view view;
-    if (p->note.identity && identity_view_parse(p->note.identity, p->note.identity_len, &view) == 0) {
-        e.user = view.username.ptr;
-        e.user_len = view.username.len;
-        e.uid = view.uid.ptr;
-        e.uid_len = view.uid.len;
-        str_view ns, name;
-        if (identity_serviceaccount(view.username, &ns, &name)) {
-            e.namespace_name = ns.ptr;
-            e.namespace_len = ns.len;
-        }
-    }
-    policy_info info;
-    if (p->w->policy) {
-        policy_host_info(p->w->policy, &info);
-        e.policy_sha256 = info.sha256_hex;
-    }
-    access_log_add(p->w->access_log, p->w->access_log_buffer, &e);
+    entry_add(p->w, &e, &p->note);
 }
 
 /* A proxied_request with, when the decision log is on, a copy of the current note (its

@@ -7,6 +7,7 @@ local gateway_mod = require("support.gateway")
 local proc = require("support.proc")
 local cjson = require("cjson")
 local http = require("support.http")
+local upstream_mod = require("support.upstream")
 
 local TOKENGATE = proc.build_path("core/tokengate")
 
@@ -430,6 +431,27 @@ describe("tokengate operations", function()
       gw:stop()
       no_token_in(log_path)
       no_token_in(log_path .. ".1")
+      if not ok then error(err, 0) end
+    end)
+
+    it("logs proxied requests when the upstream has answered, with its status", function()
+      local up = upstream_mod.start{ dir = fake.dir }
+      local log_path = fake.dir .. "/decisions-proxy.log"
+      local gw = gateway_mod.start{ fake = fake, args = { "--mode", "proxy", "--upstream", up.url, "--access-log", log_path,
+        "--workers", "1" } }
+      local ok, err = pcall(function()
+        assert.equal(200, get(gw, "tok-ops-app-7f3a9c", "/orders/42?token=tok-ops-app-7f3a9c").status)
+        assert.equal(403, get(gw, "tok-ops-app-7f3a9c", "/orders/42", "POST").status) -- the SAR says no: never forwarded
+        local lines = wait_lines(log_path, 2)
+        assert.same({ "GET", "/orders/42", 200, "subjectaccessreview", "team-a", cjson.null },
+          { lines[1].method, lines[1].path, lines[1].status, lines[1].source, lines[1].namespace, lines[1].reason })
+        assert.same({ "POST", 403, "subjectaccessreview", true }, { lines[2].method, lines[2].status, lines[2].source,
+          lines[2].cache_hit })
+        assert.equal(1, #up:requests())
+      end)
+      gw:stop()
+      up:stop()
+      no_token_in(log_path)
       if not ok then error(err, 0) end
     end)
 
