@@ -455,6 +455,30 @@ describe("tokengate operations", function()
       if not ok then error(err, 0) end
     end)
 
+    it("names --jwt-preverify when it refused a forged JWT without a TokenReview", function()
+      local kube_mod = require("support.kube") -- only its base64url and issuer
+      local res = http.get(fake.url .. "/openid/v1/jwks",
+        { "Authorization: Bearer " .. fake.credential, "Accept: application/jwk-set+json" }, { cacert = fake.ca_file })
+      local kid = cjson.decode(res.body).keys[1].kid
+      local forged = kube_mod.base64url(cjson.encode{ alg = "RS256", kid = kid }) .. "." ..
+        kube_mod.base64url(cjson.encode{ iss = kube_mod.ISSUER, sub = "system:serviceaccount:team-a:x",
+          aud = { kube_mod.ISSUER }, exp = os.time() + 3600 }) .. "." .. kube_mod.base64url(string.rep("\1", 256))
+      local log_path = fake.dir .. "/decisions-preverify.log"
+      local gw = gateway_mod.start{ fake = fake, args = { "--access-log", log_path, "--policy", "none", "--workers", "1" } }
+      local ok, err = pcall(function()
+        local deadline = proc.now() + 20
+        while not gw:log_text():find("issuer keys loaded", 1, true) and proc.now() < deadline do proc.sleep(0.05) end
+        assert.equal(401, get(gw, forged, "/x").status)
+        local lines = wait_lines(log_path, 1)
+        assert.same({ 401, "jwt_preverify", false }, { lines[1].status, lines[1].source, lines[1].cache_hit })
+        local text = proc.read_file(log_path)
+        assert.is_nil(text:find(forged:sub(1, 40), 1, true))
+        assert.is_nil(text:find(forged:sub(-40), 1, true))
+      end)
+      gw:stop()
+      if not ok then error(err, 0) end
+    end)
+
     it("refuses to start when the file cannot be created, and --check says so", function()
       local out, code = proc.run(proc.quote(TOKENGATE) ..
         " --check --policy none --access-log /nonexistent-dir/tokengate/decisions.log")
