@@ -26,6 +26,8 @@
 # every server: wrk takes one of the two cores, the server the other).
 # COMPARE_BIN=PATH adds a fourth target, "compare": that tokengate binary with the default
 # policy (e.g. a build from before a change), so before/after run side by side too.
+# COMPARE_FLAGS="..." adds flags to the compare target only, e.g. the same binary with
+# COMPARE_FLAGS="--access-log /tmp/decisions.log" measures the decision log's cost.
 set -euo pipefail
 
 build=${1:?usage: bench/cached_path.sh BUILD_DIR}
@@ -38,6 +40,7 @@ DURATION=${DURATION:-4}
 CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-1}
 COMPARE_BIN=${COMPARE_BIN:-}
+read -r -a compare_flags <<<"${COMPARE_FLAGS:-}"
 MACHINE="this machine ($(nproc) cores, shared)"
 POLICY_COST_GOAL=0.15
 
@@ -192,7 +195,7 @@ start_gateway() {
 
 start_gateway default "$gateway_bin"
 start_gateway none "$gateway_bin" --policy none
-[ -n "$COMPARE_BIN" ] && start_gateway compare "$COMPARE_BIN"
+[ -n "$COMPARE_BIN" ] && start_gateway compare "$COMPARE_BIN" "${compare_flags[@]}"
 
 "$bare_bin" --listen 127.0.0.1:0 --threads "$WORKERS" >"$tmp/bare-server.log" 2>&1 &
 pids+=($!)

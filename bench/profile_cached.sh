@@ -2,11 +2,13 @@
 # Where the cached path's time goes: runs tokengate under callgrind (one worker, so the
 # profile is one thread's) with the default policy and with --policy none, sends REQUESTS
 # cached requests to each, and prints instructions per request and the functions that
-# cost the most (exclusive), so the next bottleneck is named with evidence.
+# cost the most (exclusive), so the next bottleneck is named with evidence; then the
+# default policy again with --access-log FILE (the decision log's cost).
 #
 #   bench/profile_cached.sh BUILD_DIR
 #
-# Environment: REQUESTS (20000), CONNS (8), TOP (25). Instruction counts do not depend on
+# Environment: REQUESTS (20000), CONNS (8), TOP (25), KEEP_PROFILE (set: keep the
+# callgrind files and print where). Instruction counts do not depend on
 # the machine's load, unlike timings; they include start-up and the one warm-up miss
 # (a few million instructions, < 1 % of the total at the default REQUESTS).
 # Last line: "RESULT {json}" with instructions per request for each configuration.
@@ -34,7 +36,7 @@ cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
+  [ -n "${KEEP_PROFILE:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
 }
 trap cleanup EXIT
 
@@ -94,5 +96,7 @@ profile() { # NAME [FLAGS...]
 
 profile default
 profile none --policy none
+# The decision log's cost: the default policy with --access-log to a file.
+profile access_log --access-log "$tmp/decisions.log"
 echo
-echo "RESULT {\"requests\":$REQUESTS,\"instructions_per_request\":{\"default\":${per_request[default]},\"none\":${per_request[none]}}}"
+echo "RESULT {\"requests\":$REQUESTS,\"instructions_per_request\":{\"default\":${per_request[default]},\"none\":${per_request[none]},\"default_access_log\":${per_request[access_log]}}}"

@@ -14,8 +14,9 @@ typedef struct cache_key {
     unsigned char bytes[CACHE_KEY_BYTES];
 } cache_key;
 
-/* A keyer holds the secret and a prepared HMAC context. It is not thread-safe: each
- * event-loop thread uses its own (cache_keyer_clone), so keys agree across threads. */
+/* A keyer holds the secret and the HMAC's prepared inner and outer SHA-256 states; it is
+ * only read while keys are computed. Each event-loop thread still uses its own
+ * (cache_keyer_clone), so keys agree across threads and no cache line is shared. */
 typedef struct cache_keyer cache_keyer;
 
 /* Creates a keyer with a fresh secret from the OpenSSL CSPRNG. Returns NULL on failure.

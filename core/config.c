@@ -1,11 +1,13 @@
 /* config.c owns the command line: the flag table, defaults, parsing and --check output. */
 #include "config.h"
 
+#include "cpu_budget.h"
 #include "duration.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #ifndef TOKENGATE_VERSION
@@ -15,7 +17,7 @@
 #define TOKENGATE_GIT "unknown"
 #endif
 
-typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_DOUBLE, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
+typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_BYTES, FLAG_DOUBLE, FLAG_FRACTION, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
 
 /* One row per flag; offset locates the field in struct config. */
 typedef struct flag_spec {
@@ -47,9 +49,9 @@ static const flag_spec flag_table[] = {
      "proxy mode: forward the client's Authorization header. Off by default: the bearer token is a credential "
      "the upstream could replay against the API server or other services, and the upstream gets the identity "
      "in X-Remote-* instead"},
-    {"--max-body-bytes", FLAG_SIZE, FIELD(max_body_bytes),
+    {"--max-body-bytes", FLAG_BYTES, FIELD(max_body_bytes),
      "proxy mode: largest request body, buffered in memory before it is forwarded; larger: 413 "
-     "(default 10485760)"},
+     "(default 10Mi)"},
     {"--cache-ttl", FLAG_DURATION, FIELD(cache_ttl_ms), "positive TokenReview TTL (default 2m)"},
     {"--cache-negative-ttl", FLAG_DURATION, FIELD(cache_negative_ttl_ms),
      "TTL of authenticated:false verdicts (default 10s)"},
@@ -58,7 +60,7 @@ static const flag_spec flag_table[] = {
      "cache bound, all shards together (default 10000)"},
     {"--review-timeout", FLAG_DURATION, FIELD(review_timeout_ms),
      "hard deadline of one TokenReview (default 5s)"},
-    {"--max-token-bytes", FLAG_SIZE, FIELD(max_token_bytes), "longest accepted token (default 16384)"},
+    {"--max-token-bytes", FLAG_BYTES, FIELD(max_token_bytes), "longest accepted token (default 16Ki)"},
     {"--apiserver", FLAG_STRING, FIELD(apiserver), "API server URL, https://host:port"},
     {"--apiserver-ca", FLAG_STRING, FIELD(apiserver_ca), "CA bundle that signs the API server's certificate"},
     {"--apiserver-token-file", FLAG_STRING, FIELD(apiserver_token_file),
@@ -78,8 +80,8 @@ static const flag_spec flag_table[] = {
      "also reload the policy when its file changes (ConfigMap volumes swap a symlink)"},
     {"--policy-max-instructions", FLAG_SIZE, FIELD(policy_max_instructions),
      "Lua instructions one policy hook may run (default 1000000)"},
-    {"--policy-max-memory-bytes", FLAG_SIZE, FIELD(policy_max_memory_bytes),
-     "memory cap of each policy Lua state (default 67108864)"},
+    {"--policy-max-memory-bytes", FLAG_BYTES, FIELD(policy_max_memory_bytes),
+     "memory cap of each policy Lua state (default 64Mi)"},
     {"--sar-allowed-ttl", FLAG_DURATION, FIELD(sar_allowed_ttl_ms), "TTL of allowed SubjectAccessReviews (default 5m)"},
     {"--sar-denied-ttl", FLAG_DURATION, FIELD(sar_denied_ttl_ms), "TTL of denied SubjectAccessReviews (default 30s)"},
     {"--apiserver-qps", FLAG_DOUBLE, FIELD(apiserver_qps),
@@ -124,7 +126,9 @@ static const flag_spec flag_table[] = {
      "connection whose body would pass it is closed (default 134217728; 0: no bound)"},
     {"--admin-max-connections", FLAG_SIZE, FIELD(admin_max_connections),
      "admin listener: open connections at most; beyond it new ones wait in the accept queue (default 64)"},
-    {"--workers", FLAG_SIZE, FIELD(workers), "event-loop threads serving the main listener (default: online CPUs)"},
+    {"--workers", FLAG_SIZE, FIELD(workers),
+     "event-loop threads serving the main listener (default: the CPUs this process may use: the affinity mask, "
+     "capped by the cgroup CPU quota rounded up, at least 1)"},
     {"--cache-refresh-ahead", FLAG_PERCENT, FIELD(cache_refresh_ahead_percent),
      "a hit in the last PERCENT of a positive entry's TTL starts one background review and is answered from "
      "the cache at once (default 10%; 0: off)"},
@@ -138,9 +142,20 @@ static const flag_spec flag_table[] = {
      "check ServiceAccount JWTs against the cluster issuer's public keys before TokenReview and refuse "
      "forged, expired or wrong-audience ones without an API call: review-others (default: tokens that are not "
      "this issuer's JWTs still go to TokenReview), refuse-others (refuse them), off (docs/PREVERIFY.md)"},
-    {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error"},
+    {"--access-log", FLAG_STRING, FIELD(access_log),
+     "the decision log, one JSON line per answer (who, what, decided by which step, why): off (default), "
+     "stdout, or a file path (reopened on SIGUSR1, for logrotate); see docs/OPERATIONS.md"},
+    {"--access-log-sample-allowed", FLAG_FRACTION, FIELD(access_log_sample_allowed),
+     "share of allowed answers written to the decision log, 0 to 1 (default 1); refusals are always written"},
+    {"--log-level", FLAG_STRING, FIELD(log_level), "debug, info (default), warn, error (any case)"},
     {"--check", FLAG_BOOL, FIELD(check_only), "validate the configuration, print it, exit 0 or 1"},
 };
+
+/* The TTL defaults, also named in validate_ttl_caps' messages. */
+typedef struct config_defaults_ttl {
+    int64_t cache_ttl_ms, cache_negative_ttl_ms, cache_max_ttl_ms;
+} config_defaults_ttl;
+static const config_defaults_ttl default_ttls = {2 * 60 * 1000, 10 * 1000, 10 * 60 * 1000};
 
 static void config_defaults(config *cfg)
 {
@@ -148,13 +163,15 @@ static void config_defaults(config *cfg)
     cfg->listen = "0.0.0.0:8080";
     cfg->admin_listen = "127.0.0.1:9090";
     cfg->mode = "authz";
-    cfg->cache_ttl_ms = 2 * 60 * 1000;
-    cfg->cache_negative_ttl_ms = 10 * 1000;
-    cfg->cache_max_ttl_ms = 10 * 60 * 1000;
+    cfg->cache_ttl_ms = default_ttls.cache_ttl_ms;
+    cfg->cache_negative_ttl_ms = default_ttls.cache_negative_ttl_ms;
+    cfg->cache_max_ttl_ms = default_ttls.cache_max_ttl_ms;
     cfg->cache_max_entries = 10000;
     cfg->review_timeout_ms = 5000;
     cfg->max_token_bytes = 16384;
     cfg->log_level = "info";
+    cfg->access_log = "off";
+    cfg->access_log_sample_allowed = 1;
     cfg->forwarded_headers = "auto";
     cfg->jwt_preverify = "review-others";
     cfg->policy_max_instructions = 1000000;
@@ -176,7 +193,7 @@ static void config_defaults(config *cfg)
     cfg->max_unauthenticated_body_bytes = 65536;
     cfg->max_buffered_body_bytes = 128 * 1024 * 1024;
     cfg->admin_max_connections = 64;
-    cfg->workers = 0; /* 0: config_workers() answers the online CPUs */
+    cfg->workers = 0; /* 0: config_workers() answers the CPUs the process may use */
     cfg->cache_refresh_ahead_percent = 10;
     cfg->upstream_timeout_ms = 30000;
     cfg->upstream_max_connections = 128;
@@ -212,12 +229,17 @@ static void print_help(FILE *out)
         const char *arg = flag_table[i].kind == FLAG_BOOL       ? ""
                           : flag_table[i].kind == FLAG_DURATION ? " DURATION"
                           : flag_table[i].kind == FLAG_SIZE     ? " N"
+                          : flag_table[i].kind == FLAG_BYTES    ? " BYTES"
                           : flag_table[i].kind == FLAG_DOUBLE   ? " NUMBER"
+                          : flag_table[i].kind == FLAG_FRACTION ? " FRACTION"
                           : flag_table[i].kind == FLAG_PERCENT  ? " PERCENT"
                                                                 : " VALUE";
         fprintf(out, "  %s%s\n      %s\n", flag_table[i].name, arg, flag_table[i].help);
     }
-    fprintf(out, "  --help, --version\n\nDurations are Go-style: 500ms, 30s, 2m, 1h30m.\n");
+    fprintf(out, "  --help, --version\n\n"
+                 "Durations are Go-style: 500ms, 30s, 2m, 1h30m. BYTES are Kubernetes quantities: 16384, 16Ki,\n"
+                 "10Mi, 1Gi (powers of 1024) or 500k, 10M (powers of 1000). A flag without a value is true;\n"
+                 "--flag=true, --flag=false, --flag=1 and --flag=0 are accepted too.\n");
 }
 
 /* Splits text (a copy owned by cfg) on commas into cfg->audiences. */
@@ -267,6 +289,16 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
         if (parse_size(value, (size_t *)field) == 0) return 0;
         fprintf(out, "tokengate: %s: not a non-negative integer: \"%s\"\n", spec->name, value);
         return -1;
+    case FLAG_BYTES: {
+        uint64_t bytes = 0;
+        if (quantity_parse_bytes(value, 1ULL << 40, &bytes) == 0) {
+            *(size_t *)field = (size_t)bytes;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s: not a byte quantity: \"%s\" (use e.g. 16384, 16Ki, 10Mi, 1Gi, 500k)\n",
+                spec->name, value);
+        return -1;
+    }
     case FLAG_DOUBLE: {
         char *end = NULL;
         errno = 0;
@@ -276,6 +308,17 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
             return 0;
         }
         fprintf(out, "tokengate: %s: not a positive number: \"%s\"\n", spec->name, value);
+        return -1;
+    }
+    case FLAG_FRACTION: {
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (!errno && end != value && !*end && v >= 0 && v <= 1) {
+            *(double *)field = v;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s: not a number from 0 to 1: \"%s\"\n", spec->name, value);
         return -1;
     }
     case FLAG_PERCENT: {
@@ -294,10 +337,30 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
     case FLAG_AUDIENCES:
         return parse_audiences(cfg, value, out);
     case FLAG_BOOL:
-        *(bool *)field = true;
-        return 0;
+        /* No value: true. "--flag=VALUE": true/false/1/0, any case (templated manifests
+         * write "--flag={{ .Values.x }}"). Anything else is refused, not guessed. */
+        if (!value || strcasecmp(value, "true") == 0 || strcmp(value, "1") == 0) {
+            *(bool *)field = true;
+            return 0;
+        }
+        if (strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0) {
+            *(bool *)field = false;
+            return 0;
+        }
+        fprintf(out, "tokengate: %s=%s: use %s, %s=true or %s=false\n", spec->name, value, spec->name, spec->name,
+                spec->name);
+        return -1;
     }
     return -1;
+}
+
+/* The canonical spelling of a log level given in any case, or NULL. */
+static const char *canonical_log_level(const char *level)
+{
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+        if (strcasecmp(level, levels[i]) == 0) return levels[i];
+    return NULL;
 }
 
 config_action config_parse(config *cfg, int argc, char **argv, FILE *out)
@@ -330,10 +393,9 @@ config_action config_parse(config *cfg, int argc, char **argv, FILE *out)
         }
         const char *value = NULL;
         if (spec->kind == FLAG_BOOL) {
-            if (eq) {
-                fprintf(out, "tokengate: %s takes no value\n", spec->name);
-                return CONFIG_EXIT_ERROR;
-            }
+            /* A boolean takes its value only after '=': "--check false" would otherwise
+             * be ambiguous with a positional argument. */
+            if (eq) value = eq + 1;
         } else if (eq) {
             value = eq + 1;
         } else if (i + 1 < argc) {
@@ -344,6 +406,10 @@ config_action config_parse(config *cfg, int argc, char **argv, FILE *out)
         }
         if (apply_flag(cfg, spec, value, out) != 0) return CONFIG_EXIT_ERROR;
     }
+    /* "DEBUG" and "Info" mean what "debug" and "info" mean; an unknown level is left as
+     * given for config_validate to refuse. */
+    const char *level = canonical_log_level(cfg->log_level);
+    if (level) cfg->log_level = level;
     return CONFIG_RUN;
 }
 
@@ -420,6 +486,71 @@ static int validate_mode(const config *cfg, FILE *out)
     return rc;
 }
 
+/* One TTL flag above its cap would be clamped without a word, so the operator's number
+ * would not be the one in force. Refused (not warned): a warning scrolls past in a pod's
+ * log while the surprise lasts. The message names the value that is a default. */
+static int validate_ttl_caps(const config *cfg, FILE *out)
+{
+    const config_defaults_ttl defaults = default_ttls;
+    const struct {
+        const char *name;
+        int64_t value, default_value;
+    } capped[] = {
+        {"--cache-ttl", cfg->cache_ttl_ms, defaults.cache_ttl_ms},
+        {"--cache-negative-ttl", cfg->cache_negative_ttl_ms, defaults.cache_negative_ttl_ms},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(capped) / sizeof(capped[0]); i++) {
+        if (capped[i].value <= cfg->cache_max_ttl_ms) continue;
+        char value[32], cap[32];
+        duration_format(capped[i].value, value, sizeof(value));
+        duration_format(cfg->cache_max_ttl_ms, cap, sizeof(cap));
+        fprintf(out,
+                "tokengate: %s %s%s is above --cache-max-ttl %s%s: lower %s or raise --cache-max-ttl (no TTL may "
+                "exceed it)\n",
+                capped[i].name, value, capped[i].value == capped[i].default_value ? " (the default)" : "", cap,
+                cfg->cache_max_ttl_ms == defaults.cache_max_ttl_ms ? " (the default)" : "", capped[i].name);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* --access-log FILE: the file, or its directory when it does not exist yet, must be
+ * writable (checked without creating it: --check writes nothing). */
+static int validate_access_log(const config *cfg, FILE *out)
+{
+    const char *target = cfg->access_log;
+    if (!target[0]) {
+        fprintf(out, "tokengate: --access-log: use off, stdout or a file path\n");
+        return -1;
+    }
+    if (strcmp(target, "off") == 0 || strcmp(target, "stdout") == 0) {
+        if (strcmp(target, "off") == 0 && cfg->access_log_sample_allowed < 1) {
+            fprintf(out, "tokengate: --access-log-sample-allowed needs --access-log\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (access(target, F_OK) == 0) {
+        if (access(target, W_OK) == 0) return 0;
+        fprintf(out, "tokengate: --access-log %s: %s\n", target, strerror(errno));
+        return -1;
+    }
+    char dir[4096];
+    const char *slash = strrchr(target, '/');
+    size_t dir_len = slash ? (size_t)(slash - target) : 0;
+    if (dir_len >= sizeof(dir)) {
+        fprintf(out, "tokengate: --access-log: path too long\n");
+        return -1;
+    }
+    if (slash) memcpy(dir, target, dir_len);
+    dir[dir_len] = '\0';
+    const char *where = !slash ? "." : dir_len ? dir : "/";
+    if (access(where, W_OK) == 0) return 0;
+    fprintf(out, "tokengate: --access-log %s: cannot create it in %s: %s\n", target, where, strerror(errno));
+    return -1;
+}
+
 int config_validate(const config *cfg, FILE *out)
 {
     int rc = validate_mode(cfg, out);
@@ -441,6 +572,7 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --cache-max-entries must be at least 1\n");
         rc = -1;
     }
+    if (validate_ttl_caps(cfg, out) != 0) rc = -1;
     if (cfg->review_timeout_ms < 1) {
         fprintf(out, "tokengate: --review-timeout must be positive\n");
         rc = -1;
@@ -471,7 +603,8 @@ int config_validate(const config *cfg, FILE *out)
         rc = -1;
     }
     if (cfg->workers > CONFIG_MAX_WORKERS) {
-        fprintf(out, "tokengate: --workers must be between 1 and %d (0 or unset: online CPUs)\n", CONFIG_MAX_WORKERS);
+        fprintf(out, "tokengate: --workers must be between 1 and %d (0 or unset: the CPUs this process may use)\n",
+                CONFIG_MAX_WORKERS);
         rc = -1;
     }
     if (cfg->watch_pods && !cfg->watch_revocations) {
@@ -495,8 +628,8 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
         rc = -1;
     }
-    if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
-        strcmp(cfg->log_level, "warn") && strcmp(cfg->log_level, "error")) {
+    if (validate_access_log(cfg, out) != 0) rc = -1;
+    if (!canonical_log_level(cfg->log_level)) {
         fprintf(out, "tokengate: --log-level %s: use debug, info, warn or error\n", cfg->log_level);
         rc = -1;
     }
@@ -563,19 +696,31 @@ void config_print(const config *cfg, FILE *out)
         fprintf(out, "max-unauthenticated-body-bytes: %zu\nmax-buffered-body-bytes: %zu%s\n",
                 cfg->max_unauthenticated_body_bytes, cfg->max_buffered_body_bytes,
                 cfg->max_buffered_body_bytes ? "" : " (no bound)");
-    fprintf(out, "workers: %zu%s\ncache-refresh-ahead: %u%%%s\n", config_workers(cfg),
-            cfg->workers ? "" : " (online CPUs)", cfg->cache_refresh_ahead_percent,
+    char workers_why[CONFIG_WORKERS_WHY_MAX];
+    size_t workers = config_workers(cfg, workers_why, sizeof(workers_why));
+    fprintf(out, "workers: %zu (%s)\ncache-refresh-ahead: %u%%%s\n", workers, workers_why,
+            cfg->cache_refresh_ahead_percent,
             cfg->cache_refresh_ahead_percent ? "" : " (off)");
     fprintf(out, "watch-revocations: %s\n",
             cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
     fprintf(out, "jwt-preverify: %s\n", cfg->jwt_preverify);
+    if (cfg->access_log_sample_allowed < 1 && strcmp(cfg->access_log, "off") != 0)
+        fprintf(out, "access-log: %s (allowed answers sampled at %g, refusals all)\n", cfg->access_log,
+                cfg->access_log_sample_allowed);
+    else
+        fprintf(out, "access-log: %s\n", cfg->access_log);
     fprintf(out, "log-level: %s\n", cfg->log_level);
 }
 
-size_t config_workers(const config *cfg)
+size_t config_workers(const config *cfg, char *why, size_t why_cap)
 {
-    if (cfg->workers) return cfg->workers;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) return 1;
-    return n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (size_t)n;
+    if (cfg->workers) {
+        if (why) snprintf(why, why_cap, "--workers");
+        return cfg->workers;
+    }
+    cpu_budget budget;
+    cpu_budget_detect(&budget);
+    size_t n = budget.cpus > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : budget.cpus;
+    if (why) snprintf(why, why_cap, "%s%s", budget.why, n < budget.cpus ? "; at most 64" : "");
+    return n;
 }

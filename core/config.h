@@ -13,6 +13,7 @@
 #define CONFIG_MAX_AUDIENCES 16
 #define CONFIG_AUDIENCES_TEXT_MAX 4096
 #define CONFIG_MAX_WORKERS 64
+#define CONFIG_WORKERS_WHY_MAX 1600 /* config_workers' explanation, at most */
 
 typedef enum { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERROR } config_action;
 
@@ -67,7 +68,7 @@ typedef struct config {
     size_t admin_max_connections;          /* admin listener: open connections at most */
 
     /* Performance (issue: workers). */
-    size_t workers;                 /* event-loop threads serving the main listener; 0 = online CPUs */
+    size_t workers;                 /* event-loop threads serving the main listener; 0 = the CPU budget */
     unsigned cache_refresh_ahead_percent; /* refresh a hit entry in this last share of its TTL; 0: off */
 
     /* Revocation watches (docs/REVOCATION.md). */
@@ -95,6 +96,11 @@ typedef struct config {
     size_t max_body_bytes;           /* largest request body forwarded; larger: 413 */
     bool upstream_keep_authorization; /* forward the client's Authorization header (default: removed) */
 
+    /* The decision log (core/access_log.h): "off" (default), "stdout" or a file path;
+     * allowed answers written at this rate (0 to 1), every refusal always. */
+    const char *access_log;
+    double access_log_sample_allowed;
+
     const char *log_level;
     bool check_only; /* --check */
 } config;
@@ -113,8 +119,9 @@ int config_validate(const config *cfg, FILE *out);
  * the API server, for apiserver_resolve(). in points into cfg and the environment. */
 void config_apiserver_inputs(const config *cfg, apiserver_inputs *in);
 
-/* --workers, or the online CPUs when unset (1 to CONFIG_MAX_WORKERS). */
-size_t config_workers(const config *cfg);
+/* --workers, or when unset the CPUs this process may use (core/cpu_budget.h): 1 to
+ * CONFIG_MAX_WORKERS. When why is not NULL, it receives how the number was decided. */
+size_t config_workers(const config *cfg, char *why, size_t why_cap);
 
 /* True with --mode proxy. */
 bool config_proxy_mode(const config *cfg);

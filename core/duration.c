@@ -1,4 +1,4 @@
-/* duration.c owns parsing and printing of Go-style durations. */
+/* duration.c owns the units of flag values: Go-style durations and byte quantities. */
 #include "duration.h"
 
 #include <stdbool.h>
@@ -94,4 +94,63 @@ void duration_format(int64_t ms, char *out, size_t cap)
     if (h) used += (size_t)snprintf(out + used, cap - used, "%lldh", h);
     if (m && used < cap) used += (size_t)snprintf(out + used, cap - used, "%lldm", m);
     if (sec && used < cap) snprintf(out + used, cap - used, "%llds", sec);
+}
+
+/* Quantity suffixes, longest first so that "Mi" is not read as "M" followed by junk. */
+static const struct quantity_suffix {
+    const char *name;
+    uint64_t multiplier;
+} quantity_suffixes[] = {
+    {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30}, {"Ti", 1ULL << 40},
+    {"k", 1000ULL},     {"M", 1000000ULL},  {"G", 1000000000ULL}, {"T", 1000000000000ULL},
+};
+
+int quantity_parse_bytes(const char *s, uint64_t max, uint64_t *out_bytes)
+{
+    if (!s || !*s) return -1;
+    const char *p = s;
+    /* Digits beyond 19 would overflow; a quantity that long is refused anyway. */
+    uint64_t whole = 0;
+    size_t int_digits = 0;
+    while (*p >= '0' && *p <= '9') {
+        if (whole > (UINT64_MAX - 9) / 10) return -1;
+        whole = whole * 10 + (uint64_t)(*p - '0');
+        p++;
+        int_digits++;
+    }
+    uint64_t frac = 0, scale = 1;
+    size_t frac_digits = 0;
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') {
+            if (frac_digits == 18) return -1; /* more precision than any byte count needs */
+            frac = frac * 10 + (uint64_t)(*p - '0');
+            scale *= 10;
+            p++;
+            frac_digits++;
+        }
+        if (frac_digits == 0) return -1; /* "1." */
+    }
+    if (int_digits == 0) return -1; /* ".5Mi", "Mi", "-1" */
+    uint64_t multiplier = 1;
+    if (*p) {
+        const struct quantity_suffix *suffix = NULL;
+        for (size_t i = 0; i < sizeof(quantity_suffixes) / sizeof(quantity_suffixes[0]); i++) {
+            if (strcmp(p, quantity_suffixes[i].name) == 0) {
+                suffix = &quantity_suffixes[i];
+                break;
+            }
+        }
+        if (!suffix) return -1;
+        multiplier = suffix->multiplier;
+    }
+    if (whole > max / multiplier) return -1;
+    uint64_t bytes = whole * multiplier;
+    /* frac < scale <= 1e18 and multiplier <= 2^40: multiply in 128 bits, exactly. */
+    unsigned __int128 frac_bytes = (unsigned __int128)frac * multiplier;
+    if (frac_bytes % scale != 0) return -1; /* "1.5" bytes, "0.1Ki" */
+    uint64_t extra = (uint64_t)(frac_bytes / scale);
+    if (extra > max - bytes) return -1;
+    *out_bytes = bytes + extra;
+    return 0;
 }

@@ -103,7 +103,7 @@ static void on_jwks(const api_response *response, void *arg)
     if (changed) {
         char count[16];
         snprintf(count, sizeof(count), "%zu", jwks_count(keys));
-        log_info("issuer keys loaded for --jwt-preverify", "issuer", src->issuer, "keys", count, NULL);
+        log_info("issuer keys loaded for --jwt-preverify", "issuer", src->issuer, LOG_NUMBER "keys", count, NULL);
     }
     src->fetching = false;
     src->failures = 0;

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -76,13 +77,43 @@ static char *begin_line(char *line, char *end, log_level level, const char *msg)
     return append_json_string(pos, end, msg);
 }
 
-/* Appends ,"key":"value" (value NULL: null). */
+/* True when s is a number by JSON's grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+ * (no "+1", "01", ".5", "1.", "NaN" or "inf"), and short enough to be a count or a time. */
+static bool is_json_number(const char *s)
+{
+    const char *p = s;
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9')
+        while (*p >= '0' && *p <= '9') p++;
+    else
+        return false;
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9')) return false;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!(*p >= '0' && *p <= '9')) return false;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == '\0' && p - s <= 32;
+}
+
+/* Appends ,"key":"value" (value NULL: null; key marked LOG_NUMBER: a number if it is one). */
 static char *append_pair(char *pos, char *end, const char *key, const char *value)
 {
+    bool number = key[0] == LOG_NUMBER[0];
+    if (number) key++;
     pos = append_raw(pos, end, ",");
     pos = append_json_string(pos, end, key);
     pos = append_raw(pos, end, ":");
-    return value ? append_json_string(pos, end, value) : append_raw(pos, end, "null");
+    if (!value) return append_raw(pos, end, "null");
+    /* A number cut off at the end of the buffer would change its value: only whole. */
+    if (number && is_json_number(value) && (size_t)(end - pos) > strlen(value)) return append_raw(pos, end, value);
+    return append_json_string(pos, end, value);
 }
 
 /* Closes the object (end leaves room for it) and writes the line with one write(2). */

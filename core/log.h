@@ -1,7 +1,8 @@
 /* JSON log lines on stderr.
  *
  * One event per line: {"ts":"...","level":"info","msg":"...", key: value ...}. Fields are
- * string key/value pairs; values are JSON-escaped. Nothing secret may be passed here: the
+ * key/value pairs given as strings; values are JSON-escaped strings, or numbers where the
+ * caller marks the key (LOG_NUMBER). Nothing secret may be passed here: the
  * callers log a token only as its token_id (first 8 hex digits of its cache key). */
 #ifndef TOKENGATE_LOG_H
 #define TOKENGATE_LOG_H
@@ -16,7 +17,9 @@ typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 void log_set_level(log_level level);
 
 /* Writes one line: msg plus NULL-terminated (key, value) string pairs. A NULL value is
- * written as JSON null. Thread-safe: the line is formatted in a local buffer (truncated at
+ * written as JSON null. A key that starts with LOG_NUMBER ("#") is written without it, and
+ * its value as a JSON number ("workers":2) when the value is one by JSON's grammar, else as
+ * a string: a log line is always valid JSON, and a field's type never depends on luck. Thread-safe: the line is formatted in a local buffer (truncated at
  * 4 KiB) and written with one write(2). */
 void log_event(log_level level, const char *msg, ...);
 
@@ -40,6 +43,8 @@ typedef struct log_ratelimit {
  * written now, with *held_back set to the occurrences suppressed since the previous line;
  * false (and counted) otherwise. */
 bool log_ratelimit_allow(log_ratelimit *rl, int64_t now_ms, uint64_t *held_back);
+/* Marks a key whose value is a number: log_info("listening", LOG_NUMBER "workers", "2", NULL). */
+#define LOG_NUMBER "#"
 
 #define log_info(...) log_event(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_event(LOG_WARN, __VA_ARGS__)

@@ -1,8 +1,13 @@
 /* metrics.c owns the metric names, bucket bounds and the Prometheus text rendering. */
 #include "metrics.h"
 
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <luajit.h>
+#include <openssl/crypto.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -117,6 +122,52 @@ static double process_cpu_seconds(void)
            ru.ru_stime.tv_usec / 1e6;
 }
 
+#ifndef TOKENGATE_VERSION
+#define TOKENGATE_VERSION "0.0.0"
+#endif
+#ifndef TOKENGATE_GIT
+#define TOKENGATE_GIT "unknown"
+#endif
+
+/* Appends value as a Prometheus label value (\\, \" and \n escaped). */
+static int add_label_value(struct evbuffer *out, const char *value)
+{
+    int rc = 0;
+    for (const char *p = value; *p && !rc; p++) {
+        const char *esc = *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : *p == '\n' ? "\\n" : NULL;
+        rc = esc ? evbuffer_add(out, esc, 2) : evbuffer_add(out, p, 1);
+    }
+    return rc;
+}
+
+/* tokengate_build_info{version,revision,luajit,openssl,libevent,libcurl} 1: which build
+ * runs where (join it to other series with `* on (instance) group_left(version)`). The
+ * library versions are the ones loaded at run time, not the headers'. */
+static int render_build_info(struct evbuffer *out)
+{
+    const curl_version_info_data *curl = curl_version_info(CURLVERSION_NOW);
+    const struct {
+        const char *name, *value;
+    } labels[] = {
+        {"version", TOKENGATE_VERSION},
+        {"revision", TOKENGATE_GIT},
+        {"luajit", LUAJIT_VERSION},
+        {"openssl", OpenSSL_version(OPENSSL_VERSION)},
+        {"libevent", event_get_version()},
+        {"libcurl", curl && curl->version ? curl->version : "unknown"},
+    };
+    int rc = evbuffer_add_printf(out, "# HELP tokengate_build_info The running build: version, git revision and "
+                                      "library versions; always 1.\n"
+                                      "# TYPE tokengate_build_info gauge\ntokengate_build_info{") < 0;
+    for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
+        rc |= evbuffer_add_printf(out, "%s%s=\"", i ? "," : "", labels[i].name) < 0;
+        rc |= add_label_value(out, labels[i].value) != 0;
+        rc |= evbuffer_add(out, "\"", 1) != 0;
+    }
+    rc |= evbuffer_add(out, "} 1\n", 4) != 0;
+    return rc;
+}
+
 int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics_gauges *g)
 {
     int rc = render_review_family(out, "tokenreview", &m->tokenreview, g->tokenreview_cache_entries,
@@ -182,6 +233,16 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          m->policy_errors);
     rc |= render_gauge(out, "gateway_policy_last_reload_success_timestamp_seconds",
                        "When the running policy was loaded (Unix time).", m->policy_last_reload_success_s);
+    rc |= render_gauge(out, "gateway_policy_last_reload_failed",
+                       "1 when the latest policy load (SIGHUP, --policy-watch) failed and the previous policy "
+                       "kept running; stays 1 until a load succeeds.",
+                       g->policy_last_reload_failed ? 1 : 0);
+    rc |= render_gauge(out, "gateway_policy_file_in_sync",
+                       "1 when the running policy is the --policy file as it is on disk now (always 1 for the "
+                       "built-in policy and --policy none); 0 when the file changed since it was loaded, or "
+                       "cannot be read.",
+                       g->policy_file_in_sync ? 1 : 0);
+    rc |= render_build_info(out);
     rc |= evbuffer_add_printf(out, "# HELP gateway_requests_total Answered requests by HTTP status.\n"
                                    "# TYPE gateway_requests_total counter\n") < 0;
     for (int s = METRICS_STATUS_MIN; s <= METRICS_STATUS_MAX; s++) {
@@ -213,6 +274,14 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          "accept() failures on the listeners (out of file descriptors or memory).", m->accept_errors);
     rc |= render_counter(out, "gateway_accept_backoffs_total",
                          "Times a listener stopped accepting for a moment after such a failure.", m->accept_backoffs);
+    rc |= evbuffer_add_printf(out, "# HELP gateway_access_log_lines_total Decision log (--access-log) lines: "
+                                   "written, left out by --access-log-sample-allowed, or lost to a failed write.\n"
+                                   "# TYPE gateway_access_log_lines_total counter\n"
+                                   "gateway_access_log_lines_total{result=\"written\"} %llu\n"
+                                   "gateway_access_log_lines_total{result=\"sampled_out\"} %llu\n"
+                                   "gateway_access_log_lines_total{result=\"dropped\"} %llu\n",
+                              (unsigned long long)m->access_log_written, (unsigned long long)m->access_log_sampled_out,
+                              (unsigned long long)m->access_log_dropped) < 0;
     rc |= render_gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.",
                        g->process_start_time_seconds);
     rc |= render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
@@ -260,4 +329,7 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from)
     into->unauthenticated_bodies += from->unauthenticated_bodies;
     into->accept_errors += from->accept_errors;
     into->accept_backoffs += from->accept_backoffs;
+    into->access_log_written += from->access_log_written;
+    into->access_log_sampled_out += from->access_log_sampled_out;
+    into->access_log_dropped += from->access_log_dropped;
 }

@@ -8,6 +8,7 @@
 #define TOKENGATE_METRICS_H
 
 #include <event2/buffer.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +66,10 @@ typedef struct gateway_metrics {
     uint64_t unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
     uint64_t accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
     uint64_t accept_backoffs;        /* gateway_accept_backoffs_total */
+    /* --access-log lines (summed from the workers' buffers at scrape time) */
+    uint64_t access_log_written;
+    uint64_t access_log_sampled_out;
+    uint64_t access_log_dropped;
 } gateway_metrics;
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);
@@ -103,6 +108,8 @@ typedef struct metrics_gauges {
     size_t workers;           /* gateway_workers */
     size_t connections_open;  /* gateway_connections_open: main-listener connections, all workers */
     size_t connections_limit; /* gateway_connections_limit: --max-connections */
+    bool policy_last_reload_failed; /* the latest load attempt failed (until one succeeds) */
+    bool policy_file_in_sync;       /* the running policy is the file on disk */
 } metrics_gauges;
 
 /* Appends the whole exposition to out. Returns 0, or -1 if out could not grow. */

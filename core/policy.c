@@ -835,6 +835,20 @@ fail:
     return -1;
 }
 
+bool policy_host_file_matches(const policy_host *host)
+{
+    if (!host->current) return false;
+    if (!host->path || strcmp(host->path, "(built-in default)") == 0) return true;
+    char err[256];
+    size_t len = 0;
+    char *source = read_policy_file(host->path, &len, err, sizeof(err));
+    if (!source) return false;
+    char now_hex[65];
+    sha256_hex(source, len, now_hex);
+    free(source);
+    return strcmp(now_hex, host->sha256_hex) == 0;
+}
+
 void policy_host_info(const policy_host *host, policy_info *out)
 {
     memset(out, 0, sizeof(*out));

@@ -64,6 +64,12 @@ void policy_host_free(policy_host *host);
  * kept, err receives the Lua error with file and line, and -1 is returned. */
 int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap);
 
+/* True when the running policy is what its file holds now: the file's sha256 equals the
+ * loaded source's (always true for the built-in default). False when the file changed
+ * since the last successful load, cannot be read, or nothing is loaded. Reads the file:
+ * for the admin listener, not the request path. */
+bool policy_host_file_matches(const policy_host *host);
+
 /* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
  * out->kind is POLICY_ERROR with out->message set. */
 void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,

@@ -265,7 +265,7 @@ static void circuit_failure(review_engine *engine, int64_t now)
         engine->stats.circuit_opens++;
         char n[32];
         snprintf(n, sizeof(n), "%d", engine->consecutive_failures);
-        log_warn("API server failing; circuit open: reviews fail fast until a probe succeeds", "consecutive_failures",
+        log_warn("API server failing; circuit open: reviews fail fast until a probe succeeds", LOG_NUMBER "consecutive_failures",
                  n, NULL);
     }
 }

@@ -623,7 +623,7 @@ static void fail(resource_watch *r, revocation_error e, next_step next, const ch
     snprintf(delay_text, sizeof(delay_text), "%lld", (long long)delay);
     snprintf(failures, sizeof(failures), "%u", r->failures);
     log_warn("revocation watch down: cached identities expire at their normal TTL until it is back", "resource",
-             resource_names[r->kind], "reason", error_names[e], "detail", detail, "failures", failures, "retry_ms",
+             resource_names[r->kind], "reason", error_names[e], "detail", detail, LOG_NUMBER "failures", failures, LOG_NUMBER "retry_ms",
              delay_text, NULL);
     schedule(r, next, delay);
 }

@@ -7,6 +7,7 @@
 #include "server.h"
 
 #include "accept_backoff.h"
+#include "access_log.h"
 #include "api_client.h"
 #include "cache_key.h"
 #include "conn_limit.h"
@@ -58,6 +59,8 @@ typedef struct server {
     conn_limit *admin_limit;       /* --admin-max-connections */
     accept_backoff *admin_backoff; /* pauses the admin listener when accept() runs out of fds */
     struct event *sigterm_event, *sigint_event, *sighup_event;
+    struct event *sigusr1_event; /* reopens --access-log */
+    access_log *access_log;      /* --access-log; NULL: off. Freed after the workers. */
     struct event *probe_timer;
     struct event *policy_watch_timer;
     struct stat policy_file_stat; /* what --policy-watch compares against */
@@ -362,7 +365,14 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         .process_start_time_seconds = srv->start_time_s,
         .workers = srv->n_workers,
         .connections_limit = srv->cfg->max_connections,
+        .policy_file_in_sync = true,
     };
+    if (srv->policy) {
+        policy_info info;
+        policy_host_info(srv->policy, &info);
+        g.policy_last_reload_failed = info.last_error[0] != '\0';
+        g.policy_file_in_sync = policy_host_file_matches(srv->policy);
+    }
     review_engine_get_stats(srv->reviews, &g.engine);
     /* Each worker keeps its own counters (no shared cache line on the hot path); the
      * exposition is their sum with the control thread's. */
@@ -439,7 +449,7 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     srv->metrics.cache_flushes++;
     char count[32];
     snprintf(count, sizeof(count), "%zu", flushed);
-    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, "entries",
+    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, LOG_NUMBER "entries",
              count, NULL);
     struct evbuffer *buf = evbuffer_new();
     if (buf) evbuffer_add_printf(buf, "{\"flushed\":%zu}\n", flushed);
@@ -573,6 +583,20 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     server *srv = arg;
     if (srv->policy) load_policy(srv, "SIGHUP");
     if (srv->tls.ctx) load_tls(srv, "SIGHUP");
+}
+
+/* SIGUSR1: reopen the decision log file (logrotate renamed it), as nginx does. */
+static void on_sigusr1(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    server *srv = arg;
+    if (!srv->access_log) return;
+    char err[512];
+    if (access_log_reopen(srv->access_log, err, sizeof(err)) != 0)
+        log_error("cannot reopen the decision log; it stays on the old file", "error", err, NULL);
+    else
+        log_info("decision log reopened", "trigger", "SIGUSR1", "path", srv->cfg->access_log, NULL);
 }
 
 static bool same_file_version(const struct stat *a, const struct stat *b)
@@ -714,7 +738,7 @@ static void on_shutdown_tick(evutil_socket_t fd, short what, void *arg)
     } else if (monotonic_ms() >= srv->shutdown_deadline_ms) {
         char n[32];
         snprintf(n, sizeof(n), "%zu", waiting);
-        log_warn("stopped: --shutdown-grace ran out", "requests_waiting", n, NULL);
+        log_warn("stopped: --shutdown-grace ran out", LOG_NUMBER "requests_waiting", n, NULL);
         stop_now(srv);
     }
 }
@@ -733,7 +757,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     srv->shutdown_deadline_ms = monotonic_ms() + srv->cfg->shutdown_grace_ms;
     char grace[32];
     snprintf(grace, sizeof(grace), "%lld", (long long)srv->cfg->shutdown_grace_ms);
-    log_info("stopping: finishing in-flight requests", "signal", name, "grace_ms", grace, NULL);
+    log_info("stopping: finishing in-flight requests", "signal", name, LOG_NUMBER "grace_ms", grace, NULL);
     post_to_workers(srv, MAIL_STOP_ACCEPTING);
     struct timeval every = {0, 20000};
     if (!srv->shutdown_timer || evtimer_add(srv->shutdown_timer, &every) != 0) stop_now(srv);
@@ -789,6 +813,23 @@ static int listen_socket(const struct sockaddr *addr, socklen_t addr_len, bool r
     return fd;
 }
 
+/* True when some socket (another process's, typically another gateway's) already holds
+ * addr. Probed with a bind without SO_REUSEPORT: the kernel refuses it while any socket is
+ * bound to the port, with or without SO_REUSEPORT; SO_REUSEADDR keeps TIME_WAIT leftovers
+ * of a previous run from counting. Two gateways started within the same few microseconds
+ * could both pass; the probe is for the usual mistake (a second Deployment, a forgotten
+ * process), where SO_REUSEPORT would otherwise share the port silently. */
+static bool address_taken(const struct sockaddr *addr, socklen_t addr_len)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false; /* the real bind will report the problem */
+    int one = 1;
+    bool taken = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 && bind(fd, addr, addr_len) != 0 &&
+                 errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
 /* The main listener: one socket per worker on the same address (SO_REUSEPORT: the kernel
  * spreads new connections across them), so no worker waits on another's accept. The
  * first socket picks the port (":0" = a free one), the others bind exactly that. Logs the
@@ -807,6 +848,14 @@ static int open_main_listeners(const char *hostport, size_t n, int *fds)
     struct addrinfo *ai = NULL;
     if (getaddrinfo(host[0] ? host : NULL, port_text, &hints, &ai) != 0 || !ai) {
         log_error("cannot resolve the listen address", "listener", "main", "addr", hostport, NULL);
+        return -1;
+    }
+    /* One gateway per port: SO_REUSEPORT is for this process's workers only. */
+    if (port != 0 && address_taken(ai->ai_addr, ai->ai_addrlen)) {
+        log_error("another process already listens on this address; refusing to share it (stop it or choose "
+                  "another --listen)",
+                  "listener", "main", "addr", hostport, NULL);
+        freeaddrinfo(ai);
         return -1;
     }
     struct sockaddr_storage bound;
@@ -828,7 +877,7 @@ static int open_main_listeners(const char *hostport, size_t n, int *fds)
     format_sockaddr(&bound, addr, sizeof(addr));
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", n);
-    log_info("listening", "listener", "main", "addr", addr, "workers", workers, NULL);
+    log_info("listening", "listener", "main", "addr", addr, LOG_NUMBER "workers", workers, NULL);
     return 0;
 }
 
@@ -916,6 +965,8 @@ static void server_teardown(server *srv)
     if (srv->sigterm_event) event_free(srv->sigterm_event);
     if (srv->sigint_event) event_free(srv->sigint_event);
     if (srv->sighup_event) event_free(srv->sighup_event);
+    if (srv->sigusr1_event) event_free(srv->sigusr1_event);
+    access_log_free(srv->access_log); /* the workers that wrote to it are gone */
     if (srv->policy_watch_timer) event_free(srv->policy_watch_timer);
     if (srv->shutdown_timer) event_free(srv->shutdown_timer);
     SSL_CTX_free(srv->tls.ctx);
@@ -947,6 +998,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .upstream_max_connections = (cfg->upstream_max_connections + n - 1) / n,
         .jwks = srv->jwks,
         .max_buffered_body_bytes = (cfg->max_buffered_body_bytes + n - 1) / n,
+        .access_log = srv->access_log,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -965,7 +1017,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
     if (!srv) return 1;
     srv->cfg = cfg;
     int rc = 1;
-    size_t n_workers = config_workers(cfg);
+    char workers_why[CONFIG_WORKERS_WHY_MAX]; /* how the worker count was decided, for the start-up log */
+    size_t n_workers = config_workers(cfg, workers_why, sizeof(workers_why));
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     srv->start_time_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
@@ -1059,6 +1112,14 @@ int server_run(const config *cfg, const apiserver_settings *api)
     if (cfg->tls_cert_file && load_tls(srv, "start-up") != 0) goto done;
     fd_limit_ensure(fd_limit_needed(cfg->max_connections, cfg->admin_max_connections,
                                     config_proxy_mode(cfg) ? cfg->upstream_max_connections : 0, n_workers));
+    if (strcmp(cfg->access_log, "off") != 0) {
+        char err[512];
+        srv->access_log = access_log_open(cfg->access_log, cfg->access_log_sample_allowed, err, sizeof(err));
+        if (!srv->access_log) {
+            log_error("cannot open the decision log", "error", err, NULL);
+            goto done;
+        }
+    }
     int fds[CONFIG_MAX_WORKERS];
     if (open_main_listeners(cfg->listen, n_workers, fds) != 0 || start_workers(srv, fds, n_workers) != 0) goto done;
 
@@ -1090,9 +1151,10 @@ int server_run(const config *cfg, const apiserver_settings *api)
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
     srv->sighup_event = evsignal_new(srv->base, SIGHUP, on_sighup, srv);
-    if (!srv->sigterm_event || !srv->sigint_event || !srv->sighup_event ||
+    srv->sigusr1_event = evsignal_new(srv->base, SIGUSR1, on_sigusr1, srv);
+    if (!srv->sigterm_event || !srv->sigint_event || !srv->sighup_event || !srv->sigusr1_event ||
         evsignal_add(srv->sigterm_event, NULL) != 0 || evsignal_add(srv->sigint_event, NULL) != 0 ||
-        evsignal_add(srv->sighup_event, NULL) != 0)
+        evsignal_add(srv->sighup_event, NULL) != 0 || evsignal_add(srv->sigusr1_event, NULL) != 0)
         goto done;
     /* Signals go to the control thread only: workers block them (they inherit this mask). */
     sigset_t blocked, previous;
@@ -1100,6 +1162,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     sigaddset(&blocked, SIGTERM);
     sigaddset(&blocked, SIGINT);
     sigaddset(&blocked, SIGHUP);
+    sigaddset(&blocked, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &blocked, &previous);
     bool started_all = true;
     for (size_t i = 0; i < srv->n_workers; i++)
@@ -1126,7 +1189,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", srv->n_workers);
     log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
-             apiserver_source_name(api->source), "upstream", cfg->upstream, "workers", workers, NULL);
+             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers, "workers_from",
+             workers_why, NULL);
     event_base_dispatch(srv->base);
     rc = 0;
 join:

@@ -368,7 +368,7 @@ static void transfer_fail(proxy_transfer *t, int status, const char *why)
 {
     char code[8];
     snprintf(code, sizeof(code), "%d", status);
-    log_warn("upstream request failed", "status", code, "error", why, "answer_started",
+    log_warn("upstream request failed", LOG_NUMBER "status", code, "error", why, "answer_started",
              t->reply_started ? "yes" : "no", NULL);
     if (!t->reply_started) {
         struct evhttp_request *req = t->req;

@@ -6,6 +6,7 @@
 #include "worker.h"
 
 #include "accept_backoff.h"
+#include "access_log.h"
 #include "bearer.h"
 #include "conn_guard.h"
 #include "identity.h"
@@ -40,6 +41,8 @@
 #define ADOPT_BATCH_MAX 256 /* connections accepted in one loop turn before they are adopted */
 #define DIGEST_MEMO_SLOTS 64         /* identities whose digest a worker remembers */
 #define DIGEST_MEMO_IDENTITY_MAX 1024 /* longer identities are hashed every time */
+#define SAR_KEY_MEMO_SLOTS 32          /* SubjectAccessReview keys a worker remembers */
+#define SAR_KEY_MEMO_MATERIAL_MAX 512  /* longer questions are keyed every time */
 
 /* The last identities seen by this worker's SubjectAccessReview step and their digests:
  * the same few callers come back on every request, and their identities arrive as fresh
@@ -49,6 +52,28 @@ typedef struct digest_memo_slot {
     unsigned char digest[IDENTITY_DIGEST_BYTES];
     unsigned char identity[DIGEST_MEMO_IDENTITY_MAX];
 } digest_memo_slot;
+
+/* What the decision log says about the request being answered, filled along the request
+ * path with --access-log (w->access_log set) and read by reply(). The pointers are valid
+ * until the reply: they point into the request, the cache's copy or the caller's stack. */
+typedef struct decision_note {
+    decision_source source;
+    int cache_hit;                     /* the token's verdict was cached: 1, 0, -1 (no token) */
+    const unsigned char *identity;     /* packed identity, or NULL */
+    size_t identity_len;
+    const char *method;                /* as judged; NULL: the request's own */
+    const char *path;                  /* as judged, without the query; NULL: the request's own */
+} decision_note;
+
+/* The last SubjectAccessReview keys this worker computed, by what they were computed from
+ * (the identity's digest and the attributes, in an injective encoding of this file's own,
+ * compared byte for byte): the same callers ask the same questions, and each key is an
+ * HMAC of two to three SHA-256 blocks. Holds no secret: digests and attributes only. */
+typedef struct sar_key_memo_slot {
+    size_t len; /* 0: empty */
+    cache_key key;
+    unsigned char material[SAR_KEY_MEMO_MATERIAL_MAX];
+} sar_key_memo_slot;
 
 /* --forwarded-headers, decided once (proxy mode: always the request itself). */
 typedef enum { FORWARDED_AUTO, FORWARDED_TRAEFIK, FORWARDED_NGINX, FORWARDED_NONE } forwarded_mode;
@@ -89,12 +114,23 @@ struct worker {
     conn_guard_set *guards; /* request deadlines and body bounds per connection */
     accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
+    sar_key_memo_slot sar_key_memo[SAR_KEY_MEMO_SLOTS];
+
+    /* --access-log: the shared log (NULL: off), this worker's buffer, its flush timer and
+     * the note of the request being answered. */
+    const access_log *access_log;
+    access_log_buffer *access_log_buffer;
+    struct event *access_log_timer;
+    decision_note note;
 };
 
-/* A request handed to the upstream: what its end needs for the metrics. */
+/* A request handed to the upstream: what its end needs for the metrics and, with
+ * --access-log, a copy of its decision note (the strings follow the struct). */
 typedef struct proxied_request {
     worker *w;
     struct timespec started;
+    decision_note note;
+    char storage[];
 } proxied_request;
 
 /* One request waiting for a review; freed by the reply. In the SubjectAccessReview stage
@@ -106,6 +142,7 @@ typedef struct authz_request {
     struct timespec started;
     review_waiter waiter;
     char token_id[9];
+    int token_cache_hit; /* SAR stage: the decision note's cache_hit when the SAR was asked */
     size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
@@ -121,6 +158,8 @@ static void send_review(worker *w, struct authz_request *ar, review_kind_id whic
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
                          size_t n_audiences, const cache_key *key);
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
+struct proxied_request;
+static void record_proxied_decision(struct proxied_request *p, int status, double latency_s);
 
 static double seconds_since(const struct timespec *start)
 {
@@ -143,6 +182,71 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     case EVHTTP_REQ_PATCH: return "PATCH";
     }
     return "GET";
+}
+
+/* ---- the decision log ------------------------------------------------------------------ */
+
+/* Starts the note of a request (or of its next stage after a review). */
+static void note_begin(worker *w, decision_source source, int cache_hit)
+{
+    if (!w->access_log) return;
+    w->note = (decision_note){.source = source, .cache_hit = cache_hit};
+}
+
+/* Completes e with the noted identity (user, uid, a ServiceAccount's namespace) and the
+ * worker's policy, and adds the line to the worker's buffer. */
+static void entry_add(worker *w, access_log_entry *e, const decision_note *note)
+{
+    identity_view view;
+    if (note->identity && identity_view_parse(note->identity, note->identity_len, &view) == 0) {
+        e->user = view.username.ptr;
+        e->user_len = view.username.len;
+        e->uid = view.uid.ptr;
+        e->uid_len = view.uid.len;
+        str_view ns, name;
+        if (identity_serviceaccount(view.username, &ns, &name)) {
+            e->namespace_name = ns.ptr;
+            e->namespace_len = ns.len;
+        }
+    }
+    policy_info info;
+    if (w->policy) {
+        policy_host_info(w->policy, &info);
+        e->policy_sha256 = info.sha256_hex;
+    }
+    access_log_add(w->access_log, w->access_log_buffer, e);
+}
+
+/* Writes the decision log line of an answered request. reason: why it was refused. */
+static void record_decision(worker *w, struct evhttp_request *req, const decision_note *note, int status,
+                            const char *reason, double latency_s)
+{
+    access_log_entry e = {
+        .method = note->method ? note->method : method_name(evhttp_request_get_command(req)),
+        .status = status,
+        .source = note->source,
+        .reason = reason,
+        .latency_s = latency_s,
+        .cache_hit = note->cache_hit,
+    };
+    if (note->path) {
+        e.path = note->path;
+        e.path_len = strlen(note->path);
+    } else {
+        /* No policy judged it: the request's own path, never its query. */
+        const char *uri = evhttp_request_get_uri(req);
+        e.path = uri ? uri : "";
+        e.path_len = strcspn(e.path, "?");
+    }
+    entry_add(w, &e, note);
+}
+
+static void on_access_log_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    if (w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
 }
 
 /* ---- answers ------------------------------------------------------------------------ */
@@ -192,17 +296,21 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_add_header(out, "Cache-Control", "no-store");
     if (w->shutting_down) evhttp_add_header(out, "Connection", "close");
-    /* Always set: evhttp would otherwise label an empty answer text/html. */
-    evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
+    /* Only an answer with a body has a type: evhttp's default (text/html) is off for the
+     * whole listener, and each header costs a formatted line (evbuffer_add_printf) on the
+     * cached path's 200s. */
     struct evbuffer *buf = NULL;
     if (body) {
+        evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
         buf = evbuffer_new();
         if (buf) evbuffer_add_printf(buf, "%s\n", body);
     }
     track_answer_while_stopping(w, req);
     evhttp_send_reply(req, status, reason, buf);
     if (buf) evbuffer_free(buf);
-    metrics_count_request(&w->metrics, status, seconds_since(started));
+    double latency_s = seconds_since(started);
+    metrics_count_request(&w->metrics, status, latency_s);
+    if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
 }
 
 static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started,
@@ -244,9 +352,65 @@ static int identity_text_from(const unsigned char *packed, size_t packed_len, id
 static void on_proxied_done(void *arg, int status)
 {
     proxied_request *p = arg;
-    metrics_count_request(&p->w->metrics, status, seconds_since(&p->started));
+    double latency_s = seconds_since(&p->started);
+    metrics_count_request(&p->w->metrics, status, latency_s);
+    if (p->w->access_log) record_proxied_decision(p, status, latency_s);
     p->w->requests_waiting--;
     free(p);
+}
+
+/* The decision log line of a proxied request, from the note copied when it was forwarded. */
+static void record_proxied_decision(struct proxied_request *p, int status, double latency_s)
+{
+    access_log_entry e = {
+        .method = p->note.method,
+        .path = p->note.path,
+        .path_len = p->note.path ? strlen(p->note.path) : 0,
+        .status = status,
+        .source = p->note.source,
+        .reason = status >= 300 ? "answered by the upstream" : NULL,
+        .latency_s = latency_s,
+        .cache_hit = p->note.cache_hit,
+    };
+    entry_add(p->w, &e, &p->note);
+}
+
+/* A proxied_request with, when the decision log is on, a copy of the current note (its
+ * method, path and identity live in the allocation). */
+static proxied_request *proxied_request_new(worker *w, struct evhttp_request *req)
+{
+    if (!w->access_log) return calloc(1, sizeof(proxied_request));
+    const decision_note *n = &w->note;
+    const char *method = n->method ? n->method : method_name(evhttp_request_get_command(req));
+    const char *path = n->path;
+    size_t path_len;
+    if (path) {
+        path_len = strlen(path);
+    } else {
+        const char *uri = evhttp_request_get_uri(req);
+        path = uri ? uri : "";
+        path_len = strcspn(path, "?");
+    }
+    if (path_len > URI_MAX) path_len = URI_MAX;
+    size_t method_len = strlen(method);
+    if (method_len > 32) method_len = 32;
+    proxied_request *p = calloc(1, sizeof(*p) + method_len + 1 + path_len + 1 + n->identity_len);
+    if (!p) return NULL;
+    char *at = p->storage;
+    memcpy(at, method, method_len);
+    p->note.method = at;
+    at += method_len + 1;
+    memcpy(at, path, path_len);
+    p->note.path = at;
+    at += path_len + 1;
+    if (n->identity) {
+        memcpy(at, n->identity, n->identity_len);
+        p->note.identity = (const unsigned char *)at;
+        p->note.identity_len = n->identity_len;
+    }
+    p->note.source = n->source;
+    p->note.cache_hit = n->cache_hit;
+    return p;
 }
 
 /* Proxy mode: the request is allowed; the upstream answers it. id NULL: anonymous. */
@@ -263,7 +427,7 @@ static void forward_allowed(worker *w, struct evhttp_request *req, const struct 
         .header_values = allow ? (const char *const *)allow->header_values : NULL,
         .n_headers = allow ? allow->n_headers : 0,
     };
-    proxied_request *p = malloc(sizeof(*p));
+    proxied_request *p = proxied_request_new(w, req);
     if (!p || upstream_forward(w->upstream, &ur, on_proxied_done, p) != 0) {
         free(p);
         reply_unavailable(w, req, started, 1, "cannot forward the request");
@@ -452,6 +616,10 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
 static void authorize_identity(worker *w, struct evhttp_request *req, const struct timespec *started,
                                const unsigned char *packed, size_t packed_len)
 {
+    if (w->access_log) {
+        w->note.identity = packed;
+        w->note.identity_len = packed_len;
+    }
     if (!w->policy) {
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
@@ -468,9 +636,14 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     case -2: reply_forbidden(w, req, started, "path is not normalized", strlen("path is not normalized")); return;
     default: break;
     }
+    if (w->access_log) {
+        w->note.method = pr.method;
+        w->note.path = pr.path;
+    }
     /* One decision buffer per loop, reused: it is used and done with before this returns. */
     policy_decision *d = &w->decision;
     policy_authorize(w->policy, &pr, &view, d);
+    if (d->kind != POLICY_SAR && w->access_log) w->note.source = DECISION_POLICY;
     switch (d->kind) {
     case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
@@ -496,6 +669,7 @@ static void authz_request_free(authz_request *ar)
 static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
+    note_begin(ar->w, DECISION_TOKENREVIEW, 0);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
@@ -508,6 +682,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
             /* --stale-if-error: the API server failed and this token had a positive verdict
              * that expired less than the window ago. Opt-in; counted and logged. */
             ar->w->stale_served++;
+            note_begin(ar->w, DECISION_CACHE, 1);
             log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
                      api_error_name(outcome->error), NULL);
             authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len);
@@ -524,6 +699,11 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
 static void on_sar_done(const review_outcome *outcome, void *arg)
 {
     authz_request *ar = arg;
+    note_begin(ar->w, DECISION_SUBJECTACCESSREVIEW, ar->token_cache_hit);
+    if (ar->w->access_log) {
+        ar->w->note.identity = ar->identity;
+        ar->w->note.identity_len = ar->identity_len;
+    }
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
@@ -618,6 +798,59 @@ static int memo_identity_digest(worker *w, const unsigned char *packed, size_t l
     return 0;
 }
 
+/* Encodes digest and attrs into out: digest, the resource kind, then per attribute a
+ * presence byte and, when present, be32(length) and the bytes. Returns the length, or 0
+ * when it does not fit (the key is then computed without the memo). */
+static size_t sar_key_material(const unsigned char digest[IDENTITY_DIGEST_BYTES], const sar_attributes *attrs,
+                               unsigned char *out, size_t cap)
+{
+    const char *values[] = {attrs->namespace_, attrs->verb,        attrs->group, attrs->version,
+                            attrs->resource,   attrs->subresource, attrs->name,  attrs->path};
+    if (cap < IDENTITY_DIGEST_BYTES + 1) return 0;
+    memcpy(out, digest, IDENTITY_DIGEST_BYTES);
+    size_t n = IDENTITY_DIGEST_BYTES;
+    out[n++] = attrs->nonresource ? 'N' : 'R';
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        if (!values[i]) {
+            if (n + 1 > cap) return 0;
+            out[n++] = 0;
+            continue;
+        }
+        size_t len = strlen(values[i]);
+        if (len > cap || n + 5 + len > cap) return 0;
+        out[n++] = 1;
+        out[n++] = (unsigned char)(len >> 24);
+        out[n++] = (unsigned char)(len >> 16);
+        out[n++] = (unsigned char)(len >> 8);
+        out[n++] = (unsigned char)len;
+        memcpy(out + n, values[i], len);
+        n += len;
+    }
+    return n;
+}
+
+/* sar_cache_key, from the worker's memo when it asked this question for this identity last. */
+static int memo_sar_cache_key(worker *w, const unsigned char digest[IDENTITY_DIGEST_BYTES],
+                              const sar_attributes *attrs, cache_key *out)
+{
+    unsigned char material[SAR_KEY_MEMO_MATERIAL_MAX];
+    size_t len = sar_key_material(digest, attrs, material, sizeof(material));
+    if (len == 0) return sar_cache_key(w->keyer, digest, attrs, out);
+    /* The slot: a few digest bytes (already uniform) mixed with a sample of the rest. */
+    uint64_t h = 1469598103934665603ULL ^ len;
+    for (size_t i = 0; i < len; i += 1 + len / 24) h = (h ^ material[i]) * 1099511628211ULL;
+    sar_key_memo_slot *slot = &w->sar_key_memo[h % SAR_KEY_MEMO_SLOTS];
+    if (slot->len == len && memcmp(slot->material, material, len) == 0) {
+        *out = slot->key;
+        return 0;
+    }
+    if (sar_cache_key(w->keyer, digest, attrs, out) != 0) return -1;
+    slot->len = len;
+    memcpy(slot->material, material, len);
+    slot->key = *out;
+    return 0;
+}
+
 /* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
 static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
                     const unsigned char *packed, size_t packed_len, const identity_view *view,
@@ -625,7 +858,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
 {
     cache_key key;
     unsigned char digest[IDENTITY_DIGEST_BYTES];
-    if (memo_identity_digest(w, packed, packed_len, digest) != 0 || sar_cache_key(w->keyer, digest, attrs, &key) != 0) {
+    if (memo_identity_digest(w, packed, packed_len, digest) != 0 || memo_sar_cache_key(w, digest, attrs, &key) != 0) {
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
     }
@@ -635,10 +868,12 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
     switch (token_cache_lookup(w->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
+        if (w->access_log) w->note.source = DECISION_CACHE;
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
+        if (w->access_log) w->note.source = DECISION_CACHE;
         reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
@@ -651,6 +886,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         reply_unavailable(w, req, started, 1, "out of memory");
         return;
     }
+    ar->token_cache_hit = w->note.cache_hit;
     review_request rr = {.key = key};
     /* A SubjectAccessReview's flow is the identity asking: one caller spraying distinct
      * requests (one review each) takes turns with everyone else. */
@@ -737,11 +973,17 @@ static size_t current_audiences(const worker *w, const char *const **out)
  * (answered 200, or forwarded in proxy mode, without identity headers). */
 static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
+    note_begin(w, DECISION_ANONYMOUS, -1);
+    /* Outside the block: the decision note points into text until the reply below. */
+    policy_request pr;
+    request_text text;
     if (w->policy) {
-        policy_request pr;
-        request_text text;
         char err[512];
         if (describe_request(w, req, &pr, &text) == 0) {
+            if (w->access_log) {
+                w->note.method = pr.method;
+                w->note.path = pr.path;
+            }
             int rc = policy_anonymous(w->policy, &pr, err, sizeof(err));
             if (rc < 0) {
                 reply_policy_error(w, req, started, "anonymous", err);
@@ -828,6 +1070,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     conn_guard_request_read(w->guards, evhttp_request_get_connection(req));
+    note_begin(w, DECISION_REQUEST, -1);
 
     size_t n_headers = 0;
     struct evkeyval *kv;
@@ -879,6 +1122,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
                                        sizeof(value), &value_len, &refresh_due)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         rm->cache_hits++;
+        note_begin(w, DECISION_CACHE, 1);
         /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
          * entry's refresh claim (one per entry and retry interval, across workers). */
         if (refresh_due) send_refresh(w, token, token_len, audiences, n_audiences, &key);
@@ -886,6 +1130,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         rm->cache_hits++;
+        note_begin(w, DECISION_CACHE, 1);
         reply_unauthorized(w, req, &started, "token not authenticated");
         return;
     case TOKEN_CACHE_STALE_POSITIVE:
@@ -905,6 +1150,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
                 int64_t ttl = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
                                                                                  : cfg->cache_max_ttl_ms;
                 if (ttl > 0) token_cache_insert(w->tokenreview_cache, &key, true, NULL, 0, now + ttl, now);
+                note_begin(w, DECISION_JWT_PREVERIFY, 0);
                 reply_unauthorized(w, req, &started, why);
                 return;
             }
@@ -1049,7 +1295,7 @@ static void reload_policy(worker *w)
     if (!w->policy || policy_host_load(w->policy, w->cfg->policy, err, sizeof(err)) == 0) return;
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
-    log_error("policy reload failed on a worker; it keeps the previous policy", "worker", index, "error", err, NULL);
+    log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error", err, NULL);
 }
 
 static void worker_deliver(mail *link, void *arg)
@@ -1161,8 +1407,19 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
      * deadlines for a request's headers and body, and bounds the bodies buffered. */
     struct timeval read_timeout = {cfg->read_timeout_ms / 1000, (cfg->read_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(w->http, &read_timeout);
+    evhttp_set_default_content_type(w->http, NULL); /* bodiless answers carry no type (reply()) */
     evhttp_set_gencb(w->http, authz_handle, w);
     evhttp_set_bevcb(w->http, new_connection_bufferevent, w);
+    if (shared->access_log) {
+        /* Flushed every 200 ms at most late, and whenever the buffer fills. */
+        w->access_log = shared->access_log;
+        w->access_log_buffer = malloc(sizeof(*w->access_log_buffer));
+        w->access_log_timer = event_new(w->base, -1, EV_PERSIST, on_access_log_timer, w);
+        struct timeval every = {0, 200000};
+        if (!w->access_log_buffer || !w->access_log_timer || event_add(w->access_log_timer, &every) != 0)
+            goto fail_fd;
+        access_log_buffer_init(w->access_log_buffer, 0x9e3779b97f4a7c15ULL * (index + 1) ^ (uint64_t)time(NULL));
+    }
     w->bound = evhttp_accept_socket_with_handle(w->http, listen_fd);
     if (!w->bound) goto fail_fd;
     return w;
@@ -1202,6 +1459,7 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
     accept_backoff_free(w->backoff);
     w->backoff = NULL;
+    if (w->access_log_buffer && w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
     return NULL;
 }
 
@@ -1241,6 +1499,9 @@ void worker_free(worker *w)
     if (w->adopt_event) event_free(w->adopt_event);
     policy_host_free(w->policy);
     cache_keyer_free(w->keyer);
+    if (w->access_log_timer) event_free(w->access_log_timer);
+    if (w->access_log_buffer && w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
+    free(w->access_log_buffer);
     if (w->base) event_base_free(w->base);
     free(w);
 }
@@ -1259,6 +1520,11 @@ void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_s
     sum->closed_body_timeout += gs.body_timeouts;
     sum->closed_body_budget += gs.body_budget_closes;
     sum->unauthenticated_bodies += gs.unauthenticated_bodies;
+    if (w->access_log_buffer) {
+        sum->access_log_written += w->access_log_buffer->written;
+        sum->access_log_sampled_out += w->access_log_buffer->sampled_out;
+        sum->access_log_dropped += w->access_log_buffer->dropped;
+    }
     *stale_served += w->stale_served;
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
 }

@@ -63,6 +63,7 @@ typedef struct worker_shared {
     size_t upstream_max_connections; /* this worker's share of --upstream-max-connections */
     jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
     size_t max_buffered_body_bytes;  /* this worker's share of --max-buffered-body-bytes (0: none) */
+    const struct access_log *access_log; /* --access-log; NULL: off */
 } worker_shared;
 
 typedef enum {

@@ -246,6 +246,52 @@ static void test_parts_and_domains(void)
     cache_keyer_free(k);
 }
 
+/* The keys are computed from precomputed inner/outer SHA-256 states and streamed input:
+ * equal to OpenSSL's HMAC() over the whole encoding at every length around SHA-256's
+ * block boundaries (the ipad block, then 64-byte blocks of input), for token keys and for
+ * part lists (the SubjectAccessReview key), from a keyer and from its clone. */
+static void test_precomputed_states_equal_hmac(void)
+{
+    cache_keyer *k = cache_keyer_new_with_secret(secret_b);
+    REQUIRE(k != NULL);
+    cache_keyer *clone = cache_keyer_clone(k);
+    REQUIRE(clone != NULL);
+    char text[400];
+    for (size_t i = 0; i < sizeof(text); i++) text[i] = (char)('a' + i % 26);
+    const char *const auds[] = {"https://kubernetes.default.svc"};
+    int mismatches = 0;
+    for (size_t len = 0; len <= 300; len++) {
+        unsigned char ref[32];
+        cache_key key, key2;
+        CHECK_EQ_INT(cache_key_for_token(k, text, len, auds, len % 2, &key), 0);
+        CHECK_EQ_INT(cache_key_for_token(clone, text, len, auds, len % 2, &key2), 0);
+        CHECK_EQ_INT(reference_key(secret_b, text, len, auds, len % 2, ref), 0);
+        mismatches += memcmp(key.bytes, ref, 32) != 0 || memcmp(key2.bytes, ref, 32) != 0;
+
+        /* Parts: domain byte, be32(n), { be32(len) part }, as HMAC() over one buffer. */
+        const char *parts[2] = {text, text + 7};
+        size_t lens[2] = {len, len / 3};
+        unsigned char msg[1 + 4 + 4 + 400 + 4 + 400];
+        size_t o = 0;
+        msg[o++] = 9;
+        be32(msg + o, 2);
+        o += 4;
+        for (size_t i = 0; i < 2; i++) {
+            be32(msg + o, (uint32_t)lens[i]);
+            o += 4;
+            memcpy(msg + o, parts[i], lens[i]);
+            o += lens[i];
+        }
+        unsigned int mac_len = 0;
+        CHECK(HMAC(EVP_sha256(), secret_b, CACHE_KEY_SECRET_BYTES, msg, o, ref, &mac_len) != NULL);
+        CHECK_EQ_INT(cache_key_for_parts(k, 9, parts, lens, 2, &key), 0);
+        mismatches += memcmp(key.bytes, ref, 32) != 0;
+    }
+    CHECK_EQ_INT(mismatches, 0);
+    cache_keyer_free(clone);
+    cache_keyer_free(k);
+}
+
 static void test_large_tokens(void)
 {
     cache_keyer *k = cache_keyer_new_with_secret(secret_a);
@@ -296,6 +342,7 @@ static void test_large_tokens(void)
 int main(void)
 {
     RUN(test_matches_reference_hmac);
+    RUN(test_precomputed_states_equal_hmac);
     RUN(test_deterministic_and_secret);
     RUN(test_unambiguous_encoding);
     RUN(test_key_id);

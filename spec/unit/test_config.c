@@ -165,8 +165,16 @@ static void test_flag_errors(void)
     expect_error(ARGC(bad_size), bad_size, "--cache-max-entries");
     char *neg_size[] = {"tokengate", "--cache-max-entries", "-1"};
     expect_error(ARGC(neg_size), neg_size, "--cache-max-entries");
-    char *size_suffix[] = {"tokengate", "--max-token-bytes=16k"};
+    /* Kubernetes spells kilo "k": "16K" and "16KB" are refused, not guessed. */
+    char *size_suffix[] = {"tokengate", "--max-token-bytes=16K"};
     expect_error(ARGC(size_suffix), size_suffix, "--max-token-bytes");
+    char *size_suffix2[] = {"tokengate", "--max-token-bytes=16KB"};
+    expect_error(ARGC(size_suffix2), size_suffix2, "--max-token-bytes");
+    char *size_fraction[] = {"tokengate", "--max-body-bytes=0.1Ki"};
+    expect_error(ARGC(size_fraction), size_fraction, "--max-body-bytes");
+    /* Counts are not byte quantities. */
+    char *count_suffix[] = {"tokengate", "--cache-max-entries=10k"};
+    expect_error(ARGC(count_suffix), count_suffix, "--cache-max-entries");
     char *unknown[] = {"tokengate", "--no-such-flag", "x"};
     expect_error(ARGC(unknown), unknown, "--no-such-flag");
     char *unknown_eq[] = {"tokengate", "--cache-ttlx=5s"};
@@ -181,9 +189,81 @@ static void test_flag_errors(void)
     expect_error(ARGC(missing2), missing2, "--apiserver");
     char *bool_value[] = {"tokengate", "--check=yes"};
     expect_error(ARGC(bool_value), bool_value, "--check");
+    char *bool_empty[] = {"tokengate", "--policy-watch="};
+    expect_error(ARGC(bool_empty), bool_empty, "--policy-watch");
     /* An error after good flags still fails. */
     char *late[] = {"tokengate", "--cache-ttl", "30s", "--cache-max-ttl", "forever"};
     expect_error(ARGC(late), late, "--cache-max-ttl");
+}
+
+/* Every boolean takes --flag, --flag=true|false and --flag=1|0 (any case for the words). */
+static void test_bool_values(void)
+{
+    config cfg;
+    capture err;
+    char *bare[] = {"tokengate", "--watch-revocations", "--watch-pods"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(bare), bare, &err), CONFIG_RUN);
+    capture_free(&err);
+    CHECK(cfg.watch_revocations && cfg.watch_pods);
+
+    char *words[] = {"tokengate", "--watch-revocations=true", "--watch-pods=TRUE", "--policy-watch=False",
+                     "--check=1", "--upstream-keep-authorization=0"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(words), words, &err), CONFIG_RUN);
+    CHECK_STR(capture_close(&err), "");
+    capture_free(&err);
+    CHECK(cfg.watch_revocations);
+    CHECK(cfg.watch_pods);
+    CHECK(!cfg.policy_watch);
+    CHECK(cfg.check_only);
+    CHECK(!cfg.upstream_keep_authorization);
+
+    /* =false undoes an earlier bare flag: the last occurrence wins, as for other flags. */
+    char *undo[] = {"tokengate", "--watch-revocations", "--watch-revocations=false"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(undo), undo, &err), CONFIG_RUN);
+    capture_free(&err);
+    CHECK(!cfg.watch_revocations);
+
+    /* "--check false" is a positional argument, not a value. */
+    char *spaced[] = {"tokengate", "--check", "false"};
+    expect_error(ARGC(spaced), spaced, "false");
+    char *yes[] = {"tokengate", "--watch-pods=yes"};
+    expect_error(ARGC(yes), yes, "--watch-pods=true");
+}
+
+/* Byte sizes are Kubernetes quantities; plain integers still work. */
+static void test_byte_quantities(void)
+{
+    config cfg;
+    capture err;
+    char *binary[] = {"tokengate", "--max-token-bytes", "16Ki", "--max-body-bytes=10Mi",
+                      "--policy-max-memory-bytes", "1Gi"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(binary), binary, &err), CONFIG_RUN);
+    CHECK_STR(capture_close(&err), "");
+    capture_free(&err);
+    CHECK_EQ_INT(cfg.max_token_bytes, 16384);
+    CHECK_EQ_INT(cfg.max_body_bytes, 10 * 1024 * 1024);
+    CHECK_EQ_INT(cfg.policy_max_memory_bytes, 1024 * 1024 * 1024);
+
+    char *decimal[] = {"tokengate", "--max-token-bytes=500k", "--max-body-bytes=2M", "--policy-max-memory-bytes=1.5Mi"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(decimal), decimal, &err), CONFIG_RUN);
+    capture_free(&err);
+    CHECK_EQ_INT(cfg.max_token_bytes, 500000);
+    CHECK_EQ_INT(cfg.max_body_bytes, 2000000);
+    CHECK_EQ_INT(cfg.policy_max_memory_bytes, 1572864);
+
+    char *plain[] = {"tokengate", "--max-token-bytes", "8192"};
+    CHECK_EQ_INT(parse_args(&cfg, ARGC(plain), plain, &err), CONFIG_RUN);
+    capture_free(&err);
+    CHECK_EQ_INT(cfg.max_token_bytes, 8192);
+
+    char *huge[] = {"tokengate", "--max-body-bytes=2Ti"};
+    expect_error(ARGC(huge), huge, "--max-body-bytes");
+    char *negative[] = {"tokengate", "--max-body-bytes=-1Mi"};
+    expect_error(ARGC(negative), negative, "--max-body-bytes");
+    char *spaced[] = {"tokengate", "--max-body-bytes", "10 Mi"};
+    expect_error(ARGC(spaced), spaced, "--max-body-bytes");
+    char *suffix_only[] = {"tokengate", "--max-body-bytes=Mi"};
+    expect_error(ARGC(suffix_only), suffix_only, "--max-body-bytes");
 }
 
 static void test_audiences(void)
@@ -342,6 +422,37 @@ static void test_validate(void)
     CHECK_EQ_INT(validate_args(ARGC(dos_flags), dos_flags, &out), 0);
     capture_free(&out);
 
+    /* Log levels in any case mean the same level, spelled canonically afterwards. */
+    char *upper_level[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                           "--apiserver-token-file", tok.path, "--log-level", "DEBUG"};
+    CHECK_EQ_INT(validate_args(ARGC(upper_level), upper_level, &out), 0);
+    capture_free(&out);
+    {
+        config cfg;
+        capture err;
+        char *mixed[] = {"tokengate", "--log-level=Warn"};
+        CHECK_EQ_INT(parse_args(&cfg, ARGC(mixed), mixed, &err), CONFIG_RUN);
+        capture_free(&err);
+        CHECK_STR(cfg.log_level, "warn");
+    }
+
+    /* A TTL above its cap is refused, naming both flags and which one is a default. */
+    char *ttl_over_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                            "--apiserver-token-file", tok.path, "--cache-ttl", "1h", "--cache-max-ttl", "10m"};
+    CHECK_EQ_INT(validate_args(ARGC(ttl_over_cap), ttl_over_cap, &out), -1);
+    CHECK(out.text && strstr(out.text, "--cache-ttl 1h is above --cache-max-ttl 10m (the default)"));
+    capture_free(&out);
+    char *cap_below_default[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                                 "--apiserver-token-file", tok.path, "--cache-max-ttl", "5s"};
+    CHECK_EQ_INT(validate_args(ARGC(cap_below_default), cap_below_default, &out), -1);
+    CHECK(out.text && strstr(out.text, "--cache-ttl 2m (the default) is above --cache-max-ttl 5s"));
+    CHECK(out.text && strstr(out.text, "--cache-negative-ttl 10s (the default) is above --cache-max-ttl 5s"));
+    capture_free(&out);
+    char *ttl_at_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
+                          "--apiserver-token-file", tok.path, "--cache-ttl", "10m", "--cache-negative-ttl", "10m"};
+    CHECK_EQ_INT(validate_args(ARGC(ttl_at_cap), ttl_at_cap, &out), 0);
+    capture_free(&out);
+
     /* Nothing validate prints reveals the credential. */
     char *all_bad[] = {"tokengate", "--apiserver", "http://x", "--apiserver-ca", tok.path,
                        "--apiserver-token-file", tok.path};
@@ -484,6 +595,8 @@ int main(void)
     RUN(test_defaults);
     RUN(test_flag_forms);
     RUN(test_flag_errors);
+    RUN(test_bool_values);
+    RUN(test_byte_quantities);
     RUN(test_audiences);
     RUN(test_validate);
     RUN(test_validate_proxy);

@@ -62,10 +62,51 @@ static void test_format(void)
     CHECK_STR(buf, "1h");
 }
 
+static void test_quantities(void)
+{
+    uint64_t v = 0;
+    const uint64_t max = 1ULL << 40;
+    CHECK_EQ_INT(quantity_parse_bytes("0", max, &v), 0);
+    CHECK_EQ_INT(v, 0);
+    CHECK_EQ_INT(quantity_parse_bytes("16384", max, &v), 0);
+    CHECK_EQ_INT(v, 16384);
+    CHECK_EQ_INT(quantity_parse_bytes("16Ki", max, &v), 0);
+    CHECK_EQ_INT(v, 16384);
+    CHECK_EQ_INT(quantity_parse_bytes("10Mi", max, &v), 0);
+    CHECK_EQ_INT(v, 10485760);
+    CHECK_EQ_INT(quantity_parse_bytes("1Gi", max, &v), 0);
+    CHECK_EQ_INT(v, 1073741824);
+    CHECK_EQ_INT(quantity_parse_bytes("1Ti", max, &v), 0);
+    CHECK_EQ_INT(v, 1ULL << 40);
+    CHECK_EQ_INT(quantity_parse_bytes("500k", max, &v), 0);
+    CHECK_EQ_INT(v, 500000);
+    CHECK_EQ_INT(quantity_parse_bytes("10M", max, &v), 0);
+    CHECK_EQ_INT(v, 10000000);
+    CHECK_EQ_INT(quantity_parse_bytes("2G", max, &v), 0);
+    CHECK_EQ_INT(v, 2000000000);
+    CHECK_EQ_INT(quantity_parse_bytes("1.5Mi", max, &v), 0);
+    CHECK_EQ_INT(v, 1572864);
+    CHECK_EQ_INT(quantity_parse_bytes("0.5k", max, &v), 0);
+    CHECK_EQ_INT(v, 500);
+    /* Refused: no whole byte count, above max, not a Kubernetes spelling. */
+    const char *bad[] = {"", "Mi", "-1", "+1", "1.", ".5Ki", "0.1Ki", "1.5", "16K", "16KB", "16kb", "1 Mi",
+                         "1Mi ", "1e3", "1Pi", "2Ti", "0x10", "18446744073709551616", "1.0000000000000000001Ki"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        v = 12345;
+        int rc = quantity_parse_bytes(bad[i], max, &v);
+        CHECK_EQ_INT(rc, -1);
+        CHECK_EQ_INT(v, 12345); /* untouched on error */
+        if (rc != -1) fprintf(stderr, "    accepted \"%s\"\n", bad[i]);
+    }
+    CHECK_EQ_INT(quantity_parse_bytes("1Mi", 1024 * 1024 - 1, &v), -1);
+    CHECK_EQ_INT(quantity_parse_bytes("1Mi", 1024 * 1024, &v), 0);
+}
+
 int main(void)
 {
     RUN(test_units);
     RUN(test_rejects);
     RUN(test_format);
+    RUN(test_quantities);
     return UNIT_EXIT();
 }
