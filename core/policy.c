@@ -17,6 +17,7 @@
 
 #include "embedded.h"
 #include "log.h"
+#include "policy_pattern.h"
 
 #include <event2/keyvalq_struct.h>
 #include <lauxlib.h>
@@ -35,6 +36,18 @@
 #define POLICY_SOURCE_MAX (1024 * 1024)
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 #define BUDGET_ERROR "policy exceeded its instruction budget"
+/* Nested calls from C back into Lua (gsub with a function or table, sort comparators,
+ * __tostring from string.format, pcall/xpcall) one policy call may stack up, and the C
+ * stack they may use together: each such level is a C frame that Lua's own stack limit
+ * does not see, so `local function f() return (("ab"):gsub(".", f)) end` would otherwise
+ * overflow the thread's stack. Lua 5.1 itself allows 200 levels; no policy needs 100.
+ * The byte cap is a second net (also checked by the count hook) for a path the wrappers
+ * do not know; threads running policies need a stack of at least 2 MiB (glibc's default
+ * is 8 MiB). */
+#define POLICY_MAX_C_DEPTH 100
+#define POLICY_MAX_C_STACK_BYTES (1024 * 1024)
+#define C_DEPTH_ERROR "policy exceeded the C call depth limit"
+#define DEADLINE_ERROR "policy exceeded its wall-clock limit"
 #define DEFAULT_POLICY_PATH "policies/default.lua"
 #define POOL_STEP 16                       /* size-class granularity of the block pool */
 #define POOL_MAX_BLOCK 256                 /* larger blocks go straight to malloc */
@@ -54,6 +67,14 @@ typedef struct policy_state {
     void *pool[POOL_CLASSES];
     size_t pool_bytes; /* bytes on the free lists (part of mem_used) */
     uint64_t instructions, max_instructions;
+    /* The running call (see call_begin): how deep it is in C -> Lua callbacks, where its
+     * C stack began, when it must have ended, and whether a hook has stopped it (then
+     * nothing of the policy may run on: no pcall catches it, no xpcall handler runs). */
+    int c_depth;
+    uintptr_t stack_base;
+    uint64_t deadline_ns, max_call_ns;
+    bool halted;
+    pattern_budget patterns; /* instructions and max_instructions, for policy_pattern.c */
     int sandbox_ref; /* require("tokengate.sandbox") */
     int policy_ref;  /* the checked policy table */
     /* Looked up once per state rather than by name on every call: sandbox.ttl and
@@ -188,6 +209,40 @@ static void *limited_alloc(void *ud, void *ptr, size_t old_size, size_t new_size
     return p;
 }
 
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The budget as lua_pushfstring can print it (it knows %d, not %llu). */
+static int budget_shown(const policy_state *ps)
+{
+    return ps->max_instructions > INT32_MAX ? INT32_MAX : (int)ps->max_instructions;
+}
+
+/* The C stack the running call has used so far (stacks grow down on every target). */
+static size_t c_stack_used(const policy_state *ps)
+{
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    return ps->stack_base > here ? ps->stack_base - here : 0;
+}
+
+/* Before every protected call into a policy: a fresh budget, deadline and depth. The
+ * stack base is the caller's frame, which lives until its lua_pcall returns. */
+static inline __attribute__((always_inline)) void call_begin(policy_state *ps)
+{
+    ps->instructions = 0;
+    ps->c_depth = 0;
+    ps->halted = false;
+    ps->stack_base = (uintptr_t)__builtin_frame_address(0);
+    ps->deadline_ns = monotonic_ns() + ps->max_call_ns;
+}
+
+/* Every HOOK_STEP instructions: the budget, the wall clock and the C stack. Whatever
+ * stops the call here marks it halted, because LuaJIT runs an xpcall handler for an error
+ * raised in a hook with hooks off: the handler must not run at all (budget_xpcall). */
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -195,9 +250,18 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     lua_getallocf(L, &ud);
     policy_state *ps = ud;
     ps->instructions += HOOK_STEP;
-    if (ps->instructions > ps->max_instructions)
-        luaL_error(L, "%s: %s (%llu instructions)", ps->chunkname, BUDGET_ERROR,
-                   (unsigned long long)ps->max_instructions);
+    if (ps->instructions > ps->max_instructions) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (%d instructions)", ps->chunkname, BUDGET_ERROR, budget_shown(ps));
+    }
+    if (monotonic_ns() > ps->deadline_ns) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (%d ms)", ps->chunkname, DEADLINE_ERROR, (int)(ps->max_call_ns / 1000000u));
+    }
+    if (c_stack_used(ps) > POLICY_MAX_C_STACK_BYTES) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (C stack)", ps->chunkname, C_DEPTH_ERROR);
+    }
 }
 
 static int on_panic(lua_State *L)
@@ -343,32 +407,100 @@ static int host_log(lua_State *L)
 static bool over_budget(lua_State *L)
 {
     policy_state *ps = state_of(L);
-    return ps->instructions > ps->max_instructions;
+    return ps->halted || ps->instructions > ps->max_instructions;
+}
+
+/* Entering a C function that calls back into Lua: one more nesting level, refused past
+ * POLICY_MAX_C_DEPTH levels or POLICY_MAX_C_STACK_BYTES of C stack. The level is given
+ * back by c_call_leave on a normal return; an error that unwinds past it is accounted by
+ * the pcall that catches it (which restores its own depth) or by the next call_begin. */
+static void c_call_enter(lua_State *L, policy_state *ps)
+{
+    if (ps->c_depth >= POLICY_MAX_C_DEPTH || c_stack_used(ps) > POLICY_MAX_C_STACK_BYTES)
+        luaL_error(L, "%s (%d nested calls from C into Lua)", C_DEPTH_ERROR, POLICY_MAX_C_DEPTH);
+    ps->c_depth++;
 }
 
 static int budget_pcall(lua_State *L)
 {
+    policy_state *ps = state_of(L);
     luaL_checkany(L, 1);
+    int depth = ps->c_depth;
+    c_call_enter(L, ps);
     int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    ps->c_depth = depth;
     if (status != 0 && over_budget(L)) return lua_error(L);
     lua_pushboolean(L, status == 0);
     lua_insert(L, 1);
     return lua_gettop(L);
 }
 
+/* The error handler budget_xpcall installs: the policy's handler (upvalue 1), unless a
+ * hook stopped the call. LuaJIT runs the handler of an error raised in a hook with hooks
+ * disabled, so `xpcall(loop, loop)` would otherwise spin for ever once the budget fired. */
+static int guarded_handler(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    if (ps->halted || ps->instructions > ps->max_instructions) return 1; /* the error as it is */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static int budget_xpcall(lua_State *L)
 {
+    policy_state *ps = state_of(L);
     int n = lua_gettop(L);
     luaL_checkany(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    lua_pushvalue(L, 2); /* handler, at n + 1 */
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_handler, 1); /* the handler, at n + 1 */
     lua_pushvalue(L, 1);
     for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
+    int depth = ps->c_depth;
+    c_call_enter(L, ps);
     int status = lua_pcall(L, n > 2 ? n - 2 : 0, LUA_MULTRET, n + 1);
+    ps->c_depth = depth;
     if (status != 0 && over_budget(L)) return lua_error(L);
     lua_pushboolean(L, status == 0);
     lua_replace(L, n + 1);
     return lua_gettop(L) - n;
+}
+
+/* A library function that calls back into Lua (upvalue 1), run as one nesting level. */
+static int depth_guarded(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    c_call_enter(L, ps);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    ps->c_depth--;
+    return lua_gettop(L);
+}
+
+/* table.sort: a nesting level (comparators, __lt) that is also charged n*log2(n)
+ * instructions up front, since sorting without a comparator runs in C where no hook
+ * counts (a 4-million-element sort would take a second). */
+static int guarded_sort(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    uint64_t n = lua_objlen(L, 1), cost = n;
+    for (uint64_t m = n; m > 1; m >>= 1) cost += n;
+    ps->instructions += cost;
+    if (ps->instructions > ps->max_instructions)
+        return luaL_error(L, "%s: %s (%d instructions)", ps->chunkname, BUDGET_ERROR, budget_shown(ps));
+    return depth_guarded(L);
+}
+
+/* Replaces table[name] (the table at the top) with fn wrapping the original. */
+static void wrap_library_function(lua_State *L, const char *name, lua_CFunction fn)
+{
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
 }
 
 /* has_control(s, allow_tab): true when s has an ASCII control character (0x00-0x1f or
@@ -466,6 +598,12 @@ static int prepare_state(lua_State *L)
     lua_setglobal(L, "pcall");
     lua_pushcfunction(L, budget_xpcall);
     lua_setglobal(L, "xpcall");
+    lua_getglobal(L, "table");
+    wrap_library_function(L, "sort", guarded_sort);
+    lua_pop(L, 1);
+    lua_getglobal(L, "string");
+    wrap_library_function(L, "format", depth_guarded); /* %s calls __tostring */
+    lua_pop(L, 1);
 
     /* string.dump stays reachable through ("").dump whatever the env holds: remove it
      * from the real table (the sandbox module also hides it from the string methods). */
@@ -505,6 +643,27 @@ static int prepare_state(lua_State *L)
         lua_setfield(L, -2, module);
     }
     lua_pop(L, 2);
+    return 0;
+}
+
+/* After the sandbox module has loaded (its own code keeps LuaJIT's pattern functions, on
+ * inputs it bounds): policies get policy_pattern.c's, through the string table their
+ * environment copies and through the methods table strings index ("x"):find(...). gsub
+ * calls back into Lua, so it is depth-guarded too. Runs under lua_cpcall. */
+static int install_bounded_patterns(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    ps->patterns.spent = &ps->instructions;
+    ps->patterns.limit = &ps->max_instructions;
+    lua_getglobal(L, "string");
+    policy_pattern_register(L, &ps->patterns);
+    wrap_library_function(L, "gsub", depth_guarded);
+    lua_pushstring(L, "");
+    if (!lua_getmetatable(L, -1)) return luaL_error(L, "strings have no metatable");
+    lua_getfield(L, -1, "__index");
+    if (!lua_istable(L, -1)) return luaL_error(L, "the string methods are not a table");
+    policy_pattern_register(L, &ps->patterns);
+    wrap_library_function(L, "gsub", depth_guarded);
     return 0;
 }
 
@@ -616,7 +775,7 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
     lua_getfield(L, sandbox, "ttl");
     lua_getfield(L, sandbox, "anonymous");
     lua_getfield(L, sandbox, "host_interface");
-    ps->instructions = 0;
+    call_begin(ps);
     if (!lua_isfunction(L, -3) || !lua_isfunction(L, -2) || lua_pcall(L, 0, 1, 0) != 0 || !lua_istable(L, -1)) {
         snprintf(err, err_cap, "tokengate.sandbox lacks ttl, anonymous or host_interface");
         lua_settop(L, top);
@@ -669,6 +828,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     snprintf(ps->chunkname, sizeof(ps->chunkname), "%s", chunkname);
     ps->mem_max = host->limits.max_memory_bytes;
     ps->max_instructions = host->limits.max_instructions;
+    ps->max_call_ns = (uint64_t)host->limits.max_call_ms * 1000000u;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
     ps->ttl_ref = ps->anonymous_ref = ps->authorize_error_ref = LUA_NOREF;
     ps->call_hook_ref = LUA_NOREF;
@@ -689,12 +849,16 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
 
     lua_getglobal(L, "require");
     lua_pushstring(L, "tokengate.sandbox");
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 1, 1, 0) != 0) {
         copy_error(L, err, err_cap);
         goto err;
     }
     ps->sandbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (lua_cpcall(L, install_bounded_patterns, NULL) != 0) {
+        copy_error(L, err, err_cap);
+        goto err;
+    }
     /* The sandbox module has set up the string metatable; now freeze it so a policy can
      * neither read nor replace it (getmetatable("") returns false). */
     lua_pushstring(L, "");
@@ -711,7 +875,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     lua_getfield(L, -1, "load");
     lua_remove(L, -2);
     lua_insert(L, -3);
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 2, 2, 0) != 0) {
         copy_error(L, err, err_cap);
         goto err;
@@ -740,6 +904,7 @@ policy_host *policy_host_new(custom_metrics *metrics, const policy_limits *limit
     host->limits = *limits;
     if (!host->limits.max_instructions) host->limits.max_instructions = 1000000;
     if (!host->limits.max_memory_bytes) host->limits.max_memory_bytes = 64 * 1024 * 1024;
+    if (!host->limits.max_call_ms) host->limits.max_call_ms = POLICY_DEFAULT_MAX_CALL_MS;
     return host;
 }
 
@@ -1012,7 +1177,7 @@ static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, con
     ps->call.req = req;
     ps->call.user = user;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call_hook_ref);
-    ps->instructions = 0;
+    call_begin(ps);
     int rc = lua_pcall(L, 0, 2, 0);
     ps->call.req = NULL;
     ps->call.user = NULL;
@@ -1148,7 +1313,7 @@ static void authorize_error(policy_state *ps, bool raised, policy_decision *out)
     lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
     lua_pushvalue(L, -3);
     lua_pushboolean(L, raised);
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 3, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
         decision_error(out, lua_tostring(L, -1));
     else

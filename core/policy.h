@@ -25,9 +25,15 @@ struct evkeyvalq;
 #define POLICY_MAX_AUDIENCES 16
 #define POLICY_ARENA_BYTES 24576
 
+/* The wall-clock limit of one call into a policy (a hook, or running the file when it
+ * loads), checked every 1000 instructions; the instruction budget is the tight bound,
+ * this one catches what instructions do not measure. */
+#define POLICY_DEFAULT_MAX_CALL_MS 1000
+
 typedef struct policy_limits {
     uint64_t max_instructions; /* per hook call (and for loading the file) */
     size_t max_memory_bytes;   /* per Lua state */
+    uint32_t max_call_ms;      /* per call; 0: POLICY_DEFAULT_MAX_CALL_MS */
 } policy_limits;
 
 /* The request as policies see it (req.method, req.path, ...). */
