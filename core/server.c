@@ -88,6 +88,8 @@ typedef struct server {
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
+    bool exiting;              /* MAIL_EXIT sent: waiting for the workers to leave their loops */
+    int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
 } server;
@@ -352,6 +354,37 @@ static void admin_simple(struct evhttp_request *req, int status, const char *rea
     if (buf) evbuffer_free(buf);
 }
 
+/* Workers whose loop has not turned for more than WORKER_STUCK_MS; *worst gets the
+ * index of the longest silent one and *worst_ms its silence. */
+static size_t stuck_workers(const server *srv, size_t *worst, int64_t *worst_ms)
+{
+    int64_t now = monotonic_ms();
+    size_t n = 0;
+    *worst = 0;
+    *worst_ms = 0;
+    for (size_t i = 0; i < srv->n_workers; i++) {
+        int64_t silence = worker_loop_silence_ms(srv->workers[i], now);
+        if (silence <= WORKER_STUCK_MS) continue;
+        n++;
+        if (silence > *worst_ms) *worst = i, *worst_ms = silence;
+    }
+    return n;
+}
+
+/* Live while every worker's loop turns: a worker stuck in a callback serves nobody, and
+ * only a restart gets its connections back. Never depends on the API server. */
+static void admin_livez(server *srv, struct evhttp_request *req)
+{
+    size_t worst;
+    int64_t worst_ms;
+    size_t stuck = stuck_workers(srv, &worst, &worst_ms);
+    if (stuck == 0) return admin_simple(req, 200, "OK", "ok");
+    char text[160];
+    snprintf(text, sizeof(text), "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms",
+             stuck, worst, (long long)worst_ms);
+    admin_simple(req, 503, "Service Unavailable", text);
+}
+
 static void admin_metrics(server *srv, struct evhttp_request *req)
 {
     token_cache_stats cs, ss;
@@ -390,6 +423,13 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         for (size_t i = 0; i < srv->n_workers; i++)
             rc |= evbuffer_add_printf(buf, "gateway_worker_requests_total{worker=\"%zu\"} %llu\n", i,
                                       (unsigned long long)worker_requests_answered(srv->workers[i])) < 0;
+        size_t worst;
+        int64_t worst_ms;
+        rc |= evbuffer_add_printf(buf,
+                                  "# HELP gateway_workers_stuck Workers whose event loop has not turned for more "
+                                  "than %d ms (what fails /livez).\n# TYPE gateway_workers_stuck gauge\n"
+                                  "gateway_workers_stuck %zu\n",
+                                  WORKER_STUCK_MS, stuck_workers(srv, &worst, &worst_ms)) < 0;
     }
     if (rc || custom_metrics_render(srv->custom, buf) != 0) {
         if (buf) evbuffer_free(buf);
@@ -494,8 +534,10 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     if (!path) path = "/";
     if (strcmp(path, "/metrics") == 0) {
         admin_metrics(srv, req);
-    } else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0) {
+    } else if (strcmp(path, "/healthz") == 0) {
         admin_simple(req, 200, "OK", "ok");
+    } else if (strcmp(path, "/livez") == 0) {
+        admin_livez(srv, req);
     } else if (strcmp(path, "/readyz") == 0) {
         if (srv->shutting_down) admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
         else if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
@@ -715,12 +757,40 @@ static size_t requests_waiting(const server *srv)
     return n;
 }
 
-/* Tells every worker to leave its loop, then leaves the control loop; server_run joins
- * the workers. */
+/* How long the workers get to leave their loops once told to (or after a second signal),
+ * before a worker still inside a callback is abandoned with the process. */
+#define WORKER_EXIT_WAIT_MS 1000
+
+/* A worker that does not leave its loop cannot be joined or freed, and waiting for it
+ * would make shutdown hang: the process ends without it. */
+static _Noreturn void abandon_workers(const server *srv)
+{
+    size_t worst;
+    int64_t worst_ms;
+    size_t stuck = stuck_workers(srv, &worst, &worst_ms);
+    char n[32];
+    snprintf(n, sizeof(n), "%zu", stuck);
+    log_error("exiting without stuck workers: a worker did not leave its event loop", "stuck_workers", n, NULL);
+    fflush(stderr);
+    _exit(1);
+}
+
+/* Tells every worker to leave its loop; the shutdown tick leaves the control loop once
+ * they all have (server_run then joins them), or abandons them at exit_deadline_ms. A
+ * second call (another signal while leaving) abandons them at once. */
 static void stop_now(server *srv)
 {
+    if (srv->exiting) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (!all_left) abandon_workers(srv);
+        return;
+    }
+    srv->exiting = true;
+    srv->exit_deadline_ms = monotonic_ms() + WORKER_EXIT_WAIT_MS;
     post_to_workers(srv, MAIL_EXIT);
-    event_base_loopexit(srv->base, NULL);
+    struct timeval every = {0, 20000};
+    if (!srv->shutdown_timer || evtimer_add(srv->shutdown_timer, &every) != 0) event_base_loopexit(srv->base, NULL);
 }
 
 /* Graceful shutdown: /readyz answers 503, the workers stop accepting and answer with
@@ -731,6 +801,15 @@ static void on_shutdown_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     server *srv = arg;
+    if (srv->exiting) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (all_left)
+            event_base_loopexit(srv->base, NULL);
+        else if (monotonic_ms() >= srv->exit_deadline_ms)
+            abandon_workers(srv);
+        return;
+    }
     size_t waiting = requests_waiting(srv);
     if (waiting == 0) {
         log_info("stopped: no request in flight", NULL);
@@ -750,6 +829,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
     if (srv->shutting_down) {
         log_info("second signal: exiting now", "signal", name, NULL);
+        /* The workers get WORKER_EXIT_WAIT_MS to leave their loops, or none when they were
+         * already told to: a worker stuck in a callback goes with the process. */
         stop_now(srv);
         return;
     }
@@ -1077,7 +1158,8 @@ int server_run(const config *cfg, const apiserver_settings *api)
         goto done;
     if (config_policy_enabled(cfg)) {
         policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
-                                .max_memory_bytes = cfg->policy_max_memory_bytes};
+                                .max_memory_bytes = cfg->policy_max_memory_bytes,
+                                .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
         srv->policy = policy_host_new(srv->custom, &limits);
         /* No workers yet: this load tells nobody; each worker loads its own state below. */
         if (!srv->policy || load_policy(srv, "start-up") != 0) goto done;
@@ -1194,6 +1276,15 @@ int server_run(const config *cfg, const apiserver_settings *api)
     event_base_dispatch(srv->base);
     rc = 0;
 join:
+    /* Normally every worker has left its loop already (the shutdown tick waited for it);
+     * on a start-up failure they get WORKER_EXIT_WAIT_MS. */
+    for (int64_t deadline = monotonic_ms() + WORKER_EXIT_WAIT_MS;;) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (all_left) break;
+        if (monotonic_ms() >= deadline) abandon_workers(srv);
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
     for (size_t i = 0; i < srv->n_workers; i++) worker_join(srv->workers[i]);
 done:
     if (rc != 0) log_error("start-up failed", NULL);
@@ -1210,7 +1301,8 @@ int server_check_policy(const config *cfg, FILE *out)
     }
     custom_metrics *scratch = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
     policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
-                            .max_memory_bytes = cfg->policy_max_memory_bytes};
+                            .max_memory_bytes = cfg->policy_max_memory_bytes,
+                                .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
     policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
     char err[1024] = "out of memory";
     int rc = host ? policy_host_load(host, cfg->policy, err, sizeof(err)) : -1;

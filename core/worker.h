@@ -123,6 +123,19 @@ void worker_post(worker *w, gateway_mail *m);
 /* Waits for the worker's thread to leave its loop (after MAIL_EXIT). */
 void worker_join(worker *w);
 
+/* Liveness. A worker's loop stamps a heartbeat every WORKER_HEARTBEAT_MS; a worker whose
+ * loop has not turned for more than WORKER_STUCK_MS (a policy call, a lock or a write
+ * that does not return) is stuck: /livez fails and gateway_workers_stuck counts it. */
+#define WORKER_HEARTBEAT_MS 250
+#define WORKER_STUCK_MS 5000
+
+/* How long the worker's loop has not turned as of now_ms (CLOCK_MONOTONIC, ms); 0 while
+ * it turns, before it starts and after it left. Any thread. */
+int64_t worker_loop_silence_ms(const worker *w, int64_t now_ms);
+
+/* True once the worker's thread has left its loop (or never started). Any thread. */
+bool worker_loop_left(const worker *w);
+
 /* Frees the worker: its open connections, requests still waiting (unanswered: the grace
  * ran out) and undelivered mails. Its thread must have been joined (or never started). */
 void worker_free(worker *w);
