@@ -30,8 +30,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/queue.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #define POLICY_SOURCE_MAX (1024 * 1024)
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -96,12 +102,20 @@ typedef struct policy_state {
     size_t n_audiences;
 } policy_state;
 
+struct policy_source {
+    _Atomic size_t refs;
+    char *path;          /* what /policy shows: the file, or "(built-in default)" */
+    char *chunkname;     /* what error messages name: the file, or policies/default.lua */
+    char sha256_hex[65];
+    size_t len;
+    char bytes[];        /* len bytes and a NUL */
+};
+
 struct policy_host {
     custom_metrics *metrics;
     policy_limits limits;
     policy_state *current;
-    char *path;
-    char sha256_hex[65];
+    policy_source *source; /* what current runs */
     double loaded_at;
     char last_error[1024];
 };
@@ -912,7 +926,7 @@ void policy_host_free(policy_host *host)
 {
     if (!host) return;
     state_free(host->current);
-    free(host->path);
+    policy_source_unref(host->source);
     free(host);
 }
 
@@ -950,75 +964,187 @@ static void sha256_hex(const char *data, size_t len, char out[65])
     out[64] = '\0';
 }
 
-int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap)
+policy_source *policy_source_read(const char *path, char *err, size_t err_cap)
 {
     char *owned = NULL;
-    const char *source;
+    const char *data;
     size_t len;
-    const char *chunkname;
     if (path) {
         owned = read_policy_file(path, &len, err, err_cap);
-        if (!owned) goto fail;
-        source = owned;
-        chunkname = path;
+        if (!owned) return NULL;
+        data = owned;
     } else {
         const embedded_file *f = embedded_find(DEFAULT_POLICY_PATH);
         if (!f) {
             snprintf(err, err_cap, "the built-in default policy is missing from this build");
-            goto fail;
+            return NULL;
         }
-        source = f->data;
+        data = f->data;
         len = f->size;
-        chunkname = DEFAULT_POLICY_PATH;
     }
+    policy_source *src = malloc(sizeof(*src) + len + 1);
+    if (src) {
+        src->path = strdup(path ? path : "(built-in default)");
+        src->chunkname = strdup(path ? path : DEFAULT_POLICY_PATH);
+    }
+    if (!src || !src->path || !src->chunkname) {
+        if (src) free(src->path), free(src->chunkname);
+        free(src);
+        free(owned);
+        snprintf(err, err_cap, "out of memory");
+        return NULL;
+    }
+    atomic_init(&src->refs, 1);
+    src->len = len;
+    memcpy(src->bytes, data, len);
+    src->bytes[len] = '\0';
+    sha256_hex(src->bytes, len, src->sha256_hex);
+    free(owned);
+    return src;
+}
+
+policy_source *policy_source_ref(policy_source *src)
+{
+    if (src) atomic_fetch_add_explicit(&src->refs, 1, memory_order_relaxed);
+    return src;
+}
+
+void policy_source_unref(policy_source *src)
+{
+    if (!src || atomic_fetch_sub_explicit(&src->refs, 1, memory_order_acq_rel) != 1) return;
+    free(src->path);
+    free(src->chunkname);
+    free(src);
+}
+
+const char *policy_source_sha256(const policy_source *src)
+{
+    return src->sha256_hex;
+}
+
+int policy_host_load_source(policy_host *host, policy_source *src, char *err, size_t err_cap)
+{
     size_t metrics_before = custom_metrics_count(host->metrics);
-    policy_state *ps = state_load(host, source, len, chunkname, err, err_cap);
+    policy_state *ps = state_load(host, src->bytes, src->len, src->chunkname, err, err_cap);
     if (!ps) {
         custom_metrics_truncate(host->metrics, metrics_before);
-        goto fail;
-    }
-    char *new_path = strdup(path ? path : "(built-in default)");
-    if (!new_path) {
-        state_free(ps);
-        snprintf(err, err_cap, "out of memory");
-        goto fail;
+        snprintf(host->last_error, sizeof(host->last_error), "%s", err);
+        return -1;
     }
     state_free(host->current);
     host->current = ps;
-    free(host->path);
-    host->path = new_path;
-    sha256_hex(source, len, host->sha256_hex);
+    policy_source_unref(host->source);
+    host->source = policy_source_ref(src);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     host->loaded_at = (double)now.tv_sec + now.tv_nsec / 1e9;
     host->last_error[0] = '\0';
-    free(owned);
     return 0;
-fail:
+}
+
+void policy_host_set_last_error(policy_host *host, const char *err)
+{
     snprintf(host->last_error, sizeof(host->last_error), "%s", err);
-    free(owned);
+}
+
+int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap)
+{
+    policy_source *src = policy_source_read(path, err, err_cap);
+    if (!src) {
+        snprintf(host->last_error, sizeof(host->last_error), "%s", err);
+        return -1;
+    }
+    int rc = policy_host_load_source(host, src, err, err_cap);
+    policy_source_unref(src);
+    return rc;
+}
+
+/* The child of policy_validate_isolated: loads src and reports on fd. Never returns. */
+static _Noreturn void validate_in_child(const policy_source *src, const policy_limits *limits, int fd)
+{
+    /* A backstop for whatever the limits do not stop: SIGALRM's default action ends the
+     * child, and the parent reports the signal. */
+    alarm((unsigned)((limits->max_call_ms ? limits->max_call_ms : POLICY_DEFAULT_MAX_CALL_MS) / 1000 + 10));
+    /* The control thread's own load logs what the policy prints while loading; the trial
+     * load stays quiet. */
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+    char err[1024] = "out of memory";
+    custom_metrics *scratch = custom_metrics_new(1000);
+    policy_host *host = scratch ? policy_host_new(scratch, limits) : NULL;
+    int rc = host ? policy_host_load_source(host, (policy_source *)src, err, sizeof(err)) : -1;
+    if (rc != 0) {
+        size_t len = strlen(err), off = 0;
+        while (off < len) {
+            ssize_t w = write(fd, err + off, len - off);
+            if (w <= 0 && errno != EINTR) break;
+            if (w > 0) off += (size_t)w;
+        }
+    }
+    _exit(rc == 0 ? 0 : 1); /* no atexit handlers, no flushing the parent's buffers twice */
+}
+
+int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        snprintf(err, err_cap, "cannot check the policy: pipe: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, err_cap, "cannot check the policy: fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        validate_in_child(src, limits, fds[1]);
+    }
+    close(fds[1]);
+    char msg[1024];
+    size_t used = 0;
+    for (;;) {
+        ssize_t r = read(fds[0], msg + used, sizeof(msg) - 1 - used);
+        if (r > 0) used += (size_t)r;
+        else if (r == 0 || errno != EINTR) break;
+        if (used == sizeof(msg) - 1) break;
+    }
+    msg[used] = '\0';
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    if (WIFEXITED(status))
+        snprintf(err, err_cap, "%s", used ? msg : "the policy did not load");
+    else if (WIFSIGNALED(status))
+        snprintf(err, err_cap, "%s: loading it killed the checking process (signal %d, %s); nothing was loaded",
+                 src->chunkname, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else
+        snprintf(err, err_cap, "%s: the checking process ended abnormally", src->chunkname);
     return -1;
 }
 
 bool policy_host_file_matches(const policy_host *host)
 {
-    if (!host->current) return false;
-    if (!host->path || strcmp(host->path, "(built-in default)") == 0) return true;
+    if (!host->current || !host->source) return false;
+    if (strcmp(host->source->path, "(built-in default)") == 0) return true;
     char err[256];
     size_t len = 0;
-    char *source = read_policy_file(host->path, &len, err, sizeof(err));
+    char *source = read_policy_file(host->source->path, &len, err, sizeof(err));
     if (!source) return false;
     char now_hex[65];
     sha256_hex(source, len, now_hex);
     free(source);
-    return strcmp(now_hex, host->sha256_hex) == 0;
+    return strcmp(now_hex, host->source->sha256_hex) == 0;
 }
 
 void policy_host_info(const policy_host *host, policy_info *out)
 {
     memset(out, 0, sizeof(*out));
-    out->path = host->path ? host->path : "";
-    memcpy(out->sha256_hex, host->sha256_hex, sizeof(out->sha256_hex));
+    out->path = host->source ? host->source->path : "";
+    if (host->source) memcpy(out->sha256_hex, host->source->sha256_hex, sizeof(out->sha256_hex));
     out->loaded_at = host->loaded_at;
     out->last_error = host->last_error;
     out->loaded = host->current != NULL;

@@ -76,6 +76,31 @@ int policy_host_load(policy_host *host, const char *path, char *err, size_t err_
  * for the admin listener, not the request path. */
 bool policy_host_file_matches(const policy_host *host);
 
+/* One version of a policy: the bytes read once from its file (or the built-in default),
+ * their sha256 and name. Immutable and reference-counted, so the control thread can hand
+ * the very bytes it validated to every worker (any thread may ref and unref). */
+typedef struct policy_source policy_source;
+
+/* Reads path (NULL: the built-in default). NULL with err on failure. Holds one reference. */
+policy_source *policy_source_read(const char *path, char *err, size_t err_cap);
+policy_source *policy_source_ref(policy_source *src);
+void policy_source_unref(policy_source *src); /* NULL is a no-op */
+const char *policy_source_sha256(const policy_source *src);
+
+/* Records a load that failed before reaching the host (reading the file, or the
+ * isolated check), for /policy's last_error. */
+void policy_host_set_last_error(policy_host *host, const char *err);
+
+/* policy_host_load for bytes already read; the host keeps a reference to src. */
+int policy_host_load_source(policy_host *host, policy_source *src, char *err, size_t err_cap);
+
+/* Loads src in a fresh state in a forked child process, as `nginx -t` checks a
+ * configuration: whatever the file does while loading (even crash the process it runs
+ * in), the caller lives. 0 when it loads; -1 with err (the policy's error, or how the
+ * child ended) otherwise. Blocks until the child ends (bounded by the limits: instruction
+ * budget, wall-clock limit, memory cap, and a SIGALRM backstop). */
+int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap);
+
 /* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
  * out->kind is POLICY_ERROR with out->message set. */
 void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,

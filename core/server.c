@@ -89,6 +89,8 @@ typedef struct server {
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
     bool exiting;              /* MAIL_EXIT sent: waiting for the workers to leave their loops */
+    policy_limits policy_limits;
+    policy_source *policy_source; /* the version every worker runs (validated, a reference) */
     int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
@@ -572,23 +574,32 @@ static void post_to_workers(server *srv, gateway_mail_kind kind)
             continue;
         }
         m->kind = kind;
+        if (kind == MAIL_RELOAD_POLICY) m->policy = policy_source_ref(srv->policy_source);
         worker_post(srv->workers[i], m);
     }
 }
 
-/* Loads (or reloads) the policy file: first into the control thread's state, which
- * checks it; only a policy that loads there goes to the workers. On failure the running
- * policy keeps serving everywhere. */
+/* Loads (or reloads) the policy file. The file is read once; those bytes are loaded in a
+ * forked child first (policy_validate_isolated: a file that crashes its process takes
+ * only the child), then into the control thread's state, and only then handed, the same
+ * bytes with their sha256, to every worker. On failure the running policy keeps serving
+ * everywhere. */
 static int load_policy(server *srv, const char *trigger)
 {
     char err[1024];
     const char *path = srv->cfg->policy;
-    if (policy_host_load(srv->policy, path, err, sizeof(err)) != 0) {
+    policy_source *src = policy_source_read(path, err, sizeof(err));
+    if (!src || policy_validate_isolated(src, &srv->policy_limits, err, sizeof(err)) != 0 ||
+        policy_host_load_source(srv->policy, src, err, sizeof(err)) != 0) {
+        policy_source_unref(src);
+        policy_host_set_last_error(srv->policy, err);
         srv->metrics.policy_reloads_failure++;
         log_error("policy load failed; the previous policy keeps running", "trigger", trigger, "path",
                   path ? path : "(built-in default)", "error", err, NULL);
         return -1;
     }
+    policy_source_unref(srv->policy_source);
+    srv->policy_source = src;
     policy_info info;
     policy_host_info(srv->policy, &info);
     srv->metrics.policy_reloads_success++;
@@ -1038,6 +1049,7 @@ static void server_teardown(server *srv)
     }
     mailbox_free(srv->inbox, discard_control_mail);
     policy_host_free(srv->policy);
+    policy_source_unref(srv->policy_source);
     custom_metrics_free(srv->custom);
     token_cache_free(srv->sar_cache);
     token_cache_free(srv->tokenreview_cache);
@@ -1080,6 +1092,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .jwks = srv->jwks,
         .max_buffered_body_bytes = (cfg->max_buffered_body_bytes + n - 1) / n,
         .access_log = srv->access_log,
+        .policy = srv->policy_source,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -1160,8 +1173,9 @@ int server_run(const config *cfg, const apiserver_settings *api)
         policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
                                 .max_memory_bytes = cfg->policy_max_memory_bytes,
                                 .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
+        srv->policy_limits = limits;
         srv->policy = policy_host_new(srv->custom, &limits);
-        /* No workers yet: this load tells nobody; each worker loads its own state below. */
+        /* No workers yet: this load tells nobody; each worker loads srv->policy_source below. */
         if (!srv->policy || load_policy(srv, "start-up") != 0) goto done;
         if (cfg->policy_watch) {
             stat(cfg->policy, &srv->policy_file_stat);
@@ -1305,7 +1319,13 @@ int server_check_policy(const config *cfg, FILE *out)
                                 .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
     policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
     char err[1024] = "out of memory";
-    int rc = host ? policy_host_load(host, cfg->policy, err, sizeof(err)) : -1;
+    /* In a child first, as a reload does: a file that crashes its process makes this
+     * check fail (exit 1) with the reason instead of killing it. */
+    policy_source *src = host ? policy_source_read(cfg->policy, err, sizeof(err)) : NULL;
+    int rc = src && policy_validate_isolated(src, &limits, err, sizeof(err)) == 0
+                 ? policy_host_load_source(host, src, err, sizeof(err))
+                 : -1;
+    policy_source_unref(src);
     if (rc == 0) {
         policy_info info;
         policy_host_info(host, &info);

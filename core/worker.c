@@ -1282,6 +1282,7 @@ void gateway_mail_free(gateway_mail *m)
         OPENSSL_cleanse(m->value, m->value_len);
         free(m->value);
     }
+    policy_source_unref(m->policy);
     free(m);
 }
 
@@ -1297,10 +1298,12 @@ static void stop_accepting(worker *w)
     }
 }
 
-static void reload_policy(worker *w)
+/* Loads the very bytes the control thread read and validated (never the file again), so
+ * every worker runs the same version. */
+static void reload_policy(worker *w, policy_source *src)
 {
     char err[1024];
-    if (!w->policy || policy_host_load(w->policy, w->cfg->policy, err, sizeof(err)) == 0) return;
+    if (!w->policy || !src || policy_host_load_source(w->policy, src, err, sizeof(err)) == 0) return;
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
     log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error", err, NULL);
@@ -1318,7 +1321,7 @@ static void worker_deliver(mail *link, void *arg)
         ar->waiter.done(&outcome, ar);
         break;
     }
-    case MAIL_RELOAD_POLICY: reload_policy(w); break;
+    case MAIL_RELOAD_POLICY: reload_policy(w, m->policy); break;
     case MAIL_STOP_ACCEPTING: stop_accepting(w); break;
     case MAIL_EXIT: event_base_loopexit(w->base, NULL); break;
     case MAIL_REFRESH: break; /* never sent to a worker */
@@ -1413,7 +1416,7 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
         char err[1024];
         w->policy = policy_host_new(shared->custom, &limits);
         if (!w->policy) goto fail_fd;
-        if (policy_host_load(w->policy, cfg->policy, err, sizeof(err)) != 0) {
+        if (!shared->policy || policy_host_load_source(w->policy, shared->policy, err, sizeof(err)) != 0) {
             log_error("policy load failed on a worker", "error", err, NULL);
             goto fail_fd;
         }

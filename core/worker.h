@@ -64,12 +64,13 @@ typedef struct worker_shared {
     jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
     size_t max_buffered_body_bytes;  /* this worker's share of --max-buffered-body-bytes (0: none) */
     const struct access_log *access_log; /* --access-log; NULL: off */
+    policy_source *policy;    /* the validated policy the worker starts with (it takes a reference) */
 } worker_shared;
 
 typedef enum {
     MAIL_REVIEW,         /* worker -> control: start or join a review; control -> worker: its outcome */
     MAIL_REFRESH,        /* worker -> control: refresh-ahead review of a cached token (no waiter) */
-    MAIL_RELOAD_POLICY,  /* control -> worker: load the policy file again */
+    MAIL_RELOAD_POLICY,  /* control -> worker: load the policy version in the mail */
     MAIL_STOP_ACCEPTING, /* control -> worker: graceful shutdown has begun */
     MAIL_EXIT,           /* control -> worker: leave the loop now */
 } gateway_mail_kind;
@@ -96,6 +97,8 @@ typedef struct gateway_mail {
     unsigned char *value; /* malloc'd copy, or NULL */
     size_t value_len;
     char reason[256];
+    /* MAIL_RELOAD_POLICY: the version the control thread validated (a reference) */
+    policy_source *policy;
 } gateway_mail;
 
 /* What the SubjectAccessReview parser needs: the packed identity the question was asked
