@@ -69,6 +69,10 @@ local function new_host()
   function host.metric_declare(kind, name, help, labels, buckets)
     local m = host.metrics[name]
     if m == nil then
+      local n = 0
+      for _ in pairs(host.metrics) do n = n + 1 end
+      local max = require("tokengate").limits.metrics
+      if n >= max then return nil, format("at most %d policy metrics", max) end
       m = { kind = kind, name = name, help = help, labels = labels, buckets = buckets, series = {} }
       host.metrics[name] = m
       return m
@@ -313,6 +317,14 @@ end
 -- reloads in the gateway, so re-declaring with other labels still fails after a reset.
 function _M.reset()
   for _, m in pairs(host.metrics) do m.series = {} end
+  host.log_entries = {}
+end
+
+-- syntax: testing.forget_metrics()
+-- Forgets every metric declaration too, as a fresh gateway process would start: for specs
+-- that load unrelated policies one after the other and count declarations.
+function _M.forget_metrics()
+  host.metrics = {}
   host.log_entries = {}
 end
 
