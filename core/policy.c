@@ -1500,7 +1500,9 @@ int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, ch
         return -1;
     }
     int rc = -1;
-    if (lua_type(L, -2) == LUA_TNUMBER) {
+    if (lua_isnil(L, -2) && lua_isnil(L, -1)) {
+        rc = 0; /* the hook returned nil: the default TTL */
+    } else if (lua_type(L, -2) == LUA_TNUMBER) {
         double seconds = lua_tonumber(L, -2);
         if (isfinite(seconds) && seconds >= 0 && seconds < 1e9) {
             *ttl_ms = (int64_t)(seconds * 1000);

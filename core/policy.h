@@ -107,7 +107,8 @@ void policy_authorize(policy_host *host, const policy_request *req, const identi
                       policy_decision *out);
 
 /* ttl(user) in milliseconds. Returns 1 and sets *ttl_ms when the policy has a ttl hook
- * that answered, 0 when it has none, -1 (message in err) when the hook failed. */
+ * that answered a number, 0 when it has none or it returned nil (the default TTL), -1
+ * (message in err) when the hook failed. */
 int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, char *err, size_t err_cap);
 
 /* anonymous(req): 1 allow without a token, 0 not (also when there is no hook), -1 error

@@ -569,14 +569,16 @@ end
 _M.authorize = authorize
 
 -- syntax: seconds, err = sandbox.ttl(policy, user)
--- nil without err only when the policy has no ttl hook (the gateway then uses --cache-ttl).
--- A hook that returns nil is an error like any other wrong type: the gateway does not
+-- nil without err when the policy has no ttl hook or the hook returns nil: the gateway
+-- then uses --cache-ttl (so a policy says "the default" without copying the flag's value).
+-- Any other value that is not a finite number >= 0 is an error: the gateway does not
 -- cache that verdict, rather than guess.
 function _M.ttl(policy, user)
   if not loaded_policies[policy] then return nil, "not a policy loaded by tokengate.sandbox" end
   if policy.ttl == nil then return nil end
   local ok, res = call_hook(policy, "ttl", user)
   if not ok then return nil, res end
+  if res == nil then return nil end
   if type(res) ~= "number" or res ~= res or res == huge or res < 0 then
     return nil, format("%s: ttl must return a finite number of seconds >= 0 (got %s)",
       where(policy.chunkname, policy.ttl), type(res) == "number" and tostring(res) or type(res))

@@ -966,8 +966,12 @@ describe("tokengate sandbox", function()
       assert.same({}, { with_authorize("return tg.deny()"):ttl(SA) })
     end)
 
-    it("refuses nil, negative, infinite, NaN and non-numbers", function()
-      for expr, got in pairs{ ["nil"] = "nil", ["-1"] = "-1", ["math.huge"] = "inf", ["0/0"] = "nan", ["'30'"] = "string" } do
+    it("returns nil without an error when the hook returns nil (the default TTL)", function()
+      assert.same({}, { ttl_of("nil") })
+    end)
+
+    it("refuses negative, infinite, NaN and non-numbers", function()
+      for expr, got in pairs{ ["-1"] = "-1", ["math.huge"] = "inf", ["0/0"] = "nan", ["'30'"] = "string" } do
         local ttl, err = ttl_of(expr)
         assert.is_nil(ttl)
         assert.equal("inline.lua:2: ttl must return a finite number of seconds >= 0 (got " .. got .. ")", err)
