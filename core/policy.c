@@ -33,11 +33,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <sys/queue.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #define POLICY_SOURCE_MAX (1024 * 1024)
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -1059,65 +1062,127 @@ int policy_host_load(policy_host *host, const char *path, char *err, size_t err_
     return rc;
 }
 
-/* The child of policy_validate_isolated: loads src and reports on fd. Never returns. */
-static _Noreturn void validate_in_child(const policy_source *src, const policy_limits *limits, int fd)
+/* The validating process's exit status when the policy did not load (its message on
+ * stdout): any other status but 0 means it died some other way (a signal; a sanitizer's
+ * report). */
+#define VALIDATE_REFUSED 3
+
+int policy_validate_main(int argc, char **argv)
 {
-    /* A backstop for whatever the limits do not stop: SIGALRM's default action ends the
-     * child, and the parent reports the signal. */
-    alarm((unsigned)((limits->max_call_ms ? limits->max_call_ms : POLICY_DEFAULT_MAX_CALL_MS) / 1000 + 10));
-    /* The control thread's own load logs what the policy prints while loading; the trial
-     * load stays quiet. */
+    if (argc != 7 || strcmp(argv[1], POLICY_VALIDATE_ARG) != 0) return 2;
+    policy_limits limits = {.max_instructions = strtoull(argv[4], NULL, 10),
+                            .max_memory_bytes = (size_t)strtoull(argv[5], NULL, 10),
+                            .max_call_ms = (uint32_t)strtoul(argv[6], NULL, 10)};
+    /* A backstop for whatever the limits do not stop: SIGALRM's default action ends this
+     * process, and the gateway reports the signal. */
+    alarm((unsigned)(3 * (limits.max_call_ms ? limits.max_call_ms : POLICY_DEFAULT_MAX_CALL_MS) / 1000 + 2));
+    /* The gateway's own load logs what the policy prints while loading; this one is quiet. */
     int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, STDERR_FILENO);
     char err[1024] = "out of memory";
-    custom_metrics *scratch = custom_metrics_new(1000);
-    policy_host *host = scratch ? policy_host_new(scratch, limits) : NULL;
-    int rc = host ? policy_host_load_source(host, (policy_source *)src, err, sizeof(err)) : -1;
+    policy_source *src = malloc(sizeof(*src) + POLICY_SOURCE_MAX + 1);
+    size_t len = 0;
+    while (src && len <= POLICY_SOURCE_MAX) {
+        ssize_t r = read(STDIN_FILENO, src->bytes + len, POLICY_SOURCE_MAX + 1 - len);
+        if (r > 0) len += (size_t)r;
+        else if (r == 0 || errno != EINTR) break;
+    }
+    int rc = -1;
+    if (src) {
+        atomic_init(&src->refs, 1);
+        src->len = len <= POLICY_SOURCE_MAX ? len : 0;
+        src->bytes[src->len] = '\0';
+        src->chunkname = strdup(argv[2]);
+        src->path = strdup(argv[3]);
+    }
+    if (src && len <= POLICY_SOURCE_MAX && src->chunkname && src->path) {
+        custom_metrics *scratch = custom_metrics_new(1000);
+        policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
+        rc = host ? policy_host_load_source(host, src, err, sizeof(err)) : -1;
+        policy_host_free(host); /* freed, so that a leak checker has nothing to say */
+        custom_metrics_free(scratch);
+    } else if (src && len > POLICY_SOURCE_MAX) {
+        snprintf(err, sizeof(err), "%s: larger than %d bytes", argv[2], POLICY_SOURCE_MAX);
+    }
+    policy_source_unref(src);
     if (rc != 0) {
-        size_t len = strlen(err), off = 0;
-        while (off < len) {
-            ssize_t w = write(fd, err + off, len - off);
+        size_t n = strlen(err), off = 0;
+        while (off < n) {
+            ssize_t w = write(STDOUT_FILENO, err + off, n - off);
             if (w <= 0 && errno != EINTR) break;
             if (w > 0) off += (size_t)w;
         }
     }
-    _exit(rc == 0 ? 0 : 1); /* no atexit handlers, no flushing the parent's buffers twice */
+    return rc == 0 ? 0 : VALIDATE_REFUSED;
+}
+
+/* Writes all of data to fd (a pipe); false if the reader went away (SIGPIPE is ignored by
+ * the gateway; the caller then reports how the validating process ended). */
+static bool write_all(int fd, const char *data, size_t len)
+{
+    while (len) {
+        ssize_t w = write(fd, data, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        data += w;
+        len -= (size_t)w;
+    }
+    return true;
 }
 
 int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap)
 {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
+    int in[2] = {-1, -1}, out[2] = {-1, -1};
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
         snprintf(err, err_cap, "cannot check the policy: pipe: %s", strerror(errno));
+        for (int i = 0; i < 2; i++) {
+            if (in[i] >= 0) close(in[i]);
+            if (out[i] >= 0) close(out[i]);
+        }
         return -1;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        snprintf(err, err_cap, "cannot check the policy: fork: %s", strerror(errno));
-        close(fds[0]);
-        close(fds[1]);
+    char instructions[32], memory[32], call_ms[32];
+    snprintf(instructions, sizeof(instructions), "%llu", (unsigned long long)limits->max_instructions);
+    snprintf(memory, sizeof(memory), "%zu", limits->max_memory_bytes);
+    snprintf(call_ms, sizeof(call_ms), "%u", (unsigned)limits->max_call_ms);
+    char *argv[] = {"tokengate", POLICY_VALIDATE_ARG, src->chunkname, src->path, instructions, memory, call_ms, NULL};
+    posix_spawn_file_actions_t actions;
+    pid_t pid = -1;
+    int spawn_rc = posix_spawn_file_actions_init(&actions);
+    if (spawn_rc == 0) {
+        spawn_rc = posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+        if (spawn_rc == 0) spawn_rc = posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+        if (spawn_rc == 0) spawn_rc = posix_spawn(&pid, "/proc/self/exe", &actions, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&actions);
+    }
+    close(in[0]);
+    close(out[1]);
+    if (spawn_rc != 0) {
+        close(in[1]);
+        close(out[0]);
+        snprintf(err, err_cap, "cannot check the policy: cannot start the checking process: %s", strerror(spawn_rc));
         return -1;
     }
-    if (pid == 0) {
-        close(fds[0]);
-        validate_in_child(src, limits, fds[1]);
-    }
-    close(fds[1]);
+    write_all(in[1], src->bytes, src->len);
+    close(in[1]);
     char msg[1024];
     size_t used = 0;
     for (;;) {
-        ssize_t r = read(fds[0], msg + used, sizeof(msg) - 1 - used);
+        ssize_t r = read(out[0], msg + used, sizeof(msg) - 1 - used);
         if (r > 0) used += (size_t)r;
         else if (r == 0 || errno != EINTR) break;
         if (used == sizeof(msg) - 1) break;
     }
     msg[used] = '\0';
-    close(fds[0]);
+    close(out[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
-    if (WIFEXITED(status))
+    if (WIFEXITED(status) && WEXITSTATUS(status) == VALIDATE_REFUSED)
         snprintf(err, err_cap, "%s", used ? msg : "the policy did not load");
+    else if (WIFEXITED(status))
+        snprintf(err, err_cap, "%s: loading it ended the checking process (exit status %d); nothing was loaded",
+                 src->chunkname, WEXITSTATUS(status));
     else if (WIFSIGNALED(status))
         snprintf(err, err_cap, "%s: loading it killed the checking process (signal %d, %s); nothing was loaded",
                  src->chunkname, WTERMSIG(status), strsignal(WTERMSIG(status)));

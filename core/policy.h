@@ -94,12 +94,20 @@ void policy_host_set_last_error(policy_host *host, const char *err);
 /* policy_host_load for bytes already read; the host keeps a reference to src. */
 int policy_host_load_source(policy_host *host, policy_source *src, char *err, size_t err_cap);
 
-/* Loads src in a fresh state in a forked child process, as `nginx -t` checks a
- * configuration: whatever the file does while loading (even crash the process it runs
- * in), the caller lives. 0 when it loads; -1 with err (the policy's error, or how the
- * child ended) otherwise. Blocks until the child ends (bounded by the limits: instruction
- * budget, wall-clock limit, memory cap, and a SIGALRM backstop). */
+/* Loads src in a fresh state in a separate, freshly started process, as `nginx -t`
+ * checks a configuration: whatever the file does while loading (even crash the process
+ * it runs in), the caller lives. The process is this program again (/proc/self/exe) with
+ * POLICY_VALIDATE_ARG, the bytes on its stdin: started with posix_spawn, not a bare
+ * fork, so it inherits no lock another thread held. 0 when the policy loads; -1 with err
+ * (the policy's error, or how the process ended) otherwise. Blocks until the process ends
+ * (bounded by the limits: instruction budget, wall-clock limit, memory cap, and a
+ * SIGALRM backstop). The caller must ignore SIGPIPE. */
 int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap);
+
+/* What a program calls first when argv[1] is POLICY_VALIDATE_ARG: it is the validating
+ * process of policy_validate_isolated. Returns its exit status. */
+#define POLICY_VALIDATE_ARG "--internal-validate-policy"
+int policy_validate_main(int argc, char **argv);
 
 /* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
  * out->kind is POLICY_ERROR with out->message set. */

@@ -32,8 +32,8 @@ static void charge(match_state *ms, uint64_t n)
 {
     *ms->budget->spent += n;
     if (*ms->budget->spent > *ms->budget->limit)
-        luaL_error(ms->L, "pattern matching exceeded the instruction budget (%llu instructions)",
-                   (unsigned long long)*ms->budget->limit);
+        luaL_error(ms->L, "pattern matching exceeded the instruction budget (%d instructions)",
+                   *ms->budget->limit > INT32_MAX ? INT32_MAX : (int)*ms->budget->limit);
 }
 
 static bool is_alpha(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }

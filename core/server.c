@@ -580,8 +580,8 @@ static void post_to_workers(server *srv, gateway_mail_kind kind)
 }
 
 /* Loads (or reloads) the policy file. The file is read once; those bytes are loaded in a
- * forked child first (policy_validate_isolated: a file that crashes its process takes
- * only the child), then into the control thread's state, and only then handed, the same
+ * separate process first (policy_validate_isolated: a file that crashes its process
+ * takes only that one), then into the control thread's state, and only then handed, the same
  * bytes with their sha256, to every worker. On failure the running policy keeps serving
  * everywhere. */
 static int load_policy(server *srv, const char *trigger)
