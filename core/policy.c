@@ -1146,13 +1146,19 @@ int policy_validate_isolated(const policy_source *src, const policy_limits *limi
     snprintf(memory, sizeof(memory), "%zu", limits->max_memory_bytes);
     snprintf(call_ms, sizeof(call_ms), "%u", (unsigned)limits->max_call_ms);
     char *argv[] = {"tokengate", POLICY_VALIDATE_ARG, src->chunkname, src->path, instructions, memory, call_ms, NULL};
+    /* This program's path as readlink reports it (a tool such as valgrind reports its
+     * client's; executing /proc/self/exe itself would start the tool's own binary). */
+    char program[4096] = "/proc/self/exe";
+    ssize_t n = readlink("/proc/self/exe", program, sizeof(program) - 1);
+    if (n > 0) program[n] = '\0';
+    if (n <= 0 || access(program, X_OK) != 0) snprintf(program, sizeof(program), "/proc/self/exe");
     posix_spawn_file_actions_t actions;
     pid_t pid = -1;
     int spawn_rc = posix_spawn_file_actions_init(&actions);
     if (spawn_rc == 0) {
         spawn_rc = posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
         if (spawn_rc == 0) spawn_rc = posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-        if (spawn_rc == 0) spawn_rc = posix_spawn(&pid, "/proc/self/exe", &actions, NULL, argv, environ);
+        if (spawn_rc == 0) spawn_rc = posix_spawn(&pid, program, &actions, NULL, argv, environ);
         posix_spawn_file_actions_destroy(&actions);
     }
     close(in[0]);
