@@ -349,4 +349,14 @@ function _M.set_instruction_limit(n)
   if not ok then error(err, 2) end
 end
 
+-- syntax: testing.set_memory_limit(bytes | nil)
+-- Mirror the gateway's --policy-max-memory-bytes; nil restores the default (64 MiB). Under
+-- busted the cap is the heap's growth during one call, checked every 1000 instructions:
+-- gradual growth fails as in the gateway, but one huge allocation is not caught before it
+-- happens (the gateway's allocator refuses it).
+function _M.set_memory_limit(n)
+  local ok, err = sandbox.configure{ memory_limit = n or 64 * 1024 * 1024 }
+  if not ok then error(err, 2) end
+end
+
 return _M

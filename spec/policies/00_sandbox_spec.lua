@@ -362,6 +362,24 @@ describe("tokengate sandbox", function()
       assert.matches("instruction limit of 1000 exceeded", d.message)
     end)
 
+    it("stops a hook that keeps growing the heap past the memory limit, as the gateway's cap does", function()
+      testing.set_memory_limit(8 * 1024 * 1024)
+      local d = authorize([[
+        local t = {}
+        for i = 1, 1e6 do t[i] = ("x"):rep(100) .. i end
+        return tg.allow()]])
+      testing.set_memory_limit(nil)
+      assert_error_decision("not enough memory", d)
+      assert.matches("^inline.lua:%d+: not enough memory %(the heap grew by more than 8388608 bytes%)$", d.message)
+      -- the same policy with room to spare
+      assert.equal("allow", authorize([[
+        local t = {}
+        for i = 1, 1000 do t[i] = ("x"):rep(100) .. i end
+        return tg.allow()]]).kind)
+      assert.has_error(function() testing.set_memory_limit(1000) end,
+        "memory_limit must be an integer number of bytes >= 1048576")
+    end)
+
     it("stops an endless ttl or anonymous hook", function()
       local p = with_authorize("return tg.deny()",
         "ttl = function() while true do end end, anonymous = function() while true do end end,")
