@@ -19,22 +19,22 @@
 #include "log.h"
 #include "policy_pattern.h"
 
+#include <errno.h>
 #include <event2/keyvalq_struct.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <luajit.h>
 #include <lualib.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <stdatomic.h>
 #include <sys/queue.h>
 #include <sys/wait.h>
 #include <time.h>

@@ -1,6 +1,8 @@
 /* The Lua policy host: one LuaJIT state per event loop running a policy file (or the
  * built-in policies/default.lua) inside the sandbox that lua/tokengate/sandbox.lua
- * defines, with an instruction budget and a memory cap enforced from C.
+ * defines, with an instruction budget (pattern matching and sorting included), a memory
+ * cap, a wall-clock limit per call and a bound on nested C -> Lua callbacks enforced from
+ * C (docs/POLICIES.md, "What else stops a policy call").
  *
  * Every call into Lua is a protected call whose outcome becomes a value: an error, a
  * timeout (budget) or a wrong return value is reported as POLICY_ERROR, never as an

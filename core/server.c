@@ -89,9 +89,9 @@ typedef struct server {
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
     bool exiting;              /* MAIL_EXIT sent: waiting for the workers to leave their loops */
+    int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
     policy_limits policy_limits;
     policy_source *policy_source; /* the version every worker runs (validated, a reference) */
-    int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
 } server;
@@ -1316,11 +1316,11 @@ int server_check_policy(const config *cfg, FILE *out)
     custom_metrics *scratch = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
     policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
                             .max_memory_bytes = cfg->policy_max_memory_bytes,
-                                .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
+                            .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
     policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
     char err[1024] = "out of memory";
-    /* In a child first, as a reload does: a file that crashes its process makes this
-     * check fail (exit 1) with the reason instead of killing it. */
+    /* In a separate process first, as a reload does: a file that crashes its process makes
+     * this check fail (exit 1) with the reason instead of killing it. */
     policy_source *src = host ? policy_source_read(cfg->policy, err, sizeof(err)) : NULL;
     int rc = src && policy_validate_isolated(src, &limits, err, sizeof(err)) == 0
                  ? policy_host_load_source(host, src, err, sizeof(err))
