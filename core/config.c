@@ -82,6 +82,8 @@ static const flag_spec flag_table[] = {
      "Lua instructions one policy hook may run (default 1000000)"},
     {"--policy-max-memory-bytes", FLAG_BYTES, FIELD(policy_max_memory_bytes),
      "memory cap of each policy Lua state (default 64Mi)"},
+    {"--policy-max-call-time", FLAG_DURATION, FIELD(policy_max_call_ms),
+     "wall-clock limit of one policy call, hook or load (default 1s)"},
     {"--sar-allowed-ttl", FLAG_DURATION, FIELD(sar_allowed_ttl_ms), "TTL of allowed SubjectAccessReviews (default 5m)"},
     {"--sar-denied-ttl", FLAG_DURATION, FIELD(sar_denied_ttl_ms), "TTL of denied SubjectAccessReviews (default 30s)"},
     {"--apiserver-qps", FLAG_DOUBLE, FIELD(apiserver_qps),
@@ -176,6 +178,7 @@ static void config_defaults(config *cfg)
     cfg->jwt_preverify = "review-others";
     cfg->policy_max_instructions = 1000000;
     cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
+    cfg->policy_max_call_ms = 1000;
     cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
     cfg->sar_denied_ttl_ms = 30 * 1000;
     cfg->apiserver_qps = 50;
@@ -590,6 +593,10 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --policy-max-instructions must be >= 1000 and --policy-max-memory-bytes >= 1048576\n");
         rc = -1;
     }
+    if (cfg->policy_max_call_ms < 10 || cfg->policy_max_call_ms > 3600000) {
+        fprintf(out, "tokengate: --policy-max-call-time must be between 10ms and 1h\n");
+        rc = -1;
+    }
     if (cfg->apiserver_burst < 1 || cfg->review_max_pending < 1 || cfg->circuit_failure_threshold < 1) {
         fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
@@ -660,8 +667,8 @@ void config_print(const config *cfg, FILE *out)
     duration_format(cfg->sar_denied_ttl_ms, sar_denied, sizeof(sar_denied));
     fprintf(out, "\npolicy: %s%s\n", cfg->policy ? cfg->policy : "(built-in default)",
             cfg->policy_watch ? " (watched)" : "");
-    fprintf(out, "policy-max-instructions: %zu\npolicy-max-memory-bytes: %zu\n", cfg->policy_max_instructions,
-            cfg->policy_max_memory_bytes);
+    fprintf(out, "policy-max-instructions: %zu\npolicy-max-memory-bytes: %zu\npolicy-max-call-time: %lldms\n",
+            cfg->policy_max_instructions, cfg->policy_max_memory_bytes, (long long)cfg->policy_max_call_ms);
     fprintf(out, "sar-allowed-ttl: %s\nsar-denied-ttl: %s\n", sar_allowed, sar_denied);
     char cooldown[32], stale[32], grace[32];
     duration_format(cfg->circuit_cooldown_ms, cooldown, sizeof(cooldown));

@@ -47,6 +47,7 @@ typedef struct config {
     bool policy_watch;             /* reload when the file changes on disk */
     size_t policy_max_instructions;
     size_t policy_max_memory_bytes;
+    int64_t policy_max_call_ms; /* wall-clock limit of one policy call */
     int64_t sar_allowed_ttl_ms;
     int64_t sar_denied_ttl_ms;
 

@@ -3,12 +3,14 @@
 #include "apiserver_config.h"
 #include "config.h"
 #include "log.h"
+#include "policy.h"
 #include "server.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
 #include <malloc.h>
 #include <openssl/crypto.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,8 @@ static void wiping_json_free(void *ptr)
 
 int main(int argc, char **argv)
 {
+    /* The process that checks a policy file for a reload or --check (policy.h). */
+    if (argc > 1 && strcmp(argv[1], POLICY_VALIDATE_ARG) == 0) return policy_validate_main(argc, argv);
     config cfg;
     switch (config_parse(&cfg, argc, argv, stderr)) {
     case CONFIG_EXIT_OK: return 0;
@@ -54,6 +58,7 @@ int main(int argc, char **argv)
         printf("apiserver: %s\n", api_rc == APISERVER_OK ? api.why : "(none configured)");
         apiserver_settings_free(&api);
         json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);
+        signal(SIGPIPE, SIG_IGN); /* the policy's checking process may end before reading it all */
         if (server_check_policy(&cfg, stdout) != 0) return 1;
         printf("configuration ok\n");
         return 0;

@@ -17,24 +17,46 @@
 
 #include "embedded.h"
 #include "log.h"
+#include "policy_pattern.h"
 
+#include <errno.h>
 #include <event2/keyvalq_struct.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <luajit.h>
 #include <lualib.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
+
+extern char **environ;
 
 #define POLICY_SOURCE_MAX (1024 * 1024)
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 #define BUDGET_ERROR "policy exceeded its instruction budget"
+/* Nested calls from C back into Lua (gsub with a function or table, sort comparators,
+ * __tostring from string.format, pcall/xpcall) one policy call may stack up, and the C
+ * stack they may use together: each such level is a C frame that Lua's own stack limit
+ * does not see, so `local function f() return (("ab"):gsub(".", f)) end` would otherwise
+ * overflow the thread's stack. Lua 5.1 itself allows 200 levels; no policy needs 100.
+ * The byte cap is a second net (also checked by the count hook) for a path the wrappers
+ * do not know; threads running policies need a stack of at least 2 MiB (glibc's default
+ * is 8 MiB). */
+#define POLICY_MAX_C_DEPTH 100
+#define POLICY_MAX_C_STACK_BYTES (1024 * 1024)
+#define C_DEPTH_ERROR "policy exceeded the C call depth limit"
+#define DEADLINE_ERROR "policy exceeded its wall-clock limit"
 #define DEFAULT_POLICY_PATH "policies/default.lua"
 #define POOL_STEP 16                       /* size-class granularity of the block pool */
 #define POOL_MAX_BLOCK 256                 /* larger blocks go straight to malloc */
@@ -54,6 +76,14 @@ typedef struct policy_state {
     void *pool[POOL_CLASSES];
     size_t pool_bytes; /* bytes on the free lists (part of mem_used) */
     uint64_t instructions, max_instructions;
+    /* The running call (see call_begin): how deep it is in C -> Lua callbacks, where its
+     * C stack began, when it must have ended, and whether a hook has stopped it (then
+     * nothing of the policy may run on: no pcall catches it, no xpcall handler runs). */
+    int c_depth;
+    uintptr_t stack_base;
+    uint64_t deadline_ns, max_call_ns;
+    bool halted;
+    pattern_budget patterns; /* instructions and max_instructions, for policy_pattern.c */
     int sandbox_ref; /* require("tokengate.sandbox") */
     int policy_ref;  /* the checked policy table */
     /* Looked up once per state rather than by name on every call: sandbox.ttl and
@@ -75,12 +105,20 @@ typedef struct policy_state {
     size_t n_audiences;
 } policy_state;
 
+struct policy_source {
+    _Atomic size_t refs;
+    char *path;          /* what /policy shows: the file, or "(built-in default)" */
+    char *chunkname;     /* what error messages name: the file, or policies/default.lua */
+    char sha256_hex[65];
+    size_t len;
+    char bytes[];        /* len bytes and a NUL */
+};
+
 struct policy_host {
     custom_metrics *metrics;
     policy_limits limits;
     policy_state *current;
-    char *path;
-    char sha256_hex[65];
+    policy_source *source; /* what current runs */
     double loaded_at;
     char last_error[1024];
 };
@@ -188,6 +226,40 @@ static void *limited_alloc(void *ud, void *ptr, size_t old_size, size_t new_size
     return p;
 }
 
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The budget as lua_pushfstring can print it (it knows %d, not %llu). */
+static int budget_shown(const policy_state *ps)
+{
+    return ps->max_instructions > INT32_MAX ? INT32_MAX : (int)ps->max_instructions;
+}
+
+/* The C stack the running call has used so far (stacks grow down on every target). */
+static size_t c_stack_used(const policy_state *ps)
+{
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    return ps->stack_base > here ? ps->stack_base - here : 0;
+}
+
+/* Before every protected call into a policy: a fresh budget, deadline and depth. The
+ * stack base is the caller's frame, which lives until its lua_pcall returns. */
+static inline __attribute__((always_inline)) void call_begin(policy_state *ps)
+{
+    ps->instructions = 0;
+    ps->c_depth = 0;
+    ps->halted = false;
+    ps->stack_base = (uintptr_t)__builtin_frame_address(0);
+    ps->deadline_ns = monotonic_ns() + ps->max_call_ns;
+}
+
+/* Every HOOK_STEP instructions: the budget, the wall clock and the C stack. Whatever
+ * stops the call here marks it halted, because LuaJIT runs an xpcall handler for an error
+ * raised in a hook with hooks off: the handler must not run at all (budget_xpcall). */
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -195,9 +267,18 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     lua_getallocf(L, &ud);
     policy_state *ps = ud;
     ps->instructions += HOOK_STEP;
-    if (ps->instructions > ps->max_instructions)
-        luaL_error(L, "%s: %s (%llu instructions)", ps->chunkname, BUDGET_ERROR,
-                   (unsigned long long)ps->max_instructions);
+    if (ps->instructions > ps->max_instructions) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (%d instructions)", ps->chunkname, BUDGET_ERROR, budget_shown(ps));
+    }
+    if (monotonic_ns() > ps->deadline_ns) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (%d ms)", ps->chunkname, DEADLINE_ERROR, (int)(ps->max_call_ns / 1000000u));
+    }
+    if (c_stack_used(ps) > POLICY_MAX_C_STACK_BYTES) {
+        ps->halted = true;
+        luaL_error(L, "%s: %s (C stack)", ps->chunkname, C_DEPTH_ERROR);
+    }
 }
 
 static int on_panic(lua_State *L)
@@ -343,32 +424,100 @@ static int host_log(lua_State *L)
 static bool over_budget(lua_State *L)
 {
     policy_state *ps = state_of(L);
-    return ps->instructions > ps->max_instructions;
+    return ps->halted || ps->instructions > ps->max_instructions;
+}
+
+/* Entering a C function that calls back into Lua: one more nesting level, refused past
+ * POLICY_MAX_C_DEPTH levels or POLICY_MAX_C_STACK_BYTES of C stack. The level is given
+ * back by c_call_leave on a normal return; an error that unwinds past it is accounted by
+ * the pcall that catches it (which restores its own depth) or by the next call_begin. */
+static void c_call_enter(lua_State *L, policy_state *ps)
+{
+    if (ps->c_depth >= POLICY_MAX_C_DEPTH || c_stack_used(ps) > POLICY_MAX_C_STACK_BYTES)
+        luaL_error(L, "%s (%d nested calls from C into Lua)", C_DEPTH_ERROR, POLICY_MAX_C_DEPTH);
+    ps->c_depth++;
 }
 
 static int budget_pcall(lua_State *L)
 {
+    policy_state *ps = state_of(L);
     luaL_checkany(L, 1);
+    int depth = ps->c_depth;
+    c_call_enter(L, ps);
     int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    ps->c_depth = depth;
     if (status != 0 && over_budget(L)) return lua_error(L);
     lua_pushboolean(L, status == 0);
     lua_insert(L, 1);
     return lua_gettop(L);
 }
 
+/* The error handler budget_xpcall installs: the policy's handler (upvalue 1), unless a
+ * hook stopped the call. LuaJIT runs the handler of an error raised in a hook with hooks
+ * disabled, so `xpcall(loop, loop)` would otherwise spin for ever once the budget fired. */
+static int guarded_handler(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    if (ps->halted || ps->instructions > ps->max_instructions) return 1; /* the error as it is */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static int budget_xpcall(lua_State *L)
 {
+    policy_state *ps = state_of(L);
     int n = lua_gettop(L);
     luaL_checkany(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    lua_pushvalue(L, 2); /* handler, at n + 1 */
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_handler, 1); /* the handler, at n + 1 */
     lua_pushvalue(L, 1);
     for (int i = 3; i <= n; i++) lua_pushvalue(L, i);
+    int depth = ps->c_depth;
+    c_call_enter(L, ps);
     int status = lua_pcall(L, n > 2 ? n - 2 : 0, LUA_MULTRET, n + 1);
+    ps->c_depth = depth;
     if (status != 0 && over_budget(L)) return lua_error(L);
     lua_pushboolean(L, status == 0);
     lua_replace(L, n + 1);
     return lua_gettop(L) - n;
+}
+
+/* A library function that calls back into Lua (upvalue 1), run as one nesting level. */
+static int depth_guarded(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    c_call_enter(L, ps);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    ps->c_depth--;
+    return lua_gettop(L);
+}
+
+/* table.sort: a nesting level (comparators, __lt) that is also charged n*log2(n)
+ * instructions up front, since sorting without a comparator runs in C where no hook
+ * counts (a 4-million-element sort would take a second). */
+static int guarded_sort(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    uint64_t n = lua_objlen(L, 1), cost = n;
+    for (uint64_t m = n; m > 1; m >>= 1) cost += n;
+    ps->instructions += cost;
+    if (ps->instructions > ps->max_instructions)
+        return luaL_error(L, "%s: %s (%d instructions)", ps->chunkname, BUDGET_ERROR, budget_shown(ps));
+    return depth_guarded(L);
+}
+
+/* Replaces table[name] (the table at the top) with fn wrapping the original. */
+static void wrap_library_function(lua_State *L, const char *name, lua_CFunction fn)
+{
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
 }
 
 /* has_control(s, allow_tab): true when s has an ASCII control character (0x00-0x1f or
@@ -466,6 +615,12 @@ static int prepare_state(lua_State *L)
     lua_setglobal(L, "pcall");
     lua_pushcfunction(L, budget_xpcall);
     lua_setglobal(L, "xpcall");
+    lua_getglobal(L, "table");
+    wrap_library_function(L, "sort", guarded_sort);
+    lua_pop(L, 1);
+    lua_getglobal(L, "string");
+    wrap_library_function(L, "format", depth_guarded); /* %s calls __tostring */
+    lua_pop(L, 1);
 
     /* string.dump stays reachable through ("").dump whatever the env holds: remove it
      * from the real table (the sandbox module also hides it from the string methods). */
@@ -505,6 +660,27 @@ static int prepare_state(lua_State *L)
         lua_setfield(L, -2, module);
     }
     lua_pop(L, 2);
+    return 0;
+}
+
+/* After the sandbox module has loaded (its own code keeps LuaJIT's pattern functions, on
+ * inputs it bounds): policies get policy_pattern.c's, through the string table their
+ * environment copies and through the methods table strings index ("x"):find(...). gsub
+ * calls back into Lua, so it is depth-guarded too. Runs under lua_cpcall. */
+static int install_bounded_patterns(lua_State *L)
+{
+    policy_state *ps = state_of(L);
+    ps->patterns.spent = &ps->instructions;
+    ps->patterns.limit = &ps->max_instructions;
+    lua_getglobal(L, "string");
+    policy_pattern_register(L, &ps->patterns);
+    wrap_library_function(L, "gsub", depth_guarded);
+    lua_pushstring(L, "");
+    if (!lua_getmetatable(L, -1)) return luaL_error(L, "strings have no metatable");
+    lua_getfield(L, -1, "__index");
+    if (!lua_istable(L, -1)) return luaL_error(L, "the string methods are not a table");
+    policy_pattern_register(L, &ps->patterns);
+    wrap_library_function(L, "gsub", depth_guarded);
     return 0;
 }
 
@@ -616,7 +792,7 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
     lua_getfield(L, sandbox, "ttl");
     lua_getfield(L, sandbox, "anonymous");
     lua_getfield(L, sandbox, "host_interface");
-    ps->instructions = 0;
+    call_begin(ps);
     if (!lua_isfunction(L, -3) || !lua_isfunction(L, -2) || lua_pcall(L, 0, 1, 0) != 0 || !lua_istable(L, -1)) {
         snprintf(err, err_cap, "tokengate.sandbox lacks ttl, anonymous or host_interface");
         lua_settop(L, top);
@@ -669,6 +845,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     snprintf(ps->chunkname, sizeof(ps->chunkname), "%s", chunkname);
     ps->mem_max = host->limits.max_memory_bytes;
     ps->max_instructions = host->limits.max_instructions;
+    ps->max_call_ns = (uint64_t)host->limits.max_call_ms * 1000000u;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
     ps->ttl_ref = ps->anonymous_ref = ps->authorize_error_ref = LUA_NOREF;
     ps->call_hook_ref = LUA_NOREF;
@@ -689,12 +866,16 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
 
     lua_getglobal(L, "require");
     lua_pushstring(L, "tokengate.sandbox");
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 1, 1, 0) != 0) {
         copy_error(L, err, err_cap);
         goto err;
     }
     ps->sandbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (lua_cpcall(L, install_bounded_patterns, NULL) != 0) {
+        copy_error(L, err, err_cap);
+        goto err;
+    }
     /* The sandbox module has set up the string metatable; now freeze it so a policy can
      * neither read nor replace it (getmetatable("") returns false). */
     lua_pushstring(L, "");
@@ -711,7 +892,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     lua_getfield(L, -1, "load");
     lua_remove(L, -2);
     lua_insert(L, -3);
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 2, 2, 0) != 0) {
         copy_error(L, err, err_cap);
         goto err;
@@ -740,6 +921,7 @@ policy_host *policy_host_new(custom_metrics *metrics, const policy_limits *limit
     host->limits = *limits;
     if (!host->limits.max_instructions) host->limits.max_instructions = 1000000;
     if (!host->limits.max_memory_bytes) host->limits.max_memory_bytes = 64 * 1024 * 1024;
+    if (!host->limits.max_call_ms) host->limits.max_call_ms = POLICY_DEFAULT_MAX_CALL_MS;
     return host;
 }
 
@@ -747,7 +929,7 @@ void policy_host_free(policy_host *host)
 {
     if (!host) return;
     state_free(host->current);
-    free(host->path);
+    policy_source_unref(host->source);
     free(host);
 }
 
@@ -785,75 +967,255 @@ static void sha256_hex(const char *data, size_t len, char out[65])
     out[64] = '\0';
 }
 
-int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap)
+policy_source *policy_source_read(const char *path, char *err, size_t err_cap)
 {
     char *owned = NULL;
-    const char *source;
+    const char *data;
     size_t len;
-    const char *chunkname;
     if (path) {
         owned = read_policy_file(path, &len, err, err_cap);
-        if (!owned) goto fail;
-        source = owned;
-        chunkname = path;
+        if (!owned) return NULL;
+        data = owned;
     } else {
         const embedded_file *f = embedded_find(DEFAULT_POLICY_PATH);
         if (!f) {
             snprintf(err, err_cap, "the built-in default policy is missing from this build");
-            goto fail;
+            return NULL;
         }
-        source = f->data;
+        data = f->data;
         len = f->size;
-        chunkname = DEFAULT_POLICY_PATH;
     }
+    policy_source *src = malloc(sizeof(*src) + len + 1);
+    if (src) {
+        src->path = strdup(path ? path : "(built-in default)");
+        src->chunkname = strdup(path ? path : DEFAULT_POLICY_PATH);
+    }
+    if (!src || !src->path || !src->chunkname) {
+        if (src) free(src->path), free(src->chunkname);
+        free(src);
+        free(owned);
+        snprintf(err, err_cap, "out of memory");
+        return NULL;
+    }
+    atomic_init(&src->refs, 1);
+    src->len = len;
+    memcpy(src->bytes, data, len);
+    src->bytes[len] = '\0';
+    sha256_hex(src->bytes, len, src->sha256_hex);
+    free(owned);
+    return src;
+}
+
+policy_source *policy_source_ref(policy_source *src)
+{
+    if (src) atomic_fetch_add_explicit(&src->refs, 1, memory_order_relaxed);
+    return src;
+}
+
+void policy_source_unref(policy_source *src)
+{
+    if (!src || atomic_fetch_sub_explicit(&src->refs, 1, memory_order_acq_rel) != 1) return;
+    free(src->path);
+    free(src->chunkname);
+    free(src);
+}
+
+const char *policy_source_sha256(const policy_source *src)
+{
+    return src->sha256_hex;
+}
+
+int policy_host_load_source(policy_host *host, policy_source *src, char *err, size_t err_cap)
+{
     size_t metrics_before = custom_metrics_count(host->metrics);
-    policy_state *ps = state_load(host, source, len, chunkname, err, err_cap);
+    policy_state *ps = state_load(host, src->bytes, src->len, src->chunkname, err, err_cap);
     if (!ps) {
         custom_metrics_truncate(host->metrics, metrics_before);
-        goto fail;
-    }
-    char *new_path = strdup(path ? path : "(built-in default)");
-    if (!new_path) {
-        state_free(ps);
-        snprintf(err, err_cap, "out of memory");
-        goto fail;
+        snprintf(host->last_error, sizeof(host->last_error), "%s", err);
+        return -1;
     }
     state_free(host->current);
     host->current = ps;
-    free(host->path);
-    host->path = new_path;
-    sha256_hex(source, len, host->sha256_hex);
+    policy_source_unref(host->source);
+    host->source = policy_source_ref(src);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     host->loaded_at = (double)now.tv_sec + now.tv_nsec / 1e9;
     host->last_error[0] = '\0';
-    free(owned);
     return 0;
-fail:
+}
+
+void policy_host_set_last_error(policy_host *host, const char *err)
+{
     snprintf(host->last_error, sizeof(host->last_error), "%s", err);
-    free(owned);
+}
+
+int policy_host_load(policy_host *host, const char *path, char *err, size_t err_cap)
+{
+    policy_source *src = policy_source_read(path, err, err_cap);
+    if (!src) {
+        snprintf(host->last_error, sizeof(host->last_error), "%s", err);
+        return -1;
+    }
+    int rc = policy_host_load_source(host, src, err, err_cap);
+    policy_source_unref(src);
+    return rc;
+}
+
+/* The validating process's exit status when the policy did not load (its message on
+ * stdout): any other status but 0 means it died some other way (a signal; a sanitizer's
+ * report). */
+#define VALIDATE_REFUSED 3
+
+int policy_validate_main(int argc, char **argv)
+{
+    if (argc != 7 || strcmp(argv[1], POLICY_VALIDATE_ARG) != 0) return 2;
+    policy_limits limits = {.max_instructions = strtoull(argv[4], NULL, 10),
+                            .max_memory_bytes = (size_t)strtoull(argv[5], NULL, 10),
+                            .max_call_ms = (uint32_t)strtoul(argv[6], NULL, 10)};
+    /* A backstop for whatever the limits do not stop: SIGALRM's default action ends this
+     * process, and the gateway reports the signal. */
+    alarm((unsigned)(3 * (limits.max_call_ms ? limits.max_call_ms : POLICY_DEFAULT_MAX_CALL_MS) / 1000 + 2));
+    /* The gateway's own load logs what the policy prints while loading; this one is quiet. */
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+    char err[1024] = "out of memory";
+    policy_source *src = malloc(sizeof(*src) + POLICY_SOURCE_MAX + 1);
+    size_t len = 0;
+    while (src && len <= POLICY_SOURCE_MAX) {
+        ssize_t r = read(STDIN_FILENO, src->bytes + len, POLICY_SOURCE_MAX + 1 - len);
+        if (r > 0) len += (size_t)r;
+        else if (r == 0 || errno != EINTR) break;
+    }
+    int rc = -1;
+    if (src) {
+        atomic_init(&src->refs, 1);
+        src->len = len <= POLICY_SOURCE_MAX ? len : 0;
+        src->bytes[src->len] = '\0';
+        src->chunkname = strdup(argv[2]);
+        src->path = strdup(argv[3]);
+    }
+    if (src && len <= POLICY_SOURCE_MAX && src->chunkname && src->path) {
+        custom_metrics *scratch = custom_metrics_new(1000);
+        policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
+        rc = host ? policy_host_load_source(host, src, err, sizeof(err)) : -1;
+        policy_host_free(host); /* freed, so that a leak checker has nothing to say */
+        custom_metrics_free(scratch);
+    } else if (src && len > POLICY_SOURCE_MAX) {
+        snprintf(err, sizeof(err), "%s: larger than %d bytes", argv[2], POLICY_SOURCE_MAX);
+    }
+    policy_source_unref(src);
+    if (rc != 0) {
+        size_t n = strlen(err), off = 0;
+        while (off < n) {
+            ssize_t w = write(STDOUT_FILENO, err + off, n - off);
+            if (w <= 0 && errno != EINTR) break;
+            if (w > 0) off += (size_t)w;
+        }
+    }
+    return rc == 0 ? 0 : VALIDATE_REFUSED;
+}
+
+/* Writes all of data to fd (a pipe); false if the reader went away (SIGPIPE is ignored by
+ * the gateway; the caller then reports how the validating process ended). */
+static bool write_all(int fd, const char *data, size_t len)
+{
+    while (len) {
+        ssize_t w = write(fd, data, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        data += w;
+        len -= (size_t)w;
+    }
+    return true;
+}
+
+int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap)
+{
+    int in[2] = {-1, -1}, out[2] = {-1, -1};
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+        snprintf(err, err_cap, "cannot check the policy: pipe: %s", strerror(errno));
+        for (int i = 0; i < 2; i++) {
+            if (in[i] >= 0) close(in[i]);
+            if (out[i] >= 0) close(out[i]);
+        }
+        return -1;
+    }
+    char instructions[32], memory[32], call_ms[32];
+    snprintf(instructions, sizeof(instructions), "%llu", (unsigned long long)limits->max_instructions);
+    snprintf(memory, sizeof(memory), "%zu", limits->max_memory_bytes);
+    snprintf(call_ms, sizeof(call_ms), "%u", (unsigned)limits->max_call_ms);
+    char *argv[] = {"tokengate", POLICY_VALIDATE_ARG, src->chunkname, src->path, instructions, memory, call_ms, NULL};
+    /* This program's path as readlink reports it (a tool such as valgrind reports its
+     * client's; executing /proc/self/exe itself would start the tool's own binary). */
+    char program[4096] = "/proc/self/exe";
+    ssize_t n = readlink("/proc/self/exe", program, sizeof(program) - 1);
+    if (n > 0) program[n] = '\0';
+    if (n <= 0 || access(program, X_OK) != 0) snprintf(program, sizeof(program), "/proc/self/exe");
+    posix_spawn_file_actions_t actions;
+    pid_t pid = -1;
+    int spawn_rc = posix_spawn_file_actions_init(&actions);
+    if (spawn_rc == 0) {
+        spawn_rc = posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+        if (spawn_rc == 0) spawn_rc = posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+        if (spawn_rc == 0) spawn_rc = posix_spawn(&pid, program, &actions, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&actions);
+    }
+    close(in[0]);
+    close(out[1]);
+    if (spawn_rc != 0) {
+        close(in[1]);
+        close(out[0]);
+        snprintf(err, err_cap, "cannot check the policy: cannot start the checking process: %s", strerror(spawn_rc));
+        return -1;
+    }
+    write_all(in[1], src->bytes, src->len);
+    close(in[1]);
+    char msg[1024];
+    size_t used = 0;
+    for (;;) {
+        ssize_t r = read(out[0], msg + used, sizeof(msg) - 1 - used);
+        if (r > 0) used += (size_t)r;
+        else if (r == 0 || errno != EINTR) break;
+        if (used == sizeof(msg) - 1) break;
+    }
+    msg[used] = '\0';
+    close(out[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == VALIDATE_REFUSED)
+        snprintf(err, err_cap, "%s", used ? msg : "the policy did not load");
+    else if (WIFEXITED(status))
+        snprintf(err, err_cap, "%s: loading it ended the checking process (exit status %d); nothing was loaded",
+                 src->chunkname, WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(err, err_cap, "%s: loading it killed the checking process (signal %d, %s); nothing was loaded",
+                 src->chunkname, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else
+        snprintf(err, err_cap, "%s: the checking process ended abnormally", src->chunkname);
     return -1;
 }
 
 bool policy_host_file_matches(const policy_host *host)
 {
-    if (!host->current) return false;
-    if (!host->path || strcmp(host->path, "(built-in default)") == 0) return true;
+    if (!host->current || !host->source) return false;
+    if (strcmp(host->source->path, "(built-in default)") == 0) return true;
     char err[256];
     size_t len = 0;
-    char *source = read_policy_file(host->path, &len, err, sizeof(err));
+    char *source = read_policy_file(host->source->path, &len, err, sizeof(err));
     if (!source) return false;
     char now_hex[65];
     sha256_hex(source, len, now_hex);
     free(source);
-    return strcmp(now_hex, host->sha256_hex) == 0;
+    return strcmp(now_hex, host->source->sha256_hex) == 0;
 }
 
 void policy_host_info(const policy_host *host, policy_info *out)
 {
     memset(out, 0, sizeof(*out));
-    out->path = host->path ? host->path : "";
-    memcpy(out->sha256_hex, host->sha256_hex, sizeof(out->sha256_hex));
+    out->path = host->source ? host->source->path : "";
+    if (host->source) memcpy(out->sha256_hex, host->source->sha256_hex, sizeof(out->sha256_hex));
     out->loaded_at = host->loaded_at;
     out->last_error = host->last_error;
     out->loaded = host->current != NULL;
@@ -1012,7 +1374,7 @@ static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, con
     ps->call.req = req;
     ps->call.user = user;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ps->call_hook_ref);
-    ps->instructions = 0;
+    call_begin(ps);
     int rc = lua_pcall(L, 0, 2, 0);
     ps->call.req = NULL;
     ps->call.user = NULL;
@@ -1148,7 +1510,7 @@ static void authorize_error(policy_state *ps, bool raised, policy_decision *out)
     lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
     lua_pushvalue(L, -3);
     lua_pushboolean(L, raised);
-    ps->instructions = 0;
+    call_begin(ps);
     if (lua_pcall(L, 3, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
         decision_error(out, lua_tostring(L, -1));
     else
@@ -1209,7 +1571,9 @@ int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, ch
         return -1;
     }
     int rc = -1;
-    if (lua_type(L, -2) == LUA_TNUMBER) {
+    if (lua_isnil(L, -2) && lua_isnil(L, -1)) {
+        rc = 0; /* the hook returned nil: the default TTL */
+    } else if (lua_type(L, -2) == LUA_TNUMBER) {
         double seconds = lua_tonumber(L, -2);
         if (isfinite(seconds) && seconds >= 0 && seconds < 1e9) {
             *ttl_ms = (int64_t)(seconds * 1000);

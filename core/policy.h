@@ -1,6 +1,8 @@
 /* The Lua policy host: one LuaJIT state per event loop running a policy file (or the
  * built-in policies/default.lua) inside the sandbox that lua/tokengate/sandbox.lua
- * defines, with an instruction budget and a memory cap enforced from C.
+ * defines, with an instruction budget (pattern matching and sorting included), a memory
+ * cap, a wall-clock limit per call and a bound on nested C -> Lua callbacks enforced from
+ * C (docs/POLICIES.md, "What else stops a policy call").
  *
  * Every call into Lua is a protected call whose outcome becomes a value: an error, a
  * timeout (budget) or a wrong return value is reported as POLICY_ERROR, never as an
@@ -25,9 +27,15 @@ struct evkeyvalq;
 #define POLICY_MAX_AUDIENCES 16
 #define POLICY_ARENA_BYTES 24576
 
+/* The wall-clock limit of one call into a policy (a hook, or running the file when it
+ * loads), checked every 1000 instructions; the instruction budget is the tight bound,
+ * this one catches what instructions do not measure. */
+#define POLICY_DEFAULT_MAX_CALL_MS 1000
+
 typedef struct policy_limits {
     uint64_t max_instructions; /* per hook call (and for loading the file) */
     size_t max_memory_bytes;   /* per Lua state */
+    uint32_t max_call_ms;      /* per call; 0: POLICY_DEFAULT_MAX_CALL_MS */
 } policy_limits;
 
 /* The request as policies see it (req.method, req.path, ...). */
@@ -70,13 +78,47 @@ int policy_host_load(policy_host *host, const char *path, char *err, size_t err_
  * for the admin listener, not the request path. */
 bool policy_host_file_matches(const policy_host *host);
 
+/* One version of a policy: the bytes read once from its file (or the built-in default),
+ * their sha256 and name. Immutable and reference-counted, so the control thread can hand
+ * the very bytes it validated to every worker (any thread may ref and unref). */
+typedef struct policy_source policy_source;
+
+/* Reads path (NULL: the built-in default). NULL with err on failure. Holds one reference. */
+policy_source *policy_source_read(const char *path, char *err, size_t err_cap);
+policy_source *policy_source_ref(policy_source *src);
+void policy_source_unref(policy_source *src); /* NULL is a no-op */
+const char *policy_source_sha256(const policy_source *src);
+
+/* Records a load that failed before reaching the host (reading the file, or the
+ * isolated check), for /policy's last_error. */
+void policy_host_set_last_error(policy_host *host, const char *err);
+
+/* policy_host_load for bytes already read; the host keeps a reference to src. */
+int policy_host_load_source(policy_host *host, policy_source *src, char *err, size_t err_cap);
+
+/* Loads src in a fresh state in a separate, freshly started process, as `nginx -t`
+ * checks a configuration: whatever the file does while loading (even crash the process
+ * it runs in), the caller lives. The process is this program again (/proc/self/exe) with
+ * POLICY_VALIDATE_ARG, the bytes on its stdin: started with posix_spawn, not a bare
+ * fork, so it inherits no lock another thread held. 0 when the policy loads; -1 with err
+ * (the policy's error, or how the process ended) otherwise. Blocks until the process ends
+ * (bounded by the limits: instruction budget, wall-clock limit, memory cap, and a
+ * SIGALRM backstop). The caller must ignore SIGPIPE. */
+int policy_validate_isolated(const policy_source *src, const policy_limits *limits, char *err, size_t err_cap);
+
+/* What a program calls first when argv[1] is POLICY_VALIDATE_ARG: it is the validating
+ * process of policy_validate_isolated. Returns its exit status. */
+#define POLICY_VALIDATE_ARG "--internal-validate-policy"
+int policy_validate_main(int argc, char **argv);
+
 /* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
  * out->kind is POLICY_ERROR with out->message set. */
 void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,
                       policy_decision *out);
 
 /* ttl(user) in milliseconds. Returns 1 and sets *ttl_ms when the policy has a ttl hook
- * that answered, 0 when it has none, -1 (message in err) when the hook failed. */
+ * that answered a number, 0 when it has none or it returned nil (the default TTL), -1
+ * (message in err) when the hook failed. */
 int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, char *err, size_t err_cap);
 
 /* anonymous(req): 1 allow without a token, 0 not (also when there is no hook), -1 error

@@ -88,6 +88,10 @@ typedef struct server {
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
+    bool exiting;              /* MAIL_EXIT sent: waiting for the workers to leave their loops */
+    int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
+    policy_limits policy_limits;
+    policy_source *policy_source; /* the version every worker runs (validated, a reference) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
 } server;
@@ -352,6 +356,37 @@ static void admin_simple(struct evhttp_request *req, int status, const char *rea
     if (buf) evbuffer_free(buf);
 }
 
+/* Workers whose loop has not turned for more than WORKER_STUCK_MS; *worst gets the
+ * index of the longest silent one and *worst_ms its silence. */
+static size_t stuck_workers(const server *srv, size_t *worst, int64_t *worst_ms)
+{
+    int64_t now = monotonic_ms();
+    size_t n = 0;
+    *worst = 0;
+    *worst_ms = 0;
+    for (size_t i = 0; i < srv->n_workers; i++) {
+        int64_t silence = worker_loop_silence_ms(srv->workers[i], now);
+        if (silence <= WORKER_STUCK_MS) continue;
+        n++;
+        if (silence > *worst_ms) *worst = i, *worst_ms = silence;
+    }
+    return n;
+}
+
+/* Live while every worker's loop turns: a worker stuck in a callback serves nobody, and
+ * only a restart gets its connections back. Never depends on the API server. */
+static void admin_livez(server *srv, struct evhttp_request *req)
+{
+    size_t worst;
+    int64_t worst_ms;
+    size_t stuck = stuck_workers(srv, &worst, &worst_ms);
+    if (stuck == 0) return admin_simple(req, 200, "OK", "ok");
+    char text[160];
+    snprintf(text, sizeof(text), "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms",
+             stuck, worst, (long long)worst_ms);
+    admin_simple(req, 503, "Service Unavailable", text);
+}
+
 static void admin_metrics(server *srv, struct evhttp_request *req)
 {
     token_cache_stats cs, ss;
@@ -390,6 +425,13 @@ static void admin_metrics(server *srv, struct evhttp_request *req)
         for (size_t i = 0; i < srv->n_workers; i++)
             rc |= evbuffer_add_printf(buf, "gateway_worker_requests_total{worker=\"%zu\"} %llu\n", i,
                                       (unsigned long long)worker_requests_answered(srv->workers[i])) < 0;
+        size_t worst;
+        int64_t worst_ms;
+        rc |= evbuffer_add_printf(buf,
+                                  "# HELP gateway_workers_stuck Workers whose event loop has not turned for more "
+                                  "than %d ms (what fails /livez).\n# TYPE gateway_workers_stuck gauge\n"
+                                  "gateway_workers_stuck %zu\n",
+                                  WORKER_STUCK_MS, stuck_workers(srv, &worst, &worst_ms)) < 0;
     }
     if (rc || custom_metrics_render(srv->custom, buf) != 0) {
         if (buf) evbuffer_free(buf);
@@ -494,8 +536,10 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     if (!path) path = "/";
     if (strcmp(path, "/metrics") == 0) {
         admin_metrics(srv, req);
-    } else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0) {
+    } else if (strcmp(path, "/healthz") == 0) {
         admin_simple(req, 200, "OK", "ok");
+    } else if (strcmp(path, "/livez") == 0) {
+        admin_livez(srv, req);
     } else if (strcmp(path, "/readyz") == 0) {
         if (srv->shutting_down) admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
         else if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
@@ -530,23 +574,32 @@ static void post_to_workers(server *srv, gateway_mail_kind kind)
             continue;
         }
         m->kind = kind;
+        if (kind == MAIL_RELOAD_POLICY) m->policy = policy_source_ref(srv->policy_source);
         worker_post(srv->workers[i], m);
     }
 }
 
-/* Loads (or reloads) the policy file: first into the control thread's state, which
- * checks it; only a policy that loads there goes to the workers. On failure the running
- * policy keeps serving everywhere. */
+/* Loads (or reloads) the policy file. The file is read once; those bytes are loaded in a
+ * separate process first (policy_validate_isolated: a file that crashes its process
+ * takes only that one), then into the control thread's state, and only then handed, the same
+ * bytes with their sha256, to every worker. On failure the running policy keeps serving
+ * everywhere. */
 static int load_policy(server *srv, const char *trigger)
 {
     char err[1024];
     const char *path = srv->cfg->policy;
-    if (policy_host_load(srv->policy, path, err, sizeof(err)) != 0) {
+    policy_source *src = policy_source_read(path, err, sizeof(err));
+    if (!src || policy_validate_isolated(src, &srv->policy_limits, err, sizeof(err)) != 0 ||
+        policy_host_load_source(srv->policy, src, err, sizeof(err)) != 0) {
+        policy_source_unref(src);
+        policy_host_set_last_error(srv->policy, err);
         srv->metrics.policy_reloads_failure++;
         log_error("policy load failed; the previous policy keeps running", "trigger", trigger, "path",
                   path ? path : "(built-in default)", "error", err, NULL);
         return -1;
     }
+    policy_source_unref(srv->policy_source);
+    srv->policy_source = src;
     policy_info info;
     policy_host_info(srv->policy, &info);
     srv->metrics.policy_reloads_success++;
@@ -715,12 +768,40 @@ static size_t requests_waiting(const server *srv)
     return n;
 }
 
-/* Tells every worker to leave its loop, then leaves the control loop; server_run joins
- * the workers. */
+/* How long the workers get to leave their loops once told to (or after a second signal),
+ * before a worker still inside a callback is abandoned with the process. */
+#define WORKER_EXIT_WAIT_MS 1000
+
+/* A worker that does not leave its loop cannot be joined or freed, and waiting for it
+ * would make shutdown hang: the process ends without it. */
+static _Noreturn void abandon_workers(const server *srv)
+{
+    size_t worst;
+    int64_t worst_ms;
+    size_t stuck = stuck_workers(srv, &worst, &worst_ms);
+    char n[32];
+    snprintf(n, sizeof(n), "%zu", stuck);
+    log_error("exiting without stuck workers: a worker did not leave its event loop", "stuck_workers", n, NULL);
+    fflush(stderr);
+    _exit(1);
+}
+
+/* Tells every worker to leave its loop; the shutdown tick leaves the control loop once
+ * they all have (server_run then joins them), or abandons them at exit_deadline_ms. A
+ * second call (another signal while leaving) abandons them at once. */
 static void stop_now(server *srv)
 {
+    if (srv->exiting) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (!all_left) abandon_workers(srv);
+        return;
+    }
+    srv->exiting = true;
+    srv->exit_deadline_ms = monotonic_ms() + WORKER_EXIT_WAIT_MS;
     post_to_workers(srv, MAIL_EXIT);
-    event_base_loopexit(srv->base, NULL);
+    struct timeval every = {0, 20000};
+    if (!srv->shutdown_timer || evtimer_add(srv->shutdown_timer, &every) != 0) event_base_loopexit(srv->base, NULL);
 }
 
 /* Graceful shutdown: /readyz answers 503, the workers stop accepting and answer with
@@ -731,6 +812,15 @@ static void on_shutdown_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     server *srv = arg;
+    if (srv->exiting) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (all_left)
+            event_base_loopexit(srv->base, NULL);
+        else if (monotonic_ms() >= srv->exit_deadline_ms)
+            abandon_workers(srv);
+        return;
+    }
     size_t waiting = requests_waiting(srv);
     if (waiting == 0) {
         log_info("stopped: no request in flight", NULL);
@@ -750,6 +840,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
     if (srv->shutting_down) {
         log_info("second signal: exiting now", "signal", name, NULL);
+        /* The workers get WORKER_EXIT_WAIT_MS to leave their loops, or none when they were
+         * already told to: a worker stuck in a callback goes with the process. */
         stop_now(srv);
         return;
     }
@@ -957,6 +1049,7 @@ static void server_teardown(server *srv)
     }
     mailbox_free(srv->inbox, discard_control_mail);
     policy_host_free(srv->policy);
+    policy_source_unref(srv->policy_source);
     custom_metrics_free(srv->custom);
     token_cache_free(srv->sar_cache);
     token_cache_free(srv->tokenreview_cache);
@@ -999,6 +1092,7 @@ static int start_workers(server *srv, int *fds, size_t n)
         .jwks = srv->jwks,
         .max_buffered_body_bytes = (cfg->max_buffered_body_bytes + n - 1) / n,
         .access_log = srv->access_log,
+        .policy = srv->policy_source,
     };
     for (size_t i = 0; i < n; i++) {
         srv->workers[i] = worker_new(&shared, i, fds[i]);
@@ -1077,9 +1171,11 @@ int server_run(const config *cfg, const apiserver_settings *api)
         goto done;
     if (config_policy_enabled(cfg)) {
         policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
-                                .max_memory_bytes = cfg->policy_max_memory_bytes};
+                                .max_memory_bytes = cfg->policy_max_memory_bytes,
+                                .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
+        srv->policy_limits = limits;
         srv->policy = policy_host_new(srv->custom, &limits);
-        /* No workers yet: this load tells nobody; each worker loads its own state below. */
+        /* No workers yet: this load tells nobody; each worker loads srv->policy_source below. */
         if (!srv->policy || load_policy(srv, "start-up") != 0) goto done;
         if (cfg->policy_watch) {
             stat(cfg->policy, &srv->policy_file_stat);
@@ -1194,6 +1290,15 @@ int server_run(const config *cfg, const apiserver_settings *api)
     event_base_dispatch(srv->base);
     rc = 0;
 join:
+    /* Normally every worker has left its loop already (the shutdown tick waited for it);
+     * on a start-up failure they get WORKER_EXIT_WAIT_MS. */
+    for (int64_t deadline = monotonic_ms() + WORKER_EXIT_WAIT_MS;;) {
+        bool all_left = true;
+        for (size_t i = 0; i < srv->n_workers; i++) all_left = all_left && worker_loop_left(srv->workers[i]);
+        if (all_left) break;
+        if (monotonic_ms() >= deadline) abandon_workers(srv);
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
     for (size_t i = 0; i < srv->n_workers; i++) worker_join(srv->workers[i]);
 done:
     if (rc != 0) log_error("start-up failed", NULL);
@@ -1210,10 +1315,17 @@ int server_check_policy(const config *cfg, FILE *out)
     }
     custom_metrics *scratch = custom_metrics_new(CUSTOM_SERIES_PER_METRIC);
     policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
-                            .max_memory_bytes = cfg->policy_max_memory_bytes};
+                            .max_memory_bytes = cfg->policy_max_memory_bytes,
+                            .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
     policy_host *host = scratch ? policy_host_new(scratch, &limits) : NULL;
     char err[1024] = "out of memory";
-    int rc = host ? policy_host_load(host, cfg->policy, err, sizeof(err)) : -1;
+    /* In a separate process first, as a reload does: a file that crashes its process makes
+     * this check fail (exit 1) with the reason instead of killing it. */
+    policy_source *src = host ? policy_source_read(cfg->policy, err, sizeof(err)) : NULL;
+    int rc = src && policy_validate_isolated(src, &limits, err, sizeof(err)) == 0
+                 ? policy_host_load_source(host, src, err, sizeof(err))
+                 : -1;
+    policy_source_unref(src);
     if (rc == 0) {
         policy_info info;
         policy_host_info(host, &info);

@@ -101,6 +101,14 @@ struct worker {
     _Atomic size_t requests_waiting;    /* what graceful shutdown waits for */
     bool shutting_down;
 
+    /* Liveness: a timer of the worker's own loop stamps heartbeat_ms (CLOCK_MONOTONIC)
+     * every WORKER_HEARTBEAT_MS, so a loop that stops turning (a callback that never
+     * returns) shows as a stamp that ages; loop_left is set once the thread has left its
+     * loop for good. Both are read by the control thread (/livez, metrics, shutdown). */
+    struct event *heartbeat_event;
+    _Atomic int64_t heartbeat_ms;
+    _Atomic bool loop_left;
+
     /* --max-connections: this worker's share. A new connection is counted when evhttp
      * asks for its bufferevent and uncounted in its close callback, which is installed at
      * the end of the loop turn that accepted it (adopt_new_connections); at the limit the
@@ -1274,6 +1282,7 @@ void gateway_mail_free(gateway_mail *m)
         OPENSSL_cleanse(m->value, m->value_len);
         free(m->value);
     }
+    policy_source_unref(m->policy);
     free(m);
 }
 
@@ -1289,10 +1298,12 @@ static void stop_accepting(worker *w)
     }
 }
 
-static void reload_policy(worker *w)
+/* Loads the very bytes the control thread read and validated (never the file again), so
+ * every worker runs the same version. */
+static void reload_policy(worker *w, policy_source *src)
 {
     char err[1024];
-    if (!w->policy || policy_host_load(w->policy, w->cfg->policy, err, sizeof(err)) == 0) return;
+    if (!w->policy || !src || policy_host_load_source(w->policy, src, err, sizeof(err)) == 0) return;
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
     log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error", err, NULL);
@@ -1310,7 +1321,7 @@ static void worker_deliver(mail *link, void *arg)
         ar->waiter.done(&outcome, ar);
         break;
     }
-    case MAIL_RELOAD_POLICY: reload_policy(w); break;
+    case MAIL_RELOAD_POLICY: reload_policy(w, m->policy); break;
     case MAIL_STOP_ACCEPTING: stop_accepting(w); break;
     case MAIL_EXIT: event_base_loopexit(w->base, NULL); break;
     case MAIL_REFRESH: break; /* never sent to a worker */
@@ -1324,6 +1335,22 @@ static void discard_mail(mail *link)
 }
 
 /* ---- life cycle ------------------------------------------------------------------------ */
+
+static int64_t clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    atomic_store_explicit(&w->heartbeat_ms, clock_ms(), memory_order_relaxed);
+}
+
 
 worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
 {
@@ -1346,8 +1373,13 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     w->sar_cache = shared->sar_cache;
     atomic_init(&w->requests_waiting, 0);
     atomic_init(&w->connections, 0);
+    atomic_init(&w->heartbeat_ms, clock_ms());
+    atomic_init(&w->loop_left, false);
     w->base = event_base_new();
     if (!w->base) goto fail_fd;
+    w->heartbeat_event = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+    struct timeval heartbeat_every = {WORKER_HEARTBEAT_MS / 1000, (WORKER_HEARTBEAT_MS % 1000) * 1000};
+    if (!w->heartbeat_event || event_add(w->heartbeat_event, &heartbeat_every) != 0) goto fail_fd;
     w->keyer = cache_keyer_clone(shared->keyer);
     w->inbox = mailbox_new(w->base, worker_deliver, w);
     w->adopt_event = event_new(w->base, -1, 0, adopt_new_connections, w);
@@ -1379,11 +1411,12 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     }
     if (config_policy_enabled(cfg)) {
         policy_limits limits = {.max_instructions = cfg->policy_max_instructions,
-                                .max_memory_bytes = cfg->policy_max_memory_bytes};
+                                .max_memory_bytes = cfg->policy_max_memory_bytes,
+                                .max_call_ms = (uint32_t)cfg->policy_max_call_ms};
         char err[1024];
         w->policy = policy_host_new(shared->custom, &limits);
         if (!w->policy) goto fail_fd;
-        if (policy_host_load(w->policy, cfg->policy, err, sizeof(err)) != 0) {
+        if (!shared->policy || policy_host_load_source(w->policy, shared->policy, err, sizeof(err)) != 0) {
             log_error("policy load failed on a worker", "error", err, NULL);
             goto fail_fd;
         }
@@ -1451,6 +1484,7 @@ static void *worker_main(void *arg)
         .held = listener_held,
         .held_arg = w,
     };
+    atomic_store_explicit(&w->heartbeat_ms, clock_ms(), memory_order_relaxed);
     if (l) w->backoff = accept_backoff_new(w->base, l, w->http, &options);
     if (l && !w->backoff) {
         log_error("out of memory starting a worker; it does not accept connections", NULL);
@@ -1460,7 +1494,20 @@ static void *worker_main(void *arg)
     accept_backoff_free(w->backoff);
     w->backoff = NULL;
     if (w->access_log_buffer && w->access_log_buffer->len) access_log_flush(w->access_log, w->access_log_buffer);
+    atomic_store_explicit(&w->loop_left, true, memory_order_release);
     return NULL;
+}
+
+int64_t worker_loop_silence_ms(const worker *w, int64_t now_ms)
+{
+    if (!w->thread_started || atomic_load_explicit(&w->loop_left, memory_order_acquire)) return 0;
+    int64_t silence = now_ms - atomic_load_explicit(&w->heartbeat_ms, memory_order_relaxed);
+    return silence > WORKER_HEARTBEAT_MS ? silence : 0;
+}
+
+bool worker_loop_left(const worker *w)
+{
+    return !w->thread_started || atomic_load_explicit(&w->loop_left, memory_order_acquire);
 }
 
 int worker_start(worker *w)
@@ -1497,6 +1544,7 @@ void worker_free(worker *w)
     mailbox_free(w->inbox, discard_mail);
     for (size_t i = 0; i < w->n_adopt; i++) bufferevent_decref(w->adopt[i]);
     if (w->adopt_event) event_free(w->adopt_event);
+    if (w->heartbeat_event) event_free(w->heartbeat_event);
     policy_host_free(w->policy);
     cache_keyer_free(w->keyer);
     if (w->access_log_timer) event_free(w->access_log_timer);

@@ -64,12 +64,13 @@ typedef struct worker_shared {
     jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
     size_t max_buffered_body_bytes;  /* this worker's share of --max-buffered-body-bytes (0: none) */
     const struct access_log *access_log; /* --access-log; NULL: off */
+    policy_source *policy;    /* the validated policy the worker starts with (it takes a reference) */
 } worker_shared;
 
 typedef enum {
     MAIL_REVIEW,         /* worker -> control: start or join a review; control -> worker: its outcome */
     MAIL_REFRESH,        /* worker -> control: refresh-ahead review of a cached token (no waiter) */
-    MAIL_RELOAD_POLICY,  /* control -> worker: load the policy file again */
+    MAIL_RELOAD_POLICY,  /* control -> worker: load the policy version in the mail */
     MAIL_STOP_ACCEPTING, /* control -> worker: graceful shutdown has begun */
     MAIL_EXIT,           /* control -> worker: leave the loop now */
 } gateway_mail_kind;
@@ -96,6 +97,8 @@ typedef struct gateway_mail {
     unsigned char *value; /* malloc'd copy, or NULL */
     size_t value_len;
     char reason[256];
+    /* MAIL_RELOAD_POLICY: the version the control thread validated (a reference) */
+    policy_source *policy;
 } gateway_mail;
 
 /* What the SubjectAccessReview parser needs: the packed identity the question was asked
@@ -122,6 +125,19 @@ void worker_post(worker *w, gateway_mail *m);
 
 /* Waits for the worker's thread to leave its loop (after MAIL_EXIT). */
 void worker_join(worker *w);
+
+/* Liveness. A worker's loop stamps a heartbeat every WORKER_HEARTBEAT_MS; a worker whose
+ * loop has not turned for more than WORKER_STUCK_MS (a policy call, a lock or a write
+ * that does not return) is stuck: /livez fails and gateway_workers_stuck counts it. */
+#define WORKER_HEARTBEAT_MS 250
+#define WORKER_STUCK_MS 5000
+
+/* How long the worker's loop has not turned as of now_ms (CLOCK_MONOTONIC, ms); 0 while
+ * it turns, before it starts and after it left. Any thread. */
+int64_t worker_loop_silence_ms(const worker *w, int64_t now_ms);
+
+/* True once the worker's thread has left its loop (or never started). Any thread. */
+bool worker_loop_left(const worker *w);
 
 /* Frees the worker: its open connections, requests still waiting (unanswered: the grace
  * ran out) and undelivered mails. Its thread must have been joined (or never started). */

@@ -44,7 +44,11 @@ local MAX_SAR_PATH = 256
 local MAX_HELP = 256
 local MAX_LABELS = 8
 local MAX_LABEL_VALUE = 128
-local MAX_BUCKETS = 64
+-- The metric limits are the C host's (core/custom_metrics.h); spec/integration/
+-- 22_policy_contract_spec.lua fails if the two ever differ.
+local MAX_BUCKETS = 32
+local MAX_METRIC_NAME = 127
+local MAX_METRICS = 64
 local MAX_LOG_MESSAGE = 4096
 local MAX_LOG_FIELDS = 32
 
@@ -367,8 +371,8 @@ end
 local metric_state = setmetatable({}, { __mode = "k" })
 
 local function check_metric_name(name)
-  if type(name) ~= "string" or not find(name, METRIC_NAME_PATTERN) then
-    fail(4, "invalid metric name %s (must match [a-zA-Z_:][a-zA-Z0-9_:]*)",
+  if type(name) ~= "string" or not find(name, METRIC_NAME_PATTERN) or #name > MAX_METRIC_NAME then
+    fail(4, "invalid metric name %s (must match [a-zA-Z_:][a-zA-Z0-9_:]* in at most 127 bytes)",
       type(name) == "string" and printable(name) or type(name))
   end
   if sub(name, 1, 8) == "gateway_" or sub(name, 1, 8) == "process_" then
@@ -385,8 +389,8 @@ local function check_label_names(labels, kind)
     if not find(l, LABEL_NAME_PATTERN) or sub(l, 1, 2) == "__" then
       fail(4, "invalid label name %s (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)", printable(l))
     end
-    if kind == "histogram" and l == "le" then
-      fail(4, "a histogram cannot have a label named 'le' (Prometheus uses it for buckets)")
+    if l == "le" then -- as the gateway: not on any kind, so a metric can become a histogram
+      fail(4, "a metric cannot have a label named 'le' (Prometheus uses it for histogram buckets)")
     end
     if seen[l] then fail(4, "label %q is declared twice", l) end
     seen[l] = true
@@ -592,7 +596,8 @@ _M.limits = {
   headers = MAX_HEADERS, header_value = MAX_HEADER_VALUE, reason = MAX_REASON,
   header_name = MAX_HEADER_NAME, sar_value = MAX_SAR_VALUE, sar_path = MAX_SAR_PATH, labels = MAX_LABELS,
   label_value = MAX_LABEL_VALUE, help = MAX_HELP, buckets = MAX_BUCKETS,
-  log_message = MAX_LOG_MESSAGE, log_fields = MAX_LOG_FIELDS,
+  log_message = MAX_LOG_MESSAGE, log_fields = MAX_LOG_FIELDS, metric_name = MAX_METRIC_NAME,
+  metrics = MAX_METRICS,
 }
 
 return _M

@@ -49,6 +49,7 @@ local huge = math.huge
 local os_time = os.time
 local os_date = os.date
 local os_clock = os.clock
+local collectgarbage = collectgarbage
 
 local sethook = debug and debug.sethook
 local gethook = debug and debug.gethook
@@ -74,7 +75,12 @@ local POLICY_FIELDS = { authorize = "function", ttl = "function", anonymous = "f
 -- The bearer token stays with the gateway: a policy has the TokenReview's user instead.
 local HIDDEN_REQUEST_HEADERS = { authorization = true, ["proxy-authorization"] = true }
 
-local config = { instruction_limit = DEFAULT_INSTRUCTION_LIMIT, clock = nil }
+-- The gateway's --policy-max-memory-bytes default. Under busted the cap is approximate:
+-- the Lua heap's growth since the call began, checked every MEMORY_CHECK_STEP
+-- instructions (the gateway's allocator refuses the very allocation instead).
+local DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+local MEMORY_CHECK_STEP = 1000
+local config = { instruction_limit = DEFAULT_INSTRUCTION_LIMIT, memory_limit = DEFAULT_MEMORY_LIMIT, clock = nil }
 
 -- Policies loaded here; authorize/ttl/anonymous refuse anything else.
 local loaded_policies = setmetatable({}, { __mode = "k" })
@@ -229,12 +235,14 @@ local policy_tg = readonly({
 
 -- Instruction budget ---------------------------------------------------------------------
 
-local budget = { exhausted = false, message = nil, chunkname = nil }
+-- remaining: instructions left; step: the hook's current count; memory_base: the heap
+-- (KiB) when the call began.
+local budget = { exhausted = false, message = nil, chunkname = nil, remaining = 0, step = 0, memory_base = 0 }
 local run_protected -- forward: the hook must recognise its frame
 
-local function budget_message(level)
+local function budget_message(level, what)
   local info = getinfo(level, "Sl")
-  local what = format("instruction limit of %d exceeded", config.instruction_limit)
+  what = what or format("instruction limit of %d exceeded", config.instruction_limit)
   if info and info.source == "=" .. budget.chunkname and info.currentline > 0 then
     return format("%s:%d: %s", budget.chunkname, info.currentline, what)
   end
@@ -252,8 +260,22 @@ local function on_budget()
     if getinfo(2, "f").func == run_protected then return end
     error(budget.message, 0)
   end
+  -- The hook fires every MEMORY_CHECK_STEP instructions (the last step shorter, so the
+  -- instruction count stays exact) and checks the heap on the way.
+  budget.remaining = budget.remaining - budget.step
+  if budget.remaining > 0 then
+    local grown = (collectgarbage("count") - budget.memory_base) * 1024
+    if grown <= config.memory_limit then
+      budget.step = budget.remaining < MEMORY_CHECK_STEP and budget.remaining or MEMORY_CHECK_STEP
+      sethook(on_budget, "", budget.step)
+      return
+    end
+    budget.message = budget_message(3, format("not enough memory (the heap grew by more than %d bytes)",
+      config.memory_limit))
+  else
+    budget.message = budget_message(3)
+  end
   budget.exhausted = true
-  budget.message = budget_message(3)
   sethook(on_budget, "", 1)
   error(budget.message, 0)
 end
@@ -281,7 +303,10 @@ run_protected = function(chunkname, fn, a, b)
   local saved_hook, saved_mask, saved_count
   if sethook then
     saved_hook, saved_mask, saved_count = gethook()
-    sethook(on_budget, "", config.instruction_limit)
+    budget.remaining = config.instruction_limit
+    budget.step = budget.remaining < MEMORY_CHECK_STEP and budget.remaining or MEMORY_CHECK_STEP
+    budget.memory_base = collectgarbage("count")
+    sethook(on_budget, "", budget.step)
   end
   local ok, res = pcall(fn, a, b)
   if sethook then
@@ -569,14 +594,16 @@ end
 _M.authorize = authorize
 
 -- syntax: seconds, err = sandbox.ttl(policy, user)
--- nil without err only when the policy has no ttl hook (the gateway then uses --cache-ttl).
--- A hook that returns nil is an error like any other wrong type: the gateway does not
+-- nil without err when the policy has no ttl hook or the hook returns nil: the gateway
+-- then uses --cache-ttl (so a policy says "the default" without copying the flag's value).
+-- Any other value that is not a finite number >= 0 is an error: the gateway does not
 -- cache that verdict, rather than guess.
 function _M.ttl(policy, user)
   if not loaded_policies[policy] then return nil, "not a policy loaded by tokengate.sandbox" end
   if policy.ttl == nil then return nil end
   local ok, res = call_hook(policy, "ttl", user)
   if not ok then return nil, res end
+  if res == nil then return nil end
   if type(res) ~= "number" or res ~= res or res == huge or res < 0 then
     return nil, format("%s: ttl must return a finite number of seconds >= 0 (got %s)",
       where(policy.chunkname, policy.ttl), type(res) == "number" and tostring(res) or type(res))
@@ -657,14 +684,29 @@ local function opt_string(v)
   return type(v) == "string" and v or ""
 end
 
+-- What print(req) and tostring(req) show for a request made here (specs): the fields and
+-- the headers, sorted, instead of the empty proxy's "{}" or an address. (The gateway's
+-- per-request views do not carry this: it would cost every request a metatable field.)
+local function describe_request(view)
+  local src = source_of(view)
+  local names, parts = {}, {}
+  for name in next, source_of(src.headers) do names[#names + 1] = name end
+  table.sort(names)
+  for i, name in ipairs(names) do parts[i] = format("[%q] = %q", name, rawget(source_of(src.headers), name)) end
+  return format("req{ method = %q, path = %q, query = %q, host = %q, client_ip = %q, headers = { %s } }",
+    src.method, src.path, src.query, src.host, src.client_ip, concat(parts, ", "))
+end
+
 -- syntax: req = sandbox.make_request(method, path, query, host, client_ip, headers_map)
 -- A read-only view; headers_map values may be strings or lists of strings.
 function _M.make_request(method, path, query, host_name, client_ip, headers_map)
-  return make_view(setmetatable({
+  local src = setmetatable({
     method = opt_string(method), path = opt_string(path), query = opt_string(query),
     host = opt_string(host_name), client_ip = opt_string(client_ip),
     headers = request_headers(headers_map),
-  }, REQUEST_SOURCE_MT), request_newindex)
+  }, REQUEST_SOURCE_MT)
+  return setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false, [VIEW] = src,
+    __tostring = describe_request })
 end
 
 -- What the C host calls for authorize when the policy's authorize declares a req
@@ -723,7 +765,7 @@ end
 
 -- Configuration -------------------------------------------------------------------------
 
--- syntax: ok, err = sandbox.configure{ instruction_limit = n, clock = fn | false }
+-- syntax: ok, err = sandbox.configure{ instruction_limit = n, memory_limit = bytes, clock = fn | false }
 -- clock: returns the epoch seconds policies see from os.time()/os.date(); false restores
 -- the real clock. Settings apply to every policy in this Lua state.
 function _M.configure(opts)
@@ -734,6 +776,13 @@ function _M.configure(opts)
       return nil, "instruction_limit must be an integer between 1 and 2147483647"
     end
     config.instruction_limit = limit
+  end
+  local memory = opts.memory_limit
+  if memory ~= nil then
+    if type(memory) ~= "number" or memory < 1024 * 1024 or memory % 1 ~= 0 or memory ~= memory or memory == huge then
+      return nil, "memory_limit must be an integer number of bytes >= 1048576"
+    end
+    config.memory_limit = memory
   end
   if opts.clock ~= nil then
     if opts.clock ~= false and type(opts.clock) ~= "function" then

@@ -69,6 +69,10 @@ local function new_host()
   function host.metric_declare(kind, name, help, labels, buckets)
     local m = host.metrics[name]
     if m == nil then
+      local n = 0
+      for _ in pairs(host.metrics) do n = n + 1 end
+      local max = require("tokengate").limits.metrics
+      if n >= max then return nil, format("at most %d policy metrics", max) end
       m = { kind = kind, name = name, help = help, labels = labels, buckets = buckets, series = {} }
       host.metrics[name] = m
       return m
@@ -316,6 +320,14 @@ function _M.reset()
   host.log_entries = {}
 end
 
+-- syntax: testing.forget_metrics()
+-- Forgets every metric declaration too, as a fresh gateway process would start: for specs
+-- that load unrelated policies one after the other and count declarations.
+function _M.forget_metrics()
+  host.metrics = {}
+  host.log_entries = {}
+end
+
 -- syntax: testing.set_clock(epoch_seconds | fn | nil)
 -- What os.time()/os.date() return inside policies; nil restores the real clock.
 function _M.set_clock(v)
@@ -334,6 +346,16 @@ end
 -- Mirror the gateway's --policy-max-instructions; nil restores the default (1 million).
 function _M.set_instruction_limit(n)
   local ok, err = sandbox.configure{ instruction_limit = n or DEFAULT_INSTRUCTION_LIMIT }
+  if not ok then error(err, 2) end
+end
+
+-- syntax: testing.set_memory_limit(bytes | nil)
+-- Mirror the gateway's --policy-max-memory-bytes; nil restores the default (64 MiB). Under
+-- busted the cap is the heap's growth during one call, checked every 1000 instructions:
+-- gradual growth fails as in the gateway, but one huge allocation is not caught before it
+-- happens (the gateway's allocator refuses it).
+function _M.set_memory_limit(n)
+  local ok, err = sandbox.configure{ memory_limit = n or 64 * 1024 * 1024 }
   if not ok then error(err, 2) end
 end
 

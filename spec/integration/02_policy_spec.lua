@@ -119,6 +119,7 @@ describe("tokengate Lua policies", function()
         return {
           ttl = function(user)
             if user.namespace == "payments" then return 1 end
+            if user.namespace == "team-b" then return nil end -- the default, --cache-ttl
             return 120
           end,
           authorize = function(req, user)
@@ -171,6 +172,16 @@ describe("tokengate Lua policies", function()
       local by = fake:stats().by_token
       assert.equal(base + 1, fake:stats().tokenreview_calls)
       assert.truthy(by["tok-payments-charger"] >= 1)
+    end)
+
+    it("caches for --cache-ttl when ttl(user) returns nil, without a policy error", function()
+      fake:reset_stats()
+      local errors = gw:metric("gateway_policy_errors_total")
+      assert.equal(403, gw:request("tok-team-b-reader").status)
+      assert.equal(403, gw:request("tok-team-b-reader").status)
+      assert.equal(403, gw:request("tok-team-b-reader").status)
+      assert.truthy((fake:stats().by_token["tok-team-b-reader"] or 0) <= 1, "reviewed again: not cached")
+      assert.equal(errors, gw:metric("gateway_policy_errors_total"))
     end)
 
     it("shows the policy's metrics on /metrics after real traffic", function()

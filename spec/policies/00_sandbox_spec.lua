@@ -362,6 +362,24 @@ describe("tokengate sandbox", function()
       assert.matches("instruction limit of 1000 exceeded", d.message)
     end)
 
+    it("stops a hook that keeps growing the heap past the memory limit, as the gateway's cap does", function()
+      testing.set_memory_limit(8 * 1024 * 1024)
+      local d = authorize([[
+        local t = {}
+        for i = 1, 1e6 do t[i] = ("x"):rep(100) .. i end
+        return tg.allow()]])
+      testing.set_memory_limit(nil)
+      assert_error_decision("not enough memory", d)
+      assert.matches("^inline.lua:%d+: not enough memory %(the heap grew by more than 8388608 bytes%)$", d.message)
+      -- the same policy with room to spare
+      assert.equal("allow", authorize([[
+        local t = {}
+        for i = 1, 1000 do t[i] = ("x"):rep(100) .. i end
+        return tg.allow()]]).kind)
+      assert.has_error(function() testing.set_memory_limit(1000) end,
+        "memory_limit must be an integer number of bytes >= 1048576")
+    end)
+
     it("stops an endless ttl or anonymous hook", function()
       local p = with_authorize("return tg.deny()",
         "ttl = function() while true do end end, anonymous = function() while true do end end,")
@@ -811,7 +829,7 @@ describe("tokengate sandbox", function()
         assert.matches("invalid metric name", load_error("local tg = require('tokengate')\n"
           .. "tg.metrics.counter('" .. name .. "', 'x')\nreturn {}"))
       end
-      assert.equal("inline.lua:2: invalid metric name number (must match [a-zA-Z_:][a-zA-Z0-9_:]*)",
+      assert.equal("inline.lua:2: invalid metric name number (must match [a-zA-Z_:][a-zA-Z0-9_:]* in at most 127 bytes)",
         load_error("local tg = require('tokengate')\ntg.metrics.gauge(42, 'x')\nreturn {}"))
       for _, name in ipairs{ "gateway_requests_total", "process_start_time_seconds" } do
         assert.equal("inline.lua:2: metric name \"" .. name .. "\" is reserved: gateway_* and process_* are the gateway's own",
@@ -833,7 +851,7 @@ describe("tokengate sandbox", function()
       assert.matches("metric labels must be a table %(got string%)", labels("'ns'"))
       assert.matches("metric labels%[1%] must be a string %(got number%)", labels("{ 1 }"))
       assert.matches("metric labels must be a list %(found key \"ns\"%)", labels("{ ns = true }"))
-      assert.matches("a histogram cannot have a label named 'le'", labels("{ 'le' }", "histogram"))
+      assert.matches("a metric cannot have a label named 'le'", labels("{ 'le' }", "histogram"))
       load_with("tg.metrics.counter('t_eight_total', 'x', { 'a','b','c','d','e','f','g','h' })")
     end)
 
@@ -856,8 +874,8 @@ describe("tokengate sandbox", function()
       assert.matches("histogram bucket 1 must be a finite number", buckets("{ 'a' }"))
       assert.matches("histogram bucket 2 must be a finite number", buckets("{ 1, math.huge }"))
       local many = {}
-      for i = 1, 65 do many[i] = tostring(i) end
-      assert.matches("histogram has 65 buckets; the limit is 64", buckets("{" .. table.concat(many, ",") .. "}"))
+      for i = 1, 33 do many[i] = tostring(i) end
+      assert.matches("histogram has 33 buckets; the limit is 32", buckets("{" .. table.concat(many, ",") .. "}"))
     end)
 
     it("refuses re-declaring a metric with other labels, kind or buckets", function()
@@ -966,8 +984,12 @@ describe("tokengate sandbox", function()
       assert.same({}, { with_authorize("return tg.deny()"):ttl(SA) })
     end)
 
-    it("refuses nil, negative, infinite, NaN and non-numbers", function()
-      for expr, got in pairs{ ["nil"] = "nil", ["-1"] = "-1", ["math.huge"] = "inf", ["0/0"] = "nan", ["'30'"] = "string" } do
+    it("returns nil without an error when the hook returns nil (the default TTL)", function()
+      assert.same({}, { ttl_of("nil") })
+    end)
+
+    it("refuses negative, infinite, NaN and non-numbers", function()
+      for expr, got in pairs{ ["-1"] = "-1", ["math.huge"] = "inf", ["0/0"] = "nan", ["'30'"] = "string" } do
         local ttl, err = ttl_of(expr)
         assert.is_nil(ttl)
         assert.equal("inline.lua:2: ttl must return a finite number of seconds >= 0 (got " .. got .. ")", err)

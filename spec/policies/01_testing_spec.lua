@@ -30,6 +30,14 @@ describe("tokengate.testing", function()
     testing.reset()
   end)
 
+  describe("request", function()
+    it("prints readably: fields and sorted headers, not an empty table", function()
+      local req = testing.request{ method = "POST", path = "/x?a=1", headers = { ["X-B"] = "2", ["Content-Type"] = "t" } }
+      assert.equal('req{ method = "POST", path = "/x", query = "a=1", host = "svc", client_ip = "10.0.0.1", ' ..
+        'headers = { ["content-type"] = "t", ["x-b"] = "2" } }', tostring(req))
+    end)
+  end)
+
   describe("load_policy", function()
     it("raises when the file cannot be read", function()
       assert.error_matches(function() testing.load_policy("policies/no-such-policy.lua") end,
