@@ -10,6 +10,7 @@
 #include "bearer.h"
 #include "conn_guard.h"
 #include "identity.h"
+#include "http_strict.h"
 #include "log.h"
 #include "request_target.h"
 #include "sar.h"
@@ -170,6 +171,8 @@ static int64_t monotonic_ms(void)
 }
 
 static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
+static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
+                            const char *reason, size_t reason_len);
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
                          size_t n_audiences, const cache_key *key);
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
@@ -351,12 +354,14 @@ typedef struct identity_text {
     char groups[GROUPS_HEADER_MAX];
 } identity_text;
 
+/* Returns 0, -1 for a malformed identity (or groups too long for the header), -2 for
+ * one whose groups cannot be joined unambiguously (see identity_join_groups). */
 static int identity_text_from(const unsigned char *packed, size_t packed_len, identity_text *out)
 {
     identity_view view;
-    if (identity_view_parse(packed, packed_len, &view) != 0 ||
-        identity_join_groups(&view, out->groups, sizeof(out->groups)) < 0)
-        return -1;
+    if (identity_view_parse(packed, packed_len, &view) != 0) return -1;
+    long joined = identity_join_groups(&view, out->groups, sizeof(out->groups));
+    if (joined < 0) return joined == -2 ? -2 : -1;
     memcpy(out->user, view.username.ptr, view.username.len);
     out->user[view.username.len] = '\0';
     memcpy(out->uid, view.uid.ptr, view.uid.len);
@@ -461,7 +466,16 @@ static void answer_allowed(worker *w, struct evhttp_request *req, const struct t
                            const unsigned char *packed, size_t packed_len, const policy_decision *allow)
 {
     identity_text id;
-    if (identity_text_from(packed, packed_len, &id) != 0) {
+    int text_rc = identity_text_from(packed, packed_len, &id);
+    if (text_rc == -2) {
+        /* Authenticated and allowed, but X-Remote-Groups could not say who it is: a group
+         * "dev|system:masters" must never read as the group system:masters. */
+        log_debug("identity has a group with '|' or an empty group; answering 403", NULL);
+        reply_forbidden(w, req, started, "a group name cannot be sent in X-Remote-Groups",
+                        strlen("a group name cannot be sent in X-Remote-Groups"));
+        return;
+    }
+    if (text_rc != 0) {
         log_error("cached identity is malformed; failing closed", NULL);
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
@@ -1206,6 +1220,16 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) n_headers++;
     if (n_headers > cfg->max_header_count) {
         reply(w, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
+        return;
+    }
+    const char *framing = http_strict_violation(req);
+    if (framing) {
+        /* Where this request ends is in doubt: answer it and close the connection, so
+         * nothing after it is read as another request. */
+        char body[128];
+        snprintf(body, sizeof(body), "bad request: %s", framing);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        reply(w, req, &started, 400, "Bad Request", body);
         return;
     }
     {
