@@ -33,6 +33,12 @@ static const flag_spec flag_table[] = {
     {"--listen", FLAG_STRING, FIELD(listen), "main listener host:port (default 0.0.0.0:8080)"},
     {"--admin-listen", FLAG_STRING, FIELD(admin_listen),
      "admin listener: metrics, health, cache flush (default 127.0.0.1:9090)"},
+    {"--admin-allowed-hosts", FLAG_STRING, FIELD(admin_allowed_hosts),
+     "admin listener: Host names accepted besides IP literals, localhost and its own host (comma-separated; "
+     "default none: a DNS-rebinding page is refused)"},
+    {"--admin-token-file", FLAG_STRING, FIELD(admin_token_file),
+     "admin listener: a file holding a bearer token that /metrics, /policy and /cache/flush then require "
+     "(health endpoints stay open for probes)"},
     {"--mode", FLAG_STRING, FIELD(mode),
      "authz (default: external auth service for nginx/Envoy/Traefik) or proxy (reverse proxy: allowed requests "
      "are forwarded to --upstream)"},
@@ -587,6 +593,7 @@ int config_validate(const config *cfg, FILE *out)
         rc = -1;
     }
     if (cfg->policy && config_policy_enabled(cfg) && check_readable("--policy", cfg->policy, out) != 0) rc = -1;
+    if (cfg->admin_token_file && check_readable("--admin-token-file", cfg->admin_token_file, out) != 0) rc = -1;
     if (cfg->policy_watch && !(cfg->policy && config_policy_enabled(cfg))) {
         fprintf(out, "tokengate: --policy-watch needs --policy FILE\n");
         rc = -1;

@@ -5,13 +5,16 @@
  * graceful shutdown. Workers send it their reviews as mails and get the outcomes back the
  * same way (worker.h). */
 #include "server.h"
+#include "admin_guard.h"
 
 #include "accept_backoff.h"
 #include "access_log.h"
 #include "api_client.h"
+#include "bearer.h"
 #include "cache_key.h"
 #include "conn_limit.h"
 #include "custom_metrics.h"
+#include "http_strict.h"
 #include "identity.h"
 #include "log.h"
 #include "mailbox.h"
@@ -94,6 +97,8 @@ typedef struct server {
     policy_source *policy_source; /* the version every worker runs (validated, a reference) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
+    char *admin_token;             /* --admin-token-file's token; NULL: no admin authentication */
+    size_t admin_token_len;
 } server;
 
 /* ---- revocations (--watch-revocations, docs/REVOCATION.md) ---------------------------- */
@@ -529,11 +534,109 @@ static void admin_policy(server *srv, struct evhttp_request *req)
     evbuffer_free(buf);
 }
 
+#define ADMIN_TOKEN_MAX 4096
+
+/* Reads --admin-token-file: one token (token68 characters), surrounding whitespace and a
+ * final newline ignored. Returns 0, or -1 with an error logged (never the token). */
+static int load_admin_token(server *srv, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("cannot read --admin-token-file", "path", path, "error", strerror(errno), NULL);
+        return -1;
+    }
+    char *buf = calloc(1, ADMIN_TOKEN_MAX + 2);
+    size_t n = buf ? fread(buf, 1, ADMIN_TOKEN_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf) return -1;
+    size_t start = strspn(buf, " \t\r\n");
+    while (n > start && strchr(" \t\r\n", buf[n - 1])) n--;
+    size_t len = n > start ? n - start : 0;
+    const char *bad = NULL;
+    if (n > ADMIN_TOKEN_MAX) bad = "longer than 4096 bytes";
+    else if (len == 0) bad = "empty";
+    for (size_t i = start; !bad && i < n; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~+/=", c)))
+            bad = "not a bearer token (token68 characters only)";
+    }
+    if (bad) {
+        OPENSSL_cleanse(buf, ADMIN_TOKEN_MAX + 2);
+        free(buf);
+        log_error("unusable --admin-token-file", "path", path, "error", bad, NULL);
+        return -1;
+    }
+    memmove(buf, buf + start, len);
+    OPENSSL_cleanse(buf + len, ADMIN_TOKEN_MAX + 2 - len);
+    srv->admin_token = buf;
+    srv->admin_token_len = len;
+    return 0;
+}
+
+/* True when the request carries exactly one Authorization header with the admin token. */
+static bool admin_authorized(const server *srv, struct evhttp_request *req)
+{
+    const struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *header = NULL;
+    const struct evkeyval *kv;
+    TAILQ_FOREACH(kv, in, next)
+    {
+        if (strcasecmp(kv->key, "Authorization") != 0) continue;
+        if (header) return false;
+        header = kv->value;
+    }
+    const char *token;
+    size_t token_len;
+    if (bearer_extract(header, ADMIN_TOKEN_MAX, &token, &token_len) != BEARER_OK) return false;
+    return token_len == srv->admin_token_len && CRYPTO_memcmp(token, srv->admin_token, token_len) == 0;
+}
+
+/* Every admin request passes here first: strict framing, a Host a DNS-rebinding page
+ * cannot send, nothing cross-site, and the token when configured (health endpoints stay
+ * open: kubelet probes carry none). Returns false after answering the request. */
+static bool admin_request_allowed(server *srv, struct evhttp_request *req, const char *path)
+{
+    const config *cfg = srv->cfg;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    const char *framing = http_strict_violation(req);
+    if (framing) {
+        evhttp_add_header(out, "Connection", "close");
+        admin_simple(req, 400, "Bad Request", framing);
+        return false;
+    }
+    const char *host = evhttp_find_header(in, "Host");
+    if (!admin_host_allowed(host, cfg->admin_listen, cfg->admin_allowed_hosts)) {
+        log_warn("admin request refused: Host not allowed (DNS rebinding?); see --admin-allowed-hosts", NULL);
+        admin_simple(req, 403, "Forbidden", "forbidden: Host not allowed on the admin listener");
+        return false;
+    }
+    const char *cross = admin_cross_site_violation(
+        evhttp_request_get_command(req) == EVHTTP_REQ_POST, host, evhttp_find_header(in, "Origin"),
+        evhttp_find_header(in, "Sec-Fetch-Site"), evhttp_find_header(in, "Content-Type"),
+        evbuffer_get_length(evhttp_request_get_input_buffer(req)));
+    if (cross) {
+        log_warn("admin request refused: cross-site", "reason", cross, NULL);
+        char body[128];
+        snprintf(body, sizeof(body), "forbidden: %s", cross);
+        admin_simple(req, 403, "Forbidden", body);
+        return false;
+    }
+    bool open = strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0;
+    if (srv->admin_token && !open && !admin_authorized(srv, req)) {
+        evhttp_add_header(out, "WWW-Authenticate", "Bearer realm=\"tokengate-admin\"");
+        admin_simple(req, 401, "Unauthorized", "unauthorized");
+        return false;
+    }
+    return true;
+}
+
 static void admin_handle(struct evhttp_request *req, void *arg)
 {
     server *srv = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     if (!path) path = "/";
+    if (!admin_request_allowed(srv, req, path)) return;
     if (strcmp(path, "/metrics") == 0) {
         admin_metrics(srv, req);
     } else if (strcmp(path, "/healthz") == 0) {
@@ -1038,6 +1141,11 @@ static void server_teardown(server *srv)
     accept_backoff_free(srv->admin_backoff);
     if (srv->admin_http) evhttp_free(srv->admin_http);
     conn_limit_free(srv->admin_limit); /* after evhttp_free: its close callbacks count down */
+    if (srv->admin_token) {
+        OPENSSL_cleanse(srv->admin_token, srv->admin_token_len);
+        free(srv->admin_token);
+        srv->admin_token = NULL;
+    }
     revocation_watch_free(srv->revocations);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
@@ -1225,6 +1333,7 @@ int server_run(const config *cfg, const apiserver_settings *api)
     evhttp_set_max_body_size(srv->admin_http, 4096);
     evhttp_set_timeout(srv->admin_http, 30);
     evhttp_set_gencb(srv->admin_http, admin_handle, srv);
+    if (cfg->admin_token_file && load_admin_token(srv, cfg->admin_token_file) != 0) goto done;
     srv->admin_limit = conn_limit_new(srv->base, srv->admin_http, cfg->admin_max_connections);
     struct evhttp_bound_socket *admin_bound = NULL;
     if (!srv->admin_limit || bind_listener(srv->admin_http, "admin", cfg->admin_listen, &admin_bound) != 0) goto done;
@@ -1243,6 +1352,11 @@ int server_run(const config *cfg, const apiserver_settings *api)
         if (!srv->admin_backoff) goto done;
         conn_limit_set_listener(srv->admin_limit, listener, srv->admin_backoff);
     }
+    if (!srv->admin_token && !admin_listen_is_loopback(cfg->admin_listen))
+        log_warn("the admin listener is reachable beyond loopback without authentication: whoever reaches it "
+                 "can read /metrics and /policy and flush the caches; use --admin-token-file or a loopback "
+                 "--admin-listen",
+                 "admin_listen", cfg->admin_listen, NULL);
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
