@@ -380,12 +380,17 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     assert.equal(200, ready)
     assert.equal(200, http.get(gw.admin_url .. container.livenessProbe.httpGet.path).status)
 
-    local allowed = http.request{ method = "POST", url = gw.url .. "/hooks", body = "{}",
-      headers = { "Authorization: Bearer tok-team-a-sender" } }
+    -- The Deployment names ingress-nginx as the proxy in front: its auth subrequest
+    -- carries the client's request as X-Original-URL and X-Original-Method.
+    local function subrequest(token, method)
+      return gw:request(token, "/auth", { "X-Original-URL: https://app.example/hooks", "X-Original-Method: " .. method })
+    end
+    local allowed = subrequest("tok-team-a-sender", "POST")
     assert.equal(200, allowed.status)
     assert.equal("system:serviceaccount:team-a:sender", allowed.headers["x-remote-user"])
-    assert.equal(403, gw:request("tok-team-a-sender", "/hooks").status) -- GET: verb get, not granted
-    assert.equal(401, gw:request("not-a-token", "/hooks").status)
+    assert.equal(403, subrequest("tok-team-a-sender", "GET").status) -- GET: verb get, not granted
+    assert.equal(401, subrequest("not-a-token", "POST").status)
+    assert.equal(400, gw:request("tok-team-a-sender", "/hooks").status) -- not from ingress-nginx
   end)
 
   it("keeps the running policy when the ConfigMap is updated with a broken one, and reports it", function()

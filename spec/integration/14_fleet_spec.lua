@@ -155,7 +155,8 @@ describe("examples/fleet with real nginx and three gateways", function()
     fake = fake_mod.start{ tokens = TOKENS }
     dir = fake.dir
     for r = 1, REPLICAS do
-      gws[r] = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "5m" } }
+      gws[r] = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "5m",
+        "--forwarded-headers", "nginx" } }
     end
     app = upstream_mod.start{ dir = dir }
   end)
