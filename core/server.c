@@ -97,6 +97,7 @@ typedef struct server {
     policy_source *policy_source; /* the version every worker runs (validated, a reference) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
+    uint64_t admin_refusals;       /* Host/cross-site refusals on the admin listener (logged 1 in 1000) */
     char *admin_token;             /* --admin-token-file's token; NULL: no admin authentication */
     size_t admin_token_len;
 } server;
@@ -607,7 +608,8 @@ static bool admin_request_allowed(server *srv, struct evhttp_request *req, const
     }
     const char *host = evhttp_find_header(in, "Host");
     if (!admin_host_allowed(host, cfg->admin_listen, cfg->admin_allowed_hosts)) {
-        log_warn("admin request refused: Host not allowed (DNS rebinding?); see --admin-allowed-hosts", NULL);
+        if (srv->admin_refusals++ % 1000 == 0)
+            log_warn("admin request refused: Host not allowed (DNS rebinding?); see --admin-allowed-hosts", NULL);
         admin_simple(req, 403, "Forbidden", "forbidden: Host not allowed on the admin listener");
         return false;
     }
@@ -616,7 +618,7 @@ static bool admin_request_allowed(server *srv, struct evhttp_request *req, const
         evhttp_find_header(in, "Sec-Fetch-Site"), evhttp_find_header(in, "Content-Type"),
         evbuffer_get_length(evhttp_request_get_input_buffer(req)));
     if (cross) {
-        log_warn("admin request refused: cross-site", "reason", cross, NULL);
+        if (srv->admin_refusals++ % 1000 == 0) log_warn("admin request refused: cross-site", "reason", cross, NULL);
         char body[128];
         snprintf(body, sizeof(body), "forbidden: %s", cross);
         admin_simple(req, 403, "Forbidden", body);

@@ -129,6 +129,7 @@ struct worker {
     uint64_t connection_limit_pauses;
     conn_guard_set *guards; /* request deadlines and body bounds per connection */
     accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
+    uint64_t forwarded_refusals; /* requests refused for their forwarded headers (logged 1 in 1000) */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
     sar_key_memo_slot sar_key_memo[SAR_KEY_MEMO_SLOTS];
 
@@ -737,9 +738,14 @@ static void reply_undescribable(worker *w, struct evhttp_request *req, const str
         return;
     case DESCRIBE_FORWARDED:
         /* The proxy in front is not the one --forwarded-headers names, or a client added
-         * headers it passes through: logged, since behind nginx the body is dropped. */
-        log_warn("request refused: its forwarded headers do not match --forwarded-headers", "mode",
-                 w->cfg->forwarded_headers, "detail", why, NULL);
+         * headers it passes through: logged (behind nginx the body is dropped), the
+         * first time and then once per 1000, so a hostile client cannot flood the log. */
+        if (w->forwarded_refusals++ % 1000 == 0) {
+            char count[24];
+            snprintf(count, sizeof(count), "%llu", (unsigned long long)w->forwarded_refusals);
+            log_warn("request refused: its forwarded headers do not match --forwarded-headers", "mode",
+                     w->cfg->forwarded_headers, "detail", why, "refused_so_far", count, NULL);
+        }
         snprintf(body, sizeof(body), "bad request: forwarded headers do not match --forwarded-headers %s (%s)",
                  w->cfg->forwarded_headers, why ? why : "");
         reply(w, req, started, 400, "Bad Request", body);

@@ -381,7 +381,7 @@ describe("hostile requests", function()
       assert.equal(400, res.status)
       for _, m in ipairs{ "CONNECT", "TRACE" } do
         res = raw(hostport(gw.proxy.url), request_bytes(m, "/hooks/team-a/x", { "Host: " .. HOST, bearer(TEAM_A) }))
-        assert.is_true(res.status == 405 or res.status == 501, m .. " " .. tostring(res.status))
+        assert.equal(501, res.status, m) -- evhttp: not an allowed method
       end
       assert.equal(0, #up:requests())
     end)
