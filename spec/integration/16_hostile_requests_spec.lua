@@ -429,6 +429,32 @@ describe("hostile requests", function()
       g:stop()
     end)
 
+    it("has its own connection cap: held admin connections never starve the main listener", function()
+      local g = start{ "--admin-max-connections", "2" }
+      local host, port = hostport(g.admin_url):match("^(.-):(%d+)$")
+      local holders = {}
+      for i = 1, 2 do
+        holders[i] = proc.spawn({ "bash", "-c", string.format("exec 3<>/dev/tcp/%s/%s; sleep 60", host, port) },
+          dir .. "/admin-holder-" .. i .. ".log")
+      end
+      -- Once both are accepted, a third admin connection waits in the accept queue (no
+      -- answer) while the main listener answers.
+      local status
+      local deadline = proc.now() + 10
+      repeat
+        status = http.get(g.admin_url .. "/healthz", nil, { timeout = 1 }).status
+      until status == 0 or proc.now() > deadline
+      assert.equal(0, status)
+      assert.equal(200, g:request(TEAM_A.token, "/hooks/team-a/x").status)
+      for _, h in ipairs(holders) do proc.stop(h) end
+      deadline = proc.now() + 10
+      repeat
+        status = http.get(g.admin_url .. "/healthz", nil, { timeout = 2 }).status
+      until status == 200 or proc.now() > deadline
+      assert.equal(200, status)
+      g:stop()
+    end)
+
     it("warns at start-up when it listens beyond loopback without authentication", function()
       local g = start{ "--admin-listen", "0.0.0.0:0" }
       assert.truthy(g:log_text():find("admin listener is reachable beyond loopback without authentication", 1, true))
