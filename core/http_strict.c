@@ -40,7 +40,7 @@ static bool is_content_length(const char *s)
 
 /* The Host field: a reg-name, IPv4 or [IPv6] literal and an optional port. Anything else
  * (a path, userinfo, spaces, a backslash) could be read differently by the next hop. */
-static bool is_host(const char *s)
+bool http_strict_host_valid(const char *s)
 {
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -62,7 +62,7 @@ const char *http_strict_headers_violation(const struct evkeyvalq *headers, int h
         if (!is_field_value(kv->value)) return "control character in a header field value";
         if (strcasecmp(kv->key, "Host") == 0) {
             n_host++;
-            if (!is_host(kv->value)) return "malformed Host";
+            if (!http_strict_host_valid(kv->value)) return "malformed Host";
         } else if (strcasecmp(kv->key, "Content-Length") == 0) {
             n_length++;
             if (!is_content_length(kv->value)) return "malformed Content-Length";

@@ -20,6 +20,10 @@ struct evkeyvalq;
  * http_minor: 1 for HTTP/1.1 (Host required), 0 for HTTP/1.0. */
 const char *http_strict_headers_violation(const struct evkeyvalq *headers, int http_major, int http_minor);
 
+/* True when s is a Host field value: a reg-name, IPv4 or [IPv6] literal and an optional
+ * port (no path, userinfo, spaces or backslash). Also used for forwarded hosts. */
+bool http_strict_host_valid(const char *s);
+
 /* The same for an evhttp request (its version read from the request). */
 const char *http_strict_violation(struct evhttp_request *req);
 

@@ -549,6 +549,7 @@ typedef struct forwarded_headers {
     const char *original_uri, *original_url, *original_method;
     const char *host;
     const char *repeated; /* the name of a family header seen twice, or NULL */
+    bool forwarded_host_repeated;
 } forwarded_headers;
 
 static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_headers *f)
@@ -571,7 +572,12 @@ static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_he
             else TAKE(original_url, "X-Original-URL");
             break;
         case 15: TAKE(forwarded_uri, "X-Forwarded-Uri"); break;
-        case 16: TAKE(forwarded_host, "X-Forwarded-Host"); break;
+        case 16:
+            if (strcasecmp(k, "X-Forwarded-Host") == 0) {
+                f->forwarded_host_repeated |= f->forwarded_host != NULL;
+                if (!f->forwarded_host) f->forwarded_host = kv->value;
+            }
+            break;
         case 17: TAKE(original_method, "X-Original-Method"); break;
         case 18: TAKE(forwarded_method, "X-Forwarded-Method"); break;
         default: break;
@@ -606,7 +612,9 @@ static describe_result describe_request(const worker *w, struct evhttp_request *
     const char *method = NULL, *uri = NULL, *host = NULL;
     size_t uri_len = 0, host_len = 0;
     *why = NULL;
-    if (w->forwarded_mode != FORWARDED_PROXY && f.repeated) {
+    /* X-Forwarded-Host only matters (and is only refused twice) where it is read. */
+    bool reads_forwarded_host = w->forwarded_mode == FORWARDED_NGINX || w->forwarded_mode == FORWARDED_TRAEFIK;
+    if (w->forwarded_mode != FORWARDED_PROXY && (f.repeated || (reads_forwarded_host && f.forwarded_host_repeated))) {
         *why = "a forwarded header is repeated";
         return DESCRIBE_FORWARDED;
     }
@@ -703,6 +711,11 @@ static describe_result describe_request(const worker *w, struct evhttp_request *
     }
     if (host) memcpy(text->host, host, host_len);
     text->host[host_len] = '\0';
+    /* The Host field was checked with the framing; a forwarded host gets the same check. */
+    if (!http_strict_host_valid(text->host)) {
+        *why = "malformed forwarded host";
+        return DESCRIBE_MALFORMED;
+    }
     text->client_ip[0] = '\0';
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
     if (conn) {

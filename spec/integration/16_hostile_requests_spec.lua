@@ -208,6 +208,14 @@ describe("hostile requests", function()
       local with = { base[1], base[2], base[3], "X-Original-URI: /hooks/team-a/x" }
       assert.equal(400, gw.traefik:request(TEAM_A.token, "/", with).status)
       assert.equal(400, gw.traefik:request(TEAM_A.token, "/", { base[1], base[2] }).status)
+      -- A forwarded host gets the Host field's syntax check, and is refused twice where read.
+      assert.equal(400, gw.traefik:request(TEAM_A.token, "/", { base[1], base[2], "X-Forwarded-Host: evil.example/x" }).status)
+      assert.equal(400, gw.traefik:request(TEAM_A.token, "/", { base[1], base[2], base[3], "X-Forwarded-Host: b" }).status)
+      assert.equal(400, gw.nginx:request(TEAM_A.token, "/_tokengate", { "X-Original-URI: /hooks/team-a/x",
+        "X-Original-Method: GET", "X-Forwarded-Host: a", "X-Forwarded-Host: b" }).status)
+      -- where it is not read (none), it is not judged either
+      assert.equal(200, gw.none:request(TEAM_A.token, "/hooks/team-a/x", { "X-Forwarded-Host: a",
+        "X-Forwarded-Host: b" }).status)
     end)
 
     it("proxy mode: the family headers are the client's and are ignored, then stripped", function()
