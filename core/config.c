@@ -39,6 +39,10 @@ static const flag_spec flag_table[] = {
     {"--admin-token-file", FLAG_STRING, FIELD(admin_token_file),
      "admin listener: a file holding a bearer token that /metrics, /policy and /cache/flush then require "
      "(health endpoints stay open for probes)"},
+    {"--admin-auth-review", FLAG_BOOL, FIELD(admin_auth_review),
+     "admin listener: /metrics, /policy and /cache/flush also accept a bearer token that a TokenReview "
+     "authenticates and a non-resource SubjectAccessReview allows (get, or create for POST, on the path), as "
+     "kube-rbac-proxy protects /metrics"},
     {"--mode", FLAG_STRING, FIELD(mode),
      "authz (default: external auth service for nginx/Envoy/Traefik) or proxy (reverse proxy: allowed requests "
      "are forwarded to --upstream)"},

@@ -96,6 +96,7 @@ typedef struct config {
      * /metrics, /policy and /cache/flush then require (NULL: no authentication). */
     const char *admin_allowed_hosts;
     const char *admin_token_file;
+    bool admin_auth_review; /* admin callers may also be a token a TokenReview + SAR allows */
 
     /* --mode proxy: where allowed requests go, and how. */
     const char *upstream;      /* http:// or https:// URL, optionally with a path prefix */

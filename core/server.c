@@ -5,6 +5,7 @@
  * graceful shutdown. Workers send it their reviews as mails and get the outcomes back the
  * same way (worker.h). */
 #include "server.h"
+#include "admin_auth.h"
 #include "admin_guard.h"
 
 #include "accept_backoff.h"
@@ -99,6 +100,7 @@ typedef struct server {
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
     uint64_t admin_refusals;       /* Host/cross-site refusals on the admin listener (logged 1 in 1000) */
     char *admin_token;             /* --admin-token-file's token; NULL: no admin authentication */
+    admin_auth *admin_auth;        /* --admin-auth-review; NULL when off */
     size_t admin_token_len;
 } server;
 
@@ -574,8 +576,9 @@ static int load_admin_token(server *srv, const char *path)
     return 0;
 }
 
-/* True when the request carries exactly one Authorization header with the admin token. */
-static bool admin_authorized(const server *srv, struct evhttp_request *req)
+/* The bearer token of the request's only Authorization header; false when there is none,
+ * several, or it is not "Bearer <token>". */
+static bool admin_bearer(const server *srv, struct evhttp_request *req, const char **token, size_t *token_len)
 {
     const struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *header = NULL;
@@ -586,16 +589,24 @@ static bool admin_authorized(const server *srv, struct evhttp_request *req)
         if (header) return false;
         header = kv->value;
     }
-    const char *token;
-    size_t token_len;
-    if (bearer_extract(header, ADMIN_TOKEN_MAX, &token, &token_len) != BEARER_OK) return false;
-    return token_len == srv->admin_token_len && CRYPTO_memcmp(token, srv->admin_token, token_len) == 0;
+    size_t max = srv->cfg->max_token_bytes > ADMIN_TOKEN_MAX ? srv->cfg->max_token_bytes : ADMIN_TOKEN_MAX;
+    return bearer_extract(header, max, token, token_len) == BEARER_OK;
 }
 
+static void admin_unauthorized(struct evhttp_request *req)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate-admin\"");
+    admin_simple(req, 401, "Unauthorized", "unauthorized");
+}
+
+typedef enum { ADMIN_ANSWERED, ADMIN_PASS, ADMIN_PENDING } admin_gate;
+
 /* Every admin request passes here first: strict framing, a Host a DNS-rebinding page
- * cannot send, nothing cross-site, and the token when configured (health endpoints stay
- * open: kubelet probes carry none). Returns false after answering the request. */
-static bool admin_request_allowed(server *srv, struct evhttp_request *req, const char *path)
+ * cannot send, nothing cross-site, and the caller's token when authentication is on
+ * (health endpoints stay open: kubelet probes carry none): the static --admin-token-file
+ * token, else (--admin-auth-review) a TokenReview and a non-resource SubjectAccessReview
+ * of the path, answered later through on_admin_auth_done (ADMIN_PENDING). */
+static admin_gate admin_request_allowed(server *srv, struct evhttp_request *req, const char *path)
 {
     const config *cfg = srv->cfg;
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
@@ -604,41 +615,81 @@ static bool admin_request_allowed(server *srv, struct evhttp_request *req, const
     if (framing) {
         evhttp_add_header(out, "Connection", "close");
         admin_simple(req, 400, "Bad Request", framing);
-        return false;
+        return ADMIN_ANSWERED;
     }
     const char *host = evhttp_find_header(in, "Host");
     if (!admin_host_allowed(host, cfg->admin_listen, cfg->admin_allowed_hosts)) {
         if (srv->admin_refusals++ % 1000 == 0)
             log_warn("admin request refused: Host not allowed (DNS rebinding?); see --admin-allowed-hosts", NULL);
         admin_simple(req, 403, "Forbidden", "forbidden: Host not allowed on the admin listener");
-        return false;
+        return ADMIN_ANSWERED;
     }
+    bool is_post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
     const char *cross = admin_cross_site_violation(
-        evhttp_request_get_command(req) == EVHTTP_REQ_POST, host, evhttp_find_header(in, "Origin"),
-        evhttp_find_header(in, "Sec-Fetch-Site"), evhttp_find_header(in, "Content-Type"),
-        evbuffer_get_length(evhttp_request_get_input_buffer(req)));
+        is_post, host, evhttp_find_header(in, "Origin"), evhttp_find_header(in, "Sec-Fetch-Site"),
+        evhttp_find_header(in, "Content-Type"), evbuffer_get_length(evhttp_request_get_input_buffer(req)));
     if (cross) {
         if (srv->admin_refusals++ % 1000 == 0) log_warn("admin request refused: cross-site", "reason", cross, NULL);
         char body[128];
         snprintf(body, sizeof(body), "forbidden: %s", cross);
         admin_simple(req, 403, "Forbidden", body);
-        return false;
+        return ADMIN_ANSWERED;
     }
     bool open = strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0;
-    if (srv->admin_token && !open && !admin_authorized(srv, req)) {
-        evhttp_add_header(out, "WWW-Authenticate", "Bearer realm=\"tokengate-admin\"");
-        admin_simple(req, 401, "Unauthorized", "unauthorized");
-        return false;
+    if (open || (!srv->admin_token && !srv->admin_auth)) return ADMIN_PASS;
+    const char *token;
+    size_t token_len;
+    if (!admin_bearer(srv, req, &token, &token_len)) {
+        admin_unauthorized(req);
+        return ADMIN_ANSWERED;
     }
-    return true;
+    if (srv->admin_token && token_len == srv->admin_token_len &&
+        CRYPTO_memcmp(token, srv->admin_token, token_len) == 0)
+        return ADMIN_PASS;
+    if (srv->admin_auth) {
+        /* kube-rbac-proxy's mapping: GET/HEAD read (get), POST changes (create). */
+        admin_auth_check(srv->admin_auth, token, token_len, is_post ? "create" : "get", path, req);
+        return ADMIN_PENDING;
+    }
+    admin_unauthorized(req);
+    return ADMIN_ANSWERED;
+}
+
+static void admin_dispatch(server *srv, struct evhttp_request *req, const char *path);
+
+static const char *admin_path(struct evhttp_request *req)
+{
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    return path ? path : "/";
+}
+
+static void on_admin_auth_done(admin_auth_verdict verdict, int retry_after_s, void *ctx, void *arg)
+{
+    server *srv = ctx;
+    struct evhttp_request *req = arg;
+    switch (verdict) {
+    case ADMIN_AUTH_ALLOWED: admin_dispatch(srv, req, admin_path(req)); break;
+    case ADMIN_AUTH_UNAUTHENTICATED: admin_unauthorized(req); break;
+    case ADMIN_AUTH_FORBIDDEN: admin_simple(req, 403, "Forbidden", "forbidden"); break;
+    case ADMIN_AUTH_UNAVAILABLE: {
+        char value[16];
+        snprintf(value, sizeof(value), "%d", retry_after_s > 0 ? retry_after_s : 1);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", value);
+        admin_simple(req, 503, "Service Unavailable", "authentication unavailable");
+        break;
+    }
+    }
 }
 
 static void admin_handle(struct evhttp_request *req, void *arg)
 {
     server *srv = arg;
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    if (!path) path = "/";
-    if (!admin_request_allowed(srv, req, path)) return;
+    const char *path = admin_path(req);
+    if (admin_request_allowed(srv, req, path) == ADMIN_PASS) admin_dispatch(srv, req, path);
+}
+
+static void admin_dispatch(server *srv, struct evhttp_request *req, const char *path)
+{
     if (strcmp(path, "/metrics") == 0) {
         admin_metrics(srv, req);
     } else if (strcmp(path, "/healthz") == 0) {
@@ -1152,6 +1203,8 @@ static void server_teardown(server *srv)
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
     review_engine_free(srv->reviews); /* never calls the waiters, i.e. the mails below */
+    admin_auth_free(srv->admin_auth); /* after the engine: no verdict can reach it now */
+    srv->admin_auth = NULL;
     while (srv->on_flights) {
         gateway_mail *m = srv->on_flights;
         on_flights_unlink(srv, m);
@@ -1336,6 +1389,11 @@ int server_run(const config *cfg, const apiserver_settings *api)
     evhttp_set_timeout(srv->admin_http, 30);
     evhttp_set_gencb(srv->admin_http, admin_handle, srv);
     if (cfg->admin_token_file && load_admin_token(srv, cfg->admin_token_file) != 0) goto done;
+    if (cfg->admin_auth_review) {
+        srv->admin_auth = admin_auth_new(cfg, srv->keyer, srv->reviews, &srv->tokenreview_kind, &srv->sar_kind,
+                                         on_admin_auth_done, srv);
+        if (!srv->admin_auth) goto done;
+    }
     srv->admin_limit = conn_limit_new(srv->base, srv->admin_http, cfg->admin_max_connections);
     struct evhttp_bound_socket *admin_bound = NULL;
     if (!srv->admin_limit || bind_listener(srv->admin_http, "admin", cfg->admin_listen, &admin_bound) != 0) goto done;
@@ -1354,10 +1412,10 @@ int server_run(const config *cfg, const apiserver_settings *api)
         if (!srv->admin_backoff) goto done;
         conn_limit_set_listener(srv->admin_limit, listener, srv->admin_backoff);
     }
-    if (!srv->admin_token && !admin_listen_is_loopback(cfg->admin_listen))
+    if (!srv->admin_token && !srv->admin_auth && !admin_listen_is_loopback(cfg->admin_listen))
         log_warn("the admin listener is reachable beyond loopback without authentication: whoever reaches it "
-                 "can read /metrics and /policy and flush the caches; use --admin-token-file or a loopback "
-                 "--admin-listen",
+                 "can read /metrics and /policy and flush the caches; use --admin-token-file, "
+                 "--admin-auth-review or a loopback --admin-listen",
                  "admin_listen", cfg->admin_listen, NULL);
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);

@@ -26,7 +26,10 @@ local TEAM_A = sa("team-a", "sender")
 -- Authenticated by the API server with a group whose name holds the separator.
 local PIPED = { token = "tok-team-a-piped", username = "system:serviceaccount:team-a:piped", uid = "uid-piped",
   groups = { "dev|system:masters", "system:authenticated" } }
-local TOKENS = { TEAM_A, PIPED }
+local MONITOR = sa("monitoring", "prometheus")
+local TOKENS = { TEAM_A, PIPED, MONITOR }
+-- For --admin-auth-review: Prometheus's ServiceAccount may get /metrics, nothing else.
+local SAR_RULES = { { user = MONITOR.username, verb = "get", path = "/metrics" } }
 
 -- team-a may do anything under /hooks/team-a/, nothing else; the policy logs what it saw.
 local POLICY = [[
@@ -120,7 +123,7 @@ describe("hostile requests", function()
   end
 
   lazy_setup(function()
-    fake = fake_mod.start{ tokens = TOKENS }
+    fake = fake_mod.start{ tokens = TOKENS, sar_rules = SAR_RULES }
     dir = fake.dir
     policy = dir .. "/hostile-policy.lua"
     proc.write_file(policy, POLICY)
@@ -434,6 +437,33 @@ describe("hostile requests", function()
         assert.equal(200, http.get(g.admin_url .. path).status, path)
       end
       assert.is_nil(g:log_text():find("s3cret", 1, true))
+      g:stop()
+    end)
+
+    it("with --admin-auth-review authenticates callers by TokenReview + SubjectAccessReview (kube-rbac-proxy's way)", function()
+      local g = start{ "--admin-auth-review" }
+      local function get(path, token)
+        return http.get(g.admin_url .. path, token and { "Authorization: Bearer " .. token.token } or nil)
+      end
+      fake:reset_stats()
+      assert.equal(200, get("/metrics", MONITOR).status)
+      assert.equal(200, get("/metrics", MONITOR).status) -- cached: no new review
+      assert.equal(1, fake:stats().tokenreview_calls)
+      assert.equal(1, fake:stats().subjectaccessreview_calls)
+      assert.equal(403, get("/metrics", TEAM_A).status)  -- authenticated, not allowed
+      assert.equal(403, get("/policy", MONITOR).status)  -- allowed /metrics only
+      assert.equal(401, get("/metrics", { token = "no-such-token" }).status)
+      assert.equal(401, get("/metrics").status)
+      local res = http.post(g.admin_url .. "/cache/flush", "", { "Authorization: Bearer " .. MONITOR.token })
+      assert.equal(403, res.status) -- POST is verb create
+      assert.equal(200, get("/readyz").status)
+      -- The API server down: 503, never an allow.
+      fake:config{ latency_ms = 5000 }
+      res = http.get(g.admin_url .. "/metrics", { "Authorization: Bearer " .. PIPED.token })
+      fake:config{ latency_ms = 0 }
+      assert.equal(503, res.status)
+      assert.truthy(tonumber(res.headers["retry-after"]))
+      assert.is_nil(g:log_text():find("beyond loopback", 1, true))
       g:stop()
     end)
 
