@@ -175,6 +175,6 @@ bool request_method_valid(const char *s, size_t len)
 {
     if (!s || len == 0 || len > 20) return false;
     for (size_t i = 0; i < len; i++)
-        if (s[i] < 'A' || s[i] > 'Z') return false;
+        if (!((s[i] >= 'A' && s[i] <= 'Z') || ((s[i] == '-' || s[i] == '_') && i > 0))) return false;
     return true;
 }

@@ -35,7 +35,8 @@ target_verdict request_target_check(const char *target, size_t len, const char *
 int request_url_split(const char *url, size_t len, const char **authority, size_t *authority_len,
                       const char **target, size_t *target_len);
 
-/* True when s[0..len) is an HTTP method as a proxy reports it: 1 to 20 upper-case letters. */
+/* True when s[0..len) is an HTTP method as a proxy reports it: 1 to 20 upper-case letters,
+ * '-' or '_' after the first (WebDAV's VERSION-CONTROL). */
 bool request_method_valid(const char *s, size_t len);
 
 #endif

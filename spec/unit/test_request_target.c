@@ -130,6 +130,8 @@ static void test_method(void)
 {
     CHECK(request_method_valid("GET", 3));
     CHECK(request_method_valid("PROPFIND", 8));
+    CHECK(request_method_valid("VERSION-CONTROL", 15));
+    CHECK(!request_method_valid("-GET", 4));
     CHECK(!request_method_valid("", 0));
     CHECK(!request_method_valid("get", 3));
     CHECK(!request_method_valid("GET ", 4));
