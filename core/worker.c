@@ -1231,6 +1231,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     const config *cfg = w->cfg;
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
+    bool nul_in_head = conn_guard_request_has_nul(w->guards, evhttp_request_get_connection(req));
     conn_guard_request_read(w->guards, evhttp_request_get_connection(req));
     note_begin(w, DECISION_REQUEST, -1);
 
@@ -1241,7 +1242,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply(w, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
         return;
     }
-    const char *framing = http_strict_violation(req);
+    const char *framing = nul_in_head ? "NUL byte in the request head" : http_strict_violation(req);
     if (framing) {
         /* Where this request ends is in doubt: answer it and close the connection, so
          * nothing after it is read as another request. */

@@ -356,6 +356,28 @@ describe("hostile requests", function()
       end)
     end
 
+    it("refuses a NUL byte in the request head on the main listener (libevent would cut the value there)", function()
+      local nul_cases = {
+        { "NUL inside Authorization", case("GET /hooks/team-a/x HTTP/1.1\r\nHost: " .. HOST ..
+          "\r\nAuthorization: Bearer " .. TEAM_A.token .. "\0garbage") },
+        { "NUL inside another value", case(base:gsub("POST", "GET") .. "\r\nX-Note: a\0b") },
+        { "NUL in the target", case("GET /hooks/team-a/x\0/../../admin HTTP/1.1\r\nHost: " .. HOST .. "\r\n" ..
+          bearer(TEAM_A)) },
+      }
+      for _, shape in ipairs{ "none", "proxy" } do
+        for _, c in ipairs(nul_cases) do
+          local res = raw(hostport(gw[shape].url), c[2])
+          assert.same({ 400 }, res.statuses, shape .. ": " .. c[1])
+        end
+      end
+      assert.equal(0, #up:requests())
+      -- A NUL inside a body is data, not refused.
+      local res = raw(hostport(gw.proxy.url), "POST /hooks/team-a/bin HTTP/1.1\r\nHost: " .. HOST .. "\r\n" ..
+        bearer(TEAM_A) .. "\r\nContent-Length: 3\r\nConnection: close\r\n\r\na\0b")
+      assert.equal(200, res.status)
+      assert.equal(3, up:requests()[1].body_bytes)
+    end)
+
     it("refuses each on the admin listener", function()
       for _, c in ipairs(CASES) do
         local admin = c[2]:gsub("/hooks/team%-a/x", "/metrics")
