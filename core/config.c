@@ -33,6 +33,16 @@ static const flag_spec flag_table[] = {
     {"--listen", FLAG_STRING, FIELD(listen), "main listener host:port (default 0.0.0.0:8080)"},
     {"--admin-listen", FLAG_STRING, FIELD(admin_listen),
      "admin listener: metrics, health, cache flush (default 127.0.0.1:9090)"},
+    {"--admin-allowed-hosts", FLAG_STRING, FIELD(admin_allowed_hosts),
+     "admin listener: Host names accepted besides IP literals, localhost and its own host (comma-separated; "
+     "default none: a DNS-rebinding page is refused)"},
+    {"--admin-token-file", FLAG_STRING, FIELD(admin_token_file),
+     "admin listener: a file holding a bearer token that /metrics, /policy and /cache/flush then require "
+     "(health endpoints stay open for probes)"},
+    {"--admin-auth-review", FLAG_BOOL, FIELD(admin_auth_review),
+     "admin listener: /metrics, /policy and /cache/flush also accept a bearer token that a TokenReview "
+     "authenticates and a non-resource SubjectAccessReview allows (get, or create for POST, on the path), as "
+     "kube-rbac-proxy protects /metrics"},
     {"--mode", FLAG_STRING, FIELD(mode),
      "authz (default: external auth service for nginx/Envoy/Traefik) or proxy (reverse proxy: allowed requests "
      "are forwarded to --upstream)"},
@@ -104,8 +114,10 @@ static const flag_spec flag_table[] = {
      "serve HTTPS on the main listener with this PEM certificate chain (TLS 1.2+; re-read on SIGHUP)"},
     {"--tls-key-file", FLAG_STRING, FIELD(tls_key_file), "the private key of --tls-cert-file"},
     {"--forwarded-headers", FLAG_STRING, FIELD(forwarded_headers),
-     "which proxy headers give policies the original method/URI/host: auto (default), traefik "
-     "(X-Forwarded-*), nginx (X-Original-*), none (the request itself, as Envoy ext_authz sends it)"},
+     "the proxy in front, whose headers give policies the original method/URI/host: none (default: "
+     "the request itself, as Envoy ext_authz sends it), nginx (X-Original-Method/-URI), ingress-nginx "
+     "(X-Original-URL/-Method), traefik (X-Forwarded-Method/-Uri/-Host); a request with another "
+     "family's headers, or without the named family's, is refused (400)"},
     {"--read-timeout", FLAG_DURATION, FIELD(read_timeout_ms),
      "main listener: a connection idle this long (reading or writing) is closed (default 30s)"},
     {"--max-header-count", FLAG_SIZE, FIELD(max_header_count),
@@ -174,7 +186,7 @@ static void config_defaults(config *cfg)
     cfg->log_level = "info";
     cfg->access_log = "off";
     cfg->access_log_sample_allowed = 1;
-    cfg->forwarded_headers = "auto";
+    cfg->forwarded_headers = "none";
     cfg->jwt_preverify = "review-others";
     cfg->policy_max_instructions = 1000000;
     cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
@@ -481,7 +493,7 @@ static int validate_mode(const config *cfg, FILE *out)
         rc = -1;
     }
     /* The policy must judge the request the client actually sends to the upstream. */
-    if (strcmp(cfg->forwarded_headers, "traefik") == 0 || strcmp(cfg->forwarded_headers, "nginx") == 0) {
+    if (strcmp(cfg->forwarded_headers, "none") != 0) {
         fprintf(out, "tokengate: --forwarded-headers %s: in proxy mode the policy always sees the request itself\n",
                 cfg->forwarded_headers);
         rc = -1;
@@ -585,6 +597,7 @@ int config_validate(const config *cfg, FILE *out)
         rc = -1;
     }
     if (cfg->policy && config_policy_enabled(cfg) && check_readable("--policy", cfg->policy, out) != 0) rc = -1;
+    if (cfg->admin_token_file && check_readable("--admin-token-file", cfg->admin_token_file, out) != 0) rc = -1;
     if (cfg->policy_watch && !(cfg->policy && config_policy_enabled(cfg))) {
         fprintf(out, "tokengate: --policy-watch needs --policy FILE\n");
         rc = -1;
@@ -630,9 +643,16 @@ int config_validate(const config *cfg, FILE *out)
         fprintf(out, "tokengate: --jwt-preverify %s: use review-others, refuse-others or off\n", cfg->jwt_preverify);
         rc = -1;
     }
-    if (strcmp(cfg->forwarded_headers, "auto") && strcmp(cfg->forwarded_headers, "traefik") &&
-        strcmp(cfg->forwarded_headers, "nginx") && strcmp(cfg->forwarded_headers, "none")) {
-        fprintf(out, "tokengate: --forwarded-headers %s: use auto, traefik, nginx or none\n", cfg->forwarded_headers);
+    if (strcmp(cfg->forwarded_headers, "auto") == 0) {
+        /* Removed: it picked the header family from what the request carried, so a client
+         * could add X-Forwarded-Uri behind nginx and choose the path the policy judged. */
+        fprintf(out, "tokengate: --forwarded-headers auto was removed (the client could choose which headers "
+                     "were judged): name the proxy in front: none, nginx, ingress-nginx or traefik\n");
+        rc = -1;
+    } else if (strcmp(cfg->forwarded_headers, "traefik") && strcmp(cfg->forwarded_headers, "nginx") &&
+               strcmp(cfg->forwarded_headers, "ingress-nginx") && strcmp(cfg->forwarded_headers, "none")) {
+        fprintf(out, "tokengate: --forwarded-headers %s: use none, nginx, ingress-nginx or traefik\n",
+                cfg->forwarded_headers);
         rc = -1;
     }
     if (validate_access_log(cfg, out) != 0) rc = -1;

@@ -84,10 +84,19 @@ typedef struct config {
     const char *tls_cert_file;
     const char *tls_key_file;
 
-    /* Which proxy headers describe the original request to policies: "auto" (one family,
-     * never mixed: X-Forwarded-* if X-Forwarded-Uri is present, else X-Original-* if
-     * X-Original-URI is, else the request), "traefik", "nginx" or "none" (Envoy). */
+    /* The proxy in front, whose headers describe the original request to policies:
+     * "none" (the request itself: Envoy), "nginx" (X-Original-Method/-URI), "ingress-nginx"
+     * (X-Original-URL/-Method) or "traefik" (X-Forwarded-Method/-Uri/-Host). Exactly that
+     * family is read; a request with another family's headers, or without this one's, is
+     * refused. ("auto", which guessed from the request, was removed.) */
     const char *forwarded_headers;
+
+    /* The admin listener: Host names it accepts besides IP literals, localhost and its
+     * own listen host (comma-separated; "*": any), and a file holding a bearer token that
+     * /metrics, /policy and /cache/flush then require (NULL: no authentication). */
+    const char *admin_allowed_hosts;
+    const char *admin_token_file;
+    bool admin_auth_review; /* admin callers may also be a token a TokenReview + SAR allows */
 
     /* --mode proxy: where allowed requests go, and how. */
     const char *upstream;      /* http:// or https:// URL, optionally with a path prefix */

@@ -30,6 +30,7 @@ typedef struct conn_guard {
      * them (its value is never looked at or kept). */
     bool request_line_seen;
     bool has_authorization;
+    bool nul_in_head; /* a NUL byte in the request line or headers (libevent cuts the value there) */
     size_t line_len;
     char line_head[AUTHORIZATION_PREFIX_LEN];
     /* Body bytes of this request counted in set->buffered_body, and the most it may count. */
@@ -138,6 +139,7 @@ static void start_request(conn_guard *g)
     g->phase = PHASE_HEADERS;
     g->request_line_seen = false;
     g->has_authorization = false;
+    g->nul_in_head = false;
     g->line_len = 0;
     arm(g, g->set->options.header_timeout_ms);
 }
@@ -185,6 +187,7 @@ static size_t scan_headers(conn_guard *g, const unsigned char *p, size_t n)
             line_complete(g);
             if (g->phase == PHASE_BODY) return i + 1;
         } else if (c != '\r') {
+            if (c == '\0') g->nul_in_head = true;
             if (g->line_len < AUTHORIZATION_PREFIX_LEN)
                 g->line_head[g->line_len] = (char)((c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c);
             g->line_len++;
@@ -273,6 +276,13 @@ int conn_guard_attach(conn_guard_set *set, struct evhttp_connection *evcon)
         on_input(g->input, &info, g);
     }
     return 0;
+}
+
+bool conn_guard_request_has_nul(conn_guard_set *set, struct evhttp_connection *evcon)
+{
+    if (!set || !evcon) return false;
+    conn_guard *g = *find_slot(set, evcon);
+    return g && g->nul_in_head;
 }
 
 void conn_guard_request_read(conn_guard_set *set, struct evhttp_connection *evcon)

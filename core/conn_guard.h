@@ -66,6 +66,12 @@ void conn_guard_set_free(conn_guard_set *set);
  * Returns 0, or -1 without memory (the caller closes the connection: fail closed). */
 int conn_guard_attach(conn_guard_set *set, struct evhttp_connection *evcon);
 
+/* True when the request evhttp is handing over had a NUL byte in its request line or
+ * headers: evhttp's parser cuts a line there ("Bearer good\0garbage" reads as
+ * "Bearer good"), so such a request must be refused, not judged on what is left. Call it
+ * before conn_guard_request_read (which starts the next request's scan). */
+bool conn_guard_request_has_nul(conn_guard_set *set, struct evhttp_connection *evcon);
+
 /* evhttp handed a complete request of evcon to the gateway: no deadline runs until the
  * next request's first byte. Unknown connections are ignored. */
 void conn_guard_request_read(conn_guard_set *set, struct evhttp_connection *evcon);

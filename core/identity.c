@@ -195,6 +195,9 @@ long identity_join_groups(const identity_view *view, char *out, size_t cap)
     for (size_t i = 0; i < view->n_groups; i++) {
         str_view g;
         identity_read_string(&pos, &g);
+        /* '|' inside a name would read as two groups ("dev|system:masters"), an empty
+         * name as none: such an identity has no unambiguous form in this header. */
+        if (g.len == 0 || memchr(g.ptr, '|', g.len)) return -2;
         if (len + g.len + (i ? 1 : 0) + 1 > cap) return -1;
         if (i) out[len++] = '|';
         memcpy(out + len, g.ptr, g.len);

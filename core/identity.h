@@ -65,7 +65,8 @@ bool identity_serviceaccount(str_view username, str_view *namespace_out, str_vie
 int identity_digest(const void *packed, size_t len, unsigned char out[IDENTITY_DIGEST_BYTES]);
 
 /* Joins the groups with '|' (kube-rbac-proxy's X-Remote-Groups form) into out.
- * Returns the length, or -1 if it does not fit. */
+ * Returns the length, -1 if it does not fit, or -2 if a group name is empty or contains
+ * '|' (the joined form would be ambiguous: such an identity is answered closed). */
 long identity_join_groups(const identity_view *view, char *out, size_t cap);
 
 #endif

@@ -5,13 +5,17 @@
  * graceful shutdown. Workers send it their reviews as mails and get the outcomes back the
  * same way (worker.h). */
 #include "server.h"
+#include "admin_auth.h"
+#include "admin_guard.h"
 
 #include "accept_backoff.h"
 #include "access_log.h"
 #include "api_client.h"
+#include "bearer.h"
 #include "cache_key.h"
 #include "conn_limit.h"
 #include "custom_metrics.h"
+#include "http_strict.h"
 #include "identity.h"
 #include "log.h"
 #include "mailbox.h"
@@ -94,6 +98,10 @@ typedef struct server {
     policy_source *policy_source; /* the version every worker runs (validated, a reference) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
+    uint64_t admin_refusals;       /* Host/cross-site refusals on the admin listener (logged 1 in 1000) */
+    char *admin_token;             /* --admin-token-file's token; NULL: no admin authentication */
+    admin_auth *admin_auth;        /* --admin-auth-review; NULL when off */
+    size_t admin_token_len;
 } server;
 
 /* ---- revocations (--watch-revocations, docs/REVOCATION.md) ---------------------------- */
@@ -529,11 +537,159 @@ static void admin_policy(server *srv, struct evhttp_request *req)
     evbuffer_free(buf);
 }
 
+#define ADMIN_TOKEN_MAX 4096
+
+/* Reads --admin-token-file: one token (token68 characters), surrounding whitespace and a
+ * final newline ignored. Returns 0, or -1 with an error logged (never the token). */
+static int load_admin_token(server *srv, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("cannot read --admin-token-file", "path", path, "error", strerror(errno), NULL);
+        return -1;
+    }
+    char *buf = calloc(1, ADMIN_TOKEN_MAX + 2);
+    size_t n = buf ? fread(buf, 1, ADMIN_TOKEN_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf) return -1;
+    size_t start = strspn(buf, " \t\r\n");
+    while (n > start && strchr(" \t\r\n", buf[n - 1])) n--;
+    size_t len = n > start ? n - start : 0;
+    const char *bad = NULL;
+    if (n > ADMIN_TOKEN_MAX) bad = "longer than 4096 bytes";
+    else if (len == 0) bad = "empty";
+    for (size_t i = start; !bad && i < n; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~+/=", c)))
+            bad = "not a bearer token (token68 characters only)";
+    }
+    if (bad) {
+        OPENSSL_cleanse(buf, ADMIN_TOKEN_MAX + 2);
+        free(buf);
+        log_error("unusable --admin-token-file", "path", path, "error", bad, NULL);
+        return -1;
+    }
+    memmove(buf, buf + start, len);
+    OPENSSL_cleanse(buf + len, ADMIN_TOKEN_MAX + 2 - len);
+    srv->admin_token = buf;
+    srv->admin_token_len = len;
+    return 0;
+}
+
+/* The bearer token of the request's only Authorization header; false when there is none,
+ * several, or it is not "Bearer <token>". */
+static bool admin_bearer(const server *srv, struct evhttp_request *req, const char **token, size_t *token_len)
+{
+    const struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *header = NULL;
+    const struct evkeyval *kv;
+    TAILQ_FOREACH(kv, in, next)
+    {
+        if (strcasecmp(kv->key, "Authorization") != 0) continue;
+        if (header) return false;
+        header = kv->value;
+    }
+    size_t max = srv->cfg->max_token_bytes > ADMIN_TOKEN_MAX ? srv->cfg->max_token_bytes : ADMIN_TOKEN_MAX;
+    return bearer_extract(header, max, token, token_len) == BEARER_OK;
+}
+
+static void admin_unauthorized(struct evhttp_request *req)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate-admin\"");
+    admin_simple(req, 401, "Unauthorized", "unauthorized");
+}
+
+typedef enum { ADMIN_ANSWERED, ADMIN_PASS, ADMIN_PENDING } admin_gate;
+
+/* Every admin request passes here first: strict framing, a Host a DNS-rebinding page
+ * cannot send, nothing cross-site, and the caller's token when authentication is on
+ * (health endpoints stay open: kubelet probes carry none): the static --admin-token-file
+ * token, else (--admin-auth-review) a TokenReview and a non-resource SubjectAccessReview
+ * of the path, answered later through on_admin_auth_done (ADMIN_PENDING). */
+static admin_gate admin_request_allowed(server *srv, struct evhttp_request *req, const char *path)
+{
+    const config *cfg = srv->cfg;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    const char *framing = http_strict_violation(req);
+    if (framing) {
+        evhttp_add_header(out, "Connection", "close");
+        admin_simple(req, 400, "Bad Request", framing);
+        return ADMIN_ANSWERED;
+    }
+    const char *host = evhttp_find_header(in, "Host");
+    if (!admin_host_allowed(host, cfg->admin_listen, cfg->admin_allowed_hosts)) {
+        if (srv->admin_refusals++ % 1000 == 0)
+            log_warn("admin request refused: Host not allowed (DNS rebinding?); see --admin-allowed-hosts", NULL);
+        admin_simple(req, 403, "Forbidden", "forbidden: Host not allowed on the admin listener");
+        return ADMIN_ANSWERED;
+    }
+    bool is_post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
+    const char *cross = admin_cross_site_violation(
+        is_post, host, evhttp_find_header(in, "Origin"), evhttp_find_header(in, "Sec-Fetch-Site"),
+        evhttp_find_header(in, "Content-Type"), evbuffer_get_length(evhttp_request_get_input_buffer(req)));
+    if (cross) {
+        if (srv->admin_refusals++ % 1000 == 0) log_warn("admin request refused: cross-site", "reason", cross, NULL);
+        char body[128];
+        snprintf(body, sizeof(body), "forbidden: %s", cross);
+        admin_simple(req, 403, "Forbidden", body);
+        return ADMIN_ANSWERED;
+    }
+    bool open = strcmp(path, "/healthz") == 0 || strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0;
+    if (open || (!srv->admin_token && !srv->admin_auth)) return ADMIN_PASS;
+    const char *token;
+    size_t token_len;
+    if (!admin_bearer(srv, req, &token, &token_len)) {
+        admin_unauthorized(req);
+        return ADMIN_ANSWERED;
+    }
+    if (srv->admin_token && token_len == srv->admin_token_len &&
+        CRYPTO_memcmp(token, srv->admin_token, token_len) == 0)
+        return ADMIN_PASS;
+    if (srv->admin_auth) {
+        /* kube-rbac-proxy's mapping: GET/HEAD read (get), POST changes (create). */
+        admin_auth_check(srv->admin_auth, token, token_len, is_post ? "create" : "get", path, req);
+        return ADMIN_PENDING;
+    }
+    admin_unauthorized(req);
+    return ADMIN_ANSWERED;
+}
+
+static void admin_dispatch(server *srv, struct evhttp_request *req, const char *path);
+
+static const char *admin_path(struct evhttp_request *req)
+{
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    return path ? path : "/";
+}
+
+static void on_admin_auth_done(admin_auth_verdict verdict, int retry_after_s, void *ctx, void *arg)
+{
+    server *srv = ctx;
+    struct evhttp_request *req = arg;
+    switch (verdict) {
+    case ADMIN_AUTH_ALLOWED: admin_dispatch(srv, req, admin_path(req)); break;
+    case ADMIN_AUTH_UNAUTHENTICATED: admin_unauthorized(req); break;
+    case ADMIN_AUTH_FORBIDDEN: admin_simple(req, 403, "Forbidden", "forbidden"); break;
+    case ADMIN_AUTH_UNAVAILABLE: {
+        char value[16];
+        snprintf(value, sizeof(value), "%d", retry_after_s > 0 ? retry_after_s : 1);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", value);
+        admin_simple(req, 503, "Service Unavailable", "authentication unavailable");
+        break;
+    }
+    }
+}
+
 static void admin_handle(struct evhttp_request *req, void *arg)
 {
     server *srv = arg;
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    if (!path) path = "/";
+    const char *path = admin_path(req);
+    if (admin_request_allowed(srv, req, path) == ADMIN_PASS) admin_dispatch(srv, req, path);
+}
+
+static void admin_dispatch(server *srv, struct evhttp_request *req, const char *path)
+{
     if (strcmp(path, "/metrics") == 0) {
         admin_metrics(srv, req);
     } else if (strcmp(path, "/healthz") == 0) {
@@ -1038,10 +1194,17 @@ static void server_teardown(server *srv)
     accept_backoff_free(srv->admin_backoff);
     if (srv->admin_http) evhttp_free(srv->admin_http);
     conn_limit_free(srv->admin_limit); /* after evhttp_free: its close callbacks count down */
+    if (srv->admin_token) {
+        OPENSSL_cleanse(srv->admin_token, srv->admin_token_len);
+        free(srv->admin_token);
+        srv->admin_token = NULL;
+    }
     revocation_watch_free(srv->revocations);
     api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
     jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
     review_engine_free(srv->reviews); /* never calls the waiters, i.e. the mails below */
+    admin_auth_free(srv->admin_auth); /* after the engine: no verdict can reach it now */
+    srv->admin_auth = NULL;
     while (srv->on_flights) {
         gateway_mail *m = srv->on_flights;
         on_flights_unlink(srv, m);
@@ -1225,6 +1388,12 @@ int server_run(const config *cfg, const apiserver_settings *api)
     evhttp_set_max_body_size(srv->admin_http, 4096);
     evhttp_set_timeout(srv->admin_http, 30);
     evhttp_set_gencb(srv->admin_http, admin_handle, srv);
+    if (cfg->admin_token_file && load_admin_token(srv, cfg->admin_token_file) != 0) goto done;
+    if (cfg->admin_auth_review) {
+        srv->admin_auth = admin_auth_new(cfg, srv->keyer, srv->reviews, &srv->tokenreview_kind, &srv->sar_kind,
+                                         on_admin_auth_done, srv);
+        if (!srv->admin_auth) goto done;
+    }
     srv->admin_limit = conn_limit_new(srv->base, srv->admin_http, cfg->admin_max_connections);
     struct evhttp_bound_socket *admin_bound = NULL;
     if (!srv->admin_limit || bind_listener(srv->admin_http, "admin", cfg->admin_listen, &admin_bound) != 0) goto done;
@@ -1243,6 +1412,11 @@ int server_run(const config *cfg, const apiserver_settings *api)
         if (!srv->admin_backoff) goto done;
         conn_limit_set_listener(srv->admin_limit, listener, srv->admin_backoff);
     }
+    if (!srv->admin_token && !srv->admin_auth && !admin_listen_is_loopback(cfg->admin_listen))
+        log_warn("the admin listener is reachable beyond loopback without authentication: whoever reaches it "
+                 "can read /metrics and /policy and flush the caches; use --admin-token-file, "
+                 "--admin-auth-review or a loopback --admin-listen",
+                 "admin_listen", cfg->admin_listen, NULL);
 
     srv->sigterm_event = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);

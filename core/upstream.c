@@ -206,7 +206,7 @@ static void wipe_headers(struct curl_slist *list)
 }
 
 /* The header list sent upstream: the client's fields in their order minus hop-by-hop,
- * gateway-set, spoofable and policy-set ones (and Authorization unless kept), then the
+ * underscored, gateway-set, spoofable and policy-set ones (and Authorization unless kept), then the
  * gateway's own. body tells whether the request carries a body (libcurl then sends its
  * Content-Length). Returns 0, or -1 when out of memory. */
 static int build_request_headers(const upstream *up, const upstream_request *r, bool body,
@@ -221,7 +221,11 @@ static int build_request_headers(const upstream *up, const upstream_request *r, 
         bool policy_set = false;
         for (size_t i = 0; i < r->n_headers && !policy_set; i++)
             policy_set = strcasecmp(name, r->header_names[i]) == 0;
-        if (policy_set || !is_token(name, strlen(name)) || hop_by_hop(in, name) ||
+        /* A name with '_' is dropped whatever it spells, as nginx does by default
+         * (underscores_in_headers off): CGI, WSGI, PHP and Rack map X_Remote_User and
+         * X-Remote-User to the same HTTP_X_REMOTE_USER, so a client could otherwise pass
+         * an identity, an Impersonate-* or a forwarding header next to the gateway's. */
+        if (policy_set || !is_token(name, strlen(name)) || strchr(name, '_') || hop_by_hop(in, name) ||
             in_list(name, replaced_request_fields) || has_prefix(name, spoofable_prefixes) ||
             (!up->keep_authorization && strcasecmp(name, "Authorization") == 0))
             continue;

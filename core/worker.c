@@ -10,7 +10,9 @@
 #include "bearer.h"
 #include "conn_guard.h"
 #include "identity.h"
+#include "http_strict.h"
 #include "log.h"
+#include "request_target.h"
 #include "sar.h"
 #include "tokenreview.h"
 #include "upstream.h"
@@ -76,7 +78,13 @@ typedef struct sar_key_memo_slot {
 } sar_key_memo_slot;
 
 /* --forwarded-headers, decided once (proxy mode: always the request itself). */
-typedef enum { FORWARDED_AUTO, FORWARDED_TRAEFIK, FORWARDED_NGINX, FORWARDED_NONE } forwarded_mode;
+typedef enum {
+    FORWARDED_NONE,          /* the request itself (Envoy ext_authz) */
+    FORWARDED_NGINX,         /* X-Original-Method/-URI (+ X-Forwarded-Host) */
+    FORWARDED_INGRESS_NGINX, /* X-Original-URL (absolute) + X-Original-Method */
+    FORWARDED_TRAEFIK,       /* X-Forwarded-Method/-Uri/-Host */
+    FORWARDED_PROXY,         /* proxy mode: the request itself; family headers ignored and stripped */
+} forwarded_mode;
 
 struct worker {
     worker_shared shared;
@@ -121,6 +129,7 @@ struct worker {
     uint64_t connection_limit_pauses;
     conn_guard_set *guards; /* request deadlines and body bounds per connection */
     accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
+    uint64_t forwarded_refusals; /* requests refused for their forwarded headers (logged 1 in 1000) */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
     sar_key_memo_slot sar_key_memo[SAR_KEY_MEMO_SLOTS];
 
@@ -163,6 +172,8 @@ static int64_t monotonic_ms(void)
 }
 
 static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
+static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
+                            const char *reason, size_t reason_len);
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
                          size_t n_audiences, const cache_key *key);
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
@@ -344,12 +355,14 @@ typedef struct identity_text {
     char groups[GROUPS_HEADER_MAX];
 } identity_text;
 
+/* Returns 0, -1 for a malformed identity (or groups too long for the header), -2 for
+ * one whose groups cannot be joined unambiguously (see identity_join_groups). */
 static int identity_text_from(const unsigned char *packed, size_t packed_len, identity_text *out)
 {
     identity_view view;
-    if (identity_view_parse(packed, packed_len, &view) != 0 ||
-        identity_join_groups(&view, out->groups, sizeof(out->groups)) < 0)
-        return -1;
+    if (identity_view_parse(packed, packed_len, &view) != 0) return -1;
+    long joined = identity_join_groups(&view, out->groups, sizeof(out->groups));
+    if (joined < 0) return joined == -2 ? -2 : -1;
     memcpy(out->user, view.username.ptr, view.username.len);
     out->user[view.username.len] = '\0';
     memcpy(out->uid, view.uid.ptr, view.uid.len);
@@ -454,7 +467,16 @@ static void answer_allowed(worker *w, struct evhttp_request *req, const struct t
                            const unsigned char *packed, size_t packed_len, const policy_decision *allow)
 {
     identity_text id;
-    if (identity_text_from(packed, packed_len, &id) != 0) {
+    int text_rc = identity_text_from(packed, packed_len, &id);
+    if (text_rc == -2) {
+        /* Authenticated and allowed, but X-Remote-Groups could not say who it is: a group
+         * "dev|system:masters" must never read as the group system:masters. */
+        log_debug("identity has a group with '|' or an empty group; answering 403", NULL);
+        reply_forbidden(w, req, started, "a group name cannot be sent in X-Remote-Groups",
+                        strlen("a group name cannot be sent in X-Remote-Groups"));
+        return;
+    }
+    if (text_rc != 0) {
         log_error("cached identity is malformed; failing closed", NULL);
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
@@ -507,37 +529,27 @@ static void reply_policy_error(worker *w, struct evhttp_request *req, const stru
 /* Storage for a policy_request's strings that are not header values. */
 typedef struct request_text {
     char uri[URI_MAX];
+    char host[256];
     char client_ip[64];
 } request_text;
 
-/* True when path (no query) is in the form policies can safely match on: no empty,
- * "." or ".." segments, no percent-encoded dot, slash or backslash, no backslash. A path
- * like /hooks/../admin would otherwise pass a rule for the /hooks/ prefix while the upstream serves
- * /admin; such requests are refused (fail closed) rather than normalised here. */
-static bool path_is_normalized(const char *path)
-{
-    if (path[0] != '/') return false;
-    for (const char *p = path; *p; p++) {
-        if (*p == '\\') return false;
-        if (*p == '%' && p[1] && p[2]) {
-            char a = p[1], b = (char)(p[2] | 0x20);
-            if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c')) return false;
-        }
-        if (*p != '/') continue;
-        const char *seg = p + 1;
-        size_t len = strcspn(seg, "/");
-        if (seg[len] == '/' && len == 0) return false;                           /* "//" */
-        if ((len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.')) return false;
-    }
-    return true;
-}
+/* Why describe_request refused a request: the status and the body's reason. */
+typedef enum {
+    DESCRIBED = 0,
+    DESCRIBE_TOO_LONG,  /* 414 */
+    DESCRIBE_MALFORMED, /* 400: a malformed target or method */
+    DESCRIBE_TRAVERSAL, /* 403: a path another server could read as another path */
+    DESCRIBE_FORWARDED, /* 400: forwarded headers of another family, missing or repeated */
+} describe_result;
 
-/* The proxy headers describe_request may read, found in one pass over the headers (the
- * first of each name, as evhttp_find_header would). */
+/* The proxy headers describe_request knows, found in one pass over the headers. Each of
+ * the family headers must appear at most once: a second one is a client's addition. */
 typedef struct forwarded_headers {
     const char *forwarded_uri, *forwarded_method, *forwarded_host;
-    const char *original_uri, *original_method;
+    const char *original_uri, *original_url, *original_method;
     const char *host;
+    const char *repeated; /* the name of a family header seen twice, or NULL */
+    bool forwarded_host_repeated;
 } forwarded_headers;
 
 static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_headers *f)
@@ -549,12 +561,23 @@ static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_he
         const char *k = kv->key;
         /* Most headers are told apart by their length alone. */
 #define TAKE(field, name)                                                                          \
-    if (!f->field && strcasecmp(k, name) == 0) f->field = kv->value
+    if (strcasecmp(k, name) == 0) {                                                                \
+        if (f->field && !f->repeated) f->repeated = name;                                          \
+        f->field = f->field ? f->field : kv->value;                                                \
+    }
         switch (strlen(k)) {
         case 4: TAKE(host, "Host"); break;
-        case 14: TAKE(original_uri, "X-Original-URI"); break;
+        case 14:
+            TAKE(original_uri, "X-Original-URI")
+            else TAKE(original_url, "X-Original-URL");
+            break;
         case 15: TAKE(forwarded_uri, "X-Forwarded-Uri"); break;
-        case 16: TAKE(forwarded_host, "X-Forwarded-Host"); break;
+        case 16:
+            if (strcasecmp(k, "X-Forwarded-Host") == 0) {
+                f->forwarded_host_repeated |= f->forwarded_host != NULL;
+                if (!f->forwarded_host) f->forwarded_host = kv->value;
+            }
+            break;
         case 17: TAKE(original_method, "X-Original-Method"); break;
         case 18: TAKE(forwarded_method, "X-Forwarded-Method"); break;
         default: break;
@@ -563,39 +586,136 @@ static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_he
     }
 }
 
+/* The first header of list (name/value pairs, NULL-ended) that is present, or NULL. */
+static const char *first_present(const char *const *list)
+{
+    for (; list[0]; list += 2)
+        if (list[1]) return list[0];
+    return NULL;
+}
+
 /* Fills pr from req: the original method, URI and host as the proxy in front reports
- * them — one family of headers, never mixed, chosen by --forwarded-headers (see config.h)
- * — else the request itself (Envoy ext_authz forwards the client's method and path). In
- * proxy mode always the request itself: it is what goes upstream, and those headers come
- * from the client, who must never choose what the policy judges.
- * Returns -1 if the URI is too long, -2 if its path is not normalized. */
-static int describe_request(const worker *w, struct evhttp_request *req, policy_request *pr,
-                            request_text *text)
+ * them — exactly one family of headers, the one --forwarded-headers names (see config.h)
+ * — else the request itself (Envoy ext_authz forwards the client's method and path; in
+ * proxy mode it is what goes upstream, and the family headers are the client's own, so
+ * they are ignored here and stripped before forwarding). A request that carries another
+ * family's headers, lacks the named family's, or repeats one is refused: the client must
+ * never choose what the policy judges, and a proxy that does not send what the operator
+ * said is a misconfiguration to fail closed on. The target, wherever it comes from, must
+ * pass request_target_check. *why: the reason for a refusal. */
+static describe_result describe_request(const worker *w, struct evhttp_request *req, policy_request *pr,
+                                        request_text *text, const char **why)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     forwarded_headers f;
     scan_forwarded_headers(h, &f);
-    forwarded_mode mode = w->forwarded_mode;
-    bool traefik = mode == FORWARDED_TRAEFIK || (mode == FORWARDED_AUTO && f.forwarded_uri);
-    bool nginx = !traefik && (mode == FORWARDED_NGINX || (mode == FORWARDED_AUTO && f.original_uri));
     const char *method = NULL, *uri = NULL, *host = NULL;
-    if (traefik) {
-        method = f.forwarded_method;
-        uri = f.forwarded_uri;
-        host = f.forwarded_host;
-    } else if (nginx) {
+    size_t uri_len = 0, host_len = 0;
+    *why = NULL;
+    /* X-Forwarded-Host only matters (and is only refused twice) where it is read. */
+    bool reads_forwarded_host = w->forwarded_mode == FORWARDED_NGINX || w->forwarded_mode == FORWARDED_TRAEFIK;
+    if (w->forwarded_mode != FORWARDED_PROXY && (f.repeated || (reads_forwarded_host && f.forwarded_host_repeated))) {
+        *why = "a forwarded header is repeated";
+        return DESCRIBE_FORWARDED;
+    }
+    const char *foreign = NULL, *missing = NULL;
+    switch (w->forwarded_mode) {
+    case FORWARDED_PROXY: break;
+    case FORWARDED_NONE: {
+        const char *const other[] = {"X-Original-URI", f.original_uri, "X-Original-URL", f.original_url,
+                                     "X-Original-Method", f.original_method, "X-Forwarded-Uri", f.forwarded_uri,
+                                     "X-Forwarded-Method", f.forwarded_method, NULL, NULL};
+        foreign = first_present(other);
+        break;
+    }
+    case FORWARDED_NGINX: {
+        const char *const other[] = {"X-Original-URL", f.original_url, "X-Forwarded-Uri", f.forwarded_uri,
+                                     "X-Forwarded-Method", f.forwarded_method, NULL, NULL};
+        foreign = first_present(other);
+        missing = !f.original_uri ? "X-Original-URI" : !f.original_method ? "X-Original-Method" : NULL;
         method = f.original_method;
         uri = f.original_uri;
         host = f.forwarded_host;
+        break;
+    }
+    case FORWARDED_INGRESS_NGINX: {
+        const char *const other[] = {"X-Forwarded-Uri", f.forwarded_uri, "X-Forwarded-Method", f.forwarded_method,
+                                     NULL, NULL};
+        foreign = first_present(other);
+        missing = !f.original_url ? "X-Original-URL" : !f.original_method ? "X-Original-Method" : NULL;
+        if (!foreign && !missing) {
+            if (request_url_split(f.original_url, strlen(f.original_url), &host, &host_len, &uri, &uri_len) != 0) {
+                *why = "X-Original-URL is not an absolute http(s) URL";
+                return DESCRIBE_FORWARDED;
+            }
+            /* ingress-nginx sets X-Original-URI too when auth-method is annotated; else a
+             * client's X-Original-URI passes through: only the same target is accepted. */
+            if (f.original_uri && (strlen(f.original_uri) != uri_len || memcmp(f.original_uri, uri, uri_len) != 0)) {
+                *why = "X-Original-URI differs from X-Original-URL";
+                return DESCRIBE_FORWARDED;
+            }
+        }
+        method = f.original_method;
+        break;
+    }
+    case FORWARDED_TRAEFIK: {
+        const char *const other[] = {"X-Original-URI", f.original_uri, "X-Original-URL", f.original_url,
+                                     "X-Original-Method", f.original_method, NULL, NULL};
+        foreign = first_present(other);
+        missing = !f.forwarded_uri      ? "X-Forwarded-Uri"
+                  : !f.forwarded_method ? "X-Forwarded-Method"
+                  : !f.forwarded_host   ? "X-Forwarded-Host"
+                                        : NULL;
+        method = f.forwarded_method;
+        uri = f.forwarded_uri;
+        host = f.forwarded_host;
+        break;
+    }
+    }
+    if (foreign) {
+        *why = foreign; /* the header's name: "forwarded header not sent by the configured proxy" */
+        return DESCRIBE_FORWARDED;
+    }
+    if (missing) {
+        *why = missing;
+        return DESCRIBE_FORWARDED;
+    }
+    if (method && !request_method_valid(method, strlen(method))) {
+        *why = "malformed forwarded method";
+        return DESCRIBE_MALFORMED;
     }
     if (!uri) uri = evhttp_request_get_uri(req);
-    if (!host) host = f.host;
-    size_t uri_len = uri ? strlen(uri) : 0;
-    if (!uri || uri_len >= sizeof(text->uri)) return -1;
-    memcpy(text->uri, uri, uri_len + 1);
+    if (!uri) {
+        *why = "no request target";
+        return DESCRIBE_MALFORMED;
+    }
+    if (!uri_len) uri_len = strlen(uri);
+    if (uri_len >= sizeof(text->uri)) {
+        *why = "request URI too long";
+        return DESCRIBE_TOO_LONG;
+    }
+    switch (request_target_check(uri, uri_len, why)) {
+    case TARGET_OK: break;
+    case TARGET_MALFORMED: return DESCRIBE_MALFORMED;
+    case TARGET_TRAVERSAL: return DESCRIBE_TRAVERSAL;
+    }
+    memcpy(text->uri, uri, uri_len);
+    text->uri[uri_len] = '\0';
     char *q = strchr(text->uri, '?');
     if (q) *q++ = '\0';
-    if (!path_is_normalized(text->uri[0] ? text->uri : "/")) return -2;
+    if (!host) host = f.host;
+    if (host && !host_len) host_len = strlen(host);
+    if (host_len >= sizeof(text->host)) {
+        *why = "host too long";
+        return DESCRIBE_MALFORMED;
+    }
+    if (host) memcpy(text->host, host, host_len);
+    text->host[host_len] = '\0';
+    /* The Host field was checked with the framing; a forwarded host gets the same check. */
+    if (!http_strict_host_valid(text->host)) {
+        *why = "malformed forwarded host";
+        return DESCRIBE_MALFORMED;
+    }
     text->client_ip[0] = '\0';
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
     if (conn) {
@@ -606,12 +726,44 @@ static int describe_request(const worker *w, struct evhttp_request *req, policy_
         if (addr && addr_len < sizeof(text->client_ip)) memcpy(text->client_ip, addr, addr_len + 1);
     }
     pr->method = method ? method : method_name(evhttp_request_get_command(req));
-    pr->path = text->uri[0] ? text->uri : "/";
+    pr->path = text->uri;
     pr->query = q ? q : "";
-    pr->host = host ? host : "";
+    pr->host = text->host;
     pr->client_ip = text->client_ip;
     pr->headers = h;
-    return 0;
+    return DESCRIBED;
+}
+
+/* Answers a request describe_request refused; exactly one reply. */
+static void reply_undescribable(worker *w, struct evhttp_request *req, const struct timespec *started,
+                                describe_result r, const char *why)
+{
+    char body[160];
+    switch (r) {
+    case DESCRIBED: break;
+    case DESCRIBE_TOO_LONG: reply(w, req, started, 414, "URI Too Long", "request URI too long"); return;
+    case DESCRIBE_MALFORMED:
+        snprintf(body, sizeof(body), "bad request: %s", why ? why : "malformed request");
+        reply(w, req, started, 400, "Bad Request", body);
+        return;
+    case DESCRIBE_TRAVERSAL:
+        reply_forbidden(w, req, started, why ? why : "path is not normalized", strlen(why ? why : "path is not normalized"));
+        return;
+    case DESCRIBE_FORWARDED:
+        /* The proxy in front is not the one --forwarded-headers names, or a client added
+         * headers it passes through: logged (behind nginx the body is dropped), the
+         * first time and then once per 1000, so a hostile client cannot flood the log. */
+        if (w->forwarded_refusals++ % 1000 == 0) {
+            char count[24];
+            snprintf(count, sizeof(count), "%llu", (unsigned long long)w->forwarded_refusals);
+            log_warn("request refused: its forwarded headers do not match --forwarded-headers", "mode",
+                     w->cfg->forwarded_headers, "detail", why, "refused_so_far", count, NULL);
+        }
+        snprintf(body, sizeof(body), "bad request: forwarded headers do not match --forwarded-headers %s (%s)",
+                 w->cfg->forwarded_headers, why ? why : "");
+        reply(w, req, started, 400, "Bad Request", body);
+        return;
+    }
 }
 
 /* ---- the authz request path -------------------------------------------------------- */
@@ -639,10 +791,11 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     }
     policy_request pr;
     request_text text;
-    switch (describe_request(w, req, &pr, &text)) {
-    case -1: reply(w, req, started, 414, "URI Too Long", "request URI too long"); return;
-    case -2: reply_forbidden(w, req, started, "path is not normalized", strlen("path is not normalized")); return;
-    default: break;
+    const char *why;
+    describe_result described = describe_request(w, req, &pr, &text, &why);
+    if (described != DESCRIBED) {
+        reply_undescribable(w, req, started, described, why);
+        return;
     }
     if (w->access_log) {
         w->note.method = pr.method;
@@ -987,7 +1140,8 @@ static void handle_no_token(worker *w, struct evhttp_request *req, const struct 
     request_text text;
     if (w->policy) {
         char err[512];
-        if (describe_request(w, req, &pr, &text) == 0) {
+        const char *refused;
+        if (describe_request(w, req, &pr, &text, &refused) == DESCRIBED) {
             if (w->access_log) {
                 w->note.method = pr.method;
                 w->note.path = pr.path;
@@ -1077,6 +1231,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     const config *cfg = w->cfg;
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
+    bool nul_in_head = conn_guard_request_has_nul(w->guards, evhttp_request_get_connection(req));
     conn_guard_request_read(w->guards, evhttp_request_get_connection(req));
     note_begin(w, DECISION_REQUEST, -1);
 
@@ -1087,16 +1242,27 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply(w, req, &started, 431, "Request Header Fields Too Large", "too many header fields");
         return;
     }
-    if (w->upstream) {
-        /* What could not be forwarded is refused before any review is spent on it. evhttp
-         * already refuses CONNECT and TRACE (not in the allowed methods). */
-        const char *uri = evhttp_request_get_uri(req);
-        if (!uri || uri[0] != '/') {
-            reply(w, req, &started, 400, "Bad Request", "the request target must be an absolute path");
-            return;
-        }
-        if (strlen(uri) >= URI_MAX) {
-            reply(w, req, &started, 414, "URI Too Long", "request URI too long");
+    const char *framing = nul_in_head ? "NUL byte in the request head" : http_strict_violation(req);
+    if (framing) {
+        /* Where this request ends is in doubt: answer it and close the connection, so
+         * nothing after it is read as another request. */
+        char body[128];
+        snprintf(body, sizeof(body), "bad request: %s", framing);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        reply(w, req, &started, 400, "Bad Request", body);
+        return;
+    }
+    {
+        /* What the policy would judge (and, in proxy mode, what would be forwarded) is
+         * checked before any review is spent on it: a malformed target, a traversal, the
+         * wrong forwarded headers. evhttp already refuses CONNECT and TRACE (not in the
+         * allowed methods). The policy hooks describe the request again (same answer). */
+        policy_request pr;
+        request_text text;
+        const char *why;
+        describe_result described = describe_request(w, req, &pr, &text, &why);
+        if (described != DESCRIBED) {
+            reply_undescribable(w, req, &started, described, why);
             return;
         }
     }
@@ -1363,11 +1529,11 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     w->shared = *shared;
     w->cfg = cfg;
     const char *fh = cfg->forwarded_headers;
-    w->forwarded_mode = config_proxy_mode(cfg)              ? FORWARDED_NONE
-                        : strcmp(fh, "traefik") == 0        ? FORWARDED_TRAEFIK
-                        : strcmp(fh, "nginx") == 0          ? FORWARDED_NGINX
-                        : strcmp(fh, "none") == 0           ? FORWARDED_NONE
-                                                            : FORWARDED_AUTO;
+    w->forwarded_mode = config_proxy_mode(cfg)                 ? FORWARDED_PROXY
+                        : strcmp(fh, "traefik") == 0           ? FORWARDED_TRAEFIK
+                        : strcmp(fh, "nginx") == 0             ? FORWARDED_NGINX
+                        : strcmp(fh, "ingress-nginx") == 0     ? FORWARDED_INGRESS_NGINX
+                                                               : FORWARDED_NONE;
     w->index = index;
     w->tokenreview_cache = shared->tokenreview_cache;
     w->sar_cache = shared->sar_cache;

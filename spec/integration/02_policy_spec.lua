@@ -62,37 +62,68 @@ describe("tokengate Lua policies", function()
       assert.equal(2, m["gateway_subjectaccessreview_cache_hits_total"])
     end)
 
-    it("uses the method of X-Original-Method / X-Forwarded-Method as the verb", function()
-      local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: GET" })
-      assert.equal(200, res.status)
-      res = gw:request("tok-team-a-sender", "/", { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: DELETE" })
-      assert.equal(403, res.status)
+    describe("behind a named proxy (--forwarded-headers)", function()
+      local ngw, tgw
+      lazy_setup(function()
+        ngw = gateway_mod.start{ fake = fake, args = { "--forwarded-headers", "nginx" } }
+        tgw = gateway_mod.start{ fake = fake, args = { "--forwarded-headers", "traefik" } }
+      end)
+      lazy_teardown(function()
+        if ngw then ngw:stop() end
+        if tgw then tgw:stop() end
+      end)
+
+      it("uses the method of X-Original-Method (nginx) / X-Forwarded-Method (traefik) as the verb", function()
+        local res = ngw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: GET" })
+        assert.equal(200, res.status)
+        res = ngw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: DELETE" })
+        assert.equal(403, res.status)
+        res = tgw:request("tok-team-a-sender", "/", { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: GET",
+          "X-Forwarded-Host: app.example" })
+        assert.equal(200, res.status)
+        res = tgw:request("tok-team-a-sender", "/", { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: DELETE",
+          "X-Forwarded-Host: app.example" })
+        assert.equal(403, res.status)
+      end)
+
+      it("never mixes families: another family's header or a missing one is refused (400)", function()
+        local cases = {
+          { ngw, { "X-Original-URI: /api/x", "X-Original-Method: GET", "X-Forwarded-Method: DELETE" } },
+          { ngw, { "X-Original-URI: /api/x", "X-Original-Method: GET", "X-Forwarded-Uri: /metrics" } },
+          { ngw, { "X-Original-URI: /api/x", "X-Original-Method: GET", "X-Original-URL: http://h/metrics" } },
+          { ngw, { "X-Original-URI: /api/x" } },         -- no method: never the subrequest's own GET
+          { ngw, { "X-Original-Method: GET" } },         -- no URI: never the subrequest's own path
+          { ngw, { "X-Original-URI: /api/x", "X-Original-URI: /metrics", "X-Original-Method: GET" } },
+          { ngw, { "X-Original-URI: /api/x", "X-Original-Method: get x" } },
+          { tgw, { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: GET", "X-Forwarded-Host: h", "X-Original-URI: /metrics" } },
+          { tgw, { "X-Forwarded-Uri: /api/x", "X-Forwarded-Method: GET" } }, -- no host
+          { tgw, { "X-Forwarded-Uri: /api/x", "X-Forwarded-Host: h" } },     -- no method
+        }
+        for i, c in ipairs(cases) do
+          local res = c[1]:request("tok-team-a-sender", "/", c[2])
+          assert.equal(400, res.status, "case " .. i)
+          assert.is_nil(res.headers["x-remote-user"], "case " .. i)
+        end
+      end)
+
+      it("refuses paths that are not normalized before any policy sees them", function()
+        for _, path in ipairs({ "/api/../metrics", "/api/%2e%2e/metrics", "/api//x", "/api/./x", "/api/%2Fx", "/api/x\\y",
+          "/api/..;/metrics", "/api/%252e%252e/metrics", "/api/%c0%ae%c0%ae/metrics" }) do
+          local res = ngw:request("tok-team-a-sender", "/", { "X-Original-URI: " .. path, "X-Original-Method: GET" })
+          assert.equal(403, res.status, path)
+          assert.truthy(res.body:find("^forbidden: "), path)
+        end
+        assert.equal(200, ngw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/v1.2/x..y?a=../b",
+          "X-Original-Method: GET" }).status)
+      end)
     end)
 
-    it("never mixes header families: X-Forwarded-Method cannot rewrite an nginx X-Original-URI", function()
-      -- auto mode: X-Original-URI present and no X-Forwarded-Uri -> the nginx family only,
-      -- so the method is X-Original-Method (absent -> the request's GET), not the spoofed DELETE.
-      local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Forwarded-Method: DELETE" })
-      assert.equal(200, res.status)
-      res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: DELETE" })
-      assert.equal(403, res.status)
-    end)
-
-    it("refuses paths that are not normalized before any policy sees them", function()
-      for _, path in ipairs({ "/api/../metrics", "/api/%2e%2e/metrics", "/api//x", "/api/./x", "/api/%2Fx", "/api/x\\y" }) do
-        local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: " .. path })
-        assert.equal(403, res.status, path)
-        assert.truthy(res.body:find("not normalized", 1, true), path)
-      end
-      assert.equal(200, gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/v1.2/x..y?a=../b" }).status)
-    end)
-
-    it("with --forwarded-headers none judges the request itself (Envoy)", function()
-      local gw2 = gateway_mod.start{ fake = fake, args = { "--forwarded-headers", "none" } }
-      -- The spoofed X-Original-URI is ignored: the request's own path /metrics is denied.
-      assert.equal(403, gw2:request("tok-team-a-sender", "/metrics", { "X-Original-URI: /api/x" }).status)
-      assert.equal(200, gw2:request("tok-team-a-sender", "/api/x", { "X-Original-URI: /metrics" }).status)
-      gw2:stop()
+    it("with --forwarded-headers none (the default) judges the request itself and refuses proxy headers (Envoy)", function()
+      assert.equal(403, gw:request("tok-team-a-sender", "/metrics").status)
+      assert.equal(200, gw:request("tok-team-a-sender", "/api/x").status)
+      -- A client's X-Original-URI can neither help nor be silently ignored: refused.
+      assert.equal(400, gw:request("tok-team-a-sender", "/metrics", { "X-Original-URI: /api/x" }).status)
+      assert.equal(400, gw:request("tok-team-a-sender", "/api/x", { "X-Forwarded-Uri: /metrics" }).status)
     end)
 
     it("answers 503 when the SubjectAccessReview times out, and caches nothing", function()

@@ -161,7 +161,8 @@ describe("examples/nginx/nginx.conf with real nginx", function()
     dir = fake.dir
     local policy = dir .. "/nginx-policy.lua"
     proc.write_file(policy, POLICY)
-    gw = gateway_mod.start{ fake = fake, args = { "--policy", policy, "--review-timeout", "1s" } }
+    gw = gateway_mod.start{ fake = fake, args = { "--policy", policy, "--review-timeout", "1s",
+      "--forwarded-headers", "nginx" } }
     up = upstream_mod.start{ dir = dir }
     nginx_dir = proc.tmpdir()
     nginx = start_nginx(nginx_dir, (gw.url:gsub("^http://", "")), up.addr)
@@ -335,13 +336,15 @@ describe("examples/nginx/nginx.conf with real nginx", function()
 
   describe("forwarding headers a client sends itself", function()
     it("cannot change the method or URI the policy judges", function()
-      -- tokengate reads X-Forwarded-Method/-Uri (Traefik) before X-Original-* (nginx):
-      -- the example clears them, so these lies are not what the policy sees.
+      -- With --forwarded-headers nginx tokengate reads only X-Original-Method/-URI and
+      -- refuses any other family's header; the example overwrites X-Original-* and clears
+      -- X-Forwarded-Method/-Uri and X-Original-URL, so these lies never reach the policy.
       local cases = {
         { "POST", "/hooks/deliver", { "X-Forwarded-Method: GET" } },
         { "GET", "/admin", { "X-Forwarded-Uri: /hooks/deliver" } },
         { "GET", "/admin", { "X-Original-URI: /hooks/deliver" } },
         { "POST", "/hooks/deliver", { "X-Original-Method: GET" } },
+        { "GET", "/admin", { "X-Original-URL: http://" .. HOST .. "/hooks/deliver" } },
       }
       for i, c in ipairs(cases) do
         local headers = { bearer(TEAM_A) }

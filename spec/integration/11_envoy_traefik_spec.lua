@@ -157,6 +157,9 @@ end
 
 describe("proxies replayed against the real gateway", function()
   local fake, gw, gw_hostport, up
+  -- Traefik's gateway is told which proxy is in front (--forwarded-headers traefik);
+  -- Envoy's judges the request itself (the default, none).
+  local tgw, tgw_hostport
 
   lazy_setup(function()
     fake = fake_mod.start{ tokens = TOKENS, sar_rules = SAR_RULES }
@@ -164,12 +167,16 @@ describe("proxies replayed against the real gateway", function()
     proc.write_file(policy, POLICY)
     gw = gateway_mod.start{ fake = fake, args = { "--policy", policy, "--review-timeout", "1s" } }
     gw_hostport = gw.url:gsub("^http://", "")
+    tgw = gateway_mod.start{ fake = fake, args = { "--policy", policy, "--review-timeout", "1s",
+      "--forwarded-headers", "traefik" } }
+    tgw_hostport = tgw.url:gsub("^http://", "")
     up = upstream_mod.start{ dir = fake.dir }
   end)
 
   lazy_teardown(function()
     if up then up:stop() end
     if gw then gw:stop() end
+    if tgw then tgw:stop() end
     if fake then fake:stop() end
   end)
 
@@ -316,10 +323,10 @@ describe("proxies replayed against the real gateway", function()
       local names = {}
       for name in pairs(map) do names[#names + 1] = name end
       table.sort(names)
-      local headers = { { "Host", gw_hostport }, { "User-Agent", "curl/8.5.0" } }
+      local headers = { { "Host", tgw_hostport }, { "User-Agent", "curl/8.5.0" } }
       for _, name in ipairs(names) do headers[#headers + 1] = { name, map[name] } end
       headers[#headers + 1] = { "Accept-Encoding", "gzip" }
-      return { method = "GET", url = gw.url .. "/", headers = headers }
+      return { method = "GET", url = tgw.url .. "/", headers = headers }
     end
 
     it("is configured the way these replays assume", function()
@@ -368,9 +375,14 @@ describe("proxies replayed against the real gateway", function()
       end
     end)
 
-    it("judges Traefik's X-Forwarded-* even when the client sent its own X-Original-* or X-Remote-*", function()
+    it("refuses a request carrying the client's own X-Original-* (another family), judges X-Forwarded-* despite X-Remote-*", function()
+      -- Traefik passes the client's headers through; nginx's family next to Traefik's is
+      -- refused outright (400) rather than ignored, whatever the token.
       local res = send(traefik_check("DELETE", "/admin", TEAM_A.token, {
-        { "X-Original-Method", "GET" }, { "X-Original-Uri", "/hooks/deliver" },
+        { "X-Original-Method", "GET" }, { "X-Original-Uri", "/hooks/deliver" } }))
+      assert.equal(400, res.status)
+      assert.is_nil(res.headers["x-remote-user"])
+      res = send(traefik_check("DELETE", "/admin", TEAM_A.token, {
         { "X-Remote-User", "system:admin" }, { "X-Remote-Groups", "system:masters" } }))
       assert.equal(403, res.status)
       assert.equal("forbidden: team-a may not DELETE /admin" .. "\n", res.body)

@@ -21,6 +21,9 @@ local cjson = require("cjson")
 local lyaml = require("lyaml")
 
 local DIR = "examples/kubernetes"
+-- The admin token this spec puts where the Deployment's Secret volume would be.
+local ADMIN_TOKEN = "example-admin-token-0123456789abcdef"
+local ADMIN_HEADERS = { "Authorization: Bearer " .. ADMIN_TOKEN }
 local FILES = { "namespace.yaml", "rbac.yaml", "configmap.yaml", "deployment.yaml", "service.yaml", "pdb.yaml",
   "networkpolicy.yaml" }
 
@@ -311,7 +314,7 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     local argv = { "env", "-u", "KUBECONFIG", "KUBERNETES_SERVICE_HOST=127.0.0.1",
       "KUBERNETES_SERVICE_PORT=" .. fake.addr:match(":(%d+)$"), proc.build_path("core/tokengate") }
     local replace = { ["--listen"] = "127.0.0.1:0", ["--admin-listen"] = "127.0.0.1:0",
-      ["--policy"] = cm_dir .. "/policy.lua" }
+      ["--policy"] = cm_dir .. "/policy.lua", ["--admin-token-file"] = dir .. "/admin-token" }
     local args = container.args
     local i = 1
     while i <= #args do
@@ -331,7 +334,7 @@ describe("the Deployment's container, run here with in-cluster configuration", f
   end
 
   local function policy_info()
-    return cjson.decode(http.get(gw.admin_url .. "/policy").body)
+    return cjson.decode(http.get(gw.admin_url .. "/policy", ADMIN_HEADERS).body)
   end
 
   lazy_setup(function()
@@ -347,6 +350,8 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     proc.write_file(sa_dir .. "/token", fake.credential)
     proc.write_file(sa_dir .. "/ca.crt", proc.read_file(fake.ca_file))
     proc.write_file(sa_dir .. "/namespace", "tokengate")
+    -- What the Secret tokengate-admin-token projects as .../token.
+    proc.write_file(dir .. "/admin-token", ADMIN_TOKEN .. "\n")
     project(cm.data)
   end)
 
@@ -370,6 +375,7 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     gw.handle = proc.spawn(argv_for(), gw.log)
     gw.url = "http://" .. proc.wait_listening(gw.handle, "main", 10)
     gw.admin_url = "http://" .. proc.wait_listening(gw.handle, "admin", 10)
+    gw.admin_headers = ADMIN_HEADERS
     assert.truthy(gw:log_text():find('"source":"in-cluster"', 1, true), gw:log_text())
     local deadline = proc.now() + 10
     local ready
@@ -379,13 +385,22 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     until ready == 200 or proc.now() > deadline
     assert.equal(200, ready)
     assert.equal(200, http.get(gw.admin_url .. container.livenessProbe.httpGet.path).status)
+    -- Probes need no token; what Prometheus and operators read does.
+    assert.equal(401, http.get(gw.admin_url .. "/metrics").status)
+    assert.equal(200, http.get(gw.admin_url .. "/metrics", ADMIN_HEADERS).status)
+    assert.is_nil(gw:log_text():find("beyond loopback", 1, true))
 
-    local allowed = http.request{ method = "POST", url = gw.url .. "/hooks", body = "{}",
-      headers = { "Authorization: Bearer tok-team-a-sender" } }
+    -- The Deployment names ingress-nginx as the proxy in front: its auth subrequest
+    -- carries the client's request as X-Original-URL and X-Original-Method.
+    local function subrequest(token, method)
+      return gw:request(token, "/auth", { "X-Original-URL: https://app.example/hooks", "X-Original-Method: " .. method })
+    end
+    local allowed = subrequest("tok-team-a-sender", "POST")
     assert.equal(200, allowed.status)
     assert.equal("system:serviceaccount:team-a:sender", allowed.headers["x-remote-user"])
-    assert.equal(403, gw:request("tok-team-a-sender", "/hooks").status) -- GET: verb get, not granted
-    assert.equal(401, gw:request("not-a-token", "/hooks").status)
+    assert.equal(403, subrequest("tok-team-a-sender", "GET").status) -- GET: verb get, not granted
+    assert.equal(401, subrequest("not-a-token", "POST").status)
+    assert.equal(400, gw:request("tok-team-a-sender", "/hooks").status) -- not from ingress-nginx
   end)
 
   it("keeps the running policy when the ConfigMap is updated with a broken one, and reports it", function()
@@ -403,8 +418,8 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     local after = policy_info()
     assert.equal(before.sha256, after.sha256)
     assert.truthy(after.last_error ~= "", "GET /policy shows no error")
-    assert.equal(200, http.request{ method = "POST", url = gw.url .. "/hooks", body = "{}",
-      headers = { "Authorization: Bearer tok-team-a-sender" } }.status)
+    assert.equal(200, gw:request("tok-team-a-sender", "/auth", { "X-Original-URL: https://app.example/hooks",
+      "X-Original-Method: POST" }).status)
     assert.truthy(gw:log_text():find("policy load failed", 1, true))
   end)
 
@@ -420,8 +435,8 @@ describe("the Deployment's container, run here with in-cluster configuration", f
     until after.sha256 ~= before.sha256 or proc.now() > deadline
     assert.are_not.equal(before.sha256, after.sha256)
     assert.equal(before.reloads.success + 1, after.reloads.success)
-    assert.equal(200, http.request{ method = "POST", url = gw.url .. "/hooks", body = "{}",
-      headers = { "Authorization: Bearer tok-team-a-sender" } }.status)
+    assert.equal(200, gw:request("tok-team-a-sender", "/auth", { "X-Original-URL: https://app.example/hooks",
+      "X-Original-Method: POST" }).status)
   end)
 end)
 

@@ -111,7 +111,10 @@ describe("examples/fleet with real nginx and three gateways", function()
 
   -- PASSES passes over the K tokens through url (c connections, request i carries token
   -- i mod K); returns tgload's summary after checking every answer was a 200.
-  local function passes(url, c, tokens, n_passes)
+  -- What an ingress-nginx (auth-url pointed at the relay) adds to a question.
+  local RELAY_HEADERS = { "X-Original-URL: https://hooks.example/hooks/deliver", "X-Original-Method: POST" }
+
+  local function passes(url, c, tokens, n_passes, headers)
     tokens = tokens or TOKENS
     local file = string.format("%s/tokens-%d.txt", dir, math.random(1, 1e9))
     local list = {}
@@ -119,6 +122,7 @@ describe("examples/fleet with real nginx and three gateways", function()
     proc.write_file(file, table.concat(list, "\n") .. "\n")
     local args = { proc.build_path("bench/tgload"), "--url", url, "-c", tostring(c), "-n",
       tostring(#tokens * (n_passes or PASSES)), "--tokens", file, "--timeout", "20" }
+    for _, h in ipairs(headers or {}) do args[#args + 1] = "-H"; args[#args + 1] = h end
     for i, a in ipairs(args) do args[i] = proc.quote(a) end
     local out = proc.run(table.concat(args, " ") .. " 2>/dev/null")
     os.remove(file)
@@ -155,7 +159,8 @@ describe("examples/fleet with real nginx and three gateways", function()
     fake = fake_mod.start{ tokens = TOKENS }
     dir = fake.dir
     for r = 1, REPLICAS do
-      gws[r] = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "5m" } }
+      gws[r] = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--cache-ttl", "5m",
+        "--forwarded-headers", "ingress-nginx" } }
     end
     app = upstream_mod.start{ dir = dir }
   end)
@@ -198,15 +203,17 @@ describe("examples/fleet with real nginx and three gateways", function()
 
       -- The relay routes over the same upstream, hence the same ring: every token lands
       -- where its verdict is already cached, and the fake sees nothing new.
-      passes(nginx.relay .. "/hooks/deliver", 4)
+      passes(nginx.relay .. "/ingress-auth", 4, nil, nil, RELAY_HEADERS)
       assert.equal(K, fake:stats().tokenreview_calls)
     end)
 
     it("relays tokengate's answers unchanged", function()
-      local ok = http.get(nginx.relay .. "/x", { "Authorization: Bearer " .. TOKENS[2].token })
+      local ok = http.get(nginx.relay .. "/x", { "Authorization: Bearer " .. TOKENS[2].token, RELAY_HEADERS[1],
+        RELAY_HEADERS[2] })
       assert.equal(200, ok.status)
       assert.equal(TOKENS[2].username, ok.headers["x-remote-user"])
-      local bad = http.get(nginx.relay .. "/x", { "Authorization: Bearer no-such-token" })
+      local bad = http.get(nginx.relay .. "/x", { "Authorization: Bearer no-such-token", RELAY_HEADERS[1],
+        RELAY_HEADERS[2] })
       assert.equal(401, bad.status)
       assert.equal('Bearer realm="tokengate"', bad.headers["www-authenticate"])
       assert.equal(401, http.get(nginx.edge .. "/x", { "Authorization: Bearer no-such-token" }).status)

@@ -95,7 +95,7 @@ end
 
 -- Parses the Prometheus text exposition: { ["name{labels}"] = value, ... }.
 function gateway:metrics()
-  local res = http.get(self.admin_url .. "/metrics")
+  local res = http.get(self.admin_url .. "/metrics", self.admin_headers) -- admin_headers: --admin-token-file
   assert(res.status == 200, "metrics answered " .. res.status)
   local values = { _text = res.body }
   for line in res.body:gmatch("[^\n]+") do

@@ -561,6 +561,24 @@ static void test_validate_proxy(void)
     CHECK_EQ_INT(validate_args(ARGC(nginx_headers), nginx_headers, &out), -1);
     CHECK(out.text && strstr(out.text, "--forwarded-headers"));
     capture_free(&out);
+    /* auto let the client pick the header family: removed, with a message naming the choices. */
+    char *auto_headers[] = {"tokengate", API, "--forwarded-headers", "auto"};
+    CHECK_EQ_INT(validate_args(ARGC(auto_headers), auto_headers, &out), -1);
+    CHECK(out.text && strstr(out.text, "auto was removed") && strstr(out.text, "ingress-nginx"));
+    capture_free(&out);
+    char *unknown_headers[] = {"tokengate", API, "--forwarded-headers", "haproxy"};
+    CHECK_EQ_INT(validate_args(ARGC(unknown_headers), unknown_headers, &out), -1);
+    capture_free(&out);
+    const char *families[] = {"none", "nginx", "ingress-nginx", "traefik"};
+    for (size_t i = 0; i < 4; i++) {
+        char *family[] = {"tokengate", API, "--forwarded-headers", (char *)families[i]};
+        CHECK_EQ_INT(validate_args(ARGC(family), family, &out), 0);
+        capture_free(&out);
+    }
+    char *ingress_proxy[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--forwarded-headers",
+                             "ingress-nginx"};
+    CHECK_EQ_INT(validate_args(ARGC(ingress_proxy), ingress_proxy, &out), -1);
+    capture_free(&out);
     char *zero_timeout[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--upstream-timeout", "0s"};
     CHECK_EQ_INT(validate_args(ARGC(zero_timeout), zero_timeout, &out), -1);
     capture_free(&out);

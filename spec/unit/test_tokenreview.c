@@ -399,6 +399,16 @@ static void test_handmade_ok(void)
     CHECK_EQ_INT(identity_join_groups(&view, joined, sizeof(joined)), 5);
     CHECK_STR(joined, "g1|g2");
 
+    /* A '|' inside a group name, or an empty name, has no unambiguous joined form. */
+    p = parse_status("{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"dev|system:masters\",\"g2\"]}}");
+    CHECK_EQ_INT(p->result, TOKENREVIEW_AUTHENTICATED);
+    CHECK_EQ_INT(identity_view_parse(p->packed, p->packed_len, &view), 0);
+    CHECK_EQ_INT(identity_join_groups(&view, joined, sizeof(joined)), -2);
+    p = parse_status("{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"g1\",\"\"]}}");
+    CHECK_EQ_INT(p->result, TOKENREVIEW_AUTHENTICATED);
+    CHECK_EQ_INT(identity_view_parse(p->packed, p->packed_len, &view), 0);
+    CHECK_EQ_INT(identity_join_groups(&view, joined, sizeof(joined)), -2);
+
     /* No uid, no groups, no extra: a valid, minimal identity. */
     p = parse_status("{\"authenticated\":true,\"user\":{\"username\":\"alice\"}}");
     CHECK_EQ_INT(p->result, TOKENREVIEW_AUTHENTICATED);
