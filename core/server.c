@@ -459,6 +459,21 @@ static bool flush_matches(const void *value, size_t value_len, bool negative, vo
            memcmp(ns.ptr, f->namespace_name, ns.len) == 0;
 }
 
+/* A SubjectAccessReview verdict (allowed or denied) is flushed with the identity it was
+ * asked for; one whose identity could not be kept goes with every filtered flush (fail
+ * closed: an operator's flush must never leave a grant behind). */
+static bool flush_matches_sar_verdict(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    (void)negative;
+    const unsigned char *identity;
+    size_t identity_len, reason_len;
+    const char *reason;
+    if (sar_cache_value_unpack(value, value_len, &identity, &identity_len, &reason, &reason_len) != 0 ||
+        identity_len == 0)
+        return true;
+    return flush_matches(identity, identity_len, false, ctx);
+}
+
 static void admin_flush(server *srv, struct evhttp_request *req)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
@@ -485,8 +500,10 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     if (filter.user || filter.namespace_name) {
         scope = filter.user ? "user" : "namespace";
         flushed = token_cache_flush_matching(srv->tokenreview_cache, flush_matches, &filter);
+        flushed += token_cache_flush_matching(srv->sar_cache, flush_matches_sar_verdict, &filter);
     } else {
         flushed = token_cache_flush_all(srv->tokenreview_cache);
+        flushed += token_cache_flush_all(srv->sar_cache);
     }
     srv->metrics.cache_flushes++;
     char count[32];

@@ -62,6 +62,29 @@ describe("tokengate Lua policies", function()
       assert.equal(2, m["gateway_subjectaccessreview_cache_hits_total"])
     end)
 
+    it("flushes SubjectAccessReview verdicts with POST /cache/flush (all, ?user=, ?namespace=)", function()
+      local path = "/api/flush-me"
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      local asked = fake:stats().subjectaccessreview_calls
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      assert.equal(asked, fake:stats().subjectaccessreview_calls) -- cached
+      for _, query in ipairs({ "", "?user=system:serviceaccount:team-a:sender", "?namespace=team-a" }) do
+        assert.equal(200, gw:flush(query).status)
+        assert.equal(200, gw:request("tok-team-a-sender", path).status)
+        asked = asked + 1
+        assert.equal(asked, fake:stats().subjectaccessreview_calls, "flush" .. query)
+      end
+      -- A filter that names someone else leaves this verdict cached.
+      assert.equal(200, gw:flush("?namespace=payments").status)
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      assert.equal(asked, fake:stats().subjectaccessreview_calls)
+      -- The grant is revoked in the cluster: after the operator's flush, it no longer works.
+      fake:reload(TOKENS, { SAR_RULES[1] })
+      assert.equal(200, gw:flush().status)
+      assert.equal(403, gw:request("tok-team-a-sender", path).status)
+      fake:reload(TOKENS, SAR_RULES)
+    end)
+
     it("uses the method of X-Original-Method / X-Forwarded-Method as the verb", function()
       local res = gw:request("tok-team-a-sender", "/", { "X-Original-URI: /api/x", "X-Original-Method: GET" })
       assert.equal(200, res.status)
