@@ -1198,7 +1198,12 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
     worker *w = arg;
     conn_guard_detach(w->guards, evcon);
-    size_t open = atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed) - 1;
+    /* Only counted connections get this callback (adopt_new_connections), so the count is
+     * never 0 here; should that invariant ever break, the count saturates instead of
+     * wrapping (a wrapped count would disable the listener for good). Only this worker's
+     * thread writes the count. */
+    size_t open = atomic_load_explicit(&w->connections, memory_order_relaxed);
+    if (open > 0) atomic_store_explicit(&w->connections, --open, memory_order_relaxed);
     if (open < w->shared.max_connections) resume_accepting(w);
 }
 

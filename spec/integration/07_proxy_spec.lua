@@ -498,6 +498,41 @@ describe("tokengate proxy mode", function()
     end)
   end)
 
+  describe("client connections", function()
+    -- More connections than one loop turn adopts (ADOPT_BATCH_MAX, 256) wait in the kernel's
+    -- accept queue while the gateway is stopped, so its one worker accepts them in a single
+    -- turn. Every one is proxied (the transfer re-installs the close callback that counts
+    -- down), so a connection left uncounted would drive gateway_connections_open below zero.
+    it("counts a burst larger than one accept batch exactly: the open count ends at 0", function()
+      local N = 290
+      local g = start_gateway{ "--upstream", up.url, "--workers", "1", "--max-connections", "10000" }
+      assert.equal(200, http.get(g.url .. "/hooks/warm", { bearer(TEAM_A) }).status) -- reviewed and cached
+      local port = g.url:match(":(%d+)$")
+      local args = { "curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", tostring(N),
+        "-H", bearer(TEAM_A), "-w", "%{http_code}\n" }
+      for i = 1, N do
+        args[#args + 1] = "-o"
+        args[#args + 1] = "/dev/null"
+        args[#args + 1] = g.url .. "/hooks/burst/" .. i
+      end
+      proc.signal(g.handle, "STOP")
+      local client = proc.spawn(args, dir .. "/burst.out")
+      local established = function()
+        local out = proc.run("ss -Htn state established '( dport = :" .. port .. " )' | wc -l")
+        return tonumber(out:match("%d+")) or 0
+      end
+      local ok, err = pcall(wait_until, "the burst in the accept queue", 60, function() return established() >= N end)
+      proc.signal(g.handle, "CONT")
+      assert(ok, err)
+      wait_until("the client's end", 120, function() return not proc.alive(client) end)
+      local codes = proc.read_file(dir .. "/burst.out")
+      local _, n200 = codes:gsub("200\n", "")
+      assert.equal(N, n200, codes)
+      wait_until("every connection closed", 30, function() return g:metric("gateway_connections_open") == 0 end)
+      assert.equal(N + 1, g:metric('gateway_requests_total{code="200"}'))
+    end)
+  end)
+
   describe("when the client goes away", function()
     local watched
 
