@@ -70,7 +70,7 @@ int duration_parse(const char *s, int64_t *out_ms)
         if (whole_overflow || whole > (uint64_t)max_ns / unit_ns) return -1;
         uint64_t part = whole * unit_ns;
         /* frac < scale <= 1e18 and unit_ns <= 3.6e12: multiply in 128 bits. */
-        part += (uint64_t)(((unsigned __int128)frac * unit_ns) / scale);
+        part += (uint64_t)__extension__(((unsigned __int128)frac * unit_ns) / scale); /* GCC/Clang builtin type */
         if (part > (uint64_t)(max_ns - total_ns)) return -1;
         total_ns += (int64_t)part;
     }
