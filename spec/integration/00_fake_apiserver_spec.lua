@@ -409,10 +409,9 @@ describe("fake kube-apiserver", function()
 
     it("multiplexes concurrent reviews on one HTTP/2 connection", function()
       f:config{ latency_ms = 600 }
-      local started = proc.now()
       local results = reviews_with_curl(4, "--http2 --parallel")
       assert.are.same({ "2 201", "2 201", "2 201", "2 201" }, results)
-      assert.is_true(proc.now() - started < 2.0, "the reviews did not run concurrently")
+      -- Concurrent: the fake saw all 4 in flight at once (on one connection).
       local stats = f:stats()
       assert.are.equal(4, stats.max_inflight_seen)
       assert.are.equal(1, stats.connections)

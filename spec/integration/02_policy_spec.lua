@@ -121,13 +121,12 @@ describe("tokengate Lua policies", function()
     it("answers 503 when the SubjectAccessReview times out, and caches nothing", function()
       local gw2 = gateway_mod.start{ fake = fake, args = { "--review-timeout", "400ms" } }
       assert.equal(200, gw2:request("tok-team-a-sender", "/api/warm").status) -- TokenReview cached
-      fake:config{ latency_ms = 2000 }
-      local t0 = proc.now()
+      -- The fake holds the SubjectAccessReview for good: only the gateway's deadline can
+      -- answer this request (else it would wait for the client's 20 s timeout).
+      fake:config{ hang = true }
       local res = gw2:request("tok-team-a-sender", "/api/cold")
-      local elapsed = proc.now() - t0
-      fake:config{ latency_ms = 0 }
+      fake:config{ hang = false }
       assert.equal(503, res.status)
-      assert.is_true(elapsed < 1.4, "took " .. elapsed)
       assert.equal(200, gw2:request("tok-team-a-sender", "/api/cold").status)
       gw2:stop()
     end)
@@ -237,14 +236,16 @@ describe("tokengate Lua policies", function()
       it("refuses or stops " .. name .. " with a 500, never a 200", function()
         local p = write_policy(dir, "escape-" .. name .. ".lua", source)
         local gw = gateway_mod.start{ fake = fake, args = { "--policy", p, "--policy-max-memory-bytes", "16777216" } }
-        local t0 = proc.now()
+        -- An escape that ran unchecked would never answer (the client gives up after 20 s)
+        -- or answer 200; the instruction and memory budgets make it a 500, and the worker
+        -- goes on serving.
         local res = gw:request("tok-team-a-sender")
-        local elapsed = proc.now() - t0
+        local again = gw:request("tok-team-a-sender")
         local alive = gw:alive()
         gw:stop()
-        assert.equal(500, res.status)
+        assert.equal(500, res.status, name)
+        assert.equal(500, again.status, name)
         assert.is_true(alive)
-        assert.is_true(elapsed < 3, name .. " took " .. elapsed .. " s")
       end)
     end
 
@@ -303,10 +304,19 @@ describe("tokengate Lua policies", function()
       os.execute(cmd)
       local seen = {}
       local versions = { ALLOW_A, ALLOW_B, BROKEN }
+      local function reloads()
+        local m = gw:metrics()
+        return (m['gateway_policy_reloads_total{result="success"}'] or 0) +
+          (m['gateway_policy_reloads_total{result="failure"}'] or 0)
+      end
       for i = 1, 20 do
         proc.write_file(path, versions[(i % 3) + 1])
+        local before = reloads()
         proc.signal(gw.handle, "HUP")
-        proc.sleep(0.2)
+        -- One SIGHUP, one reload: wait for it (two signals sent at once could merge).
+        local deadline = proc.now() + 20
+        while reloads() == before and proc.now() < deadline do proc.sleep(0.02) end
+        assert.equal(before + 1, reloads(), "SIGHUP " .. i .. " was not handled")
         local h = gw:request("tok-team-a-sender").headers["x-policy"]
         seen[h or "none"] = true
       end
