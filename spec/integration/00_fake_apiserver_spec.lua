@@ -483,11 +483,13 @@ describe("fake kube-apiserver: ServiceAccounts, Pods and watches", function()
   local function watch_in_background(resource, query, args)
     local base = os.tmpname()
     os.execute("(" .. f:watch_command(resource, query, args) .. " >" .. proc.quote(base .. ".out") .. " 2>" ..
-      proc.quote(base .. ".err") .. "; echo $? >" .. proc.quote(base .. ".rc") .. ") </dev/null >/dev/null 2>&1 &")
+      proc.quote(base .. ".err") .. "; echo $? >" .. proc.quote(base .. ".rc.tmp") .. " && mv " ..
+      proc.quote(base .. ".rc.tmp") .. " " .. proc.quote(base .. ".rc") .. ") </dev/null >/dev/null 2>&1 &")
     return base
   end
 
   -- Waits for the background curl to end: { rc, head (status line and headers), events }.
+  -- (.rc appears complete, by a rename: a file being written could be read empty.)
   local function watch_result(base, timeout_s)
     wait_until("the watch to end", function() return proc.read_file(base .. ".rc") end, timeout_s or 10)
     local out = proc.read_file(base .. ".out") or ""
