@@ -96,7 +96,7 @@ end
 -- memory resident: its memory figures say nothing about the gateway's own buffering.
 local function sanitized_build()
   local out = proc.run("ldd " .. proc.quote(proc.build_path("core/tokengate")))
-  return out:find("libasan", 1, true) ~= nil
+  return out:find("libasan", 1, true) ~= nil or out:find("libtsan", 1, true) ~= nil
 end
 
 local function wait_until(what, timeout_s, check)

@@ -81,6 +81,35 @@ describe("tokengate with several workers", function()
     end)
   end)
 
+  it("sums the workers' counters on every scrape while they serve", function()
+    with_gateway({ "--workers", "2", "--policy", "none" }, function(gw)
+      assert.equal(200, gw:request("tok-worker-5").status)
+      local function answered()
+        local m = gw:metrics()
+        return m['gateway_requests_total{code="200"}'] or 0, m["gateway_tokenreview_cache_hits_total"] or 0
+      end
+      -- Scrapes on the control thread while both workers count: never a step back, and
+      -- (in the ThreadSanitizer build) no data race between the counters' writers and readers.
+      local load = gw:load_start{ c = 4, d = 2, tokens = { "tok-worker-5" } }
+      local last_answered, last_hits = answered()
+      local scrapes = 0
+      local r
+      repeat
+        local a, h = answered()
+        assert.is_true(a >= last_answered and h >= last_hits, "a counter went back")
+        last_answered, last_hits, scrapes = a, h, scrapes + 1
+        r = load:poll()
+      until r
+      assert.is_true(scrapes >= 2)
+      assert.equal(0, r.errors)
+      local a, h = answered()
+      assert.equal(r.requests + 1, a)
+      assert.equal(r.requests, h)
+      local w0, w1 = worker_requests(gw)
+      assert.equal(r.requests + 1, w0 + w1)
+    end)
+  end)
+
   it("refreshes a steadily used token before it expires, without a caller waiting", function()
     -- A 4 s entry is due for refresh in its second half: 2 s of margin before it could
     -- expire, even on a machine too busy to refresh it at once.
