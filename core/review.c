@@ -11,6 +11,7 @@
 
 #include "fair_queue.h"
 #include "log.h"
+#include "util.h"
 
 #include <event2/event.h>
 #include <math.h>
@@ -81,13 +82,6 @@ static size_t flight_bucket(const cache_key *key)
     size_t h;
     memcpy(&h, key->bytes + 16, sizeof(h));
     return h & (FLIGHT_BUCKETS - 1);
-}
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void pump(review_engine *engine);
@@ -185,10 +179,7 @@ review_engine *review_engine_new_with_io(const review_io *io, const review_limit
 
 static void flight_free(review_flight *f)
 {
-    if (f->body) {
-        OPENSSL_cleanse(f->body, f->body_len);
-        free(f->body);
-    }
+    free_secret(f->body, f->body_len);
     if (f->parse_arg_free) f->parse_arg_free(f->parse_arg);
     free(f);
 }
@@ -274,6 +265,7 @@ static void queue_push(review_engine *engine, review_flight *f)
 
 static void queue_remove(review_engine *engine, review_flight *f)
 {
+    BUG_ON(f->state != FLIGHT_QUEUED);
     fair_queue_remove(engine->queue, &f->queue_item);
 }
 
@@ -285,7 +277,8 @@ static void flight_finish(review_flight *flight, const review_outcome *outcome)
 {
     review_engine *engine = flight->engine;
     review_flight **link = flight_link(engine, flight->kind, &flight->key);
-    if (*link == flight) *link = flight->hash_next;
+    BUG_ON(*link != flight || engine->n_flights == 0); /* a flight is in the table until it finishes */
+    *link = flight->hash_next;
     engine->n_flights--;
     review_waiter *w = flight->waiters;
     while (w) {
@@ -620,8 +613,7 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
     int64_t now = engine_now(engine);
     review_flight *flight = flight_new(engine, kind, request, now);
     if (!flight) {
-        OPENSSL_cleanse(request->body, request->body_len);
-        free(request->body);
+        free_secret(request->body, request->body_len);
         if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
         review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
                                   .reason = "out of memory"};
@@ -672,11 +664,8 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
 /* Drops what review_start_background did not use. */
 static void request_discard(review_request *request)
 {
-    if (request->body) {
-        OPENSSL_cleanse(request->body, request->body_len);
-        free(request->body);
-        request->body = NULL;
-    }
+    free_secret(request->body, request->body_len);
+    request->body = NULL;
     if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
     request->parse_arg = NULL;
 }

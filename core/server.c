@@ -24,6 +24,7 @@
 #include "token_cache.h"
 #include "tokenreview.h"
 #include "worker.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -141,13 +142,6 @@ static void on_collect(void *arg, revocation_kind kind, revocation_collector *co
     (void)kind;
     server *srv = arg;
     token_cache_flush_matching(srv->tokenreview_cache, collect_identity, collector);
-}
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* kind->positive_ttl for TokenReview: the policy's ttl(user), if it has one. */

@@ -14,6 +14,7 @@
 #include "sar.h"
 #include "tokenreview.h"
 #include "upstream.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -154,13 +155,6 @@ typedef struct authz_request {
     size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
