@@ -283,6 +283,106 @@ describe("tokengate Lua policies", function()
     end)
   end)
 
+  -- What docs/POLICIES.md says the gateway does around a policy, each statement checked.
+  describe("as docs/POLICIES.md describes it", function()
+    local gw
+    lazy_setup(function()
+      local p = write_policy(dir, "documented.lua", [[
+        local tg = require("tokengate")
+        local by_path = tg.metrics.counter("documented_paths_total", "Requests by path", {"path"})
+        return {
+          ttl = function(user)
+            if user.namespace == "payments" then error("ttl hook bug") end
+            return 120
+          end,
+          anonymous = function(req)
+            if req.path == "/anon-boom" then error("anonymous hook bug") end
+            return req.path == "/anon-ok"
+          end,
+          authorize = function(req, user)
+            if req.path:sub(1, 7) == "/label/" then by_path:inc{ path = req.path } end
+            if req.path == "/loop" then while true do end end
+            if req.path == "/boom" then error("authorize bug") end
+            if req.path == "/tail-call" then return tg.allow{ headers = { ["X-Remote-User"] = "x" } } end
+            return tg.allow{}
+          end,
+        }
+      ]])
+      gw = gateway_mod.start{ fake = fake, args = { "--policy", p } }
+    end)
+    lazy_teardown(function() if gw then gw:stop() end end)
+
+    it("does not cache a verdict whose ttl hook failed, and counts the error", function()
+      local errors = gw:metric("gateway_policy_errors_total")
+      fake:reset_stats()
+      assert.equal(200, gw:request("tok-payments-charger").status)
+      assert.equal(200, gw:request("tok-payments-charger").status)
+      assert.equal(2, fake:stats().tokenreview_calls) -- reviewed each time: nothing was cached
+      assert.is_true(gw:metric("gateway_policy_errors_total") >= errors + 2)
+      -- a namespace whose ttl works is cached as usual
+      assert.equal(200, gw:request("tok-team-b-reader").status)
+      assert.equal(200, gw:request("tok-team-b-reader").status)
+      assert.equal(3, fake:stats().tokenreview_calls)
+    end)
+
+    it("answers 500 when anonymous(req) fails, and never lets the request in", function()
+      assert.equal(200, http.get(gw.url .. "/anon-ok").status)
+      assert.equal(500, http.get(gw.url .. "/anon-boom").status)
+      assert.equal(401, http.get(gw.url .. "/anon-no").status)
+    end)
+
+    it("answers 500 to an error, counts it and logs its message with the file name", function()
+      local errors = gw:metric("gateway_policy_errors_total")
+      assert.equal(500, gw:request("tok-team-a-sender", "/boom").status)
+      assert.equal(errors + 1, gw:metric("gateway_policy_errors_total"))
+      local log = gw:log_text()
+      assert.truthy(log:find("documented.lua:%d+: authorize bug"), log)
+      -- An error raised by tg.* in a tail call: without a debug library the gateway can
+      -- name only the file and the hook.
+      assert.equal(500, gw:request("tok-team-a-sender", "/tail-call").status)
+      assert.truthy(gw:log_text():find("documented.lua: in authorize: allow may not set header", 1, true))
+    end)
+
+    it("stops a runaway call at the instruction budget with a 500 and says so in the log", function()
+      assert.equal(500, gw:request("tok-team-a-sender", "/loop").status)
+      assert.truthy(gw:log_text():find("policy exceeded its instruction budget", 1, true))
+      assert.equal(200, gw:request("tok-team-a-sender", "/after-loop").status)
+    end)
+
+    it("keeps at most 1000 label sets per policy metric and counts the dropped updates", function()
+      -- 1002 distinct paths through one curl process (keep-alive), listed in a config file.
+      local lines = { 'header = "Authorization: Bearer tok-team-a-sender"', 'write-out = "%{http_code}\\n"' }
+      for i = 1, 1002 do
+        lines[#lines + 1] = string.format('url = "%s/label/%d"', gw.url, i)
+        lines[#lines + 1] = 'output = "/dev/null"'
+      end
+      local config = dir .. "/labels.curl"
+      proc.write_file(config, table.concat(lines, "\n") .. "\n")
+      local out = proc.run("curl -sS -K " .. proc.quote(config))
+      local _, ok = out:gsub("200\n", "")
+      assert.equal(1002, ok, out:sub(1, 200))
+      local m = gw:metrics()
+      local series = 0
+      for line in m._text:gmatch("[^\n]+") do
+        if line:find("^documented_paths_total{") then series = series + 1 end
+      end
+      assert.equal(1000, series)
+      assert.equal(2, m['gateway_policy_metric_series_overflow_total{metric="documented_paths_total"}'])
+    end)
+
+    it("reports the policy it runs on /policy", function()
+      local info = require("cjson").decode(http.get(gw.admin_url .. "/policy").body)
+      assert.truthy(info.path:find("documented.lua", 1, true))
+      local sum = proc.run("sha256sum " .. proc.quote(info.path)):match("^(%x+)")
+      assert.equal(sum, info.sha256)
+      for _, key in ipairs({ "loaded_at", "last_error", "loaded", "reloads", "watch" }) do
+        assert.is_not_nil(info[key], key)
+      end
+      assert.is_not_nil(info.reloads.success)
+      assert.is_not_nil(info.reloads.failure)
+    end)
+  end)
+
   describe("hot reload", function()
     local ALLOW_A = [[ local tg = require("tokengate")
       return { authorize = function(req, user) return tg.allow{ headers = { ["X-Policy"] = "A" } } end } ]]

@@ -57,6 +57,9 @@ static void test_defaults(void)
     CHECK_STR(cfg.mode, "authz");
     CHECK_EQ_INT(cfg.cache_ttl_ms, 2 * 60 * 1000);
     CHECK_EQ_INT(cfg.cache_negative_ttl_ms, 10 * 1000);
+    /* docs/POLICIES.md: the same budget as the busted kit's default, and a 64 MiB state */
+    CHECK_EQ_INT(cfg.policy_max_instructions, 1000000);
+    CHECK_EQ_INT(cfg.policy_max_memory_bytes, 64 * 1024 * 1024);
     CHECK_EQ_INT(cfg.cache_max_ttl_ms, 10 * 60 * 1000);
     CHECK_EQ_INT(cfg.cache_max_entries, 10000);
     CHECK_EQ_INT(cfg.review_timeout_ms, 5000);
