@@ -270,7 +270,7 @@ static int custom_metrics_declare_locked(custom_metrics *cm, custom_metric_kind 
     for (char *p = m->help; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == '\\') *p = ' ';
     m->n_labels = n_labels;
-    memcpy(m->buckets, buckets, n_buckets * sizeof(double));
+    if (n_buckets) memcpy(m->buckets, buckets, n_buckets * sizeof(double));
     m->n_buckets = n_buckets;
     atomic_init(&m->overflow, 0);
     atomic_store_explicit(&m->table, table, memory_order_release);
