@@ -3,6 +3,7 @@
 #include "accept_backoff.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -34,13 +35,6 @@ static accept_backoff *backoff_for(void *listener_arg)
     for (size_t i = 0; i < BACKOFFS_PER_THREAD; i++)
         if (thread_backoffs.list[i] && thread_backoffs.list[i]->listener_arg == listener_arg) return thread_backoffs.list[i];
     return NULL;
-}
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool out_of_resources(int err)

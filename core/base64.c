@@ -11,11 +11,16 @@ static bool standard_char(unsigned char c)
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
 }
 
+#define STACK_BYTES 1024 /* inputs up to this size (a JWT segment, a key) use no heap */
+
 long base64_decode(const char *in, size_t len, int flags, unsigned char *out, size_t cap)
 {
     if (len > ((size_t)1 << 30)) return -1;
-    /* The data characters in the standard alphabet, padded to a whole group of four. */
-    unsigned char *group = malloc(len + 4);
+    /* The data characters in the standard alphabet, padded to a whole group of four; then
+     * what EVP_DecodeBlock makes of them (whole groups of 3, padding bytes as zeros). */
+    unsigned char group_stack[STACK_BYTES + 4], block_stack[STACK_BYTES];
+    unsigned char *group = len <= STACK_BYTES ? group_stack : malloc(len + 4);
+    unsigned char *block = NULL;
     if (!group) return -1;
     size_t n = 0, pad = 0;
     long rc = -1;
@@ -46,19 +51,18 @@ long base64_decode(const char *in, size_t len, int flags, unsigned char *out, si
         goto done;
     }
     for (size_t i = 0; i < missing; i++) group[n++] = '=';
-    /* EVP_DecodeBlock writes whole groups of 3 (padding bytes as zeros): into a buffer of
-     * its own, then what the input really encodes is copied out. */
-    unsigned char *block = malloc(n / 4 * 3);
+    size_t whole = n / 4 * 3;
+    block = whole <= sizeof(block_stack) ? block_stack : malloc(whole);
     if (!block) goto done;
     int got = EVP_DecodeBlock(block, group, (int)n);
-    if (got >= 0 && (size_t)got == n / 4 * 3) {
+    if (got >= 0 && (size_t)got == whole) {
         for (size_t i = 0; i < decoded; i++) out[i] = block[i];
         rc = (long)decoded;
     }
-    OPENSSL_cleanse(block, n / 4 * 3);
-    free(block);
+    OPENSSL_cleanse(block, whole);
 done:
-    OPENSSL_cleanse(group, len + 4);
-    free(group);
+    if (block && block != block_stack) free(block);
+    OPENSSL_cleanse(group, n);
+    if (group != group_stack) free(group);
     return rc;
 }
