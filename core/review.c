@@ -187,6 +187,8 @@ static void flight_free(review_flight *f)
 void review_engine_free(review_engine *engine)
 {
     if (!engine) return;
+    /* The queue first: freeing it touches the queued flights' embedded items. */
+    fair_queue_free(engine->queue);
     for (size_t b = 0; b < FLIGHT_BUCKETS; b++) {
         review_flight *f = engine->buckets[b];
         while (f) {
@@ -196,7 +198,6 @@ void review_engine_free(review_engine *engine)
         }
     }
     if (engine->timer) event_free(engine->timer);
-    fair_queue_free(engine->queue);
     free(engine);
 }
 
