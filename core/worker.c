@@ -1563,14 +1563,14 @@ void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_s
     metrics_add(sum, &w->metrics);
     conn_guard_stats gs;
     conn_guard_get_stats(w->guards, &gs);
-    sum->closed_header_timeout += gs.header_timeouts;
-    sum->closed_body_timeout += gs.body_timeouts;
-    sum->closed_body_budget += gs.body_budget_closes;
-    sum->unauthenticated_bodies += gs.unauthenticated_bodies;
+    metric_add(&sum->closed_header_timeout, gs.header_timeouts);
+    metric_add(&sum->closed_body_timeout, gs.body_timeouts);
+    metric_add(&sum->closed_body_budget, gs.body_budget_closes);
+    metric_add(&sum->unauthenticated_bodies, gs.unauthenticated_bodies);
     if (w->access_log_buffer) {
-        sum->access_log_written += w->access_log_buffer->written;
-        sum->access_log_sampled_out += w->access_log_buffer->sampled_out;
-        sum->access_log_dropped += w->access_log_buffer->dropped;
+        metric_add(&sum->access_log_written, metric_get(&w->access_log_buffer->written));
+        metric_add(&sum->access_log_sampled_out, metric_get(&w->access_log_buffer->sampled_out));
+        metric_add(&sum->access_log_dropped, metric_get(&w->access_log_buffer->dropped));
     }
     *stale_served += metric_get(&w->stale_served);
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
