@@ -374,7 +374,10 @@ static void admin_livez(server *srv, struct evhttp_request *req)
     size_t worst;
     int64_t worst_ms;
     size_t stuck = stuck_workers(srv, &worst, &worst_ms);
-    if (stuck == 0) return admin_simple(req, 200, "OK", "ok");
+    if (stuck == 0) {
+        admin_simple(req, 200, "OK", "ok");
+        return;
+    }
     char text[160];
     snprintf(text, sizeof(text), "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms",
              stuck, worst, (long long)worst_ms);
