@@ -3,6 +3,7 @@
 #include "accept_backoff.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -36,13 +37,6 @@ static accept_backoff *backoff_for(void *listener_arg)
     return NULL;
 }
 
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool out_of_resources(int err)
 {
     return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
@@ -63,12 +57,12 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
     int err = EVUTIL_SOCKET_ERROR();
     accept_backoff *b = backoff_for(arg);
     if (!b || b->listener != listener) return;
-    if (b->options.errors) (*b->options.errors)++;
+    if (b->options.errors) metric_add(b->options.errors, 1);
     bool pause = out_of_resources(err);
     if (pause && !b->active) {
         evconnlistener_disable(b->listener);
         b->active = true;
-        if (b->options.backoffs) (*b->options.backoffs)++;
+        if (b->options.backoffs) metric_add(b->options.backoffs, 1);
         struct timeval tv = {(time_t)(b->options.pause_ms / 1000), (suseconds_t)((b->options.pause_ms % 1000) * 1000)};
         evtimer_add(b->resume, &tv);
     }

@@ -13,6 +13,8 @@
 #ifndef TOKENGATE_ACCEPT_BACKOFF_H
 #define TOKENGATE_ACCEPT_BACKOFF_H
 
+#include "metrics.h"
+
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdbool.h>
@@ -26,8 +28,8 @@ typedef struct accept_backoff_options {
     const char *listener_name; /* in the log line */
     int64_t pause_ms;
     int64_t log_interval_ms;
-    uint64_t *errors;   /* incremented per failed accept(); owned by the caller */
-    uint64_t *backoffs; /* incremented per pause */
+    metric_counter *errors;   /* incremented per failed accept(); owned by the caller */
+    metric_counter *backoffs; /* incremented per pause */
     /* Asked when a pause ends: true if the listener must stay disabled for another reason
      * (its connection limit); the owner then re-enables it itself. May be NULL. */
     bool (*held)(void *arg);

@@ -224,12 +224,12 @@ void access_log_flush(const access_log *log, access_log_buffer *buf)
         done += (size_t)n;
     }
     if (done == buf->len) {
-        buf->written += buf->lines;
+        metric_add(&buf->written, buf->lines);
     } else { /* rare: count what got out */
         uint64_t lines_written = 0;
         for (size_t i = 0; i < done; i++) lines_written += buf->data[i] == '\n';
-        buf->written += lines_written;
-        buf->dropped += buf->lines - lines_written;
+        metric_add(&buf->written, lines_written);
+        metric_add(&buf->dropped, buf->lines - lines_written);
     }
     buf->len = 0;
     buf->lines = 0;
@@ -239,7 +239,7 @@ void access_log_add(const access_log *log, access_log_buffer *buf, const access_
 {
     bool allowed = e->status >= 200 && e->status < 300;
     if (allowed && log->sample_allowed < 1 && next_uniform(buf) >= log->sample_allowed) {
-        buf->sampled_out++;
+        metric_add(&buf->sampled_out, 1);
         return;
     }
     struct timespec now;

@@ -14,6 +14,8 @@
 #ifndef TOKENGATE_ACCESS_LOG_H
 #define TOKENGATE_ACCESS_LOG_H
 
+#include "metrics.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -72,9 +74,9 @@ typedef struct access_log_buffer {
     uint64_t rng;             /* xorshift64* state for sampling; never 0 */
     time_t stamp_second;      /* the second stamp_text is for */
     char stamp_text[32];      /* "2026-12-07T03:12:45" */
-    uint64_t written;         /* lines handed to write(2) successfully */
-    uint64_t sampled_out;     /* allowed answers left out by --access-log-sample-allowed */
-    uint64_t dropped;         /* lines lost to a failed or short write */
+    metric_counter written;         /* lines handed to write(2) successfully */
+    metric_counter sampled_out;     /* allowed answers left out by --access-log-sample-allowed */
+    metric_counter dropped;         /* lines lost to a failed or short write */
     size_t len;
     uint64_t lines; /* whole lines in data */
     char data[ACCESS_LOG_BUFFER_BYTES];

@@ -4,6 +4,7 @@
 
 #include "curl_loop.h"
 #include "log.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -64,13 +65,6 @@ typedef struct api_call {
 } api_call;
 
 static void on_call_done(void *owner, CURL *easy, CURLcode code);
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {

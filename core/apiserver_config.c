@@ -1,6 +1,7 @@
 /* apiserver_config.c: the API server decision (explicit flags, kubeconfig, in-cluster) and
  * a small kubeconfig reader on libyaml's event API. Nothing here touches the network. */
 #include "apiserver_config.h"
+#include "base64.h"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -741,65 +742,29 @@ static const ynode *find_named(const ynode *root, const char *section, const cha
     return body;
 }
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 /* Standard base64 (whitespace ignored, padding optional) into a NUL-terminated buffer. */
-static int base64_decode(const char *in, size_t len, char **out, size_t *out_len)
+static int base64_decode_field(const char *in, size_t len, char **out, size_t *out_len)
 {
-    char *buf = malloc(len / 4 * 3 + 4);
+    size_t cap = BASE64_DECODED_MAX(len) + 1;
+    char *buf = malloc(cap);
     if (!buf)
         return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0, sextets = 0, pad = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
-            continue;
-        if (c == '=') {
-            pad++;
-            continue;
-        }
-        int v = b64_value(c);
-        if (v < 0 || pad)
-            goto bad;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        sextets++;
-        if (bits >= 8) {
-            bits -= 8;
-            buf[o++] = (char)((acc >> bits) & 0xff);
-        }
+    long n = base64_decode(in, len, BASE64_SKIP_WHITESPACE, (unsigned char *)buf, cap - 1);
+    if (n <= 0) {
+        wipe_free(buf, cap);
+        return -1;
     }
-    if (sextets % 4 == 1 || pad > 2 || (pad && (sextets + pad) % 4 != 0) || o == 0)
-        goto bad;
-    buf[o] = '\0';
+    buf[n] = '\0';
     *out = buf;
-    *out_len = o;
+    *out_len = (size_t)n;
     return 0;
-bad:
-    wipe_free(buf, len / 4 * 3 + 4);
-    return -1;
 }
 
 /* Decodes a *-data field and checks it holds the PEM block it should. */
 static int decode_pem(const ynode *v, const char *where, const char *key, bool private_key,
                       char **out, size_t *out_len, char *err, size_t cap)
 {
-    if (base64_decode(v->value, v->len, out, out_len) != 0) {
+    if (base64_decode_field(v->value, v->len, out, out_len) != 0) {
         set_err(err, cap,
                 "%s: %s is not valid base64 (line %zu; it holds the base64 of the PEM file)", where,
                 key, v->line);

@@ -2,6 +2,8 @@
  * unverified JWT payload. Every length is bounded before anything is copied. */
 #include "bearer.h"
 
+#include "base64.h"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <string.h>
@@ -50,38 +52,6 @@ const char *bearer_status_reason(bearer_status status)
     return "invalid bearer token";
 }
 
-static int base64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '-') return 62;
-    if (c == '_') return 63;
-    return -1;
-}
-
-/* Decodes unpadded (or '='-padded) base64url into out; returns the length or -1. */
-static long base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
-{
-    while (len > 0 && in[len - 1] == '=') len--;
-    if (len % 4 == 1) return -1;
-    size_t n = 0;
-    unsigned int acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = base64url_value((unsigned char)in[i]);
-        if (v < 0) return -1;
-        acc = (acc << 6) | (unsigned int)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n == cap) return -1;
-            out[n++] = (unsigned char)((acc >> bits) & 0xff);
-        }
-    }
-    return (long)n;
-}
-
 int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out)
 {
     const char *dot1 = memchr(token, '.', token_len);
@@ -94,7 +64,7 @@ int jwt_read_exp(const char *token, size_t token_len, int64_t *exp_out)
     if (payload_len == 0 || payload_len > JWT_PAYLOAD_MAX * 4 / 3 + 4) return -1;
 
     unsigned char decoded[JWT_PAYLOAD_MAX];
-    long decoded_len = base64url_decode(payload, payload_len, decoded, sizeof(decoded));
+    long decoded_len = base64_decode(payload, payload_len, BASE64_URL, decoded, sizeof(decoded));
     if (decoded_len <= 0) return -1;
 
     json_error_t error;

@@ -1,4 +1,4 @@
-/* The gateway's configuration: flags, their defaults (SPEC.md "Defaults"), validation and
+/* The gateway's configuration: flags, their defaults (listed by --help), validation and
  * the --check / --help output. Parsing allocates nothing: string fields point into argv. */
 #ifndef TOKENGATE_CONFIG_H
 #define TOKENGATE_CONFIG_H

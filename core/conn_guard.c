@@ -5,9 +5,18 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+
+/* By a counter's one writer (this set's thread): no read-modify-write instruction needed. */
+#define STAT_ADD(field, n)                                                                         \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),    \
+                          memory_order_relaxed)
+#define STAT_SUB(field, n)                                                                         \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) - (n),    \
+                          memory_order_relaxed)
 
 #define AUTHORIZATION_PREFIX "authorization:"
 #define AUTHORIZATION_PREFIX_LEN (sizeof(AUTHORIZATION_PREFIX) - 1)
@@ -41,7 +50,12 @@ typedef struct conn_guard {
 struct conn_guard_set {
     struct event_base *base;
     conn_guard_options options;
-    conn_guard_stats stats;
+    /* Written by this set's thread, read by the scrape (conn_guard_get_stats): relaxed
+     * atomics, each updated by its one writer with a load and a store. */
+    struct {
+        _Atomic uint64_t header_timeouts, body_timeouts, body_budget_closes, unauthenticated_bodies;
+        _Atomic size_t buffered_body, guarded;
+    } stats;
     conn_guard **buckets;
     size_t n_buckets; /* a power of two */
 };
@@ -79,7 +93,7 @@ conn_guard_set *conn_guard_set_new(struct event_base *base, const conn_guard_opt
 
 static void release_body(conn_guard *g)
 {
-    g->set->stats.buffered_body -= g->body_counted;
+    STAT_SUB(g->set->stats.buffered_body, g->body_counted);
     g->body_counted = 0;
 }
 
@@ -88,7 +102,7 @@ static void guard_free(conn_guard *g, bool connection_alive)
     release_body(g);
     if (connection_alive && g->input_cb) evbuffer_remove_cb_entry(g->input, g->input_cb);
     if (g->deadline) event_free(g->deadline);
-    g->set->stats.guarded--;
+    STAT_SUB(g->set->stats.guarded, 1);
     free(g);
 }
 
@@ -127,8 +141,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_guard *g = arg;
-    if (g->phase == PHASE_HEADERS) g->set->stats.header_timeouts++;
-    else if (g->phase == PHASE_BODY) g->set->stats.body_timeouts++;
+    if (g->phase == PHASE_HEADERS) STAT_ADD(g->set->stats.header_timeouts, 1);
+    else if (g->phase == PHASE_BODY) STAT_ADD(g->set->stats.body_timeouts, 1);
     else return; /* disarmed in between: nothing to do */
     close_connection(g);
 }
@@ -157,7 +171,7 @@ static void headers_complete(conn_guard *g)
     if (!g->has_authorization && o->max_unauthenticated_body < limit) {
         limit = o->max_unauthenticated_body;
         g->body_count_cap = limit; /* a larger body is read and dropped, not buffered */
-        g->set->stats.unauthenticated_bodies++;
+        STAT_ADD(g->set->stats.unauthenticated_bodies, 1);
     }
     /* evhttp checks this when it parses the headers, after this callback. */
     evhttp_connection_set_max_body_size(g->evcon, (ev_ssize_t)limit);
@@ -201,10 +215,10 @@ static void count_body(conn_guard *g, size_t n)
     size_t room = g->body_count_cap - g->body_counted;
     if (n > room) n = room;
     g->body_counted += n;
-    g->set->stats.buffered_body += n;
+    STAT_ADD(g->set->stats.buffered_body, n);
     size_t max = g->set->options.max_buffered_body;
-    if (max && g->set->stats.buffered_body > max) {
-        g->set->stats.body_budget_closes++;
+    if (max && atomic_load_explicit(&g->set->stats.buffered_body, memory_order_relaxed) > max) {
+        STAT_ADD(g->set->stats.body_budget_closes, 1);
         release_body(g);
         g->body_count_cap = 0;
         close_connection(g);
@@ -264,7 +278,7 @@ int conn_guard_attach(conn_guard_set *set, struct evhttp_connection *evcon)
         free(g);
         return -1;
     }
-    set->stats.guarded++;
+    STAT_ADD(set->stats.guarded, 1);
     conn_guard **slot = &set->buckets[bucket_of(set, evcon)];
     g->next_in_bucket = *slot;
     *slot = g;
@@ -316,5 +330,10 @@ void conn_guard_get_stats(const conn_guard_set *set, conn_guard_stats *out)
         memset(out, 0, sizeof(*out));
         return;
     }
-    *out = set->stats;
+    out->header_timeouts = atomic_load_explicit(&set->stats.header_timeouts, memory_order_relaxed);
+    out->body_timeouts = atomic_load_explicit(&set->stats.body_timeouts, memory_order_relaxed);
+    out->body_budget_closes = atomic_load_explicit(&set->stats.body_budget_closes, memory_order_relaxed);
+    out->unauthenticated_bodies = atomic_load_explicit(&set->stats.unauthenticated_bodies, memory_order_relaxed);
+    out->buffered_body = atomic_load_explicit(&set->stats.buffered_body, memory_order_relaxed);
+    out->guarded = atomic_load_explicit(&set->stats.guarded, memory_order_relaxed);
 }

@@ -7,7 +7,9 @@
  * different the declaration fails, and so does the reload that made it.
  *
  * Threading: thread-safe. One registry serves the policy states of every worker and of the
- * control thread; each call holds one mutex for its duration. */
+ * control thread. custom_metrics_update (the policies' hot path) takes no lock: series live
+ * in a fixed-size lock-free hash table per metric and their values are relaxed atomics.
+ * Declaring, truncating and rendering (policy loads, /metrics) hold the registry's mutex. */
 #ifndef TOKENGATE_CUSTOM_METRICS_H
 #define TOKENGATE_CUSTOM_METRICS_H
 

@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
+/* 128-bit products of a fraction and a unit (GCC and Clang's builtin type; not ISO C). */
+__extension__ typedef unsigned __int128 u128;
+
 #define DURATION_MAX_MS (10LL * 365 * 24 * 3600 * 1000)
 
 /* Unit lengths in nanoseconds. */
@@ -70,7 +73,7 @@ int duration_parse(const char *s, int64_t *out_ms)
         if (whole_overflow || whole > (uint64_t)max_ns / unit_ns) return -1;
         uint64_t part = whole * unit_ns;
         /* frac < scale <= 1e18 and unit_ns <= 3.6e12: multiply in 128 bits. */
-        part += (uint64_t)(((unsigned __int128)frac * unit_ns) / scale);
+        part += (uint64_t)(((u128)frac * unit_ns) / scale);
         if (part > (uint64_t)(max_ns - total_ns)) return -1;
         total_ns += (int64_t)part;
     }
@@ -147,7 +150,7 @@ int quantity_parse_bytes(const char *s, uint64_t max, uint64_t *out_bytes)
     if (whole > max / multiplier) return -1;
     uint64_t bytes = whole * multiplier;
     /* frac < scale <= 1e18 and multiplier <= 2^40: multiply in 128 bits, exactly. */
-    unsigned __int128 frac_bytes = (unsigned __int128)frac * multiplier;
+    u128 frac_bytes = (u128)frac * multiplier;
     if (frac_bytes % scale != 0) return -1; /* "1.5" bytes, "0.1Ki" */
     uint64_t extra = (uint64_t)(frac_bytes / scale);
     if (extra > max - bytes) return -1;

@@ -2,6 +2,7 @@
 #include "jwks_source.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -39,13 +40,6 @@ struct jwks_source {
     atomic_uint_fast64_t refused;
     atomic_uint_fast64_t fetch_ok, fetch_failed;
 };
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int jwt_preverify_mode_parse(const char *text, jwt_preverify_mode *mode)
 {

@@ -1,6 +1,8 @@
 /* Local pre-verification of ServiceAccount JWTs: see jwt_verify.h. */
 #include "jwt_verify.h"
 
+#include "base64.h"
+
 #include <jansson.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -34,41 +36,7 @@ struct jwks {
 
 long base64url_decode(const char *in, size_t in_len, unsigned char *out, size_t out_cap)
 {
-    while (in_len && in[in_len - 1] == '=') in_len--;
-    if (in_len % 4 == 1) return -1;
-    size_t padded = (in_len + 3) / 4 * 4;
-    size_t decoded = in_len / 4 * 3 + (in_len % 4 ? in_len % 4 - 1 : 0);
-    if (decoded > out_cap) return -1;
-    /* EVP_DecodeBlock takes the standard alphabet in whole quanta: translate and pad. */
-    unsigned char stack_buf[1024];
-    unsigned char *std = padded + 1 <= sizeof(stack_buf) ? stack_buf : malloc(padded + 1);
-    unsigned char *whole = decoded + 3 <= sizeof(stack_buf) ? NULL : malloc(decoded + 3);
-    long result = -1;
-    if (!std || (decoded + 3 > sizeof(stack_buf) && !whole)) goto done;
-    for (size_t i = 0; i < in_len; i++) {
-        char c = in[i];
-        if (c == '-') c = '+';
-        else if (c == '_') c = '/';
-        else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) goto done;
-        std[i] = (unsigned char)c;
-    }
-    for (size_t i = in_len; i < padded; i++) std[i] = '=';
-    unsigned char tmp[sizeof(stack_buf)];
-    unsigned char *dst = whole ? whole : tmp;
-    int n = EVP_DecodeBlock(dst, std, (int)padded);
-    if (n < 0 || (size_t)n < decoded) goto done;
-    memcpy(out, dst, decoded);
-    OPENSSL_cleanse(dst, (size_t)n);
-    result = (long)decoded;
-done:
-    if (std && std != stack_buf) {
-        OPENSSL_cleanse(std, padded);
-        free(std);
-    } else if (std) {
-        OPENSSL_cleanse(std, padded);
-    }
-    free(whole);
-    return result;
+    return base64_decode(in, in_len, BASE64_URL, out, out_cap);
 }
 
 /* ---- key set ---------------------------------------------------------------------------- */

@@ -31,18 +31,18 @@ void metrics_histogram_observe(metrics_histogram *h, double seconds)
 {
     for (int i = 0; i < METRICS_BUCKETS; i++) {
         if (seconds <= bucket_bounds[i]) {
-            h->bucket_counts[i]++;
+            metric_add(&h->bucket_counts[i], 1);
             break;
         }
     }
-    h->count++;
-    h->sum += seconds;
+    metric_add(&h->count, 1);
+    metric_double_set(&h->sum, metric_double_get(&h->sum) + seconds);
 }
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds)
 {
     if (status >= METRICS_STATUS_MIN && status <= METRICS_STATUS_MAX)
-        m->requests_by_code[status - METRICS_STATUS_MIN]++;
+        metric_add(&m->requests_by_code[status - METRICS_STATUS_MIN], 1);
     metrics_histogram_observe(&m->request_duration, seconds);
 }
 
@@ -292,21 +292,22 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
     return rc ? -1 : 0;
 }
 
+/* into is the scrape's own sum (one thread); from is another thread's, read relaxed. */
 static void histogram_add(metrics_histogram *into, const metrics_histogram *from)
 {
-    for (size_t i = 0; i < METRICS_BUCKETS; i++) into->bucket_counts[i] += from->bucket_counts[i];
-    into->count += from->count;
-    into->sum += from->sum;
+    for (size_t i = 0; i < METRICS_BUCKETS; i++) metric_add(&into->bucket_counts[i], metric_get(&from->bucket_counts[i]));
+    metric_add(&into->count, metric_get(&from->count));
+    metric_double_set(&into->sum, metric_double_get(&into->sum) + metric_double_get(&from->sum));
 }
 
 static void review_metrics_add(review_metrics *into, const review_metrics *from)
 {
-    into->cache_hits += from->cache_hits;
-    into->cache_misses += from->cache_misses;
-    into->api_calls += from->api_calls;
-    into->coalesced += from->coalesced;
-    into->unrepresentable += from->unrepresentable;
-    for (size_t i = 0; i < API_ERROR_KINDS; i++) into->api_errors[i] += from->api_errors[i];
+    metric_add(&into->cache_hits, metric_get(&from->cache_hits));
+    metric_add(&into->cache_misses, metric_get(&from->cache_misses));
+    metric_add(&into->api_calls, metric_get(&from->api_calls));
+    metric_add(&into->coalesced, metric_get(&from->coalesced));
+    metric_add(&into->unrepresentable, metric_get(&from->unrepresentable));
+    for (size_t i = 0; i < API_ERROR_KINDS; i++) metric_add(&into->api_errors[i], metric_get(&from->api_errors[i]));
     histogram_add(&into->api_latency, &from->api_latency);
 }
 
@@ -314,22 +315,23 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from)
 {
     review_metrics_add(&into->tokenreview, &from->tokenreview);
     review_metrics_add(&into->subjectaccessreview, &from->subjectaccessreview);
-    into->policy_reloads_success += from->policy_reloads_success;
-    into->policy_reloads_failure += from->policy_reloads_failure;
-    into->policy_errors += from->policy_errors;
-    if (from->policy_last_reload_success_s > into->policy_last_reload_success_s)
-        into->policy_last_reload_success_s = from->policy_last_reload_success_s;
+    metric_add(&into->policy_reloads_success, metric_get(&from->policy_reloads_success));
+    metric_add(&into->policy_reloads_failure, metric_get(&from->policy_reloads_failure));
+    metric_add(&into->policy_errors, metric_get(&from->policy_errors));
+    double reloaded = metric_double_get(&from->policy_last_reload_success_s);
+    if (reloaded > metric_double_get(&into->policy_last_reload_success_s))
+        metric_double_set(&into->policy_last_reload_success_s, reloaded);
     for (size_t i = 0; i < sizeof(into->requests_by_code) / sizeof(into->requests_by_code[0]); i++)
-        into->requests_by_code[i] += from->requests_by_code[i];
+        metric_add(&into->requests_by_code[i], metric_get(&from->requests_by_code[i]));
     histogram_add(&into->request_duration, &from->request_duration);
-    into->cache_flushes += from->cache_flushes;
-    into->closed_header_timeout += from->closed_header_timeout;
-    into->closed_body_timeout += from->closed_body_timeout;
-    into->closed_body_budget += from->closed_body_budget;
-    into->unauthenticated_bodies += from->unauthenticated_bodies;
-    into->accept_errors += from->accept_errors;
-    into->accept_backoffs += from->accept_backoffs;
-    into->access_log_written += from->access_log_written;
-    into->access_log_sampled_out += from->access_log_sampled_out;
-    into->access_log_dropped += from->access_log_dropped;
+    metric_add(&into->cache_flushes, metric_get(&from->cache_flushes));
+    metric_add(&into->closed_header_timeout, metric_get(&from->closed_header_timeout));
+    metric_add(&into->closed_body_timeout, metric_get(&from->closed_body_timeout));
+    metric_add(&into->closed_body_budget, metric_get(&from->closed_body_budget));
+    metric_add(&into->unauthenticated_bodies, metric_get(&from->unauthenticated_bodies));
+    metric_add(&into->accept_errors, metric_get(&from->accept_errors));
+    metric_add(&into->accept_backoffs, metric_get(&from->accept_backoffs));
+    metric_add(&into->access_log_written, metric_get(&from->access_log_written));
+    metric_add(&into->access_log_sampled_out, metric_get(&from->access_log_sampled_out));
+    metric_add(&into->access_log_dropped, metric_get(&from->access_log_dropped));
 }

@@ -1,16 +1,48 @@
-/* Metrics: plain counters and fixed-bucket histograms in structs owned by the server, and
- * their rendering in the Prometheus text format (names are SPEC.md's contract).
+/* Metrics: counters and fixed-bucket histograms in structs owned by the server, and their
+ * rendering in the Prometheus text format (the metric names are a contract: dashboards use
+ * them).
  *
- * The counters are plain integers, each struct written by the one event-loop thread that
- * owns it (a worker, or the control thread); a scrape on the control thread sums them
- * (metrics_add) without a lock — see docs/ARCHITECTURE.md, "Threads". */
+ * Each struct is written by the one event-loop thread that owns it (a worker, or the control
+ * thread); a scrape on the control thread sums them (metrics_add) without a lock. So that
+ * this is defined behaviour in C11 (and clean under ThreadSanitizer), every counter is an
+ * atomic; its one writer updates it with metric_add — a relaxed load and store, which on
+ * x86-64 and arm64 are the plain instructions a plain integer would use (no lock prefix,
+ * no fence). A scrape may be an update behind, never torn. See docs/ARCHITECTURE.md,
+ * "Threads". */
 #ifndef TOKENGATE_METRICS_H
 #define TOKENGATE_METRICS_H
 
 #include <event2/buffer.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* A counter with one writing thread, read by the scrape. */
+typedef _Atomic uint64_t metric_counter;
+/* A gauge-like double with one writing thread (a histogram's sum, a timestamp). */
+typedef _Atomic double metric_double;
+
+/* By the counter's one writer: no read-modify-write instruction is needed. */
+static inline void metric_add(metric_counter *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline uint64_t metric_get(const metric_counter *c)
+{
+    return atomic_load_explicit((metric_counter *)c, memory_order_relaxed);
+}
+
+static inline void metric_double_set(metric_double *d, double v)
+{
+    atomic_store_explicit(d, v, memory_order_relaxed);
+}
+
+static inline double metric_double_get(const metric_double *d)
+{
+    return atomic_load_explicit((metric_double *)d, memory_order_relaxed);
+}
 
 /* Why an API call failed; the label values of gateway_*_api_errors_total{reason}. */
 typedef enum {
@@ -28,21 +60,21 @@ const char *api_error_name(api_error error);
 #define METRICS_BUCKETS 14
 
 typedef struct metrics_histogram {
-    uint64_t bucket_counts[METRICS_BUCKETS]; /* not cumulative; rendered cumulatively */
-    uint64_t count;
-    double sum;
+    metric_counter bucket_counts[METRICS_BUCKETS]; /* not cumulative; rendered cumulatively */
+    metric_counter count;
+    metric_double sum;
 } metrics_histogram;
 
 void metrics_histogram_observe(metrics_histogram *h, double seconds);
 
 /* One family per kind of review (tokenreview, later subjectaccessreview). */
 typedef struct review_metrics {
-    uint64_t cache_hits;
-    uint64_t cache_misses;
-    uint64_t api_calls;
-    uint64_t coalesced;
-    uint64_t unrepresentable; /* identities refused (cached negative) as not representable */
-    uint64_t api_errors[API_ERROR_KINDS];
+    metric_counter cache_hits;
+    metric_counter cache_misses;
+    metric_counter api_calls;
+    metric_counter coalesced;
+    metric_counter unrepresentable; /* identities refused (cached negative) as not representable */
+    metric_counter api_errors[API_ERROR_KINDS];
     metrics_histogram api_latency;
 } review_metrics;
 
@@ -52,24 +84,24 @@ typedef struct review_metrics {
 typedef struct gateway_metrics {
     review_metrics tokenreview;
     review_metrics subjectaccessreview;
-    uint64_t policy_reloads_success;
-    uint64_t policy_reloads_failure;
-    uint64_t policy_errors;
-    double policy_last_reload_success_s; /* Unix time; 0 before the first load */
-    uint64_t requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
+    metric_counter policy_reloads_success;
+    metric_counter policy_reloads_failure;
+    metric_counter policy_errors;
+    metric_double policy_last_reload_success_s; /* Unix time; 0 before the first load */
+    metric_counter requests_by_code[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     metrics_histogram request_duration;
-    uint64_t cache_flushes;
+    metric_counter cache_flushes;
     /* Denial-of-service bounds (conn_guard.c, the listeners' accept paths). */
-    uint64_t closed_header_timeout;  /* gateway_connections_closed_total{reason="header_timeout"} */
-    uint64_t closed_body_timeout;    /* {reason="body_timeout"} */
-    uint64_t closed_body_budget;     /* {reason="body_budget"} */
-    uint64_t unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
-    uint64_t accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
-    uint64_t accept_backoffs;        /* gateway_accept_backoffs_total */
+    metric_counter closed_header_timeout;  /* gateway_connections_closed_total{reason="header_timeout"} */
+    metric_counter closed_body_timeout;    /* {reason="body_timeout"} */
+    metric_counter closed_body_budget;     /* {reason="body_budget"} */
+    metric_counter unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
+    metric_counter accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
+    metric_counter accept_backoffs;        /* gateway_accept_backoffs_total */
     /* --access-log lines (summed from the workers' buffers at scrape time) */
-    uint64_t access_log_written;
-    uint64_t access_log_sampled_out;
-    uint64_t access_log_dropped;
+    metric_counter access_log_written;
+    metric_counter access_log_sampled_out;
+    metric_counter access_log_dropped;
 } gateway_metrics;
 
 void metrics_count_request(gateway_metrics *m, int status, double seconds);

@@ -1430,9 +1430,15 @@ static bool header_name_ok(const char *n, size_t len)
  * in C what the Lua module already validated: an allow header must never smuggle. */
 static void read_allow(lua_State *L, policy_decision *d)
 {
-    if (!lua_istable(L, -1)) return decision_error(d, "allow payload is not a table");
+    if (!lua_istable(L, -1)) {
+        decision_error(d, "allow payload is not a table");
+        return;
+    }
     size_t n = lua_objlen(L, -1);
-    if (n > POLICY_MAX_HEADERS) return decision_error(d, "too many allow headers");
+    if (n > POLICY_MAX_HEADERS) {
+        decision_error(d, "too many allow headers");
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, -1, (int)i + 1);
         lua_rawgeti(L, -1, 1);
@@ -1447,7 +1453,10 @@ static void read_allow(lua_State *L, policy_decision *d)
             ok = d->header_names[i] && d->header_values[i];
         }
         lua_pop(L, 3);
-        if (!ok) return decision_error(d, "policy returned an invalid allow header");
+        if (!ok) {
+            decision_error(d, "policy returned an invalid allow header");
+            return;
+        }
     }
     d->n_headers = n;
     d->kind = POLICY_ALLOW;
@@ -1461,21 +1470,36 @@ static void read_sar(lua_State *L, policy_decision *d)
 {
     size_t len = 0;
     const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-    if (!s || len < 1 || (s[0] != 1 && s[0] != 2)) return decision_error(d, "sar payload is not a packed sar");
+    if (!s || len < 1 || (s[0] != 1 && s[0] != 2)) {
+        decision_error(d, "sar payload is not a packed sar");
+        return;
+    }
     bool nonresource = s[0] == 2;
     /* One copy of the values; the "\0" separators become the strings' terminators. */
     char *values = (char *)arena_copy(d, s + 1, len - 1);
-    if (!values) return decision_error(d, "policy returned invalid sar attributes");
+    if (!values) {
+        decision_error(d, "policy returned invalid sar attributes");
+        return;
+    }
     const char *fields[7];
     size_t want = nonresource ? 2 : 7, n = 0;
     const char *end = values + (len - 1);
     for (const char *p = values; n < want; n++) {
         size_t flen = strlen(p);
-        if (flen > 256 || !header_value_ok(p, flen)) return decision_error(d, "policy returned invalid sar attributes");
+        if (flen > 256 || !header_value_ok(p, flen)) {
+            decision_error(d, "policy returned invalid sar attributes");
+            return;
+        }
         fields[n] = p;
         p += flen + 1;
-        if (p > end + 1 || (n + 1 < want && p > end)) return decision_error(d, "policy returned invalid sar attributes");
-        if (n + 1 == want && p != end + 1) return decision_error(d, "policy returned invalid sar attributes");
+        if (p > end + 1 || (n + 1 < want && p > end)) {
+            decision_error(d, "policy returned invalid sar attributes");
+            return;
+        }
+        if (n + 1 == want && p != end + 1) {
+            decision_error(d, "policy returned invalid sar attributes");
+            return;
+        }
     }
     sar_attributes *a = &d->sar;
     memset(a, 0, sizeof(*a));
@@ -1492,7 +1516,10 @@ static void read_sar(lua_State *L, policy_decision *d)
         a->subresource = fields[5];
         a->name = fields[6];
     }
-    if (!sar_attributes_valid(a)) return decision_error(d, "policy returned invalid sar attributes");
+    if (!sar_attributes_valid(a)) {
+        decision_error(d, "policy returned invalid sar attributes");
+        return;
+    }
     d->kind = POLICY_SAR;
 }
 
@@ -1523,7 +1550,10 @@ void policy_authorize(policy_host *host, const policy_request *req, const identi
     memset(out, 0, offsetof(policy_decision, arena));
     out->arena_used = 0;
     policy_state *ps = host->current;
-    if (!ps) return decision_error(out, "no policy loaded");
+    if (!ps) {
+        decision_error(out, "no policy loaded");
+        return;
+    }
     lua_State *L = ps->L;
     int top = lua_gettop(L);
     if (run_hook(ps, LUA_NOREF, ps->authorize_args >= 1 ? req : NULL, ps->authorize_args >= 2 ? user : NULL) != 0) {

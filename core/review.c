@@ -11,6 +11,7 @@
 
 #include "fair_queue.h"
 #include "log.h"
+#include "util.h"
 
 #include <event2/event.h>
 #include <math.h>
@@ -57,8 +58,9 @@ typedef struct review_flight {
 } review_flight;
 
 struct review_engine {
-    api_client *client;
-    struct event_base *base;
+    review_io io;        /* clock, API call, timer: the gateway's or a test's */
+    api_client *client;  /* the gateway's io only */
+    struct event *timer; /* the gateway's io only */
     review_limits limits;
     review_flight *buckets[FLIGHT_BUCKETS];
     size_t n_flights;
@@ -72,7 +74,6 @@ struct review_engine {
     int consecutive_failures;
     int64_t circuit_open_until_ms;
     bool probe_running;
-    struct event *timer;
     review_engine_stats stats;
 };
 
@@ -83,14 +84,38 @@ static size_t flight_bucket(const cache_key *key)
     return h & (FLIGHT_BUCKETS - 1);
 }
 
-static int64_t monotonic_ms(void)
+static void pump(review_engine *engine);
+
+static int64_t engine_now(const review_engine *engine)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return engine->io.now_ms(engine->io.ctx);
 }
 
-static void pump(review_engine *engine);
+/* ---- the gateway's io: the monotonic clock, api_client_post, a libevent timer ---------- */
+
+static int64_t io_monotonic_ms(void *ctx)
+{
+    (void)ctx;
+    return monotonic_ms();
+}
+
+static int io_api_client_post(void *ctx, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
+                              api_done_fn done, void *arg)
+{
+    review_engine *engine = ctx;
+    return api_client_post(engine->client, path, body, body_len, timeout_ms, done, arg);
+}
+
+static void io_evtimer_arm(void *ctx, int64_t delay_ms)
+{
+    review_engine *engine = ctx;
+    if (delay_ms < 0) {
+        evtimer_del(engine->timer);
+        return;
+    }
+    struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
+    evtimer_add(engine->timer, &tv);
+}
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -99,12 +124,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     pump(arg);
 }
 
-review_engine *review_engine_new(api_client *client, struct event_base *base, const review_limits *limits)
+void review_engine_on_timer(review_engine *engine)
+{
+    pump(engine);
+}
+
+/* An engine with limits (defaults filled in), a full bucket and an empty queue; its io is
+ * set by the caller. */
+static review_engine *engine_alloc(const review_limits *limits)
 {
     review_engine *engine = calloc(1, sizeof(*engine));
     if (!engine) return NULL;
-    engine->client = client;
-    engine->base = base;
     engine->limits = *limits;
     if (engine->limits.qps <= 0) engine->limits.qps = 50;
     if (engine->limits.burst < 1) engine->limits.burst = 1;
@@ -113,24 +143,43 @@ review_engine *review_engine_new(api_client *client, struct event_base *base, co
     if (engine->limits.retry_after_cap_s < 1) engine->limits.retry_after_cap_s = 32;
     engine->tokens = engine->limits.burst;
     engine->rate = engine->limits.qps;
-    engine->refilled_ms = monotonic_ms();
-    engine->timer = evtimer_new(base, on_timer, engine);
     engine->queue = fair_queue_new(engine->limits.max_pending);
-    if (!engine->timer || !engine->queue) {
-        if (engine->timer) event_free(engine->timer);
-        fair_queue_free(engine->queue);
+    if (!engine->queue) {
         free(engine);
         return NULL;
     }
     return engine;
 }
 
+review_engine *review_engine_new(api_client *client, struct event_base *base, const review_limits *limits)
+{
+    review_engine *engine = engine_alloc(limits);
+    if (!engine) return NULL;
+    engine->client = client;
+    engine->timer = evtimer_new(base, on_timer, engine);
+    if (!engine->timer) {
+        fair_queue_free(engine->queue);
+        free(engine);
+        return NULL;
+    }
+    engine->io = (review_io){.now_ms = io_monotonic_ms, .post = io_api_client_post, .arm_timer = io_evtimer_arm,
+                             .ctx = engine};
+    engine->refilled_ms = engine_now(engine);
+    return engine;
+}
+
+review_engine *review_engine_new_with_io(const review_io *io, const review_limits *limits)
+{
+    review_engine *engine = engine_alloc(limits);
+    if (!engine) return NULL;
+    engine->io = *io;
+    engine->refilled_ms = engine_now(engine);
+    return engine;
+}
+
 static void flight_free(review_flight *f)
 {
-    if (f->body) {
-        OPENSSL_cleanse(f->body, f->body_len);
-        free(f->body);
-    }
+    free_secret(f->body, f->body_len);
     if (f->parse_arg_free) f->parse_arg_free(f->parse_arg);
     free(f);
 }
@@ -138,6 +187,8 @@ static void flight_free(review_flight *f)
 void review_engine_free(review_engine *engine)
 {
     if (!engine) return;
+    /* The queue first: freeing it touches the queued flights' embedded items. */
+    fair_queue_free(engine->queue);
     for (size_t b = 0; b < FLIGHT_BUCKETS; b++) {
         review_flight *f = engine->buckets[b];
         while (f) {
@@ -146,8 +197,7 @@ void review_engine_free(review_engine *engine)
             f = next;
         }
     }
-    event_free(engine->timer);
-    fair_queue_free(engine->queue);
+    if (engine->timer) event_free(engine->timer);
     free(engine);
 }
 
@@ -216,6 +266,7 @@ static void queue_push(review_engine *engine, review_flight *f)
 
 static void queue_remove(review_engine *engine, review_flight *f)
 {
+    BUG_ON(f->state != FLIGHT_QUEUED);
     fair_queue_remove(engine->queue, &f->queue_item);
 }
 
@@ -227,7 +278,8 @@ static void flight_finish(review_flight *flight, const review_outcome *outcome)
 {
     review_engine *engine = flight->engine;
     review_flight **link = flight_link(engine, flight->kind, &flight->key);
-    if (*link == flight) *link = flight->hash_next;
+    BUG_ON(*link != flight || engine->n_flights == 0); /* a flight is in the table until it finishes */
+    *link = flight->hash_next;
     engine->n_flights--;
     review_waiter *w = flight->waiters;
     while (w) {
@@ -285,7 +337,7 @@ static void flight_call(review_engine *engine, review_flight *f, int64_t now)
     }
     int64_t left = f->deadline_ms - now;
     f->call_budget_ms = left;
-    if (api_client_post(engine->client, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
+    if (engine->io.post(engine->io.ctx, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
                         f) != 0) {
         if (f->is_probe) engine->probe_running = false;
         f->kind->metrics->api_errors[API_ERROR_NETWORK]++;
@@ -326,7 +378,7 @@ static void flight_answered(review_flight *flight, const api_response *response)
         parsed.verdict = REVIEW_NEGATIVE; /* cached and told as the API server's own "no" */
     review_outcome outcome = {.verdict = parsed.verdict, .error = API_ERROR_NONE, .value = value,
                               .value_len = parsed.value_len, .reason = parsed.reason};
-    int64_t now = monotonic_ms();
+    int64_t now = engine_now(flight->engine);
     bool negative = parsed.verdict == REVIEW_NEGATIVE;
     int64_t ttl = flight->negative_ttl_ms;
     if (!negative) {
@@ -348,7 +400,7 @@ static void on_api_done(const api_response *response, void *arg)
     review_flight *flight = arg;
     review_engine *engine = flight->engine;
     const review_kind *kind = flight->kind;
-    int64_t now = monotonic_ms();
+    int64_t now = engine_now(engine);
     kind->metrics->api_calls++;
     metrics_histogram_observe(&kind->metrics->api_latency, response->latency_s);
     if (flight->is_probe) engine->probe_running = false;
@@ -424,20 +476,20 @@ static void fail_queue(review_engine *engine, const char *reason, int retry_afte
     }
 }
 
-/* Sends what may be sent now, fails what has expired, and arms the timer for the next
- * moment something can change. Re-entrant safe: callbacks it triggers may call it. */
-static void pump(review_engine *engine)
+/* Adds the tokens earned since the last refill (none during a 429 pause), up to the burst. */
+static void bucket_refill(review_engine *engine, int64_t now)
 {
-    int64_t now = monotonic_ms();
-    /* No tokens accumulate during a 429 pause (see on_api_done). */
     double elapsed = now < engine->paused_until_ms ? 0.0 : (double)(now - engine->refilled_ms);
     if (engine->refilled_ms < engine->paused_until_ms && now >= engine->paused_until_ms)
         elapsed = (double)(now - engine->paused_until_ms);
     engine->tokens += elapsed * engine->rate / 1000.0;
     if (engine->tokens > engine->limits.burst) engine->tokens = engine->limits.burst;
     engine->refilled_ms = now;
+}
 
-    /* Deadlines first: a review that can no longer be answered in time is answered now. */
+/* Deadlines first: a queued review that can no longer be answered in time is answered now. */
+static void expire_queued(review_engine *engine, int64_t now)
+{
     for (review_flight *f = queue_first(engine), *next; f; f = next) {
         next = queue_after(engine, f);
         if (f->deadline_ms > now) continue;
@@ -450,14 +502,24 @@ static void pump(review_engine *engine)
             flight_fail(f, API_ERROR_TIMEOUT, 1, "deadline passed while waiting to call the API server");
         next = queue_first(engine); /* callbacks may have changed the queue: rescan */
     }
+}
 
+/* An open circuit becomes half-open when its cool-down is over; while open, everything
+ * queued fails fast. */
+static void circuit_settle(review_engine *engine, int64_t now)
+{
     if (engine->circuit == CIRCUIT_OPEN && now >= engine->circuit_open_until_ms) engine->circuit = CIRCUIT_HALF_OPEN;
     if (engine->circuit == CIRCUIT_OPEN) {
         int left_s = (int)((engine->circuit_open_until_ms - now + 999) / 1000);
         fail_queue(engine, "circuit open", left_s);
     }
+}
 
-    int64_t wake = -1;
+/* Calls the queued flights whose backoff is over, flows taking turns, while the bucket has
+ * tokens (one probe at a time through a half-open circuit). Returns when the bucket's next
+ * token is due if that is what stopped it, else -1. */
+static int64_t send_ready(review_engine *engine, int64_t now)
+{
     while (queue_first(engine) && now >= engine->paused_until_ms) {
         if (engine->circuit == CIRCUIT_HALF_OPEN && engine->probe_running) break;
         /* Flows take turns (fair_queue): a flood from one flow gets one call in n. */
@@ -466,8 +528,7 @@ static void pump(review_engine *engine)
         review_flight *ready = FLIGHT_OF_ITEM(next_item);
         if (engine->tokens < 1.0) {
             engine->stats.rate_limited++;
-            wake = now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->rate);
-            break;
+            return now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->rate);
         }
         fair_queue_take(engine->queue, next_item);
         if (ready->deadline_ms - now < MIN_CALL_MS) {
@@ -481,8 +542,13 @@ static void pump(review_engine *engine)
         flight_call(engine, ready, now);
         if (engine->circuit == CIRCUIT_HALF_OPEN) break; /* one probe at a time */
     }
+    return -1;
+}
 
-    /* Arm the timer for the earliest of: a token, the pause's end, a backoff, a deadline. */
+/* Arms the timer for the earliest of: a token (wake, or -1), the pause's end, a backoff, a
+ * deadline, the circuit's cool-down; disarms it when nothing waits. */
+static void arm_next_wake(review_engine *engine, int64_t now, int64_t wake)
+{
     for (review_flight *f = queue_first(engine); f; f = queue_after(engine, f)) {
         int64_t t = f->deadline_ms;
         if (f->not_before_ms > now && f->not_before_ms < t) t = f->not_before_ms;
@@ -494,28 +560,32 @@ static void pump(review_engine *engine)
         (wake < 0 || engine->circuit_open_until_ms < wake))
         wake = engine->circuit_open_until_ms;
     if (wake < 0) {
-        evtimer_del(engine->timer);
+        engine->io.arm_timer(engine->io.ctx, -1);
         return;
     }
     int64_t delay = wake - now;
-    if (delay < 1) delay = 1;
-    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
-    evtimer_add(engine->timer, &tv);
+    engine->io.arm_timer(engine->io.ctx, delay < 1 ? 1 : delay);
 }
 
-void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter)
+/* Sends what may be sent now, fails what has expired, and arms the timer for the next
+ * moment something can change. Re-entrant safe: callbacks it triggers may call it. */
+static void pump(review_engine *engine)
+{
+    int64_t now = engine_now(engine);
+    bucket_refill(engine, now);
+    expire_queued(engine, now);
+    circuit_settle(engine, now);
+    int64_t wake = send_ready(engine, now);
+    arm_next_wake(engine, now, wake);
+}
+
+/* A new flight for request, taking its body and parse argument, with no waiter yet, in the
+ * flight table (so callers that miss meanwhile join it). NULL when memory runs out (the
+ * request keeps what it had). */
+static review_flight *flight_new(review_engine *engine, const review_kind *kind, review_request *request, int64_t now)
 {
     review_flight *flight = calloc(1, sizeof(*flight));
-    if (!flight) {
-        OPENSSL_cleanse(request->body, request->body_len);
-        free(request->body);
-        if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
-        review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
-                                  .reason = "out of memory"};
-        waiter->done(&outcome, waiter->arg);
-        return;
-    }
-    int64_t now = monotonic_ms();
+    if (!flight) return NULL;
     flight->engine = engine;
     flight->kind = kind;
     flight->key = request->key;
@@ -524,20 +594,37 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
     flight->body = request->body;
     flight->body_len = request->body_len;
     request->body = NULL;
+    request->parse_arg = NULL;
     flight->positive_ttl_ms = request->positive_ttl_ms;
     flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
     flight->negative_ttl_ms = request->negative_ttl_ms;
     flight->deadline_ms = now + engine->limits.timeout_ms;
     memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
-    waiter->next = NULL;
-    flight->waiters = waiter;
-    flight->waiters_tail = &waiter->next;
-    flight->n_waiters = 1;
-
+    flight->waiters = NULL;
+    flight->waiters_tail = &flight->waiters;
     review_flight **bucket = &engine->buckets[flight_bucket(&request->key)];
     flight->hash_next = *bucket;
     *bucket = flight;
     engine->n_flights++;
+    return flight;
+}
+
+void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter)
+{
+    int64_t now = engine_now(engine);
+    review_flight *flight = flight_new(engine, kind, request, now);
+    if (!flight) {
+        free_secret(request->body, request->body_len);
+        if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
+        review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
+                                  .reason = "out of memory"};
+        waiter->done(&outcome, waiter->arg);
+        return;
+    }
+    waiter->next = NULL;
+    flight->waiters = waiter;
+    flight->waiters_tail = &waiter->next;
+    flight->n_waiters = 1;
 
     if (engine->circuit == CIRCUIT_OPEN && now < engine->circuit_open_until_ms) {
         engine->stats.circuit_rejections++;
@@ -578,18 +665,15 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
 /* Drops what review_start_background did not use. */
 static void request_discard(review_request *request)
 {
-    if (request->body) {
-        OPENSSL_cleanse(request->body, request->body_len);
-        free(request->body);
-        request->body = NULL;
-    }
+    free_secret(request->body, request->body_len);
+    request->body = NULL;
     if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
     request->parse_arg = NULL;
 }
 
 bool review_start_background(review_engine *engine, const review_kind *kind, review_request *request)
 {
-    int64_t now = monotonic_ms();
+    int64_t now = engine_now(engine);
     pump(engine); /* refills the bucket and settles the circuit's state for now */
     if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED ||
         engine->paused_until_ms > now || queue_first(engine) || engine->tokens < 1.0) {
@@ -597,32 +681,12 @@ bool review_start_background(review_engine *engine, const review_kind *kind, rev
         request_discard(request);
         return false;
     }
-    review_flight *flight = calloc(1, sizeof(*flight));
+    review_flight *flight = flight_new(engine, kind, request, now);
     if (!flight) {
         engine->stats.refreshes_skipped++;
         request_discard(request);
         return false;
     }
-    flight->engine = engine;
-    flight->kind = kind;
-    flight->key = request->key;
-    flight->parse_arg = request->parse_arg;
-    flight->parse_arg_free = request->parse_arg_free;
-    flight->body = request->body;
-    flight->body_len = request->body_len;
-    request->body = NULL;
-    request->parse_arg = NULL;
-    flight->positive_ttl_ms = request->positive_ttl_ms;
-    flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
-    flight->negative_ttl_ms = request->negative_ttl_ms;
-    flight->deadline_ms = now + engine->limits.timeout_ms;
-    memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
-    flight->waiters = NULL;
-    flight->waiters_tail = &flight->waiters; /* callers that miss meanwhile join it */
-    review_flight **bucket = &engine->buckets[flight_bucket(&request->key)];
-    flight->hash_next = *bucket;
-    *bucket = flight;
-    engine->n_flights++;
     engine->stats.refreshes_started++;
     engine->tokens -= 1.0;
     flight_call(engine, flight, now);

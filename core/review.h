@@ -106,8 +106,29 @@ typedef struct review_limits {
 
 typedef struct review_engine review_engine;
 
+/* What the engine uses of the world: a monotonic clock, the API call and one timer. The
+ * gateway's (review_engine_new) are CLOCK_MONOTONIC, api_client_post and a libevent timer
+ * on the client's loop; a unit test injects its own and drives time itself. */
+typedef struct review_io {
+    int64_t (*now_ms)(void *ctx); /* monotonic milliseconds */
+    /* As api_client_post: 0 and done called exactly once later (never from inside post), or
+     * -1 and done never called. body stays valid until done. */
+    int (*post)(void *ctx, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
+                api_done_fn done, void *arg);
+    /* Arms the one timer to call review_engine_on_timer after delay_ms (>= 1), replacing
+     * any earlier arming; delay_ms < 0 disarms it. */
+    void (*arm_timer)(void *ctx, int64_t delay_ms);
+    void *ctx;
+} review_io;
+
 /* Creates an engine on client. Returns NULL on allocation failure. Caller owns it. */
 review_engine *review_engine_new(api_client *client, struct event_base *base, const review_limits *limits);
+
+/* Creates an engine on io (copied). Returns NULL on allocation failure. Caller owns it. */
+review_engine *review_engine_new_with_io(const review_io *io, const review_limits *limits);
+
+/* The timer armed through review_io fired: sends what may be sent now, fails what expired. */
+void review_engine_on_timer(review_engine *engine);
 
 /* Frees the engine. Waiters of unfinished flights are not called: free only after the
  * loop has stopped and their requests are gone. */

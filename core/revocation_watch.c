@@ -7,6 +7,7 @@
 
 #include "curl_loop.h"
 #include "log.h"
+#include "util.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -128,13 +129,6 @@ static void start_list(resource_watch *r);
 static void start_watch(resource_watch *r);
 
 /* ---- small helpers ---- */
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* FNV-1a, for the hash set and the tombstones. Never 0 (0 means "no uid"). */
 static uint64_t hash_bytes(const char *s, size_t len)

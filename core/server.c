@@ -28,6 +28,7 @@
 #include "token_cache.h"
 #include "tokenreview.h"
 #include "worker.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -149,13 +150,6 @@ static void on_collect(void *arg, revocation_kind kind, revocation_collector *co
     (void)kind;
     server *srv = arg;
     token_cache_flush_matching(srv->tokenreview_cache, collect_identity, collector);
-}
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* kind->positive_ttl for TokenReview: the policy's ttl(user), if it has one. */
@@ -388,7 +382,10 @@ static void admin_livez(server *srv, struct evhttp_request *req)
     size_t worst;
     int64_t worst_ms;
     size_t stuck = stuck_workers(srv, &worst, &worst_ms);
-    if (stuck == 0) return admin_simple(req, 200, "OK", "ok");
+    if (stuck == 0) {
+        admin_simple(req, 200, "OK", "ok");
+        return;
+    }
     char text[160];
     snprintf(text, sizeof(text), "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms",
              stuck, worst, (long long)worst_ms);
@@ -467,6 +464,21 @@ static bool flush_matches(const void *value, size_t value_len, bool negative, vo
            memcmp(ns.ptr, f->namespace_name, ns.len) == 0;
 }
 
+/* A SubjectAccessReview verdict (allowed or denied) is flushed with the identity it was
+ * asked for; one whose identity could not be kept goes with every filtered flush (fail
+ * closed: an operator's flush must never leave a grant behind). */
+static bool flush_matches_sar_verdict(const void *value, size_t value_len, bool negative, void *ctx)
+{
+    (void)negative;
+    const unsigned char *identity;
+    size_t identity_len, reason_len;
+    const char *reason;
+    if (sar_cache_value_unpack(value, value_len, &identity, &identity_len, &reason, &reason_len) != 0 ||
+        identity_len == 0)
+        return true;
+    return flush_matches(identity, identity_len, false, ctx);
+}
+
 static void admin_flush(server *srv, struct evhttp_request *req)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
@@ -493,8 +505,10 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     if (filter.user || filter.namespace_name) {
         scope = filter.user ? "user" : "namespace";
         flushed = token_cache_flush_matching(srv->tokenreview_cache, flush_matches, &filter);
+        flushed += token_cache_flush_matching(srv->sar_cache, flush_matches_sar_verdict, &filter);
     } else {
         flushed = token_cache_flush_all(srv->tokenreview_cache);
+        flushed += token_cache_flush_all(srv->sar_cache);
     }
     srv->metrics.cache_flushes++;
     char count[32];

@@ -18,6 +18,7 @@
 
 #include "curl_loop.h"
 #include "log.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -89,13 +90,6 @@ typedef struct proxy_transfer {
 
 static void on_transfer_done(void *owner, CURL *easy, CURLcode code);
 static void on_client_drained(struct evhttp_connection *evcon, void *arg);
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- which headers cross ------------------------------------------------------------- */
 

@@ -16,6 +16,7 @@
 #include "sar.h"
 #include "tokenreview.h"
 #include "upstream.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -104,7 +105,7 @@ struct worker {
     policy_decision decision; /* scratch for authorize_identity(); ~24 KiB, so not on the heap per request */
     upstream *upstream;       /* proxy mode: where allowed requests go; NULL in authz mode */
     gateway_metrics metrics;  /* written by this thread only */
-    uint64_t stale_served;    /* gateway_tokenreview_stale_served_total */
+    metric_counter stale_served; /* gateway_tokenreview_stale_served_total */
     struct authz_request *waiting;      /* every authz_request alive, for worker_free */
     _Atomic size_t requests_waiting;    /* what graceful shutdown waits for */
     bool shutting_down;
@@ -163,13 +164,6 @@ typedef struct authz_request {
     size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
 static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
@@ -519,7 +513,7 @@ static void reply_forbidden_cached(worker *w, struct evhttp_request *req, const 
 static void reply_policy_error(worker *w, struct evhttp_request *req, const struct timespec *started,
                                const char *hook, const char *message)
 {
-    w->metrics.policy_errors++;
+    metric_add(&w->metrics.policy_errors, 1);
     log_warn("policy error; answering 500", "hook", hook, "error", message, NULL);
     reply(w, req, started, 500, "Internal Server Error", "policy error");
 }
@@ -842,7 +836,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
         if (ar->identity_len) {
             /* --stale-if-error: the API server failed and this token had a positive verdict
              * that expired less than the window ago. Opt-in; counted and logged. */
-            ar->w->stale_served++;
+            metric_add(&ar->w->stale_served, 1);
             note_begin(ar->w, DECISION_CACHE, 1);
             log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
                      api_error_name(outcome->error), NULL);
@@ -1028,18 +1022,18 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
     review_metrics *rm = &w->metrics.subjectaccessreview;
     switch (token_cache_lookup(w->sar_cache, &key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
-        rm->cache_hits++;
+        metric_add(&rm->cache_hits, 1);
         if (w->access_log) w->note.source = DECISION_CACHE;
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
-        rm->cache_hits++;
+        metric_add(&rm->cache_hits, 1);
         if (w->access_log) w->note.source = DECISION_CACHE;
         reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
     case TOKEN_CACHE_MISS:
-        rm->cache_misses++;
+        metric_add(&rm->cache_misses, 1);
         break;
     }
     authz_request *ar = authz_request_new(w, req, started, on_sar_done, packed, packed_len);
@@ -1295,7 +1289,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     switch (token_cache_lookup_refresh(w->tokenreview_cache, &key, monotonic_ms(), cfg->stale_if_error_ms, value,
                                        sizeof(value), &value_len, &refresh_due)) {
     case TOKEN_CACHE_HIT_POSITIVE:
-        rm->cache_hits++;
+        metric_add(&rm->cache_hits, 1);
         note_begin(w, DECISION_CACHE, 1);
         /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
          * entry's refresh claim (one per entry and retry interval, across workers). */
@@ -1303,16 +1297,16 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         authorize_identity(w, req, &started, value, value_len);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
-        rm->cache_hits++;
+        metric_add(&rm->cache_hits, 1);
         note_begin(w, DECISION_CACHE, 1);
         reply_unauthorized(w, req, &started, "token not authenticated");
         return;
     case TOKEN_CACHE_STALE_POSITIVE:
         stale_len = value_len; /* kept for a fallback if the fresh review fails */
-        rm->cache_misses++;
+        metric_add(&rm->cache_misses, 1);
         break;
     case TOKEN_CACHE_MISS:
-        rm->cache_misses++;
+        metric_add(&rm->cache_misses, 1);
         /* --jwt-preverify: a token the API server is certain to refuse (a forged or expired
          * JWT of this cluster's issuer) is refused here, and cached as refused, without a
          * TokenReview. Tokens that pass still go to TokenReview: it stays the authority. */
@@ -1364,7 +1358,12 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
     worker *w = arg;
     conn_guard_detach(w->guards, evcon);
-    size_t open = atomic_fetch_sub_explicit(&w->connections, 1, memory_order_relaxed) - 1;
+    /* Only counted connections get this callback (adopt_new_connections), so the count is
+     * never 0 here; should that invariant ever break, the count saturates instead of
+     * wrapping (a wrapped count would disable the listener for good). Only this worker's
+     * thread writes the count. */
+    size_t open = atomic_load_explicit(&w->connections, memory_order_relaxed);
+    if (open > 0) atomic_store_explicit(&w->connections, --open, memory_order_relaxed);
     if (open < w->shared.max_connections) resume_accepting(w);
 }
 
@@ -1730,16 +1729,16 @@ void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_s
     metrics_add(sum, &w->metrics);
     conn_guard_stats gs;
     conn_guard_get_stats(w->guards, &gs);
-    sum->closed_header_timeout += gs.header_timeouts;
-    sum->closed_body_timeout += gs.body_timeouts;
-    sum->closed_body_budget += gs.body_budget_closes;
-    sum->unauthenticated_bodies += gs.unauthenticated_bodies;
+    metric_add(&sum->closed_header_timeout, gs.header_timeouts);
+    metric_add(&sum->closed_body_timeout, gs.body_timeouts);
+    metric_add(&sum->closed_body_budget, gs.body_budget_closes);
+    metric_add(&sum->unauthenticated_bodies, gs.unauthenticated_bodies);
     if (w->access_log_buffer) {
-        sum->access_log_written += w->access_log_buffer->written;
-        sum->access_log_sampled_out += w->access_log_buffer->sampled_out;
-        sum->access_log_dropped += w->access_log_buffer->dropped;
+        metric_add(&sum->access_log_written, metric_get(&w->access_log_buffer->written));
+        metric_add(&sum->access_log_sampled_out, metric_get(&w->access_log_buffer->sampled_out));
+        metric_add(&sum->access_log_dropped, metric_get(&w->access_log_buffer->dropped));
     }
-    *stale_served += w->stale_served;
+    *stale_served += metric_get(&w->stale_served);
     *connections += atomic_load_explicit(&w->connections, memory_order_relaxed);
 }
 
@@ -1747,6 +1746,6 @@ uint64_t worker_requests_answered(const worker *w)
 {
     uint64_t n = 0;
     for (size_t i = 0; i < sizeof(w->metrics.requests_by_code) / sizeof(w->metrics.requests_by_code[0]); i++)
-        n += w->metrics.requests_by_code[i];
+        n += metric_get(&w->metrics.requests_by_code[i]);
     return n;
 }

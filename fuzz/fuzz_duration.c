@@ -22,7 +22,7 @@
 
 #define MAX_MS (10LL * 365 * 24 * 3600 * 1000)
 
-typedef __int128 i128;
+__extension__ typedef __int128 i128; /* GCC/Clang builtin type */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

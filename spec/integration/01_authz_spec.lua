@@ -184,18 +184,19 @@ describe("tokengate authz mode", function()
   end)
 
   describe("when the API server is slower than --review-timeout", function()
-    it("answers 503 with Retry-After within the timeout plus a margin, and caches nothing", function()
+    it("answers 503 with Retry-After at its deadline, and caches nothing", function()
       local gw2 = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--review-timeout", "500ms" } }
       fake:reset_stats()
-      fake:config{ latency_ms = 3000 }
-      local t0 = proc.now()
+      -- The fake holds the review for good: only the gateway's deadline can answer (else
+      -- the client's own 20 s timeout would end the request).
+      fake:config{ hang = true }
       local res = gw2:request("tok-team-a-sender")
-      local elapsed = proc.now() - t0
-      fake:config{ latency_ms = 0 }
+      fake:config{ hang = false }
+      local timeouts = gw2:metric('gateway_tokenreview_api_errors_total{reason="timeout"}')
       gw2:stop()
       assert.equal(503, res.status)
       assert.truthy(tonumber(res.headers["retry-after"]))
-      assert.is_true(elapsed < 1.5, "answered after " .. elapsed .. " s")
+      assert.is_true(timeouts >= 1)
     end)
   end)
 
@@ -231,7 +232,8 @@ describe("tokengate authz mode", function()
         if a.status == 503 then
           throttled = throttled + 1
           -- the API server's 7 s, or what is left of the pause it started (fast-failed)
-          assert.is_true(a.retry_after == "7" or a.retry_after == "6", tostring(a.retry_after))
+          local left = tonumber(a.retry_after)
+          assert.is_true(left ~= nil and left >= 1 and left <= 7, tostring(a.retry_after))
         end
       end
       assert.equal(1, ok)
@@ -244,11 +246,12 @@ describe("tokengate authz mode", function()
       assert.equal(5, api_throttled + m["gateway_apiserver_throttle_rejections_total"])
       -- Paused: a new token is refused at once, and the API server is not called.
       local calls_before = fake:stats().calls
-      local t0 = proc.now()
+      local rejections = m["gateway_apiserver_throttle_rejections_total"]
       local res = gw2:request(TOKENS[7])
       assert.equal(503, res.status)
       assert.is_true(tonumber(res.headers["retry-after"]) >= 5)
-      assert.is_true(proc.now() - t0 < 1, "answered at once")
+      -- at once: refused by the pause itself, without a call
+      assert.equal(rejections + 1, gw2:metric("gateway_apiserver_throttle_rejections_total"))
       assert.equal(calls_before, fake:stats().calls)
       gw2:stop()
     end)

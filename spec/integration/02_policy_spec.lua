@@ -62,6 +62,29 @@ describe("tokengate Lua policies", function()
       assert.equal(2, m["gateway_subjectaccessreview_cache_hits_total"])
     end)
 
+    it("flushes SubjectAccessReview verdicts with POST /cache/flush (all, ?user=, ?namespace=)", function()
+      local path = "/api/flush-me"
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      local asked = fake:stats().subjectaccessreview_calls
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      assert.equal(asked, fake:stats().subjectaccessreview_calls) -- cached
+      for _, query in ipairs({ "", "?user=system:serviceaccount:team-a:sender", "?namespace=team-a" }) do
+        assert.equal(200, gw:flush(query).status)
+        assert.equal(200, gw:request("tok-team-a-sender", path).status)
+        asked = asked + 1
+        assert.equal(asked, fake:stats().subjectaccessreview_calls, "flush" .. query)
+      end
+      -- A filter that names someone else leaves this verdict cached.
+      assert.equal(200, gw:flush("?namespace=payments").status)
+      assert.equal(200, gw:request("tok-team-a-sender", path).status)
+      assert.equal(asked, fake:stats().subjectaccessreview_calls)
+      -- The grant is revoked in the cluster: after the operator's flush, it no longer works.
+      fake:reload(TOKENS, { SAR_RULES[1] })
+      assert.equal(200, gw:flush().status)
+      assert.equal(403, gw:request("tok-team-a-sender", path).status)
+      fake:reload(TOKENS, SAR_RULES)
+    end)
+
     describe("behind a named proxy (--forwarded-headers)", function()
       local ngw, tgw
       lazy_setup(function()
@@ -129,13 +152,12 @@ describe("tokengate Lua policies", function()
     it("answers 503 when the SubjectAccessReview times out, and caches nothing", function()
       local gw2 = gateway_mod.start{ fake = fake, args = { "--review-timeout", "400ms" } }
       assert.equal(200, gw2:request("tok-team-a-sender", "/api/warm").status) -- TokenReview cached
-      fake:config{ latency_ms = 2000 }
-      local t0 = proc.now()
+      -- The fake holds the SubjectAccessReview for good: only the gateway's deadline can
+      -- answer this request (else it would wait for the client's 20 s timeout).
+      fake:config{ hang = true }
       local res = gw2:request("tok-team-a-sender", "/api/cold")
-      local elapsed = proc.now() - t0
-      fake:config{ latency_ms = 0 }
+      fake:config{ hang = false }
       assert.equal(503, res.status)
-      assert.is_true(elapsed < 1.4, "took " .. elapsed)
       assert.equal(200, gw2:request("tok-team-a-sender", "/api/cold").status)
       gw2:stop()
     end)
@@ -245,14 +267,16 @@ describe("tokengate Lua policies", function()
       it("refuses or stops " .. name .. " with a 500, never a 200", function()
         local p = write_policy(dir, "escape-" .. name .. ".lua", source)
         local gw = gateway_mod.start{ fake = fake, args = { "--policy", p, "--policy-max-memory-bytes", "16777216" } }
-        local t0 = proc.now()
+        -- An escape that ran unchecked would never answer (the client gives up after 20 s)
+        -- or answer 200; the instruction and memory budgets make it a 500, and the worker
+        -- goes on serving.
         local res = gw:request("tok-team-a-sender")
-        local elapsed = proc.now() - t0
+        local again = gw:request("tok-team-a-sender")
         local alive = gw:alive()
         gw:stop()
-        assert.equal(500, res.status)
+        assert.equal(500, res.status, name)
+        assert.equal(500, again.status, name)
         assert.is_true(alive)
-        assert.is_true(elapsed < 3, name .. " took " .. elapsed .. " s")
       end)
     end
 
@@ -290,6 +314,106 @@ describe("tokengate Lua policies", function()
     end)
   end)
 
+  -- What docs/POLICIES.md says the gateway does around a policy, each statement checked.
+  describe("as docs/POLICIES.md describes it", function()
+    local gw
+    lazy_setup(function()
+      local p = write_policy(dir, "documented.lua", [[
+        local tg = require("tokengate")
+        local by_path = tg.metrics.counter("documented_paths_total", "Requests by path", {"path"})
+        return {
+          ttl = function(user)
+            if user.namespace == "payments" then error("ttl hook bug") end
+            return 120
+          end,
+          anonymous = function(req)
+            if req.path == "/anon-boom" then error("anonymous hook bug") end
+            return req.path == "/anon-ok"
+          end,
+          authorize = function(req, user)
+            if req.path:sub(1, 7) == "/label/" then by_path:inc{ path = req.path } end
+            if req.path == "/loop" then while true do end end
+            if req.path == "/boom" then error("authorize bug") end
+            if req.path == "/tail-call" then return tg.allow{ headers = { ["X-Remote-User"] = "x" } } end
+            return tg.allow{}
+          end,
+        }
+      ]])
+      gw = gateway_mod.start{ fake = fake, args = { "--policy", p } }
+    end)
+    lazy_teardown(function() if gw then gw:stop() end end)
+
+    it("does not cache a verdict whose ttl hook failed, and counts the error", function()
+      local errors = gw:metric("gateway_policy_errors_total")
+      fake:reset_stats()
+      assert.equal(200, gw:request("tok-payments-charger").status)
+      assert.equal(200, gw:request("tok-payments-charger").status)
+      assert.equal(2, fake:stats().tokenreview_calls) -- reviewed each time: nothing was cached
+      assert.is_true(gw:metric("gateway_policy_errors_total") >= errors + 2)
+      -- a namespace whose ttl works is cached as usual
+      assert.equal(200, gw:request("tok-team-b-reader").status)
+      assert.equal(200, gw:request("tok-team-b-reader").status)
+      assert.equal(3, fake:stats().tokenreview_calls)
+    end)
+
+    it("answers 500 when anonymous(req) fails, and never lets the request in", function()
+      assert.equal(200, http.get(gw.url .. "/anon-ok").status)
+      assert.equal(500, http.get(gw.url .. "/anon-boom").status)
+      assert.equal(401, http.get(gw.url .. "/anon-no").status)
+    end)
+
+    it("answers 500 to an error, counts it and logs its message with the file name", function()
+      local errors = gw:metric("gateway_policy_errors_total")
+      assert.equal(500, gw:request("tok-team-a-sender", "/boom").status)
+      assert.equal(errors + 1, gw:metric("gateway_policy_errors_total"))
+      local log = gw:log_text()
+      assert.truthy(log:find("documented.lua:%d+: authorize bug"), log)
+      -- An error raised by tg.* in a tail call: without a debug library the gateway can
+      -- name only the file and the hook.
+      assert.equal(500, gw:request("tok-team-a-sender", "/tail-call").status)
+      assert.truthy(gw:log_text():find("documented.lua: in authorize: allow may not set header", 1, true))
+    end)
+
+    it("stops a runaway call at the instruction budget with a 500 and says so in the log", function()
+      assert.equal(500, gw:request("tok-team-a-sender", "/loop").status)
+      assert.truthy(gw:log_text():find("policy exceeded its instruction budget", 1, true))
+      assert.equal(200, gw:request("tok-team-a-sender", "/after-loop").status)
+    end)
+
+    it("keeps at most 1000 label sets per policy metric and counts the dropped updates", function()
+      -- 1002 distinct paths through one curl process (keep-alive), listed in a config file.
+      local lines = { 'header = "Authorization: Bearer tok-team-a-sender"', 'write-out = "%{http_code}\\n"' }
+      for i = 1, 1002 do
+        lines[#lines + 1] = string.format('url = "%s/label/%d"', gw.url, i)
+        lines[#lines + 1] = 'output = "/dev/null"'
+      end
+      local config = dir .. "/labels.curl"
+      proc.write_file(config, table.concat(lines, "\n") .. "\n")
+      local out = proc.run("curl -sS -K " .. proc.quote(config))
+      local _, ok = out:gsub("200\n", "")
+      assert.equal(1002, ok, out:sub(1, 200))
+      local m = gw:metrics()
+      local series = 0
+      for line in m._text:gmatch("[^\n]+") do
+        if line:find("^documented_paths_total{") then series = series + 1 end
+      end
+      assert.equal(1000, series)
+      assert.equal(2, m['gateway_policy_metric_series_overflow_total{metric="documented_paths_total"}'])
+    end)
+
+    it("reports the policy it runs on /policy", function()
+      local info = require("cjson").decode(http.get(gw.admin_url .. "/policy").body)
+      assert.truthy(info.path:find("documented.lua", 1, true))
+      local sum = proc.run("sha256sum " .. proc.quote(info.path)):match("^(%x+)")
+      assert.equal(sum, info.sha256)
+      for _, key in ipairs({ "loaded_at", "last_error", "loaded", "reloads", "watch" }) do
+        assert.is_not_nil(info[key], key)
+      end
+      assert.is_not_nil(info.reloads.success)
+      assert.is_not_nil(info.reloads.failure)
+    end)
+  end)
+
   describe("hot reload", function()
     local ALLOW_A = [[ local tg = require("tokengate")
       return { authorize = function(req, user) return tg.allow{ headers = { ["X-Policy"] = "A" } } end } ]]
@@ -311,10 +435,19 @@ describe("tokengate Lua policies", function()
       os.execute(cmd)
       local seen = {}
       local versions = { ALLOW_A, ALLOW_B, BROKEN }
+      local function reloads()
+        local m = gw:metrics()
+        return (m['gateway_policy_reloads_total{result="success"}'] or 0) +
+          (m['gateway_policy_reloads_total{result="failure"}'] or 0)
+      end
       for i = 1, 20 do
         proc.write_file(path, versions[(i % 3) + 1])
+        local before = reloads()
         proc.signal(gw.handle, "HUP")
-        proc.sleep(0.2)
+        -- One SIGHUP, one reload: wait for it (two signals sent at once could merge).
+        local deadline = proc.now() + 20
+        while reloads() == before and proc.now() < deadline do proc.sleep(0.02) end
+        assert.equal(before + 1, reloads(), "SIGHUP " .. i .. " was not handled")
         local h = gw:request("tok-team-a-sender").headers["x-policy"]
         seen[h or "none"] = true
       end

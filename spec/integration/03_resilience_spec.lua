@@ -2,17 +2,21 @@
 -- show"). Real processes only: the tokengate binary in front of the fake API server, whose
 -- fault knobs (hang, close_connection, error_rate/error_status, garbage_body,
 -- truncated_body, max_inflight/retry_after, latency_ms) make the API server misbehave.
--- Every case asserts what the client got (status, latency bound), what the API server
--- received (the fake's call counters), and that the gateway process is still up.
+-- Every case asserts what the client got (status, an upper bound on its wait), what the API
+-- server received (the fake's call counters), the gateway's own counters, and that the
+-- gateway process is still up.
 --
--- Latency bounds carry a margin of at least 1 s over the configured deadline: the machine
--- running the suite may be small and shared. Every wait is a bounded loop.
+-- No assertion is a tight wall-clock window: the machine running the suite may be small,
+-- shared and busy. A deadline is shown by an answer at all (the fake holds or fails every
+-- call, so without the deadline the client would wait until its own timeout) within a
+-- generous bound (MARGIN_S over the configured deadline); failing fast by the counters (no
+-- API call, a circuit rejection). Every wait is a bounded loop.
 local fake_mod = require("support.fake")
 local gateway_mod = require("support.gateway")
 local proc = require("support.proc")
 local http = require("support.http")
 
-local MARGIN_S = 1.0
+local MARGIN_S = 10.0
 
 local function sa(ns, name, token)
   return { token = token, username = "system:serviceaccount:" .. ns .. ":" .. name,
@@ -126,10 +130,12 @@ describe("resilience", function()
       assert.equal(8, burst.codes["503"], "cold burst: " .. require("cjson").encode(burst))
       assert.equal(0, burst.errors)
       assert.is_true(burst.max_ms < (TIMEOUT_S + MARGIN_S) * 1000, "slowest cold answer " .. burst.max_ms .. " ms")
-      -- Warm tokens answer from the cache while the API server hangs.
+      -- Warm tokens answer from the cache while the API server hangs: all 200 are cache
+      -- hits (and none reaches the API server, checked below).
+      local hits = gw:metric("gateway_tokenreview_cache_hits_total")
       local w = gw:load{ c = 10, n = 200, tokens = warm }
       assert.equal(200, w.codes["200"])
-      assert.is_true(w.max_ms < 1000, "slowest warm answer " .. w.max_ms .. " ms")
+      assert.equal(hits + 200, gw:metric("gateway_tokenreview_cache_hits_total"))
       -- More cold tokens, one at a time: still 503 within the deadline (or at once, while
       -- the circuit breaker is open after the run of timeouts).
       for i = 1, 3 do
@@ -147,12 +153,10 @@ describe("resilience", function()
       -- The API server answers again: the gateway recovers without help, at the latest once
       -- the circuit breaker's cool-down has passed and its probe succeeded.
       fake:config{ hang = false }
-      local released = proc.now()
       local recovered = wait_until("a cold token to be answered 200 again", function()
         return ask(gw, next_token()).status == 200
-      end, COOLDOWN_S + TIMEOUT_S + 3)
+      end, COOLDOWN_S + TIMEOUT_S + MARGIN_S)
       assert.truthy(recovered)
-      assert.is_true(proc.now() - released < COOLDOWN_S + TIMEOUT_S + 3)
       fake:reset_stats()
       local after = next_tokens(5)
       local a = gw:load{ c = 5, n = 5, tokens = after }
@@ -186,7 +190,7 @@ describe("resilience", function()
       expect(c, m, n)
       -- Healthy again: cold tokens pass once the circuit breaker's 1 s cool-down is over.
       fake:reset()
-      wait_until("recovery", function() return ask(gw, next_token()).status == 200 end, 1 + TIMEOUT_S + 3)
+      wait_until("recovery", function() return ask(gw, next_token()).status == 200 end, 1 + TIMEOUT_S + MARGIN_S)
       fake:reset_stats()
       assert.equal(200, ask(gw, next_token()).status)
       assert.equal(1, calls())
@@ -266,29 +270,34 @@ describe("resilience", function()
 
   describe("the circuit breaker", function()
     it("fails fast without calling the API server once open, then lets one probe through", function()
-      local gw = start_gateway{ "--circuit-failure-threshold", "3", "--circuit-cooldown", "2s", "--review-timeout", "5s" }
+      -- A 30 s review timeout: "at once" (no API call, a circuit rejection) is then far
+      -- from anything a deadline would produce, even on a slow machine.
+      local REVIEW_TIMEOUT_S, AT_ONCE_S = 30, 10
+      local gw = start_gateway{ "--circuit-failure-threshold", "3", "--circuit-cooldown", "2s", "--review-timeout", "30s" }
       assert.equal(200, ask(gw, next_token()).status)
       fake:config{ error_rate = 1, error_status = 500 }
       fake:reset_stats()
 
       -- One cold token: its call and two retries fail; the third failure opens the circuit.
-      assert_unavailable(ask(gw, next_token()), 5 + MARGIN_S, "first cold request")
+      assert_unavailable(ask(gw, next_token()), REVIEW_TIMEOUT_S, "first cold request")
       local opened = proc.now()
       assert.equal(3, calls())
       assert.equal(1, gw:metric("gateway_apiserver_circuit_open"))
       assert.equal(1, gw:metric("gateway_apiserver_circuit_opens_total"))
 
-      -- Open: cold tokens fail at once (far under the 5 s review timeout), no API call.
+      -- Open: cold tokens fail at once (far under the review timeout), no API call.
+      local rejections = gw:metric("gateway_apiserver_circuit_rejections_total")
       for i = 1, 5 do
-        assert_unavailable(ask(gw, next_token()), 1.0, "cold request " .. i .. " while open")
+        assert_unavailable(ask(gw, next_token()), AT_ONCE_S, "cold request " .. i .. " while open")
       end
+      assert.equal(rejections + 5, gw:metric("gateway_apiserver_circuit_rejections_total"))
       assert.equal(3, calls())
       assert.is_true(gw:metric("gateway_apiserver_circuit_rejections_total") >= 5)
 
       -- Still within the cool-down, even a healthy API server is not called.
       fake:config{ error_rate = 0 }
       if proc.now() - opened < 1.5 then
-        assert_unavailable(ask(gw, next_token()), 1.0, "cold request within the cool-down")
+        assert_unavailable(ask(gw, next_token()), AT_ONCE_S, "cold request within the cool-down")
         assert.equal(3, calls())
       end
 
@@ -299,7 +308,7 @@ describe("resilience", function()
       fake:reset_stats()
       local r = gw:load{ c = 10, n = 10, tokens = next_tokens(10) }
       assert.equal(10, r.codes["503"])
-      assert.is_true(r.max_ms < (5 + MARGIN_S) * 1000)
+      assert.is_true(r.max_ms < REVIEW_TIMEOUT_S * 1000)
       assert.equal(1, calls())
       assert.equal(1, gw:metric("gateway_apiserver_circuit_open"))
       assert.equal(2, gw:metric("gateway_apiserver_circuit_opens_total"))

@@ -96,7 +96,7 @@ end
 -- memory resident: its memory figures say nothing about the gateway's own buffering.
 local function sanitized_build()
   local out = proc.run("ldd " .. proc.quote(proc.build_path("core/tokengate")))
-  return out:find("libasan", 1, true) ~= nil
+  return out:find("libasan", 1, true) ~= nil or out:find("libtsan", 1, true) ~= nil
 end
 
 local function wait_until(what, timeout_s, check)
@@ -366,14 +366,16 @@ describe("tokengate proxy mode", function()
     end)
 
     it("answers 504 when the upstream is slower than --upstream-timeout", function()
+      -- The upstream would answer after 60 s, the client gives up after 20 s: a 504 can only
+      -- come from the gateway's 1 s timeout, and never before it.
       local t0 = proc.now()
-      local res = http.get(fast.url .. "/_test/sleep/4000", { bearer(TEAM_A) })
+      local res = http.get(fast.url .. "/_test/sleep/60000", { bearer(TEAM_A) })
       local took = proc.now() - t0
       assert.equal(504, res.status)
       assert.equal("upstream timed out\n", res.body)
-      assert.is_true(took >= 0.9 and took < 3, "took " .. took .. " s")
+      assert.is_true(took >= 0.9, "took " .. took .. " s")
       -- Within the deadline the answer passes.
-      assert.equal(200, http.get(fast.url .. "/_test/sleep/300", { bearer(TEAM_A) }).status)
+      assert.equal(200, http.get(fast.url .. "/_test/sleep/100", { bearer(TEAM_A) }).status)
     end)
 
     it("cuts the answer (and closes the connection) when the upstream stalls after its headers", function()
@@ -498,6 +500,41 @@ describe("tokengate proxy mode", function()
     end)
   end)
 
+  describe("client connections", function()
+    -- More connections than one loop turn adopts (ADOPT_BATCH_MAX, 256) wait in the kernel's
+    -- accept queue while the gateway is stopped, so its one worker accepts them in a single
+    -- turn. Every one is proxied (the transfer re-installs the close callback that counts
+    -- down), so a connection left uncounted would drive gateway_connections_open below zero.
+    it("counts a burst larger than one accept batch exactly: the open count ends at 0", function()
+      local N = 290
+      local g = start_gateway{ "--upstream", up.url, "--workers", "1", "--max-connections", "10000" }
+      assert.equal(200, http.get(g.url .. "/hooks/warm", { bearer(TEAM_A) }).status) -- reviewed and cached
+      local port = g.url:match(":(%d+)$")
+      local args = { "curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", tostring(N),
+        "-H", bearer(TEAM_A), "-w", "%{http_code}\n" }
+      for i = 1, N do
+        args[#args + 1] = "-o"
+        args[#args + 1] = "/dev/null"
+        args[#args + 1] = g.url .. "/hooks/burst/" .. i
+      end
+      proc.signal(g.handle, "STOP")
+      local client = proc.spawn(args, dir .. "/burst.out")
+      local established = function()
+        local out = proc.run("ss -Htn state established '( dport = :" .. port .. " )' | wc -l")
+        return tonumber(out:match("%d+")) or 0
+      end
+      local ok, err = pcall(wait_until, "the burst in the accept queue", 60, function() return established() >= N end)
+      proc.signal(g.handle, "CONT")
+      assert(ok, err)
+      wait_until("the client's end", 120, function() return not proc.alive(client) end)
+      local codes = proc.read_file(dir .. "/burst.out")
+      local _, n200 = codes:gsub("200\n", "")
+      assert.equal(N, n200, codes)
+      wait_until("every connection closed", 30, function() return g:metric("gateway_connections_open") == 0 end)
+      assert.equal(N + 1, g:metric('gateway_requests_total{code="200"}'))
+    end)
+  end)
+
   describe("when the client goes away", function()
     local watched
 
@@ -509,20 +546,20 @@ describe("tokengate proxy mode", function()
     local function metric_200() return watched:metric('gateway_requests_total{code="200"}') end
 
     it("aborts the upstream request while the upstream has not answered", function()
-      local t0 = proc.now()
-      curl{ "-o", "/dev/null", "--max-time", "1", "-H", bearer(TEAM_A), watched.url .. "/_test/sleep/6000" }
-      -- Counted as 499 (client closed) as soon as the client left, not when the upstream answers.
-      wait_until("the 499", 3, function() return metric_499() == 1 end)
-      assert.is_true(proc.now() - t0 < 4)
+      curl{ "-o", "/dev/null", "--max-time", "1", "-H", bearer(TEAM_A), watched.url .. "/_test/sleep/60000" }
+      -- Counted as 499 (client closed) once the client left, long before the upstream's
+      -- answer (60 s) could have ended the transfer.
+      wait_until("the 499", 30, function() return metric_499() == 1 end)
     end)
 
     it("aborts the upstream transfer in the middle of a large answer", function()
-      local before = metric_200()
-      local t0 = proc.now()
+      -- The upstream streams (headers first), so the answer has begun when the client, reading
+      -- at 1 MiB/s, leaves after 1 s: counted with the status it got (200), not as a 499.
+      local before, before_499 = metric_200(), metric_499()
       curl{ "-o", "/dev/null", "--max-time", "1", "--limit-rate", "1M", "-H", bearer(TEAM_A),
         watched.url .. "/_test/bytes/" .. (200 * MiB) }
-      wait_until("the transfer's end", 4, function() return metric_200() == before + 1 end)
-      assert.is_true(proc.now() - t0 < 5)
+      wait_until("the transfer's end", 30, function() return metric_200() == before + 1 end)
+      assert.equal(before_499, metric_499())
       -- and the gateway still serves
       assert.equal(200, http.get(watched.url .. "/hooks/after", { bearer(TEAM_A) }).status)
     end)
@@ -546,15 +583,14 @@ describe("tokengate proxy mode", function()
       local drain = start_gateway({ "--upstream", up.url, "--shutdown-grace", "500ms" }, { track_exit = true })
       local out_file = dir .. "/grace.out"
       os.execute("sh -c " .. proc.quote("curl -sS -o /dev/null -w '%{http_code}' -H " .. proc.quote(bearer(TEAM_A)) ..
-        " " .. proc.quote(drain.url .. "/_test/sleep/8000") .. " >" .. proc.quote(out_file) .. ".tmp 2>/dev/null; mv " ..
+        " " .. proc.quote(drain.url .. "/_test/sleep/60000") .. " >" .. proc.quote(out_file) .. ".tmp 2>/dev/null; mv " ..
         proc.quote(out_file) .. ".tmp " .. proc.quote(out_file)) .. " </dev/null >/dev/null 2>&1 &")
       wait_until("the request to reach the upstream", 5, function() return #up:requests() == 1 end)
-      local t0 = proc.now()
+      -- The upstream would answer after 60 s: an exit well before that is the grace's doing.
       proc.signal(drain.handle, "TERM")
-      assert.equal(0, drain:exit_status(drain.wrapped and 60 or 5))
-      wait_until("the client's end", 5, function() return proc.read_file(out_file) ~= nil end)
+      assert.equal(0, drain:exit_status(30))
+      wait_until("the client's end", 10, function() return proc.read_file(out_file) ~= nil end)
       assert.equal("000", proc.read_file(out_file)) -- the connection closed without an answer
-      if not drain.wrapped then assert.is_true(proc.now() - t0 < 3) end
     end)
   end)
 end)

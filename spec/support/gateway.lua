@@ -146,6 +146,13 @@ function gateway:stop(timeout_s)
     io.stderr:write(msg .. "\n")
     if os.getenv("TOKENGATE_GATEWAY_WRAPPER_CHECK") then error(msg, 2) end
   end
+  -- A ThreadSanitizer build (./run test-tsan) reports a data race on the gateway's stderr
+  -- and goes on: any report fails the spec that started this gateway.
+  local log = self:log_text()
+  local race = log:find("WARNING: ThreadSanitizer", 1, true)
+  if race then
+    error(string.format("ThreadSanitizer reported in %s:\n%s", self.log, log:sub(race, race + 4000)), 2)
+  end
   return code
 end
 
@@ -194,16 +201,20 @@ function gateway:load_start(opts)
   os.execute("sh -c " .. proc.quote(cmd .. " >" .. proc.quote(base .. ".out") .. " 2>" .. proc.quote(base .. ".err") ..
     "; mv " .. proc.quote(base .. ".out") .. " " .. proc.quote(base .. ".done")) .. " </dev/null >/dev/null 2>&1 &")
   local handle = {}
-  function handle.wait(_, timeout_s)
+  -- The summary once tgload has finished, else nil (does not wait).
+  function handle.poll(_)
+    local out = proc.read_file(base .. ".done")
+    if not out then return nil end
+    local summary = decode_summary(out)
+    summary.stderr = proc.read_file(base .. ".err") or "" -- tgload's diagnostics
+    os.remove(base .. ".done"); os.remove(base .. ".err"); os.remove(tokens_file)
+    return summary
+  end
+  function handle.wait(self, timeout_s)
     local deadline = proc.now() + (timeout_s or 60)
     while proc.now() < deadline do
-      local out = proc.read_file(base .. ".done")
-      if out then
-        local summary = decode_summary(out)
-        summary.stderr = proc.read_file(base .. ".err") or "" -- tgload's diagnostics
-        os.remove(base .. ".done"); os.remove(base .. ".err"); os.remove(tokens_file)
-        return summary
-      end
+      local summary = self:poll()
+      if summary then return summary end
       proc.sleep(0.02)
     end
     error("tgload did not finish in " .. tostring(timeout_s) .. " s: " .. (proc.read_file(base .. ".err") or ""))

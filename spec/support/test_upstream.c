@@ -16,7 +16,8 @@
  *
  * Paths under /_test/ answer differently (and are recorded all the same):
  *   /_test/bytes/N        N bytes of the pattern byte[i] = i % 251, with Content-Length;
- *                         ?chunked=1 sends them as 64 KiB chunks instead
+ *                         ?chunked=1 sends them chunked instead; either way streamed:
+ *                         headers at once, then 256 KiB at a time as the client reads
  *   /_test/sleep/MS       answers 200 after MS milliseconds
  *   /_test/stall/N/MS     promises 2N bytes, sends N, the other N after MS milliseconds
  *   /_test/status/CODE    answers CODE with a short body and an X-Test-Status header
@@ -164,6 +165,67 @@ static void reply_later(struct evhttp_request *req, long ms, bool stall, size_t 
     evtimer_add(l->timer, &tv);
 }
 
+/* A large answer streamed: the headers go out first, then the pattern a few chunks at a
+ * time, each batch added once the previous one is written (so the first byte leaves at
+ * once and memory stays small, whatever N is). Listed, to be freed at exit: a client that
+ * leaves mid-answer takes the request with it and the stream simply stops. */
+#define STREAM_BATCH_BYTES (4 * CHUNK_BYTES)
+
+typedef struct stream {
+    struct stream *prev, *next;
+    struct evhttp_request *req;
+    size_t from, total;
+} stream;
+
+static stream *streams;
+
+static void stream_free(stream *st)
+{
+    if (st->prev) st->prev->next = st->next;
+    else streams = st->next;
+    if (st->next) st->next->prev = st->prev;
+    free(st);
+}
+
+static void stream_next(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    stream *st = arg;
+    if (st->from == st->total) {
+        evhttp_send_reply_end(st->req);
+        stream_free(st);
+        return;
+    }
+    size_t n = st->total - st->from < STREAM_BATCH_BYTES ? st->total - st->from : STREAM_BATCH_BYTES;
+    struct evbuffer *body = evbuffer_new();
+    add_pattern(body, st->from, n);
+    st->from += n;
+    evhttp_send_reply_chunk_with_cb(st->req, body, stream_next, st);
+    evbuffer_free(body);
+}
+
+/* Sends the headers now (with Content-Length unless chunked) and total pattern bytes after. */
+static void reply_stream(struct evhttp_request *req, size_t total, bool chunked)
+{
+    if (!chunked) {
+        char length[32];
+        snprintf(length, sizeof(length), "%zu", total);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", length);
+    }
+    evhttp_send_reply_start(req, 200, "OK");
+    stream *st = calloc(1, sizeof(*st));
+    if (!st) {
+        evhttp_send_reply_end(req);
+        return;
+    }
+    st->req = req;
+    st->total = total;
+    st->next = streams;
+    if (streams) streams->prev = st;
+    streams = st;
+    stream_next(NULL, st);
+}
+
 static void free_connection_later(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -180,20 +242,15 @@ static int test_path(struct evhttp_request *req, const char *path, const char *q
     int rc = 0;
     if (sscanf(path, "/_test/bytes/%lu", &a) == 1) {
         evhttp_add_header(out, "Content-Type", "application/octet-stream");
-        if (query && strstr(query, "chunked=1")) {
-            evhttp_send_reply_start(req, 200, "OK");
-            for (size_t from = 0; from < a; from += CHUNK_BYTES) {
-                add_pattern(body, from, a - from < CHUNK_BYTES ? a - from : CHUNK_BYTES);
-                evhttp_send_reply_chunk(req, body);
-            }
-            evhttp_send_reply_end(req);
-        } else {
+        bool chunked = query && strstr(query, "chunked=1");
+        if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD && !chunked) {
             /* Explicit, so that a HEAD gets it too (evhttp adds one only when there is a body). */
             char length[32];
             snprintf(length, sizeof(length), "%lu", a);
             evhttp_add_header(out, "Content-Length", length);
-            if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) add_pattern(body, 0, a);
             evhttp_send_reply(req, 200, "OK", body);
+        } else {
+            reply_stream(req, a, chunked);
         }
     } else if (sscanf(path, "/_test/sleep/%lu", &a) == 1) {
         reply_later(req, (long)a, false, 0, 0);
@@ -365,6 +422,7 @@ int main(int argc, char **argv)
     event_free(term);
     event_free(intr);
     while (laters) later_free(laters); /* their requests go with evhttp */
+    while (streams) stream_free(streams);
     evhttp_free(http);
     event_base_free(base);
     fclose(record);

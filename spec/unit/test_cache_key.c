@@ -1,5 +1,5 @@
 /* Unit tests: HMAC cache keys (core/cache_key.h), checked against an HMAC-SHA256 computed
- * here independently over SPEC.md's encoding. */
+ * here independently over the documented encoding (docs/ARCHITECTURE.md, step 3). */
 #include "cache_key.h"
 #include "unit.h"
 
@@ -21,7 +21,7 @@ static void be32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
-/* SPEC.md "Request path" 2: be32(len) token be32(n_aud) {be32(len) aud}, HMAC-SHA256. */
+/* be32(len) token be32(n_aud) {be32(len) aud}, HMAC-SHA256 (docs/ARCHITECTURE.md, step 3). */
 static int reference_key(const unsigned char *secret, const char *token, size_t token_len,
                          const char *const *auds, size_t n_auds, unsigned char out[32])
 {

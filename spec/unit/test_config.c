@@ -57,6 +57,9 @@ static void test_defaults(void)
     CHECK_STR(cfg.mode, "authz");
     CHECK_EQ_INT(cfg.cache_ttl_ms, 2 * 60 * 1000);
     CHECK_EQ_INT(cfg.cache_negative_ttl_ms, 10 * 1000);
+    /* docs/POLICIES.md: the same budget as the busted kit's default, and a 64 MiB state */
+    CHECK_EQ_INT(cfg.policy_max_instructions, 1000000);
+    CHECK_EQ_INT(cfg.policy_max_memory_bytes, 64 * 1024 * 1024);
     CHECK_EQ_INT(cfg.cache_max_ttl_ms, 10 * 60 * 1000);
     CHECK_EQ_INT(cfg.cache_max_entries, 10000);
     CHECK_EQ_INT(cfg.review_timeout_ms, 5000);
@@ -322,11 +325,19 @@ typedef struct temp_file {
     char path[64];
 } temp_file;
 
+/* Every file temp_write made, so main() can check that each test removed its own. */
+#define TEMP_FILES_MAX 32
+static struct {
+    char paths[TEMP_FILES_MAX][64];
+    size_t n;
+} temp_made;
+
 static int temp_write(temp_file *t, const char *content)
 {
     snprintf(t->path, sizeof(t->path), "/tmp/tokengate-unit-XXXXXX");
     int fd = mkstemp(t->path);
     if (fd < 0) return -1;
+    if (temp_made.n < TEMP_FILES_MAX) memcpy(temp_made.paths[temp_made.n++], t->path, sizeof(t->path));
     size_t len = strlen(content);
     ssize_t w = write(fd, content, len);
     close(fd);
@@ -608,6 +619,28 @@ static void test_validate_proxy(void)
     unlink(tok.path);
 }
 
+/* Each test unlinks the files it wrote; none may be left behind. */
+static void test_no_temp_file_left(void)
+{
+    CHECK(temp_made.n > 0);
+    for (size_t i = 0; i < temp_made.n; i++) {
+        bool left = access(temp_made.paths[i], F_OK) == 0;
+        if (left) fprintf(stderr, "left behind: %s\n", temp_made.paths[i]);
+        CHECK(!left);
+        if (left) unlink(temp_made.paths[i]);
+    }
+}
+
+static int require_calls;
+static int counted_true(void) { return ++require_calls > 0; }
+static void require_once(void) { REQUIRE(counted_true()); }
+
+static void test_require_evaluates_once(void)
+{
+    require_once();
+    CHECK_EQ_INT(require_calls, 1);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -619,5 +652,7 @@ int main(void)
     RUN(test_validate);
     RUN(test_validate_proxy);
     RUN(test_print_never_shows_credential);
+    RUN(test_no_temp_file_left);
+    RUN(test_require_evaluates_once);
     return UNIT_EXIT();
 }

@@ -64,11 +64,17 @@ static int unit_checks;
         }                                                                                          \
     } while (0)
 
-/* Checks cond and returns from the (void) test function when it fails. */
+/* Checks cond and returns from the (void) test function when it fails. cond is evaluated
+ * exactly once (it often has side effects: a file written, a parse). */
 #define REQUIRE(cond)                                                                              \
     do {                                                                                           \
-        CHECK(cond);                                                                               \
-        if (!(cond)) return;                                                                       \
+        int unit_ok_ = (cond) ? 1 : 0;                                                             \
+        unit_checks++;                                                                             \
+        if (!unit_ok_) {                                                                           \
+            unit_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 #define RUN(test)                                                                                  \
