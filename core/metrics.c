@@ -198,9 +198,6 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          e->circuit_opens);
     rc |= render_counter(out, "gateway_apiserver_circuit_rejections_total",
                          "Reviews failed fast (503) while the circuit was open.", e->circuit_rejections);
-    rc |= render_counter(out, "gateway_apiserver_throttle_rejections_total",
-                         "Reviews failed fast (503) during a 429 pause longer than their deadline.",
-                         e->throttle_rejections);
     rc |= render_counter(out, "gateway_apiserver_queue_timeouts_total",
                          "Reviews whose deadline passed while they waited to be sent (503).", e->queue_timeouts);
     rc |= render_counter(out, "gateway_tokenreview_stale_served_total",
@@ -216,11 +213,22 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                               (unsigned long long)e->refreshes_started,
                               (unsigned long long)e->refreshes_skipped) < 0;
     rc |= render_gauge(out, "gateway_apiserver_rate_qps",
-                       "API calls per second the client-side limit allows now: --apiserver-qps, halved by each "
-                       "429 burst, regained as calls are answered.",
+                       "The client-side ceiling on API calls per second (--apiserver-qps; --apiserver-burst at once).",
                        e->rate_qps);
-    rc |= render_counter(out, "gateway_apiserver_rate_cuts_total", "Times a 429 halved the client-side call rate.",
-                         e->rate_cuts);
+    rc |= render_gauge(out, "gateway_apiserver_inflight", "API calls (reviews) running now.", (double)e->in_flight);
+    rc |= render_gauge(out, "gateway_apiserver_concurrency_limit",
+                       "The adaptive limit on API calls in flight: grows while the API server keeps up, drops to what "
+                       "it holds on a 429 and shrinks when its answers slow down.",
+                       (double)e->concurrency_limit);
+    rc |= render_counter(out, "gateway_apiserver_concurrency_limit_cuts_total",
+                         "Times a 429 or a latency rise lowered the in-flight limit.", e->concurrency_limit_cuts);
+    rc |= render_counter(out, "gateway_apiserver_concurrency_limited_total",
+                         "Times a queued review waited because the in-flight limit was reached.",
+                         e->concurrency_limited);
+    rc |= render_counter(out, "gateway_apiserver_throttled_total",
+                         "429 answers from the API server (API Priority and Fairness); each review retries after "
+                         "Retry-After within its deadline.",
+                         e->throttled);
     rc |= render_gauge(out, "gateway_workers", "Event-loop threads serving the main listener (--workers).",
                        (double)g->workers);
     rc |= render_gauge(out, "gateway_connections_open", "Open client connections on the main listener.",

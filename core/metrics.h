@@ -119,13 +119,16 @@ typedef struct review_engine_stats {
     uint64_t retries;           /* calls repeated after a 429, reset or 5xx */
     uint64_t circuit_opens;     /* times the circuit opened */
     uint64_t circuit_rejections; /* reviews failed fast while it was open */
-    uint64_t throttle_rejections; /* reviews failed fast during a 429 pause longer than their deadline */
     uint64_t queue_timeouts;     /* reviews whose deadline passed while they waited to be sent */
     int circuit_open;           /* 1 while open or half-open */
     uint64_t refreshes_started;  /* refresh-ahead reviews sent */
     uint64_t refreshes_skipped;  /* refresh-ahead reviews not sent (busy, limited or failing) */
-    uint64_t rate_cuts;          /* times a 429 halved the adaptive call rate */
-    double rate_qps;             /* the adaptive call rate now (at most --apiserver-qps) */
+    double rate_qps;             /* the call-rate ceiling (--apiserver-qps) */
+    size_t in_flight;            /* API calls running now */
+    size_t concurrency_limit;    /* the adaptive limit on them (concurrency_limit.h) */
+    uint64_t concurrency_limit_cuts; /* times a 429 or a latency rise lowered it */
+    uint64_t concurrency_limited; /* times a call waited because the limit was reached */
+    uint64_t throttled;          /* 429 answers (API Priority and Fairness) */
 } review_engine_stats;
 
 /* Values that are read from elsewhere at scrape time. */

@@ -9,6 +9,7 @@
  * the pump for the next thing that can happen (a token, a pause's end, a deadline). */
 #include "review.h"
 
+#include "concurrency_limit.h"
 #include "fair_queue.h"
 #include "log.h"
 #include "util.h"
@@ -28,8 +29,6 @@
 #define RETRY_MAX_BACKOFF_MS 2000
 #define DEADLINE_SLACK_MS 20 /* a retry needs at least this much time left to be worth it */
 #define MIN_CALL_MS 50        /* a call with less time left than this is not started */
-#define RATE_FLOOR_QPS 1.0    /* the adaptive rate never drops below this (or --apiserver-qps if lower) */
-#define RATE_STEP_QPS 0.5     /* what each answered call adds back to the adaptive rate */
 
 typedef enum { FLIGHT_QUEUED, FLIGHT_CALLING } flight_state;
 typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
@@ -52,6 +51,7 @@ typedef struct review_flight {
     int64_t not_before_ms; /* retry backoff */
     int attempts;
     bool is_probe; /* the one call let through a half-open circuit */
+    bool throttled; /* its last attempt got a 429: it waits for Retry-After (not_before_ms) */
     int64_t call_budget_ms; /* the deadline the running call was given */
     flight_state state;
     char token_id[9];
@@ -66,10 +66,13 @@ struct review_engine {
     size_t n_flights;
     fair_queue *queue; /* flights waiting to be sent, shared fairly between flows */
     double tokens;
-    double rate; /* calls per second now: --apiserver-qps, halved by each 429, regained by answers */
-    int64_t rate_cut_ms; /* no second cut before this (the same overrun's other 429s) */
     int64_t refilled_ms;
-    int64_t paused_until_ms; /* no new calls before this (after a 429) */
+    /* Calls in flight and the adaptive limit on them (concurrency_limit.h): API Priority
+     * and Fairness limits seats, and this learns how many the API server gives us. The
+     * bucket above stays the ceiling (--apiserver-qps, --apiserver-burst). */
+    size_t in_flight;
+    concurrency_limit limit;
+    int64_t timer_at_ms; /* when the timer is armed for; -1: disarmed */
     circuit_state circuit;
     int consecutive_failures;
     int64_t circuit_open_until_ms;
@@ -129,6 +132,16 @@ void review_engine_on_timer(review_engine *engine)
     pump(engine);
 }
 
+/* The in-flight limit never needs to pass what the bucket can send within one deadline
+ * (--apiserver-qps x --review-timeout, at least the burst). */
+static double limit_ceiling(const review_limits *l)
+{
+    double c = l->qps * (double)l->timeout_ms / 1000.0;
+    if (c < l->burst) c = l->burst;
+    if (c < CL_INITIAL) c = CL_INITIAL;
+    return c > 10000 ? 10000 : c;
+}
+
 /* An engine with limits (defaults filled in), a full bucket and an empty queue; its io is
  * set by the caller. */
 static review_engine *engine_alloc(const review_limits *limits)
@@ -142,7 +155,8 @@ static review_engine *engine_alloc(const review_limits *limits)
     if (engine->limits.circuit_failures < 1) engine->limits.circuit_failures = 5;
     if (engine->limits.retry_after_cap_s < 1) engine->limits.retry_after_cap_s = 32;
     engine->tokens = engine->limits.burst;
-    engine->rate = engine->limits.qps;
+    engine->timer_at_ms = -1;
+
     engine->queue = fair_queue_new(engine->limits.max_pending);
     if (!engine->queue) {
         free(engine);
@@ -165,6 +179,7 @@ review_engine *review_engine_new(api_client *client, struct event_base *base, co
     engine->io = (review_io){.now_ms = io_monotonic_ms, .post = io_api_client_post, .arm_timer = io_evtimer_arm,
                              .ctx = engine};
     engine->refilled_ms = engine_now(engine);
+    concurrency_limit_init(&engine->limit, limit_ceiling(&engine->limits), engine->refilled_ms);
     return engine;
 }
 
@@ -174,6 +189,7 @@ review_engine *review_engine_new_with_io(const review_io *io, const review_limit
     if (!engine) return NULL;
     engine->io = *io;
     engine->refilled_ms = engine_now(engine);
+    concurrency_limit_init(&engine->limit, limit_ceiling(&engine->limits), engine->refilled_ms);
     return engine;
 }
 
@@ -210,7 +226,10 @@ void review_engine_get_stats(const review_engine *engine, review_engine_stats *o
 {
     *out = engine->stats;
     out->queued = fair_queue_length(engine->queue);
-    out->rate_qps = engine->rate;
+    out->rate_qps = engine->limits.qps;
+    out->in_flight = engine->in_flight;
+    out->concurrency_limit = concurrency_limit_get(&engine->limit);
+    out->concurrency_limit_cuts = engine->limit.throttled + engine->limit.latency_cuts;
     out->circuit_open = engine->circuit != CIRCUIT_CLOSED;
 }
 
@@ -222,10 +241,23 @@ static review_flight **flight_link(review_engine *engine, const review_kind *kin
     return link;
 }
 
-bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter)
+bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter,
+                 int64_t deadline_ms)
 {
     review_flight *flight = *flight_link(engine, kind, key);
     if (!flight) return false;
+    /* A waiter with an earlier deadline brings the flight's forward: every waiter has its
+     * answer by its own deadline (a call already running keeps its budget). */
+    if (deadline_ms > 0 && deadline_ms < flight->deadline_ms) {
+        flight->deadline_ms = deadline_ms;
+        /* Waiting in the queue: wake up by then (no callback may run from inside a join). */
+        if (flight->state == FLIGHT_QUEUED && (engine->timer_at_ms < 0 || deadline_ms < engine->timer_at_ms)) {
+            int64_t delay = deadline_ms - engine_now(engine);
+            if (delay < 1) delay = 1;
+            engine->io.arm_timer(engine->io.ctx, delay);
+            engine->timer_at_ms = engine_now(engine) + delay;
+        }
+    }
     waiter->next = NULL;
     *flight->waiters_tail = waiter;
     flight->waiters_tail = &waiter->next;
@@ -329,6 +361,7 @@ static void on_api_done(const api_response *response, void *arg);
 static void flight_call(review_engine *engine, review_flight *f, int64_t now)
 {
     f->state = FLIGHT_CALLING;
+    f->throttled = false;
     f->attempts++;
     if (f->attempts > 1) engine->stats.retries++;
     if (engine->circuit == CIRCUIT_HALF_OPEN) {
@@ -337,8 +370,10 @@ static void flight_call(review_engine *engine, review_flight *f, int64_t now)
     }
     int64_t left = f->deadline_ms - now;
     f->call_budget_ms = left;
+    engine->in_flight++;
     if (engine->io.post(engine->io.ctx, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
                         f) != 0) {
+        engine->in_flight--;
         if (f->is_probe) engine->probe_running = false;
         f->kind->metrics->api_errors[API_ERROR_NETWORK]++;
         flight_fail(f, API_ERROR_NETWORK, 1, "API call could not be started");
@@ -404,11 +439,13 @@ static void on_api_done(const api_response *response, void *arg)
     kind->metrics->api_calls++;
     metrics_histogram_observe(&kind->metrics->api_latency, response->latency_s);
     if (flight->is_probe) engine->probe_running = false;
+    if (engine->in_flight) engine->in_flight--;
+    /* Every answer but a 429 teaches the limit the API server's latency. */
+    if (response->error != API_ERROR_THROTTLED && response->http_status)
+        concurrency_limit_answered(&engine->limit, response->latency_s * 1000.0, engine->in_flight, now);
 
     if (response->error == API_ERROR_NONE) {
         circuit_success(engine);
-        engine->rate += RATE_STEP_QPS;
-        if (engine->rate > engine->limits.qps) engine->rate = engine->limits.qps;
         flight_answered(flight, response);
         pump(engine);
         return;
@@ -418,23 +455,14 @@ static void on_api_done(const api_response *response, void *arg)
     if (retry_after > engine->limits.retry_after_cap_s) retry_after = engine->limits.retry_after_cap_s;
     int64_t retry_at = -1;
     if (response->error == API_ERROR_THROTTLED) {
-        /* API Priority and Fairness: nobody calls again before Retry-After (client-go does
-         * the same); this review retries then if its deadline allows. Not a circuit failure:
-         * the API server is up and telling us how to behave. */
-        if (now + retry_after * 1000 > engine->paused_until_ms) engine->paused_until_ms = now + retry_after * 1000;
+        /* API Priority and Fairness rejected this call: it alone waits for Retry-After (as
+         * client-go retries a 429), and the in-flight limit drops to the calls the server
+         * is evidently holding, so the others go on without overrunning its seats again.
+         * Not a circuit failure: the API server is up and telling us how to behave. */
         retry_at = now + retry_after * 1000;
-        /* After the pause, calls resume at a rate, not as one burst that would overrun the
-         * API server's seats again — and at half the rate that just overran them
-         * (additive increase, multiplicative decrease, as TCP does): calls settle near
-         * what API Priority and Fairness admits instead of tripping a 429 every pause. */
-        engine->tokens = 0;
-        if (now >= engine->rate_cut_ms) {
-            double floor = engine->limits.qps < RATE_FLOOR_QPS ? engine->limits.qps : RATE_FLOOR_QPS;
-            engine->rate = engine->rate / 2 > floor ? engine->rate / 2 : floor;
-            engine->stats.rate_cuts++;
-            /* One cut per pause: the other calls of the same burst get their 429s too. */
-            engine->rate_cut_ms = now + retry_after * 1000;
-        }
+        flight->throttled = true;
+        concurrency_limit_throttled(&engine->limit, engine->in_flight, now);
+        engine->stats.throttled++;
     } else {
         bool retryable = response->error == API_ERROR_NETWORK ||
                          (response->error == API_ERROR_HTTP && retryable_status(response->http_status));
@@ -479,10 +507,8 @@ static void fail_queue(review_engine *engine, const char *reason, int retry_afte
 /* Adds the tokens earned since the last refill (none during a 429 pause), up to the burst. */
 static void bucket_refill(review_engine *engine, int64_t now)
 {
-    double elapsed = now < engine->paused_until_ms ? 0.0 : (double)(now - engine->refilled_ms);
-    if (engine->refilled_ms < engine->paused_until_ms && now >= engine->paused_until_ms)
-        elapsed = (double)(now - engine->paused_until_ms);
-    engine->tokens += elapsed * engine->rate / 1000.0;
+    double elapsed = (double)(now - engine->refilled_ms);
+    engine->tokens += elapsed * engine->limits.qps / 1000.0;
     if (engine->tokens > engine->limits.burst) engine->tokens = engine->limits.burst;
     engine->refilled_ms = now;
 }
@@ -495,8 +521,8 @@ static void expire_queued(review_engine *engine, int64_t now)
         if (f->deadline_ms > now) continue;
         queue_remove(engine, f);
         engine->stats.queue_timeouts++;
-        if (engine->paused_until_ms > now)
-            flight_fail(f, API_ERROR_THROTTLED, (int)((engine->paused_until_ms - now + 999) / 1000),
+        if (f->throttled && f->not_before_ms > now)
+            flight_fail(f, API_ERROR_THROTTLED, (int)((f->not_before_ms - now + 999) / 1000),
                         "API server asked to retry later");
         else
             flight_fail(f, API_ERROR_TIMEOUT, 1, "deadline passed while waiting to call the API server");
@@ -520,15 +546,23 @@ static void circuit_settle(review_engine *engine, int64_t now)
  * token is due if that is what stopped it, else -1. */
 static int64_t send_ready(review_engine *engine, int64_t now)
 {
-    while (queue_first(engine) && now >= engine->paused_until_ms) {
+    while (queue_first(engine)) {
         if (engine->circuit == CIRCUIT_HALF_OPEN && engine->probe_running) break;
+        if (engine->in_flight >= concurrency_limit_get(&engine->limit)) {
+            /* The in-flight limit holds the rest back; in slow start it grows with time. */
+            int64_t grow_at = concurrency_limit_demand(&engine->limit, engine->in_flight,
+                                                       fair_queue_length(engine->queue), now);
+            if (grow_at == 0) continue;
+            engine->stats.concurrency_limited++;
+            return grow_at; /* -1: an answer will pump again */
+        }
         /* Flows take turns (fair_queue): a flood from one flow gets one call in n. */
         fair_queue_item *next_item = fair_queue_next(engine->queue, flight_ready, &now);
         if (!next_item) break;
         review_flight *ready = FLIGHT_OF_ITEM(next_item);
         if (engine->tokens < 1.0) {
             engine->stats.rate_limited++;
-            return now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->rate);
+            return now + (int64_t)ceil((1.0 - engine->tokens) * 1000.0 / engine->limits.qps);
         }
         fair_queue_take(engine->queue, next_item);
         if (ready->deadline_ms - now < MIN_CALL_MS) {
@@ -554,17 +588,18 @@ static void arm_next_wake(review_engine *engine, int64_t now, int64_t wake)
         if (f->not_before_ms > now && f->not_before_ms < t) t = f->not_before_ms;
         if (wake < 0 || t < wake) wake = t;
     }
-    if (queue_first(engine) && engine->paused_until_ms > now && (wake < 0 || engine->paused_until_ms < wake))
-        wake = engine->paused_until_ms;
     if (queue_first(engine) && engine->circuit == CIRCUIT_OPEN &&
         (wake < 0 || engine->circuit_open_until_ms < wake))
         wake = engine->circuit_open_until_ms;
     if (wake < 0) {
         engine->io.arm_timer(engine->io.ctx, -1);
+        engine->timer_at_ms = -1;
         return;
     }
     int64_t delay = wake - now;
-    engine->io.arm_timer(engine->io.ctx, delay < 1 ? 1 : delay);
+    if (delay < 1) delay = 1;
+    engine->io.arm_timer(engine->io.ctx, delay);
+    engine->timer_at_ms = now + delay;
 }
 
 /* Sends what may be sent now, fails what has expired, and arms the timer for the next
@@ -598,7 +633,10 @@ static review_flight *flight_new(review_engine *engine, const review_kind *kind,
     flight->positive_ttl_ms = request->positive_ttl_ms;
     flight->positive_ttl_cap_ms = request->positive_ttl_cap_ms;
     flight->negative_ttl_ms = request->negative_ttl_ms;
+    /* One deadline for the whole request (TokenReview, SubjectAccessReview, queueing):
+     * the request's own when it brings one, never later than --review-timeout from now. */
     flight->deadline_ms = now + engine->limits.timeout_ms;
+    if (request->deadline_ms > 0 && request->deadline_ms < flight->deadline_ms) flight->deadline_ms = request->deadline_ms;
     memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
     flight->waiters = NULL;
     flight->waiters_tail = &flight->waiters;
@@ -630,14 +668,6 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
         engine->stats.circuit_rejections++;
         flight_fail(flight, API_ERROR_NETWORK, (int)((engine->circuit_open_until_ms - now + 999) / 1000),
                     "circuit open");
-        return;
-    }
-    if (engine->paused_until_ms - now >= engine->limits.timeout_ms) {
-        /* Paused by a 429 for longer than this review may wait: answer now, with the
-         * API server's own Retry-After, instead of holding the client until its deadline. */
-        engine->stats.throttle_rejections++;
-        flight_fail(flight, API_ERROR_THROTTLED, (int)((engine->paused_until_ms - now + 999) / 1000),
-                    "API server asked to retry later");
         return;
     }
     /* A full queue admits a flight whose flow holds less than its fair share, pushing out
@@ -676,7 +706,8 @@ bool review_start_background(review_engine *engine, const review_kind *kind, rev
     int64_t now = engine_now(engine);
     pump(engine); /* refills the bucket and settles the circuit's state for now */
     if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED ||
-        engine->paused_until_ms > now || queue_first(engine) || engine->tokens < 1.0) {
+        queue_first(engine) || engine->tokens < 1.0 ||
+        engine->in_flight >= concurrency_limit_get(&engine->limit)) {
         engine->stats.refreshes_skipped++;
         request_discard(request);
         return false;

@@ -86,6 +86,10 @@ typedef struct review_request {
     int64_t positive_ttl_ms;     /* default TTL of a positive verdict; <= 0: don't cache */
     int64_t positive_ttl_cap_ms; /* upper bound (max TTL, token expiry) of any positive TTL */
     int64_t negative_ttl_ms;     /* <= 0: don't cache */
+    /* The whole request's deadline (monotonic ms, the engine's clock), so that a TokenReview
+     * and then a SubjectAccessReview share --review-timeout instead of stacking two; 0: the
+     * flight's own --review-timeout from its start. */
+    int64_t deadline_ms;
     char token_id[9];        /* for logs */
     /* Whose review this is, for the queue's fairness (fair_queue.h): flights of one flow
      * take turns with other flows' and cannot hold more than their share of a full queue.
@@ -135,8 +139,10 @@ void review_engine_on_timer(review_engine *engine);
 void review_engine_free(review_engine *engine);
 
 /* If a flight for key is running, adds waiter to it and returns true (counted as
- * coalesced in kind's metrics). Otherwise returns false and does nothing. */
-bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter);
+ * coalesced in kind's metrics); a deadline_ms (> 0, engine clock) earlier than the
+ * flight's becomes the flight's. Otherwise returns false and does nothing. */
+bool review_join(review_engine *engine, const review_kind *kind, const cache_key *key, review_waiter *waiter,
+                 int64_t deadline_ms);
 
 /* Starts a flight for request->key with waiter as its first waiter; the caller has checked
  * review_join first. Takes ownership of request->body and request->parse_arg in every case.

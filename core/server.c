@@ -914,7 +914,7 @@ static void control_deliver(mail *link, void *arg)
         OPENSSL_cleanse(value, value_len);
         return;
     }
-    if (review_join(srv->reviews, kind, &m->rr.key, &m->waiter)) {
+    if (review_join(srv->reviews, kind, &m->rr.key, &m->waiter, m->rr.deadline_ms)) {
         /* The running flight has its own body: this one is not needed. */
         OPENSSL_cleanse(m->rr.body, m->rr.body_len);
         free(m->rr.body);

@@ -1006,6 +1006,13 @@ static int memo_sar_cache_key(worker *w, const unsigned char digest[IDENTITY_DIG
     return 0;
 }
 
+/* The whole request's deadline on the review engine's clock (CLOCK_MONOTONIC ms): its start
+ * plus --review-timeout, shared by its TokenReview and its SubjectAccessReview. */
+static int64_t request_deadline_ms(const worker *w, const struct timespec *started)
+{
+    return (int64_t)started->tv_sec * 1000 + started->tv_nsec / 1000000 + w->cfg->review_timeout_ms;
+}
+
 /* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
 static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
                     const unsigned char *packed, size_t packed_len, const identity_view *view,
@@ -1042,7 +1049,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         return;
     }
     ar->token_cache_hit = w->note.cache_hit;
-    review_request rr = {.key = key};
+    review_request rr = {.key = key, .deadline_ms = request_deadline_ms(w, started)};
     /* A SubjectAccessReview's flow is the identity asking: one caller spraying distinct
      * requests (one review each) takes turns with everyone else. */
     rr.flow = flow_mix(flow_mix(FLOW_FNV_OFFSET, "sar", 3), digest, sizeof(digest));
@@ -1339,6 +1346,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply_unavailable(w, req, &started, 1, "out of memory");
         return;
     }
+    rr.deadline_ms = request_deadline_ms(w, &started);
     rr.flow = tokenreview_flow(req, token, token_len);
     send_review(w, ar, REVIEW_KIND_TOKENREVIEW, &rr);
 }

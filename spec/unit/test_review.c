@@ -1,5 +1,5 @@
 /* Unit tests for the review engine (review.c) on an injected clock, API call and timer: the
- * token bucket, 429 with Retry-After (the pause, the rate cut, retries within the deadline),
+ * token bucket, 429 with Retry-After (that review's retry, the in-flight limit, the deadline),
  * the circuit breaker (open, fail fast, one probe, close), single-flight joins, deadlines in
  * the queue, refresh-ahead admission and bad answers. No sleeping: time is a number here. */
 #include "review.h"
@@ -247,13 +247,13 @@ static void test_single_flight(void)
     box_init(&second);
     box_init(&third);
     cache_key k7 = key_of(7), k8 = key_of(8);
-    CHECK(review_join(fx.engine, &fx.kind, &k7, &second.waiter));
-    CHECK(review_join(fx.engine, &fx.kind, &k7, &third.waiter));
+    CHECK(review_join(fx.engine, &fx.kind, &k7, &second.waiter, 0));
+    CHECK(review_join(fx.engine, &fx.kind, &k7, &third.waiter, 0));
     box other;
     box_init(&other);
-    CHECK(!review_join(fx.engine, &fx.kind, &k8, &other.waiter));
+    CHECK(!review_join(fx.engine, &fx.kind, &k8, &other.waiter, 0));
     review_kind another = fx.kind; /* the same key of another kind is another flight */
-    CHECK(!review_join(fx.engine, &another, &k7, &other.waiter));
+    CHECK(!review_join(fx.engine, &another, &k7, &other.waiter, 0));
     CHECK_EQ_INT(fx.w.n_calls, 1);
     CHECK_EQ_INT(fx.metrics.coalesced, 2);
     CHECK_EQ_INT(review_engine_flights(fx.engine), 1);
@@ -262,7 +262,7 @@ static void test_single_flight(void)
     CHECK_EQ_INT(third.verdict, REVIEW_POSITIVE);
     CHECK_EQ_INT(other.told, 0);
     CHECK_EQ_INT(review_engine_flights(fx.engine), 0);
-    CHECK(!review_join(fx.engine, &fx.kind, &k7, &other.waiter)); /* over: the cache answers now */
+    CHECK(!review_join(fx.engine, &fx.kind, &k7, &other.waiter, 0)); /* over: the cache answers now */
     fixture_free(&fx);
 }
 
@@ -274,30 +274,24 @@ static void test_429_retry_after(void)
     box a, b;
     start(&fx, 1, &a);
     answer(&fx.w, 0, API_ERROR_THROTTLED, 429, 2, NULL);
-    CHECK_EQ_INT(a.told, 0); /* retried after the pause, within its deadline */
-    CHECK_EQ_INT(stats(&fx).rate_cuts, 1);
-    CHECK(stats(&fx).rate_qps == 50); /* halved */
-    CHECK(stats(&fx).circuit_open == 0); /* a 429 is not a failure */
-    start(&fx, 2, &b); /* waits for the pause too */
-    CHECK_EQ_INT(fx.w.n_calls, 1);
-    advance(&fx.w, fx.engine, 1999);
-    CHECK_EQ_INT(fx.w.n_calls, 1); /* nobody calls during the pause */
-    /* After it, calls resume at the (halved) rate from an empty bucket: one per 20 ms. */
-    advance(&fx.w, fx.engine, 1);
-    CHECK_EQ_INT(fx.w.n_calls, 1);
-    advance(&fx.w, fx.engine, 20);
+    CHECK_EQ_INT(a.told, 0); /* retried after its Retry-After, within its deadline */
+    CHECK_EQ_INT(stats(&fx).throttled, 1);
+    CHECK_EQ_INT(stats(&fx).concurrency_limit, 1); /* nothing else was in flight: 1 */
+    CHECK(stats(&fx).circuit_open == 0);            /* a 429 is not a failure */
+    /* Only the rejected review waits: another one is sent at once, within the limit. */
+    start(&fx, 2, &b);
     CHECK_EQ_INT(fx.w.n_calls, 2);
-    advance(&fx.w, fx.engine, 20);
-    CHECK_EQ_INT(fx.w.n_calls, 3);
-    CHECK_EQ_INT(stats(&fx).retries, 1);
+    advance(&fx.w, fx.engine, 1999);
+    CHECK_EQ_INT(fx.w.n_calls, 2); /* a's Retry-After has not passed */
     answer(&fx.w, 1, API_ERROR_NONE, 201, 0, "yes");
+    CHECK_EQ_INT(b.verdict, REVIEW_POSITIVE);
+    advance(&fx.w, fx.engine, 1);
+    CHECK_EQ_INT(fx.w.n_calls, 3); /* now a is retried */
+    CHECK_EQ_INT(stats(&fx).retries, 1);
     answer(&fx.w, 2, API_ERROR_NONE, 201, 0, "yes");
     CHECK_EQ_INT(a.verdict, REVIEW_POSITIVE);
-    CHECK_EQ_INT(b.verdict, REVIEW_POSITIVE);
-    CHECK(stats(&fx).rate_qps == 51); /* each answer adds 0.5/s back */
 
     /* A Retry-After beyond the deadline: no retry, the client gets the API server's wait. */
-    advance(&fx.w, fx.engine, 1000); /* tokens again */
     box c, d;
     start(&fx, 3, &c);
     answer(&fx.w, 3, API_ERROR_THROTTLED, 429, 9, NULL);
@@ -306,19 +300,79 @@ static void test_429_retry_after(void)
     CHECK_EQ_INT(c.error, API_ERROR_THROTTLED);
     CHECK_EQ_INT(c.retry_after_s, 9);
     CHECK_EQ_INT(fx.metrics.api_errors[API_ERROR_THROTTLED], 1);
-    /* ... and while paused for longer than a review may wait, new reviews fail at once. */
+    /* ... and a new review is still sent: the limit, not a pause, holds calls back. */
     start(&fx, 4, &d);
-    CHECK_EQ_INT(d.told, 1);
-    CHECK_EQ_INT(d.error, API_ERROR_THROTTLED);
-    CHECK_EQ_INT(d.retry_after_s, 9);
-    CHECK_EQ_INT(stats(&fx).throttle_rejections, 1);
-    CHECK_EQ_INT(fx.w.n_calls, 4);
+    CHECK_EQ_INT(fx.w.n_calls, 5);
+    answer(&fx.w, 4, API_ERROR_NONE, 201, 0, "yes");
+    CHECK_EQ_INT(d.verdict, REVIEW_POSITIVE);
     /* Retry-After is capped */
-    advance(&fx.w, fx.engine, 10000);
     box e;
     start(&fx, 5, &e);
-    answer(&fx.w, 4, API_ERROR_THROTTLED, 429, 3600, NULL);
+    answer(&fx.w, 5, API_ERROR_THROTTLED, 429, 3600, NULL);
     CHECK_EQ_INT(e.retry_after_s, 32);
+    fixture_free(&fx);
+}
+
+static void test_concurrency_limit_wiring(void)
+{
+    fixture fx;
+    review_limits l = limits_of(5000, 1000, 100);
+    REQUIRE(fixture_init(&fx, &l));
+    box boxes[60];
+    /* Slow start: 8 calls at once, then 32 five milliseconds later, with no answer needed. */
+    for (int i = 0; i < 60; i++) start(&fx, (unsigned)(i + 1), &boxes[i]);
+    CHECK_EQ_INT(fx.w.n_calls, 8);
+    CHECK_EQ_INT(stats(&fx).in_flight, 8);
+    CHECK(stats(&fx).concurrency_limited >= 1);
+    advance(&fx.w, fx.engine, 5);
+    CHECK_EQ_INT(fx.w.n_calls, 32);
+    advance(&fx.w, fx.engine, 5);
+    CHECK_EQ_INT(fx.w.n_calls, 60); /* 128 > 60: everything is out after 10 ms */
+    /* Five answered, the sixth rejected: the limit becomes what the server holds. */
+    for (int i = 0; i < 5; i++) answer(&fx.w, (size_t)i, API_ERROR_NONE, 201, 0, "yes");
+    answer(&fx.w, 5, API_ERROR_THROTTLED, 429, 1, NULL);
+    CHECK_EQ_INT(stats(&fx).in_flight, 54);
+    CHECK_EQ_INT(stats(&fx).concurrency_limit, 54);
+    CHECK_EQ_INT(stats(&fx).concurrency_limit_cuts, 1);
+    /* While 54 run, the rejected one waits even after its Retry-After. */
+    advance(&fx.w, fx.engine, 1000);
+    CHECK_EQ_INT(fx.w.n_calls, 60);
+    answer(&fx.w, 6, API_ERROR_NONE, 201, 0, "yes"); /* one seat frees: the retry goes */
+    CHECK_EQ_INT(fx.w.n_calls, 61);
+    for (size_t i = 7; i < 61; i++) answer(&fx.w, i, API_ERROR_NONE, 201, 0, "yes");
+    for (int i = 0; i < 60; i++) CHECK_EQ_INT(boxes[i].verdict, REVIEW_POSITIVE);
+    CHECK_EQ_INT(stats(&fx).in_flight, 0);
+    fixture_free(&fx);
+}
+
+static void test_request_deadline(void)
+{
+    fixture fx;
+    review_limits l = limits_of(5000, 1000, 100);
+    REQUIRE(fixture_init(&fx, &l));
+    /* A second stage (a SubjectAccessReview) brings the request's deadline: what is left of
+     * --review-timeout, not a new one. */
+    box a;
+    box_init(&a);
+    review_request rr = request_of(1, 60000);
+    rr.deadline_ms = fx.w.now + 300;
+    review_start(fx.engine, &fx.kind, &rr, &a.waiter);
+    CHECK_EQ_INT(fx.w.n_calls, 1);
+    CHECK(fx.w.calls[0].timeout_ms <= 300);
+    answer(&fx.w, 0, API_ERROR_THROTTLED, 429, 1, NULL); /* a retry after 1 s would pass it */
+    CHECK_EQ_INT(a.told, 1);
+    CHECK_EQ_INT(a.error, API_ERROR_THROTTLED);
+    /* A joiner with an earlier deadline brings the flight's forward. */
+    box b, c;
+    start(&fx, 2, &b); /* deadline now + 5 s */
+    answer(&fx.w, 1, API_ERROR_HTTP, 503, 0, NULL); /* queued for a retry with backoff */
+    box_init(&c);
+    cache_key k2 = key_of(2);
+    CHECK(review_join(fx.engine, &fx.kind, &k2, &c.waiter, fx.w.now + 50));
+    advance(&fx.w, fx.engine, 60);
+    CHECK_EQ_INT(b.told, 1);
+    CHECK_EQ_INT(c.told, 1);
+    CHECK_EQ_INT(c.verdict, REVIEW_ERROR);
     fixture_free(&fx);
 }
 
@@ -458,7 +512,7 @@ static void test_background_refresh(void)
     box joined;
     box_init(&joined);
     cache_key k1 = key_of(1);
-    CHECK(review_join(fx.engine, &fx.kind, &k1, &joined.waiter));
+    CHECK(review_join(fx.engine, &fx.kind, &k1, &joined.waiter, 0));
     /* the bucket is empty now: another refresh is not sent (and its body is freed) */
     review_request r2 = request_of(2, 60000);
     CHECK(!review_start_background(fx.engine, &fx.kind, &r2));
@@ -485,6 +539,8 @@ int main(void)
     RUN(test_token_bucket);
     RUN(test_single_flight);
     RUN(test_429_retry_after);
+    RUN(test_concurrency_limit_wiring);
+    RUN(test_request_deadline);
     RUN(test_circuit_breaker);
     RUN(test_deadlines);
     RUN(test_queue_bound);
