@@ -6,8 +6,9 @@
  * and of Netflix's concurrency-limits (Vegas, gradient):
  *
  *  - slow start: while nothing has said "too much", the limit grows CL_RAMP_FACTOR-fold
- *    every CL_RAMP_MS as long as calls are waiting for it (8, 32, 128: ten milliseconds to
- *    a hundred calls in flight). A cold burst against a healthy server
+ *    every CL_RAMP_MS as long as calls are waiting for it (8, 32, 128: twenty milliseconds
+ *    to a hundred calls in flight; the first 429s must come back within a step to stop it
+ *    early, which a loaded machine does not always manage). A cold burst against a healthy server
  *    reaches a hundred calls in flight within a few tens of milliseconds, with no fixed
  *    cap in the way; against a server with five seats, the first rejections come back
  *    before the limit has grown past a handful.
@@ -34,9 +35,9 @@
 
 #define CL_INITIAL 8
 #define CL_MIN 1
-#define CL_RAMP_MS 5
+#define CL_RAMP_MS 10
 #define CL_RAMP_FACTOR 4
-#define CL_PROBE_FACTOR 4
+#define CL_PROBE_FACTOR 8
 #define CL_LATENCY_RATIO 2.0
 #define CL_CALM_MS 30000
 

@@ -2,6 +2,7 @@
  * token bucket, 429 with Retry-After (that review's retry, the in-flight limit, the deadline),
  * the circuit breaker (open, fail fast, one probe, close), single-flight joins, deadlines in
  * the queue, refresh-ahead admission and bad answers. No sleeping: time is a number here. */
+#include "concurrency_limit.h"
 #include "review.h"
 #include "unit.h"
 
@@ -319,15 +320,15 @@ static void test_concurrency_limit_wiring(void)
     review_limits l = limits_of(5000, 1000, 100);
     REQUIRE(fixture_init(&fx, &l));
     box boxes[60];
-    /* Slow start: 8 calls at once, then 32 five milliseconds later, with no answer needed. */
+    /* Slow start: 8 calls at once, then 32 one ramp step (CL_RAMP_MS) later, no answer needed. */
     for (int i = 0; i < 60; i++) start(&fx, (unsigned)(i + 1), &boxes[i]);
     CHECK_EQ_INT(fx.w.n_calls, 8);
     CHECK_EQ_INT(stats(&fx).in_flight, 8);
     CHECK(stats(&fx).concurrency_limited >= 1);
-    advance(&fx.w, fx.engine, 5);
+    advance(&fx.w, fx.engine, CL_RAMP_MS);
     CHECK_EQ_INT(fx.w.n_calls, 32);
-    advance(&fx.w, fx.engine, 5);
-    CHECK_EQ_INT(fx.w.n_calls, 60); /* 128 > 60: everything is out after 10 ms */
+    advance(&fx.w, fx.engine, CL_RAMP_MS);
+    CHECK_EQ_INT(fx.w.n_calls, 60); /* 128 > 60: everything is out after two steps */
     /* Five answered, the sixth rejected: the limit becomes what the server holds. */
     for (int i = 0; i < 5; i++) answer(&fx.w, (size_t)i, API_ERROR_NONE, 201, 0, "yes");
     answer(&fx.w, 5, API_ERROR_THROTTLED, 429, 1, NULL);
