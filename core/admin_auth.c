@@ -130,7 +130,7 @@ static void ask_sar(admin_check *c, const unsigned char *packed, size_t packed_l
     }
     c->waiter.done = on_sar_done;
     c->waiter.arg = c;
-    if (review_join(a->engine, a->sar, &rr.key, &c->waiter)) return;
+    if (review_join(a->engine, a->sar, &rr.key, &c->waiter, rr.deadline_ms)) return;
     rr.flow = ADMIN_AUTH_FLOW;
     rr.positive_ttl_ms = rr.positive_ttl_cap_ms = a->cfg->sar_allowed_ttl_ms;
     rr.negative_ttl_ms = a->cfg->sar_denied_ttl_ms;
@@ -213,7 +213,7 @@ void admin_auth_check(admin_auth *a, const char *token, size_t token_len, const 
     }
     c->waiter.done = on_tokenreview_done;
     c->waiter.arg = c;
-    if (review_join(a->engine, a->tokenreview, &rr.key, &c->waiter)) return;
+    if (review_join(a->engine, a->tokenreview, &rr.key, &c->waiter, rr.deadline_ms)) return;
     /* TTLs as the workers use them: --cache-ttl, capped by --cache-max-ttl and the JWT exp. */
     int64_t cap = cfg->cache_max_ttl_ms, exp;
     if (jwt_read_exp(token, token_len, &exp) == 0) {
