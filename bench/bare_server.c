@@ -31,7 +31,7 @@
 
 #define BARE_MAX_THREADS 64
 
-/* What tokengate sends for an allowed ServiceAccount (see SPEC "Answers in authz mode"). */
+/* What tokengate sends for an allowed ServiceAccount (README, "What it does"). */
 #define BARE_REMOTE_USER "system:serviceaccount:team-a:webhook-sender"
 #define BARE_REMOTE_UID "5d0c1f2e-8b7a-4c3d-9e6f-1a2b3c4d5e6f"
 #define BARE_REMOTE_GROUPS                                                                         \
