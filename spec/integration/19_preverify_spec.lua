@@ -13,15 +13,6 @@ local cjson = require("cjson")
 local GOOD = { token = "opaque-good-token", username = "system:serviceaccount:team-a:caller", uid = "uid-caller",
   groups = { "system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated" } }
 
-local function wait_until(what, fn, timeout_s)
-  local deadline = proc.now() + (timeout_s or 20)
-  while proc.now() < deadline do
-    local v = fn()
-    if v then return v end
-    proc.sleep(0.05)
-  end
-  error("timed out waiting for " .. what, 2)
-end
 
 describe("--jwt-preverify against the fake API server", function()
   local fake, kid
@@ -56,7 +47,7 @@ describe("--jwt-preverify against the fake API server", function()
   it("loads the issuer's keys and refuses forged JWTs without a TokenReview", function()
     local gw = gateway_mod.start{ fake = fake, args = { "--policy", "none" } }
     finally(function() gw:stop() end)
-    wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") == 1 end)
+    proc.wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") == 1 end)
     local before = calls()
     local summary = gw:load{ c = 8, n = 100, tokens = forged(100), path = "/x" }
     assert.equal(100, summary.codes["401"], cjson.encode(summary))
@@ -74,7 +65,7 @@ describe("--jwt-preverify against the fake API server", function()
   it("refuses tokens that are not this issuer's JWTs with refuse-others", function()
     local gw = gateway_mod.start{ fake = fake, args = { "--policy", "none", "--jwt-preverify", "refuse-others" } }
     finally(function() gw:stop() end)
-    wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") == 1 end)
+    proc.wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") == 1 end)
     local before = calls()
     assert.equal(401, gw:request(GOOD.token, "/x").status)
     assert.equal(before, calls())
@@ -100,7 +91,7 @@ describe("--jwt-preverify against the fake API server", function()
         return p
       end)() }
     finally(function() gw:stop() end)
-    wait_until("a failed fetch", function() return gw:metric('gateway_jwt_keys_fetches_total{result="failure"}') >= 1 end)
+    proc.wait_until("a failed fetch", function() return gw:metric('gateway_jwt_keys_fetches_total{result="failure"}') >= 1 end)
     assert.equal(0, gw:metric("gateway_jwt_keys"))
     local res = gw:request(forged(1)[1], "/x")
     assert.equal(503, res.status) -- TokenReview itself fails with this credential: fail closed

@@ -13,15 +13,6 @@ local function deleted_events(resource)
   return string.format('gateway_revocation_watch_events_total{resource="%s",type="DELETED"}', resource)
 end
 
-local function wait_until(what, fn, timeout_s)
-  local deadline = proc.now() + (timeout_s or 20)
-  while proc.now() < deadline do
-    local v = fn()
-    if v then return v end
-    proc.sleep(0.05)
-  end
-  error("timed out waiting for " .. what, 2)
-end
 
 describe("revocation on a genuine kube-apiserver", function()
   local k, gw
@@ -32,7 +23,7 @@ describe("revocation on a genuine kube-apiserver", function()
     k:create_namespace("team-a")
     gw = gateway_mod.start{ fake = k:gateway_target("tokengate-system", "tokengate"),
       args = { "--policy", "none", "--watch-revocations", "--watch-pods" } }
-    wait_until("the revocation watches to be up", function()
+    proc.wait_until("the revocation watches to be up", function()
       local m = gw:metrics()
       return m[SA_UP] == 1 and m[POD_UP] == 1
     end)
@@ -80,12 +71,13 @@ describe("revocation on a genuine kube-apiserver", function()
     assert.is_true(k:tokenreview(doomed).authenticated == true,
       "the API server no longer caches the verdict: this spec would not test the tombstone")
 
-    wait_until("the watch to see the deletion", function()
+    proc.wait_until("the watch to see the deletion", function()
       return gw:metric(deleted_events("serviceaccounts")) > events
     end)
     -- Once the gateway has seen the deletion, the very next request is refused.
     assert.equal(401, gw:request(doomed, "/x").status)
     local refused_after = proc.now() - deleted_at
+    io.stderr:write(string.format("[revocation] ServiceAccount deleted: 401 %.3f s later\n", refused_after))
     assert.is_true(refused_after < 2, string.format("refused only %.2f s after the deletion", refused_after))
 
     -- Through the API server's own cache window and beyond: never 200 again.
@@ -112,11 +104,12 @@ describe("revocation on a genuine kube-apiserver", function()
     local deleted_at = proc.now()
     assert.is_true(k:tokenreview(bound0).authenticated == true,
       "the API server no longer caches the verdict: this spec would not test the tombstone")
-    wait_until("the watch to see the Pod deletion", function()
+    proc.wait_until("the watch to see the Pod deletion", function()
       return gw:metric(deleted_events("pods")) > events
     end)
     assert.equal(401, gw:request(bound0, "/x").status)
     local refused_after = proc.now() - deleted_at
+    io.stderr:write(string.format("[revocation] Pod deleted: 401 %.3f s later\n", refused_after))
     assert.is_true(refused_after < 2, string.format("refused only %.2f s after the deletion", refused_after))
     local seen = statuses_during(bound0, 6)
     assert.same({ [401] = seen[401] }, seen)
@@ -133,7 +126,7 @@ describe("revocation on a genuine kube-apiserver", function()
     assert.equal(200, gw:request(old, "/x").status)
     local events = gw:metric(deleted_events("serviceaccounts"))
     k:delete_serviceaccount("team-a", "phoenix")
-    wait_until("the watch to see the deletion", function()
+    proc.wait_until("the watch to see the deletion", function()
       return gw:metric(deleted_events("serviceaccounts")) > events
     end)
     assert.equal(401, gw:request(old, "/x").status)

@@ -8,15 +8,6 @@ local cjson = require("cjson")
 
 local FLOWCONTROL = "/apis/flowcontrol.apiserver.k8s.io/v1beta3"
 
-local function wait_until(what, fn, timeout_s)
-  local deadline = proc.now() + (timeout_s or 30)
-  while proc.now() < deadline do
-    local v = fn()
-    if v then return v end
-    proc.sleep(0.1)
-  end
-  error("timed out waiting for " .. what, 2)
-end
 
 -- n distinct tokens of one new ServiceAccount (tokens minted in the same second with the
 -- same claims are the same string, so each gets its own lifetime).
@@ -58,9 +49,9 @@ describe("resilience on a genuine kube-apiserver", function()
           resourceRules = { { verbs = { "*" }, apiGroups = { "*" }, resources = { "*" }, clusterScope = true,
             namespaces = { "*" } } } } } } })
     -- The API server applies flow-control objects asynchronously: wait until its level is in force.
-    wait_until("the priority level to be in force", function()
+    proc.wait_until("the priority level to be in force", function()
       return k:metrics_text():find('priority_level="tokengate-squeeze"', 1, true) ~= nil
-    end)
+    end, 30)
 
     local tokens = mint(k, "team-a", "crowd", 100)
     local rejected_before = kube_mod.sum_metric(k:metrics_text(), "apiserver_flowcontrol_rejected_requests_total",
@@ -81,7 +72,7 @@ describe("resilience on a genuine kube-apiserver", function()
     -- Every token is admitted once the squeeze is gone; nothing in between is 401 or 500.
     local pending = {}
     for i = 1, #tokens do pending[i] = tokens[i] end
-    wait_until("every token to be admitted", function()
+    proc.wait_until("every token to be admitted", function()
       local left = {}
       for _, t in ipairs(pending) do
         local status = gw:request(t, "/x").status
@@ -104,7 +95,7 @@ describe("resilience on a genuine kube-apiserver", function()
 
     -- The old credential dies with its Pod (after the API server's own cache lets go).
     k:delete_pod("tokengate-system", "tokengate-1")
-    wait_until("the old credential to be refused by the API server", function()
+    proc.wait_until("the old credential to be refused by the API server", function()
       return k:raw("GET", "/api", nil, { token = old_credential }).status == 401
     end, 60)
     -- Fail closed while the gateway has no valid credential; the warm token stays cached.
@@ -118,7 +109,7 @@ describe("resilience on a genuine kube-apiserver", function()
     local tmp = target.credential_file .. ".new"
     proc.write_file(tmp, k:token("tokengate-system", "tokengate", { pod = pod2, expiration = 3605 }) .. "\n")
     assert(os.rename(tmp, target.credential_file))
-    wait_until("a new token to be admitted with the new credential", function()
+    proc.wait_until("a new token to be admitted with the new credential", function()
       return gw:request(tokens[2], "/x").status == 200
     end, 30)
     assert.equal(200, gw:request(tokens[3], "/x").status)
@@ -137,7 +128,7 @@ describe("resilience on a genuine kube-apiserver", function()
     assert.truthy(res.headers["retry-after"])
 
     k:restart_apiserver()
-    wait_until("a cold token to be admitted after the restart", function()
+    proc.wait_until("a cold token to be admitted after the restart", function()
       return gw:request(tokens[2], "/x").status == 200
     end, 60)
     assert.equal(200, gw:request(tokens[3], "/x").status)

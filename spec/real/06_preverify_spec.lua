@@ -7,15 +7,6 @@ local gateway_mod = require("support.gateway")
 local proc = require("support.proc")
 local cjson = require("cjson")
 
-local function wait_until(what, fn, timeout_s)
-  local deadline = proc.now() + (timeout_s or 30)
-  while proc.now() < deadline do
-    local v = fn()
-    if v then return v end
-    proc.sleep(0.1)
-  end
-  error("timed out waiting for " .. what, 2)
-end
 
 describe("--jwt-preverify on a genuine kube-apiserver", function()
   local k, kid, sa
@@ -38,7 +29,7 @@ describe("--jwt-preverify on a genuine kube-apiserver", function()
   end
 
   local function keys_loaded(gw)
-    wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") >= 1 end)
+    proc.wait_until("the issuer's keys", function() return gw:metric("gateway_jwt_keys") >= 1 end)
   end
 
   -- n forged tokens: this cluster's issuer and key id, another key's signature, distinct subjects.

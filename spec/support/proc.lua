@@ -99,6 +99,18 @@ function proc.stop(h, timeout_s)
   if proc.alive(h) then proc.signal(h, "KILL") end
 end
 
+-- Polls fn every 0.05 s until it returns a true value, which it returns; an error naming
+-- what after timeout_s (default 20) seconds.
+function proc.wait_until(what, fn, timeout_s)
+  local deadline = system.gettime() + (timeout_s or 20)
+  while system.gettime() < deadline do
+    local v = fn()
+    if v then return v end
+    system.sleep(0.05)
+  end
+  error("timed out waiting for " .. what, 2)
+end
+
 function proc.sleep(s) system.sleep(s) end
 function proc.now() return system.gettime() end
 
