@@ -87,6 +87,29 @@ static void check_list(const unsigned char **pos, size_t n, json_t *want)
     }
 }
 
+/* The joined X-Remote-Groups form of an identity whose group names are all unambiguous. */
+static void check_joined_groups(const identity_view *view_in, const char *joined, long jl)
+{
+    identity_view view = *view_in;
+    const unsigned char *pos;
+    FUZZ_CHECK(jl >= 0 && (size_t)jl < PACKED_CAP + 1 && joined[jl] == '\0');
+    size_t want_len = 0;
+    pos = view.groups;
+    for (size_t i = 0; i < view.n_groups; i++) {
+        str_view g;
+        identity_read_string(&pos, &g);
+        if (i) FUZZ_CHECK(joined[want_len++] == '|');
+        FUZZ_CHECK(memcmp(joined + want_len, g.ptr, g.len) == 0);
+        want_len += g.len;
+    }
+    FUZZ_CHECK((size_t)jl == want_len);
+    FUZZ_CHECK(!fuzz_has_c0_or_del(joined, (size_t)jl));
+    char *exact = fuzz_xmalloc((size_t)jl + 1);
+    FUZZ_CHECK(identity_join_groups(&view, exact, (size_t)jl + 1) == jl && memcmp(exact, joined, (size_t)jl + 1) == 0);
+    FUZZ_CHECK(identity_join_groups(&view, exact, (size_t)jl) == -1);
+    free(exact);
+}
+
 static void check_identity(const parsed *p, json_t *status, const char *const *auds, size_t n_auds)
 {
     identity_view view;
@@ -135,25 +158,19 @@ static void check_identity(const parsed *p, json_t *status, const char *const *a
         FUZZ_CHECK(found);
     }
 
-    /* Groups joined for X-Remote-Groups. */
+    /* Groups joined for X-Remote-Groups; an empty group name or one with '|' has no
+     * unambiguous joined form and must be refused (-2), never joined. */
     static char joined[PACKED_CAP + 1];
     long jl = identity_join_groups(&view, joined, sizeof(joined));
-    FUZZ_CHECK(jl >= 0 && (size_t)jl < sizeof(joined) && joined[jl] == '\0');
-    size_t want_len = 0;
+    bool ambiguous = false;
     pos = view.groups;
     for (size_t i = 0; i < view.n_groups; i++) {
         str_view g;
         identity_read_string(&pos, &g);
-        if (i) FUZZ_CHECK(joined[want_len++] == '|');
-        FUZZ_CHECK(memcmp(joined + want_len, g.ptr, g.len) == 0);
-        want_len += g.len;
+        if (g.len == 0 || memchr(g.ptr, '|', g.len)) ambiguous = true;
     }
-    FUZZ_CHECK((size_t)jl == want_len);
-    FUZZ_CHECK(!fuzz_has_c0_or_del(joined, (size_t)jl));
-    char *exact = fuzz_xmalloc((size_t)jl + 1);
-    FUZZ_CHECK(identity_join_groups(&view, exact, (size_t)jl + 1) == jl && memcmp(exact, joined, (size_t)jl + 1) == 0);
-    FUZZ_CHECK(identity_join_groups(&view, exact, (size_t)jl) == -1);
-    free(exact);
+    if (ambiguous) FUZZ_CHECK(jl == -2);
+    else check_joined_groups(&view, joined, jl);
 
     str_view ns, name;
     if (identity_serviceaccount(view.username, &ns, &name)) {
