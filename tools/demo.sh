@@ -99,16 +99,20 @@ review_calls() { curl -sf --max-time 5 "http://$control/control/stats" | json_nu
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'; }
 
-# sa_token NAMESPACE NAME UID: a token shaped like a projected ServiceAccount token (a JWT
-# valid for an hour). Only the fake API server's table makes it valid; tokengate never
-# checks the signature itself, it asks the API server (TokenReview).
+# sa_token NAMESPACE NAME UID: a projected ServiceAccount token (a JWT valid for an hour),
+# signed with the demo cluster's key, which the fake API server publishes as
+# kube-apiserver does (/openid/v1/jwks, kid = base64url(SHA-256 of the public key's DER)).
+# tokengate checks the signature itself (--jwt-preverify) and still asks the API server
+# (TokenReview), whose token table decides.
 now=$(date +%s)
+openssl genrsa -out "$tmp/sa.key" 2048 2>/dev/null || die "cannot make the demo's signing key"
+kid=$(openssl rsa -in "$tmp/sa.key" -pubout -outform DER 2>/dev/null | openssl dgst -sha256 -binary | b64url)
 sa_token() {
   local header payload sig
-  header=$(printf '{"alg":"RS256","kid":"demo-signing-key"}' | b64url)
+  header=$(printf '{"alg":"RS256","kid":"%s"}' "$kid" | b64url)
   payload=$(printf '{"aud":["https://kubernetes.default.svc.cluster.local"],"exp":%d,"iat":%d,"iss":"https://kubernetes.default.svc.cluster.local","kubernetes.io":{"namespace":"%s","serviceaccount":{"name":"%s","uid":"%s"}},"nbf":%d,"sub":"system:serviceaccount:%s:%s"}' \
     $((now + 3600)) "$now" "$1" "$2" "$3" "$now" "$1" "$2" | b64url)
-  sig=$(openssl rand 256 | b64url)
+  sig=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$tmp/sa.key" | b64url)
   printf '%s.%s.%s' "$header" "$payload" "$sig"
 }
 
@@ -162,7 +166,7 @@ done
 
 "$fake_bin" --listen 127.0.0.1:0 --control-listen 127.0.0.1:0 \
   --cert "$tmp/certs/server.crt" --key "$tmp/certs/server.key" \
-  --tokens "$tmp/tokens.json" --credential-file "$tmp/gateway-credential.txt" \
+  --tokens "$tmp/tokens.json" --credential-file "$tmp/gateway-credential.txt" --signing-key "$tmp/sa.key" \
   >"$tmp/fake-apiserver.log" 2>&1 &
 fake_pid=$!
 pids+=("$fake_pid")

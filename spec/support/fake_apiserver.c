@@ -4,7 +4,12 @@
  *
  *   fake-apiserver --listen 127.0.0.1:0 --control-listen 127.0.0.1:0 \
  *       --cert server.crt --key server.key --tokens tokens.json \
- *       --credential-file cred.txt [--sar-rules rules.json]
+ *       --credential-file cred.txt [--sar-rules rules.json] [--signing-key sa.key]
+ *
+ * --signing-key: the RSA private key (PEM) whose public half the issuer discovery
+ * publishes, so that tokens signed with it pass a gateway's local pre-verification, as
+ * tokens signed by kube-apiserver's --service-account-signing-key-file do. Without it a key
+ * is made at start-up.
  *
  * Once both listeners are bound it prints one line per listener on stderr:
  *   {"msg":"listening","listener":"api","addr":"127.0.0.1:43123"}
@@ -110,7 +115,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: fake-apiserver --listen HOST:PORT --control-listen HOST:PORT\n"
                     "         --cert FILE --key FILE --tokens FILE --credential-file FILE\n"
-                    "         [--sar-rules FILE]\n");
+                    "         [--sar-rules FILE] [--signing-key FILE]\n");
 }
 
 static int parse_args(int argc, char **argv, struct options *opt, struct fake_server *srv)
@@ -123,6 +128,7 @@ static int parse_args(int argc, char **argv, struct options *opt, struct fake_se
         {"tokens", required_argument, NULL, 't'},
         {"credential-file", required_argument, NULL, 'f'},
         {"sar-rules", required_argument, NULL, 's'},
+        {"signing-key", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -137,6 +143,7 @@ static int parse_args(int argc, char **argv, struct options *opt, struct fake_se
         case 't': srv->tokens_path = optarg; break;
         case 'f': srv->credential_path = optarg; break;
         case 's': srv->sar_rules_path = optarg; break;
+        case 'S': srv->signing_key_path = optarg; break;
         default: return -1;
         }
         /* clang-format on */

@@ -138,6 +138,7 @@ struct fake_server {
     const char *tokens_path;     /* --tokens */
     const char *sar_rules_path;  /* --sar-rules, or NULL: rules come from tokens_path */
     const char *credential_path; /* --credential-file, re-read on every request */
+    const char *signing_key_path; /* --signing-key, or NULL: a key made at start-up */
 
     struct fake_config config;
     struct fake_stats stats;
@@ -230,8 +231,9 @@ struct fake_exchange {
 /* Start handling a request whose req/ops/owner are set; see fake_exchange_ops. */
 void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex);
 
-/* Makes srv->jwks_json: a fresh RSA 2048 key's public half as kube-apiserver publishes it
- * (kid = base64url(SHA-256(DER SubjectPublicKeyInfo))). Returns 0 or -1. */
+/* Makes srv->jwks_json: the public half of --signing-key (else a fresh RSA 2048 key) as
+ * kube-apiserver publishes it (kid = base64url(SHA-256(DER SubjectPublicKeyInfo))).
+ * Returns 0 or -1. */
 int fake_issuer_init(struct fake_server *srv);
 
 #define FAKE_ISSUER "https://kubernetes.default.svc.cluster.local"

@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
@@ -825,7 +826,16 @@ static void b64url(const unsigned char *in, size_t len, char *out, size_t cap)
 
 int fake_issuer_init(struct fake_server *srv)
 {
-    EVP_PKEY *key = EVP_RSA_gen(2048);
+    EVP_PKEY *key = NULL;
+    if (srv->signing_key_path) {
+        FILE *f = fopen(srv->signing_key_path, "r");
+        if (f) {
+            key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+            fclose(f);
+        }
+    } else {
+        key = EVP_RSA_gen(2048);
+    }
     BIGNUM *n = NULL, *e = NULL;
     unsigned char *der = NULL, buf[512], digest[32];
     char n64[400], e64[16], kid[64];
