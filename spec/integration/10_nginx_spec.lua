@@ -6,6 +6,7 @@
 local fake_mod = require("support.fake")
 local gateway_mod = require("support.gateway")
 local upstream_mod = require("support.upstream")
+local nginx_mod = require("support.nginx")
 local proc = require("support.proc")
 local http = require("support.http")
 local cjson = require("cjson")
@@ -55,60 +56,11 @@ return {
 }
 ]]
 
-local function nginx_binary()
-  local out = proc.run("command -v nginx || ls /usr/sbin/nginx")
-  return out:match("(%S+)")
-end
-
--- Fills the example's placeholders and runs nginx in the foreground on a loopback port,
--- with every file it writes (pid, logs, temp files) under dir: never the system service.
--- nginx cannot report a port it picked itself, so this tries random ports below the
--- kernel's ephemeral range until one binds.
+-- The example with its placeholders filled, run by support.nginx (foreground, a loopback
+-- port, every file under dir).
 local function start_nginx(dir, tokengate_addr, upstream_addr)
-  local binary = assert(nginx_binary(), "nginx is not installed (./run setup installs it)")
   local template = assert(proc.read_file(EXAMPLE), "cannot read " .. EXAMPLE)
-  -- Worker processes run as nobody when the spec runs as root: they must reach the temp
-  -- dirs nginx makes here. This directory holds nothing but nginx's own files.
-  proc.run("chmod 755 " .. proc.quote(dir))
-  for _ = 1, 10 do
-    local port = math.random(20000, 32000)
-    local conf = template:gsub("@LISTEN@", "127.0.0.1:" .. port)
-      :gsub("@TOKENGATE@", tokengate_addr):gsub("@UPSTREAM@", upstream_addr)
-    assert(not conf:find("@%u+@"), "a placeholder is left in the example")
-    proc.write_file(dir .. "/tokengate.conf", conf)
-    proc.write_file(dir .. "/main.conf", table.concat({
-      "worker_processes 1;",
-      "events { worker_connections 256; }",
-      "http {",
-      "  access_log " .. dir .. "/access.log;",
-      "  client_body_temp_path " .. dir .. "/tmp-body;",
-      "  proxy_temp_path " .. dir .. "/tmp-proxy;",
-      "  fastcgi_temp_path " .. dir .. "/tmp-fastcgi;",
-      "  uwsgi_temp_path " .. dir .. "/tmp-uwsgi;",
-      "  scgi_temp_path " .. dir .. "/tmp-scgi;",
-      "  include " .. dir .. "/tokengate.conf;",
-      "}", "" }, "\n"))
-    local error_log = dir .. "/nginx-error.log"
-    proc.write_file(error_log, "")
-    local handle = proc.spawn({ binary, "-p", dir, "-c", dir .. "/main.conf", "-e", error_log,
-      "-g", "daemon off; pid " .. dir .. "/nginx.pid; error_log " .. error_log .. " info;" },
-      dir .. "/nginx.out")
-    local url = "http://127.0.0.1:" .. port
-    local deadline = proc.now() + 10
-    while proc.now() < deadline and proc.alive(handle) do
-      -- Any HTTP answer means nginx is serving (this one is a 401 from tokengate).
-      if http.get(url .. "/", nil, { timeout = 1 }).status ~= 0 then
-        return { handle = handle, url = url, error_log = error_log }
-      end
-      proc.sleep(0.05)
-    end
-    local log = (proc.read_file(error_log) or "") .. (proc.read_file(dir .. "/nginx.out") or "")
-    proc.stop(handle)
-    if not log:find("Address already in use", 1, true) then
-      error("nginx did not start:\n" .. log)
-    end
-  end
-  error("nginx found no free port")
+  return nginx_mod.start(dir, template, { TOKENGATE = tokengate_addr, UPSTREAM = upstream_addr })
 end
 
 describe("examples/nginx/nginx.conf with real nginx", function()
