@@ -23,7 +23,10 @@
 # never fails it (this machine is small and shared).
 #
 # Environment: ROUNDS (5), DURATION (4 s), CONNS (64), WORKERS (1 event-loop thread for
-# every server: wrk takes one of the two cores, the server the other).
+# every server: wrk takes one of the two cores, the server the other). PIN (1): every
+# server (both gateways, the bare server) runs pinned to the same core, SERVER_CPU (the
+# last one), and wrk to LOAD_CPU (0), so the targets compete for the same core and wrk
+# never shares it; PIN=0 leaves placement to the scheduler.
 # COMPARE_BIN=PATH adds a fourth target, "compare": that tokengate binary with the default
 # policy (e.g. a build from before a change), so before/after run side by side too.
 # COMPARE_FLAGS="..." adds flags to the compare target only, e.g. the same binary with
@@ -41,7 +44,16 @@ CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-1}
 COMPARE_BIN=${COMPARE_BIN:-}
 read -r -a compare_flags <<<"${COMPARE_FLAGS:-}"
+PIN=${PIN:-1}
+SERVER_CPU=${SERVER_CPU:-$(($(nproc) - 1))}
+LOAD_CPU=${LOAD_CPU:-0}
+server_on=() load_on=()
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || { echo "cached_path: PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  server_on=(taskset -c "$SERVER_CPU") load_on=(taskset -c "$LOAD_CPU")
+fi
 MACHINE="this machine ($(nproc) cores, shared)"
+[ "$PIN" = 1 ] && MACHINE+="; servers pinned to CPU $SERVER_CPU, wrk to CPU $LOAD_CPU"
 POLICY_COST_GOAL=0.15
 
 gateway_bin=$build/core/tokengate
@@ -173,7 +185,7 @@ start_gateway() {
 
   local workers=()
   if [ "$bin" = "$gateway_bin" ] || "$bin" --help 2>&1 | grep -q -- '--workers'; then workers=("${gw_workers[@]}"); fi
-  "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  "${server_on[@]}" "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --apiserver "https://$api" --apiserver-ca "$tmp/certs/ca.crt" \
     --apiserver-token-file "$tmp/cred.txt" --cache-ttl 10m --sar-allowed-ttl 10m \
     "${workers[@]}" "$@" >"$tmp/tokengate-$name.log" 2>&1 &
@@ -197,7 +209,7 @@ start_gateway default "$gateway_bin"
 start_gateway none "$gateway_bin" --policy none
 [ -n "$COMPARE_BIN" ] && start_gateway compare "$COMPARE_BIN" "${compare_flags[@]}"
 
-"$bare_bin" --listen 127.0.0.1:0 --threads "$WORKERS" >"$tmp/bare-server.log" 2>&1 &
+"${server_on[@]}" "$bare_bin" --listen 127.0.0.1:0 --threads "$WORKERS" >"$tmp/bare-server.log" 2>&1 &
 pids+=($!)
 addr[bare]=$(wait_listening "$!" "$tmp/bare-server.log" main) || die "bare-server did not start"
 echo "   bare: http://${addr[bare]}"
@@ -210,7 +222,7 @@ declare -A rps_of p50_of p99_of
 bad=0
 run_wrk() { # run_wrk ADDR OUTFILE
   TG_TOKENS=$tmp/tokens.txt timeout $((DURATION + 20)) \
-    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency --timeout 5s \
+    "${load_on[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency --timeout 5s \
     -s "$here/wrk_bearer.lua" "http://$1/bench" >"$2" 2>&1 ||
     { cat "$2" >&2; die "wrk failed against $1"; }
 }

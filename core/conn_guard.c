@@ -2,6 +2,7 @@
  * conn_guard.h). A guard is found from its evhttp_connection through a small chained hash
  * table owned by the worker's set. */
 #include "conn_guard.h"
+#include "util.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -34,6 +35,13 @@ typedef struct conn_guard {
     struct evbuffer *input;
     struct evbuffer_cb_entry *input_cb;
     struct event *deadline;
+    /* The phase's deadline (monotonic ms), and when the timer, if pending, fires. The
+     * timer is re-armed lazily: a request moving to its next phase only moves deadline_ms;
+     * a timer already due no later is left alone and re-armed for the rest when it fires,
+     * so a kept-alive request costs no event_add (nginx's timers are lazy the same way). */
+    int64_t deadline_ms;
+    int64_t timer_fires_ms;
+    bool timer_pending;
     guard_phase phase;
     /* Header scanner: where the headers end, and whether an Authorization field is among
      * them (its value is never looked at or kept). */
@@ -120,17 +128,35 @@ void conn_guard_set_free(conn_guard_set *set)
     free(set);
 }
 
-static void arm(conn_guard *g, int64_t ms)
+static void set_timer(conn_guard *g, int64_t now_ms, int64_t fires_ms)
 {
+    int64_t ms = fires_ms > now_ms ? fires_ms - now_ms : 0;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(g->deadline, &tv);
+    g->timer_fires_ms = fires_ms;
+    g->timer_pending = true;
+}
+
+/* The current phase must end within ms from now. */
+static void arm(conn_guard *g, int64_t ms)
+{
+    int64_t now = monotonic_ms();
+    g->deadline_ms = now + ms;
+    if (g->timer_pending && g->timer_fires_ms <= g->deadline_ms) return; /* fires first, then re-arms */
+    set_timer(g, now, g->deadline_ms);
+}
+
+static void disarm(conn_guard *g)
+{
+    evtimer_del(g->deadline);
+    g->timer_pending = false;
 }
 
 /* Ends the connection as if the client had gone: evhttp reads the end of the stream and
  * frees the connection (its close callback detaches this guard). */
 static void close_connection(conn_guard *g)
 {
-    evtimer_del(g->deadline);
+    disarm(g);
     struct bufferevent *bev = evhttp_connection_get_bufferevent(g->evcon);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0) shutdown(fd, SHUT_RDWR);
@@ -141,9 +167,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_guard *g = arg;
+    g->timer_pending = false;
+    if (g->phase == PHASE_BETWEEN) return; /* no phase running: nothing to watch */
+    int64_t now = monotonic_ms();
+    if (now < g->deadline_ms) {
+        set_timer(g, now, g->deadline_ms); /* armed for an earlier phase: the rest of this one */
+        return;
+    }
     if (g->phase == PHASE_HEADERS) STAT_ADD(g->set->stats.header_timeouts, 1);
-    else if (g->phase == PHASE_BODY) STAT_ADD(g->set->stats.body_timeouts, 1);
-    else return; /* disarmed in between: nothing to do */
+    else STAT_ADD(g->set->stats.body_timeouts, 1);
     close_connection(g);
 }
 
@@ -185,29 +217,47 @@ static void line_complete(conn_guard *g)
         if (g->request_line_seen) headers_complete(g);
     } else if (!g->request_line_seen) {
         g->request_line_seen = true;
-    } else if (g->line_len >= AUTHORIZATION_PREFIX_LEN &&
+    } else if (g->set->options.bound_unauthenticated_body && g->line_len >= AUTHORIZATION_PREFIX_LEN &&
                memcmp(g->line_head, AUTHORIZATION_PREFIX, AUTHORIZATION_PREFIX_LEN) == 0) {
         g->has_authorization = true;
     }
     g->line_len = 0;
 }
 
-/* Scans bytes of the header block; returns how many belong to it (the rest is body). */
+/* Scans bytes of the header block; returns how many belong to it (the rest is body).
+ * Line by line (memchr finds the ends). A line's first bytes are looked at one by one only
+ * where the Authorization field matters (the unauthenticated body bound, proxy mode), and
+ * only until its head is known; otherwise a line only counts as empty or not. */
 static size_t scan_headers(conn_guard *g, const unsigned char *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = p[i];
-        if (c == '\n') {
-            line_complete(g);
-            if (g->phase == PHASE_BODY) return i + 1;
-        } else if (c != '\r') {
-            if (c == '\0') g->nul_in_head = true;
-            if (g->line_len < AUTHORIZATION_PREFIX_LEN)
-                g->line_head[g->line_len] = (char)((c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c);
-            g->line_len++;
+    const bool heads = g->set->options.bound_unauthenticated_body;
+    size_t i = 0, used = n;
+    while (i < n) {
+        const unsigned char *nl = memchr(p + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - p) : n;
+        if (heads) {
+            for (; i < end && g->line_len < AUTHORIZATION_PREFIX_LEN; i++) {
+                unsigned char c = p[i];
+                if (c == '\r') continue;
+                g->line_head[g->line_len++] = (char)((c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c);
+            }
+        } else {
+            /* Without heads: skip carriage returns at the start, as line_len does not count them. */
+            while (i < end && g->line_len == 0 && p[i] == '\r') i++;
+        }
+        if (i < end) g->line_len += end - i; /* any other byte makes the line non-empty */
+        i = end;
+        if (!nl) break;
+        i++; /* the '\n' */
+        line_complete(g);
+        if (g->phase == PHASE_BODY) {
+            used = i;
+            break;
         }
     }
-    return n;
+    /* libevent cuts a header value at a NUL byte: one search per chunk of the head. */
+    if (memchr(p, '\0', used)) g->nul_in_head = true;
+    return used;
 }
 
 static void count_body(conn_guard *g, size_t n)
@@ -304,7 +354,8 @@ void conn_guard_request_read(conn_guard_set *set, struct evhttp_connection *evco
     if (!set || !evcon) return;
     conn_guard *g = *find_slot(set, evcon);
     if (!g) return;
-    evtimer_del(g->deadline);
+    /* The timer stays pending (lazily): in between it fires to no effect, and the next
+     * request's header deadline, later than it, needs no event_add. */
     g->phase = PHASE_BETWEEN;
     /* A pipelined request already waiting in the buffer starts its clock now. */
     size_t pending = evbuffer_get_length(g->input);

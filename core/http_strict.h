@@ -24,6 +24,11 @@ const char *http_strict_headers_violation(const struct evkeyvalq *headers, int h
  * port (no path, userinfo, spaces or backslash). Also used for forwarded hosts. */
 bool http_strict_host_valid(const char *s);
 
+/* The character classes behind these checks, exposed for their unit test: an RFC 9110
+ * tchar, and a character allowed in a Host field. */
+bool http_strict_token_char(unsigned char c);
+bool http_strict_host_char(unsigned char c);
+
 /* The same for an evhttp request (its version read from the request). */
 const char *http_strict_violation(struct evhttp_request *req);
 

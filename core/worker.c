@@ -527,6 +527,13 @@ typedef struct request_text {
     char client_ip[64];
 } request_text;
 
+/* What the policy judges, described once per request: pr points into text, so the pair
+ * is never copied. */
+typedef struct described_request {
+    policy_request pr;
+    request_text text;
+} described_request;
+
 /* Why describe_request refused a request: the status and the body's reason. */
 typedef enum {
     DESCRIBED = 0,
@@ -766,9 +773,11 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
                     const unsigned char *packed, size_t packed_len, const identity_view *view,
                     const sar_attributes *attrs);
 
-/* An authenticated identity: let the policy decide (or allow, with --policy none). */
+/* An authenticated identity: let the policy decide (or allow, with --policy none).
+ * described: the request as authz_handle described it, when this runs in the same turn;
+ * NULL after a review (the request is described again: same input, same answer). */
 static void authorize_identity(worker *w, struct evhttp_request *req, const struct timespec *started,
-                               const unsigned char *packed, size_t packed_len)
+                               const unsigned char *packed, size_t packed_len, const described_request *described)
 {
     if (w->access_log) {
         w->note.identity = packed;
@@ -783,27 +792,30 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
         reply(w, req, started, 500, "Internal Server Error", "internal error");
         return;
     }
-    policy_request pr;
-    request_text text;
-    const char *why;
-    describe_result described = describe_request(w, req, &pr, &text, &why);
-    if (described != DESCRIBED) {
-        reply_undescribable(w, req, started, described, why);
-        return;
+    described_request again;
+    if (!described) {
+        const char *why;
+        describe_result result = describe_request(w, req, &again.pr, &again.text, &why);
+        if (result != DESCRIBED) {
+            reply_undescribable(w, req, started, result, why);
+            return;
+        }
+        described = &again;
     }
+    const policy_request *pr = &described->pr;
     if (w->access_log) {
-        w->note.method = pr.method;
-        w->note.path = pr.path;
+        w->note.method = pr->method;
+        w->note.path = pr->path;
     }
     /* One decision buffer per loop, reused: it is used and done with before this returns. */
     policy_decision *d = &w->decision;
-    policy_authorize(w->policy, &pr, &view, d);
+    policy_authorize(w->policy, pr, &view, d);
     if (d->kind != POLICY_SAR && w->access_log) w->note.source = DECISION_POLICY;
     switch (d->kind) {
     case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
         /* Behind nginx the 403 body is dropped: the reason is only visible here. */
-        log_debug("policy denied", "method", pr.method, "path", pr.path, "reason", d->message, NULL);
+        log_debug("policy denied", "method", pr->method, "path", pr->path, "reason", d->message, NULL);
         reply_forbidden(w, req, started, d->message, strlen(d->message));
         break;
     case POLICY_ERROR: reply_policy_error(w, req, started, "authorize", d->message); break;
@@ -827,7 +839,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
     note_begin(ar->w, DECISION_TOKENREVIEW, 0);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
-        authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
+        authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len, NULL);
         break;
     case REVIEW_NEGATIVE:
         reply_unauthorized(ar->w, ar->req, &ar->started, "token not authenticated");
@@ -840,7 +852,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
             note_begin(ar->w, DECISION_CACHE, 1);
             log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
                      api_error_name(outcome->error), NULL);
-            authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len);
+            authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
             break;
         }
         reply_unavailable(ar->w, ar->req, &ar->started, outcome->retry_after_s,
@@ -1132,34 +1144,31 @@ static size_t current_audiences(const worker *w, const char *const **out)
 }
 
 /* No usable token: 401, unless the policy's anonymous(req) lets the request through
- * (answered 200, or forwarded in proxy mode, without identity headers). */
-static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
+ * (answered 200, or forwarded in proxy mode, without identity headers). described: the
+ * request as authz_handle described it (the decision note points into it until the reply). */
+static void handle_no_token(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why,
+                            const described_request *described)
 {
     note_begin(w, DECISION_ANONYMOUS, -1);
-    /* Outside the block: the decision note points into text until the reply below. */
-    policy_request pr;
-    request_text text;
     if (w->policy) {
+        const policy_request *pr = &described->pr;
+        if (w->access_log) {
+            w->note.method = pr->method;
+            w->note.path = pr->path;
+        }
         char err[512];
-        const char *refused;
-        if (describe_request(w, req, &pr, &text, &refused) == DESCRIBED) {
-            if (w->access_log) {
-                w->note.method = pr.method;
-                w->note.path = pr.path;
-            }
-            int rc = policy_anonymous(w->policy, &pr, err, sizeof(err));
-            if (rc < 0) {
-                reply_policy_error(w, req, started, "anonymous", err);
-                return;
-            }
-            if (rc == 1 && w->upstream) {
-                forward_allowed(w, req, started, NULL, NULL);
-                return;
-            }
-            if (rc == 1) {
-                reply(w, req, started, 200, "OK", NULL);
-                return;
-            }
+        int rc = policy_anonymous(w->policy, pr, err, sizeof(err));
+        if (rc < 0) {
+            reply_policy_error(w, req, started, "anonymous", err);
+            return;
+        }
+        if (rc == 1 && w->upstream) {
+            forward_allowed(w, req, started, NULL, NULL);
+            return;
+        }
+        if (rc == 1) {
+            reply(w, req, started, 200, "OK", NULL);
+            return;
         }
     }
     reply_unauthorized(w, req, started, why);
@@ -1253,17 +1262,16 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         reply(w, req, &started, 400, "Bad Request", body);
         return;
     }
+    /* What the policy would judge (and, in proxy mode, what would be forwarded) is
+     * checked before any review is spent on it: a malformed target, a traversal, the
+     * wrong forwarded headers. evhttp already refuses CONNECT and TRACE (not in the
+     * allowed methods). The description serves the policy hooks of this turn too. */
+    described_request described;
     {
-        /* What the policy would judge (and, in proxy mode, what would be forwarded) is
-         * checked before any review is spent on it: a malformed target, a traversal, the
-         * wrong forwarded headers. evhttp already refuses CONNECT and TRACE (not in the
-         * allowed methods). The policy hooks describe the request again (same answer). */
-        policy_request pr;
-        request_text text;
         const char *why;
-        describe_result described = describe_request(w, req, &pr, &text, &why);
-        if (described != DESCRIBED) {
-            reply_undescribable(w, req, &started, described, why);
+        describe_result result = describe_request(w, req, &described.pr, &described.text, &why);
+        if (result != DESCRIBED) {
+            reply_undescribable(w, req, &started, result, why);
             return;
         }
     }
@@ -1277,7 +1285,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
     size_t token_len;
     bearer_status bs = bearer_extract(header, cfg->max_token_bytes, &token, &token_len);
     if (bs != BEARER_OK) {
-        handle_no_token(w, req, &started, bearer_status_reason(bs));
+        handle_no_token(w, req, &started, bearer_status_reason(bs), &described);
         return;
     }
 
@@ -1301,7 +1309,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
          * entry's refresh claim (one per entry and retry interval, across workers). */
         if (refresh_due) send_refresh(w, token, token_len, audiences, n_audiences, &key);
-        authorize_identity(w, req, &started, value, value_len);
+        authorize_identity(w, req, &started, value, value_len, &described);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         metric_add(&rm->cache_hits, 1);

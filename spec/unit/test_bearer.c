@@ -2,8 +2,10 @@
 #include "bearer.h"
 #include "unit.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef TOKENGATE_TESTDATA
 #error "TOKENGATE_TESTDATA must point at spec/fixtures/kube-apiserver-1.26"
@@ -52,6 +54,20 @@ static void test_extract_ok(void)
                  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/");
     expect_token("Bearer x", 7, "x");
     expect_token("Bearer eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2ln", 7, "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2ln");
+}
+
+/* Every byte: a token "a<c>b" is accepted exactly when c is a b64token character. */
+static void test_extract_every_byte(void)
+{
+    for (int c = 1; c < 256; c++) {
+        char header[16] = "Bearer a";
+        header[8] = (char)c;
+        header[9] = 'b';
+        header[10] = '\0';
+        bool b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   (c != 0 && strchr("-._~+/", c) != NULL);
+        CHECK((extract(header) == BEARER_OK) == b64);
+    }
 }
 
 static void test_extract_rejects(void)
@@ -396,6 +412,7 @@ static void test_jwt_real_claims(void)
 int main(void)
 {
     RUN(test_extract_ok);
+    RUN(test_extract_every_byte);
     RUN(test_extract_rejects);
     RUN(test_extract_length_limit);
     RUN(test_status_reason);

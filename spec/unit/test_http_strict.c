@@ -5,6 +5,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/queue.h>
 
 /* Builds a header list from "Name", "value" pairs (NULL-ended) and checks it as HTTP/1.minor. */
@@ -81,11 +82,36 @@ static void test_syntax_refused(void)
     EXPECT_REFUSED(1, "Host", "h", "X-A", "a\x1b[31m");
 }
 
+/* The bit masks behind the checks equal their definitions, for every byte. */
+static void test_character_classes_match_their_definitions(void)
+{
+    for (int c = 0; c < 256; c++) {
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        bool tchar = c != 0 && (alnum || strchr("!#$%&'*+-.^_`|~", c) != NULL);
+        bool host = c != 0 && (alnum || strchr("-._~:[]!$&'()*+,;=%", c) != NULL);
+        CHECK(http_strict_token_char((unsigned char)c) == tchar);
+        CHECK(http_strict_host_char((unsigned char)c) == host);
+    }
+    /* Field values: every byte but the controls (TAB allowed), each tried in a value. */
+    for (int c = 1; c < 256; c++) {
+        if (c == '\r' || c == '\n') continue; /* evhttp_add_header refuses to store these */
+        char value[4] = {'a', (char)c, 'b', '\0'};
+        const char *const f[] = {"Host", "app.example", "X-Value", value, NULL};
+        bool control = (c < 0x20 && c != '\t') || c == 0x7f;
+        CHECK((check(1, f) == NULL) == !control);
+    }
+    /* Through the public checks too: a name with a byte >= 128 and a host with one. */
+    EXPECT_REFUSED(1, "Host", "app.example", "X-Caf\xc3\xa9", "1");
+    EXPECT_REFUSED(1, "Host", "caf\xc3\xa9.example");
+    EXPECT_OK(1, "Host", "a-b.c_d~e:1", "X-A!#$%&'*+-.^_`|~9", "v");
+}
+
 int main(void)
 {
     RUN(test_ordinary_requests_pass);
     RUN(test_framing_refused);
     RUN(test_host_refused);
     RUN(test_syntax_refused);
+    RUN(test_character_classes_match_their_definitions);
     return UNIT_EXIT();
 }
