@@ -29,6 +29,12 @@
 # never shares it; PIN=0 leaves placement to the scheduler.
 # COMPARE_BIN=PATH adds a fourth target, "compare": that tokengate binary with the default
 # policy (e.g. a build from before a change), so before/after run side by side too.
+# BARE_CHANGELIST=1 adds the target "bare_cl": the bare server with libevent's epoll change
+# list (EVENT_EPOLL_USE_CHANGELIST=1), which tokengate's workers use, so the gateway is also
+# compared with a bare server configured like it.
+# Besides req/s and latency, each round prints the server's CPU time per request (user +
+# system, from /proc/PID/stat, in microseconds): unlike req/s it does not depend on how
+# fast wrk is on a shared machine, so the medians' cpu ratios are reported too.
 # COMPARE_FLAGS="..." adds flags to the compare target only, e.g. the same binary with
 # COMPARE_FLAGS="--access-log /tmp/decisions.log" measures the decision log's cost.
 set -euo pipefail
@@ -71,6 +77,7 @@ command -v wrk >/dev/null || die "wrk is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 targets=(default none bare)
 [ -n "$COMPARE_BIN" ] && targets+=(compare)
+[ "${BARE_CHANGELIST:-0}" = 1 ] && targets+=(bare_cl)
 if [ $((ROUNDS * DURATION * ${#targets[@]})) -gt 160 ]; then
   die "ROUNDS x DURATION x ${#targets[@]} targets must stay within 160 s (got $((ROUNDS * DURATION * ${#targets[@]})))"
 fi
@@ -168,7 +175,7 @@ else
   echo "   (this tokengate build has no --workers flag: it runs with its own default)"
 fi
 
-declare -A addr control warm_tr warm_sar
+declare -A addr control warm_tr warm_sar pid_of
 # start_gateway NAME BINARY [EXTRA FLAGS...]: its own fake API server, then the gateway,
 # then one warm-up request that must answer 200.
 start_gateway() {
@@ -191,6 +198,7 @@ start_gateway() {
     "${workers[@]}" "$@" >"$tmp/tokengate-$name.log" 2>&1 &
   pid=$!
   pids+=("$pid")
+  pid_of[$name]=$pid
   addr[$name]=$(wait_listening "$pid" "$tmp/tokengate-$name.log" main) || die "tokengate ($name) did not start"
 
   curl -sf --max-time 5 -X POST "http://${control[$name]}/control/reset-stats" >/dev/null ||
@@ -211,14 +219,26 @@ start_gateway none "$gateway_bin" --policy none
 
 "${server_on[@]}" "$bare_bin" --listen 127.0.0.1:0 --threads "$WORKERS" >"$tmp/bare-server.log" 2>&1 &
 pids+=($!)
+pid_of[bare]=$!
 addr[bare]=$(wait_listening "$!" "$tmp/bare-server.log" main) || die "bare-server did not start"
 echo "   bare: http://${addr[bare]}"
+if [ "${BARE_CHANGELIST:-0}" = 1 ]; then
+  EVENT_EPOLL_USE_CHANGELIST=1 "${server_on[@]}" "$bare_bin" --listen 127.0.0.1:0 --threads "$WORKERS" \
+    >"$tmp/bare-cl-server.log" 2>&1 &
+  pids+=($!)
+  pid_of[bare_cl]=$!
+  addr[bare_cl]=$(wait_listening "$!" "$tmp/bare-cl-server.log" main) || die "bare-server (change list) did not start"
+  echo "   bare_cl: http://${addr[bare_cl]} (EVENT_EPOLL_USE_CHANGELIST=1)"
+fi
 echo
 
 # --- rounds ------------------------------------------------------------------------------
-printf '%-6s %-9s %12s %9s %9s %8s %8s %s\n' round target "req/s" "p50 ms" "p99 ms" non-2xx errors \
-  "TokenReviews/SARs"
-declare -A rps_of p50_of p99_of
+printf '%-6s %-9s %12s %9s %9s %8s %8s %9s %s\n' round target "req/s" "p50 ms" "p99 ms" non-2xx errors \
+  "cpu us/req" "TokenReviews/SARs"
+declare -A rps_of p50_of p99_of cpu_of
+clock_ticks=$(getconf CLK_TCK)
+# cpu_ticks PID: user + system time of the process (all its threads) in clock ticks
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 bad=0
 run_wrk() { # run_wrk ADDR OUTFILE
   TG_TOKENS=$tmp/tokens.txt timeout $((DURATION + 20)) \
@@ -231,25 +251,35 @@ for r in $(seq "$ROUNDS"); do
   for i in $(seq 0 $((n_targets - 1))); do
     target=${targets[$(((i + r - 1) % n_targets))]}
     out=$tmp/wrk-$target-$r.txt
+    ticks_before=$(cpu_ticks "${pid_of[$target]}")
     run_wrk "${addr[$target]}" "$out"
+    ticks_after=$(cpu_ticks "${pid_of[$target]}")
     read -r rps p50 p99 non2xx errs total < <(parse_wrk "$out")
-    rps_of[$target]+="$rps " p50_of[$target]+="$p50 " p99_of[$target]+="$p99 "
+    cpu_us=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$clock_ticks" -v n="$total" \
+      'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print 0 }')
+    rps_of[$target]+="$rps " p50_of[$target]+="$p50 " p99_of[$target]+="$p99 " cpu_of[$target]+="$cpu_us "
     calls=-
-    if [ "$target" != bare ]; then
+    if [ "$target" != bare ] && [ "$target" != bare_cl ]; then
       [ "$non2xx" -eq 0 ] && [ "$errs" -eq 0 ] && [ "$total" -gt 0 ] || bad=1
       read -r tr sar < <(fake_stats "${control[$target]}")
       calls="$tr/$sar"
     fi
-    printf '%-6s %-9s %12s %9s %9s %8s %8s %s\n' "$r" "$target" "$rps" "$p50" "$p99" "$non2xx" "$errs" "$calls"
+    printf '%-6s %-9s %12s %9s %9s %8s %8s %9s %s\n' "$r" "$target" "$rps" "$p50" "$p99" "$non2xx" "$errs" "$cpu_us" "$calls"
   done
 done
 
 # --- summary -----------------------------------------------------------------------------
-declare -A m_rps m_p50 m_p99
+declare -A m_rps m_p50 m_p99 m_cpu
 for t in "${targets[@]}"; do
   # shellcheck disable=SC2086 # the lists are space-separated numbers
   m_rps[$t]=$(median ${rps_of[$t]}) m_p50[$t]=$(median ${p50_of[$t]}) m_p99[$t]=$(median ${p99_of[$t]})
+  # shellcheck disable=SC2086
+  m_cpu[$t]=$(median ${cpu_of[$t]})
 done
+# CPU ratios: the bare server's CPU time per request over the gateway's (higher is better,
+# like the req/s ratios: 1 means the gateway costs what the bare server costs).
+cpu_ratio=$(ratio "${m_cpu[bare]}" "${m_cpu[default]}")
+cpu_ratio_none=$(ratio "${m_cpu[bare]}" "${m_cpu[none]}")
 ratio_rps=$(ratio "${m_rps[default]}" "${m_rps[bare]}")
 ratio_p99=$(ratio "${m_p99[default]}" "${m_p99[bare]}")
 ratio_rps_none=$(ratio "${m_rps[none]}" "${m_rps[bare]}")
@@ -280,13 +310,19 @@ fi
 
 echo
 for t in "${targets[@]}"; do
-  printf '%-6s %-9s %12s %9s %9s\n' median "$t" "${m_rps[$t]}" "${m_p50[$t]}" "${m_p99[$t]}"
+  printf '%-6s %-9s %12s %9s %9s %26s\n' median "$t" "${m_rps[$t]}" "${m_p50[$t]}" "${m_p99[$t]}" "${m_cpu[$t]}"
 done
 echo
 echo "ratios ($MACHINE; medians):"
 echo "  default/bare: req/s $ratio_rps, p99 $ratio_p99"
 echo "  none/bare:    req/s $ratio_rps_none, p99 $ratio_p99_none"
 echo "  default/none: req/s $policy_ratio_rps, p99 $policy_ratio_p99"
+echo "  cpu per request, bare/default: $cpu_ratio, bare/none: $cpu_ratio_none"
+if [ "${BARE_CHANGELIST:-0}" = 1 ]; then
+  echo "  against bare_cl: default req/s $(ratio "${m_rps[default]}" "${m_rps[bare_cl]}"), none req/s" \
+    "$(ratio "${m_rps[none]}" "${m_rps[bare_cl]}"); cpu bare_cl/default $(ratio "${m_cpu[bare_cl]}" "${m_cpu[default]}")," \
+    "bare_cl/none $(ratio "${m_cpu[bare_cl]}" "${m_cpu[none]}")"
+fi
 if [ -n "$COMPARE_BIN" ]; then
   echo "  default/compare: req/s $(ratio "${m_rps[default]}" "${m_rps[compare]}"), p99 $(ratio "${m_p99[default]}" "${m_p99[compare]}")"
 fi
@@ -310,6 +346,8 @@ if [ -n "$COMPARE_BIN" ]; then
 fi
 printf '"ratio_rps":%s,"ratio_p99":%s,"ratio_rps_no_policy":%s,"ratio_p99_no_policy":%s,' \
   "$ratio_rps" "$ratio_p99" "$ratio_rps_none" "$ratio_p99_none"
+printf '"cpu_us_per_request":{"default":%s,"none":%s,"bare":%s},"cpu_ratio":%s,"cpu_ratio_no_policy":%s,' \
+  "${m_cpu[default]}" "${m_cpu[none]}" "${m_cpu[bare]}" "$cpu_ratio" "$cpu_ratio_none"
 printf '"policy_ratio_rps":%s,"policy_ratio_p99":%s,"policy_cost":%s,"policy_cost_paired":%s,"policy_cost_goal":%s,"policy_cost_goal_met":%s,' \
   "$policy_ratio_rps" "$policy_ratio_p99" "$policy_cost" "$policy_cost_paired" "$POLICY_COST_GOAL" "$goal_met"
 printf '"cached_p99_under_1ms":%s,"tokenreview_calls":%s,"subjectaccessreview_calls":%s,"tokenreview_calls_no_policy":%s,"cached_path":%s,"all_200":%s}\n' \

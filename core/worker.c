@@ -1533,6 +1533,22 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
 }
 
 
+/* A worker's event loop. With the epoll backend, changes to a connection's events are
+ * kept in a change list and applied once per loop turn: evhttp enables and disables
+ * reading and writing around every response, and the list folds those into one
+ * epoll_ctl per request instead of four (bench/cached_path.sh measures the difference).
+ * libevent's caveat for the change list is file descriptors cloned with dup(): a worker
+ * never dups the sockets its loop watches (its connections, the mailbox's eventfd). */
+static struct event_base *worker_event_base_new(void)
+{
+    struct event_config *ec = event_config_new();
+    if (!ec) return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
+}
+
 worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
 {
     const config *cfg = shared->cfg;
@@ -1556,7 +1572,7 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     atomic_init(&w->connections, 0);
     atomic_init(&w->heartbeat_ms, clock_ms());
     atomic_init(&w->loop_left, false);
-    w->base = event_base_new();
+    w->base = worker_event_base_new();
     if (!w->base) goto fail_fd;
     w->heartbeat_event = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
     struct timeval heartbeat_every = {WORKER_HEARTBEAT_MS / 1000, (WORKER_HEARTBEAT_MS % 1000) * 1000};
