@@ -4,7 +4,8 @@
  * --admin-token-file is given. A web page the operator visits can still send it requests:
  * a cross-site form POST (no CORS preflight for text/plain, form and multipart bodies),
  * or, through DNS rebinding, a same-origin request to a name that resolves to the admin
- * address. These pure checks refuse both; server.c applies them to every admin request. */
+ * address. These pure checks refuse both; admin_endpoints.c applies them to every admin
+ * request. */
 #ifndef TOKENGATE_ADMIN_GUARD_H
 #define TOKENGATE_ADMIN_GUARD_H
 

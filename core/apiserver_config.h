@@ -16,7 +16,11 @@
  * TLS to the API server is always verified: a kubeconfig cluster must name a CA
  * (certificate-authority or certificate-authority-data), insecure-skip-tls-verify: true is
  * refused, and the server must be https://. Secrets (tokens, private keys) never appear in
- * err or why, and apiserver_settings_free wipes them. */
+ * err or why, and apiserver_settings_free wipes them.
+ *
+ * The parts of that decision have headers of their own: kubeconfig.h (the kubeconfig
+ * schema, on yaml_tree.h), apiserver_url.h (the URL rule) and apiserver_tls_check.h
+ * (loading the TLS material once at start-up). */
 #ifndef TOKENGATE_APISERVER_CONFIG_H
 #define TOKENGATE_APISERVER_CONFIG_H
 
@@ -91,26 +95,7 @@ int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char 
 /* Frees what out owns, wiping the token and the PEM blobs first; leaves it zeroed. */
 void apiserver_settings_free(apiserver_settings *s);
 
-/* Parses kubeconfig text (at most KUBECONFIG_MAX_BYTES, libyaml; JSON works too) and picks
- * context (NULL or "" = current-context). Relative paths in it (certificate-authority,
- * tokenFile, client-certificate, client-key) are resolved against base_dir, the
- * kubeconfig's directory (NULL = leave them as written). Touches no file: does not check
- * that those paths exist (apiserver_resolve does). Fills out (source KUBECONFIG, context,
- * cluster, user, why; kubeconfig_path stays NULL). Returns 0, or -1 with a message in err.
- * Refuses: duplicate mapping keys, YAML aliases, more than one document, a duplicated
- * context/cluster/user name that is used, exec and auth-provider users, basic auth,
- * impersonation, insecure-skip-tls-verify: true, tls-server-name, proxy-url, a server that
- * is not https://, a cluster without a CA, a user without a credential. */
-int kubeconfig_parse(const char *yaml_text, size_t len, const char *context, const char *base_dir,
-                     apiserver_settings *out, char *err, size_t err_cap);
-
 /* "flags", "kubeconfig" or "in-cluster". */
 const char *apiserver_source_name(apiserver_source source);
-
-/* Loads what the settings point at with OpenSSL, as client-go does when it loads a
- * kubeconfig: the CA (file or data) must hold at least one certificate, and a client
- * certificate must parse and match its key. Catches at start-up (and in --check) what
- * would otherwise fail every review later. Returns 0, or -1 with err (no secrets). */
-int apiserver_settings_check_tls(const apiserver_settings *s, char *err, size_t err_cap);
 
 #endif

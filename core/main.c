@@ -1,6 +1,7 @@
 /* main.c: flags in, server out. Also makes jansson wipe what it frees, because the JSON
  * the gateway parses and builds can hold tokens (a TokenReview answer echoes spec.token). */
 #include "apiserver_config.h"
+#include "apiserver_tls_check.h"
 #include "config.h"
 #include "log.h"
 #include "policy.h"

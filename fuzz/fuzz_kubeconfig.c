@@ -1,4 +1,4 @@
-/* fuzz_kubeconfig: kubeconfig_parse (core/apiserver_config.h) on arbitrary kubeconfig
+/* fuzz_kubeconfig: kubeconfig_parse (core/kubeconfig.h) on arbitrary kubeconfig
  * text (an exact-size heap copy, not NUL-terminated).
  *
  * Each input is parsed with base_dir "/etc/tg" and the current-context, then again with
@@ -20,7 +20,7 @@
  *  - naming the chosen context explicitly gives the same server, credential kind, cluster
  *    and user;
  *  - apiserver_settings_free leaves the struct all zeroes. */
-#include "apiserver_config.h"
+#include "kubeconfig.h"
 #include "fuzz_common.h"
 
 #define ERR_CAP 512

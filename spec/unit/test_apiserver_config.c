@@ -3,6 +3,7 @@
  * spec/fixtures/kubeconfig, the in-cluster service-account directory (faked under /tmp),
  * every refusal with its message, and that no token or key ever reaches err or why. */
 #include "apiserver_config.h"
+#include "kubeconfig.h"
 #include "unit.h"
 
 #include <errno.h>
