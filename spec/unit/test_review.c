@@ -320,12 +320,18 @@ static void test_concurrency_limit_wiring(void)
     review_limits l = limits_of(5000, 1000, 100);
     REQUIRE(fixture_init(&fx, &l));
     box boxes[60];
-    /* Slow start: 8 calls at once, then 32 one ramp step (CL_RAMP_MS) later, no answer needed. */
+    /* The gateway sits idle before the first burst: that time is no slow-start step. */
+    advance(&fx.w, fx.engine, 5000);
+    /* Slow start: 8 calls at once, then 32 one ramp step (CL_RAMP_MS) after the limit
+     * filled, no answer needed. */
     for (int i = 0; i < 60; i++) start(&fx, (unsigned)(i + 1), &boxes[i]);
     CHECK_EQ_INT(fx.w.n_calls, 8);
     CHECK_EQ_INT(stats(&fx).in_flight, 8);
     CHECK(stats(&fx).concurrency_limited >= 1);
-    advance(&fx.w, fx.engine, CL_RAMP_MS);
+    CHECK_EQ_INT(fx.w.timer_at, fx.w.now + CL_RAMP_MS); /* the engine wakes for the step */
+    advance(&fx.w, fx.engine, CL_RAMP_MS - 1);
+    CHECK_EQ_INT(fx.w.n_calls, 8);
+    advance(&fx.w, fx.engine, 1);
     CHECK_EQ_INT(fx.w.n_calls, 32);
     advance(&fx.w, fx.engine, CL_RAMP_MS);
     CHECK_EQ_INT(fx.w.n_calls, 60); /* 128 > 60: everything is out after two steps */
