@@ -93,6 +93,12 @@ void concurrency_limit_answered(concurrency_limit *cl, double latency_ms, size_t
         if (cl->pushed_back && was_full && now_ms - cl->last_growth_ms >= CL_RAMP_MS) {
             cl->limit = cl->limit + 1 < cl->max_limit ? cl->limit + 1 : cl->max_limit;
             cl->last_growth_ms = now_ms;
+        } else if (!cl->pushed_back && was_full) {
+            /* Answers that come back within a step are better evidence than time: grow by
+             * them (doubling per round trip) and hold the time step back until they stop
+             * (a server answering in 5 ms, seats 10, sees 16 calls, not 32). */
+            cl->limit = cl->limit + 1 < cl->max_limit ? cl->limit + 1 : cl->max_limit;
+            cl->full_since_ms = now_ms;
         }
         return;
     }

@@ -11,10 +11,13 @@
  *    clock starts when the limit fills, not when it was last raised: an idle gateway's
  *    first burst must not find its first step already due (API Priority and Fairness
  *    rejects at once, so CL_RAMP_MS at a level without a 429 is the evidence that the
- *    server holds that level). A cold burst against a healthy server reaches a hundred
- *    calls in flight within a few tens of milliseconds, with no fixed cap in the way;
- *    against a server with five seats, the first rejections come back before the first
- *    step.
+ *    server holds that level). Answers that come back while it is full are better
+ *    evidence still: each adds one call (doubling per round trip, as TCP's slow start)
+ *    and holds the time step back, so a server that answers within a step is approached
+ *    by doubling, not by fourfold jumps. A cold burst against a healthy but slow server
+ *    reaches a hundred calls in flight within a few tens of milliseconds, with no fixed
+ *    cap in the way; against a server with five seats, the first rejections come back
+ *    before the first step.
  *  - a 429 sets the limit to the calls still in flight when it arrives (what the server
  *    is evidently holding), never below the floor, and ends slow start. The rejected call
  *    itself retries after Retry-After; the others go on. The level it came at is

@@ -179,20 +179,34 @@ static void test_throttled_server_is_used_without_wasting_calls(void)
 {
     sim_result r;
     concurrency_limit cl;
+    double share;
     /* The bench's case: the gateway idle for seconds before the load, 429s back in a few
      * ms (under a slow-start step). The first 8 calls find 5 seats: 3 429s, then the limit
      * holds at 5; probes to 6 cost one 429 each, less often after each. */
     int reject_ms[] = {1, 3, CL_RAMP_MS - 1};
     for (size_t i = 0; i < sizeof(reject_ms) / sizeof(reject_ms[0]); i++) {
-        double share = throttled_run(5000, reject_ms[i], 30000, &r, &cl);
+        share = throttled_run(5000, reject_ms[i], 30000, &r, &cl);
         CHECK(r.answered >= 0.8 * 500);
         CHECK(share <= 0.02); /* the goal is 5 %: keep a margin for the machine's noise */
         CHECK_EQ_INT(r.first_second_throttled, 8 - 5);
         CHECK(concurrency_limit_get(&cl) >= 5 && concurrency_limit_get(&cl) <= 6);
     }
+    /* A server that answers (and rejects) in 5 ms with 10 seats: answers come back within
+     * a step, so slow start grows by them and overshoots by at most what one round trip
+     * of answers adds, not 4-fold. */
+    server_model fast = {.seats = 10, .latency_ms = 5, .retry_after_ms = 1000, .reject_ms = 5, .idle_ms = 5000};
+    concurrency_limit_init(&cl, 100, 0);
+    r = simulate(&fast, &cl, 200, true, 30000);
+    share = (double)r.throttled / (double)(r.answered + r.throttled);
+    printf("  fast (10 seats, 5 ms): %llu answered, %llu 429s (%.2f %%, %llu in the first second), limit %zu\n",
+           (unsigned long long)r.answered, (unsigned long long)r.throttled, 100.0 * share,
+           (unsigned long long)r.first_second_throttled, concurrency_limit_get(&cl));
+    CHECK(r.first_second_throttled <= 15); /* time steps alone: 8, 32: 22 429s at once */
+    CHECK(r.answered >= 0.8 * 30000 / 5 * 10);
+    CHECK(share <= 0.005);
     /* Ten minutes: calm periods restart slow start, which grows by answers now that the
      * server has pushed back, so each costs one 429, not a wave. */
-    double share = throttled_run(5000, 3, 600000, &r, &cl);
+    share = throttled_run(5000, 3, 600000, &r, &cl);
     CHECK(r.answered >= 0.95 * 600000 / 300 * 5);
     CHECK(share <= 0.005);
     CHECK(concurrency_limit_get(&cl) >= 5 && concurrency_limit_get(&cl) <= 6);
@@ -269,10 +283,13 @@ static void test_limits_and_calm(void)
     concurrency_limit_answered(&cl, 200, 10, t + 5); /* 11 of 32 were in flight */
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 32, 10, t + CL_RAMP_MS), t + 2 * CL_RAMP_MS);
     CHECK_EQ_INT(concurrency_limit_get(&cl), 32);
-    /* ... an answer while it is full does not. */
-    concurrency_limit_answered(&cl, 200, 31, t + CL_RAMP_MS + 1);
-    CHECK_EQ_INT(concurrency_limit_demand(&cl, 32, 10, t + 2 * CL_RAMP_MS), 0);
-    CHECK_EQ_INT(concurrency_limit_get(&cl), 100); /* 128, capped by the ceiling */
+    /* ... an answer while it is full is evidence too: one more call for it (growth by
+     * answers, doubling per round trip), and the time step waits CL_RAMP_MS from it. */
+    concurrency_limit_answered(&cl, 5, 31, t + CL_RAMP_MS + 1);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), 33);
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, 33, 10, t + 2 * CL_RAMP_MS), t + 2 * CL_RAMP_MS + 1);
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, 33, 10, t + 2 * CL_RAMP_MS + 1), 0);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), 100); /* 132, capped by the ceiling */
 
     t = 6000;
     concurrency_limit_throttled(&cl, 0, t);
