@@ -262,6 +262,31 @@ static void test_latency_rise_cuts_once_per_round_trip(void)
     CHECK(lowest >= 8);
 }
 
+static void test_latency_cut_is_a_push_back(void)
+{
+    concurrency_limit cl;
+    concurrency_limit_init(&cl, 100, 0);
+    int64_t t = 0;
+    /* Answers within a step while the limit is full: one more call each. */
+    for (int i = 0; i < 20; i++) concurrency_limit_answered(&cl, 100, concurrency_limit_get(&cl) - 1, t++);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), 28);
+    CHECK(cl.slow_start);
+    /* Four times slower: a latency cut ends slow start, as a 429 would ... */
+    for (t = 200; !cl.latency_cuts && t < 300; t++) concurrency_limit_answered(&cl, 400, concurrency_limit_get(&cl) - 1, t);
+    CHECK_EQ_INT(cl.latency_cuts, 1);
+    CHECK(!cl.slow_start);
+    size_t after_cut = concurrency_limit_get(&cl);
+    CHECK(after_cut < 28 && after_cut >= 8);
+    /* ... and after the calm, slow start grows by answers only, never by time. */
+    t = cl.last_congestion_ms + CL_CALM_MS;
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, after_cut, 10, t), -1);
+    CHECK(cl.slow_start);
+    CHECK_EQ_INT(concurrency_limit_demand(&cl, after_cut, 10, t + 5 * CL_RAMP_MS), -1);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), after_cut);
+    concurrency_limit_answered(&cl, 100, after_cut - 1, t + 5 * CL_RAMP_MS);
+    CHECK_EQ_INT(concurrency_limit_get(&cl), after_cut + 1);
+}
+
 static void test_limits_and_calm(void)
 {
     concurrency_limit cl;
@@ -370,6 +395,7 @@ int main(void)
     RUN(test_throttled_server_is_used_without_wasting_calls);
     RUN(test_queueing_server_shrinks_the_limit);
     RUN(test_latency_rise_cuts_once_per_round_trip);
+    RUN(test_latency_cut_is_a_push_back);
     RUN(test_limits_and_calm);
     RUN(test_probes_back_off_at_the_known_ceiling);
     return UNIT_EXIT();
