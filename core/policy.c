@@ -90,14 +90,16 @@ typedef struct policy_state {
      * .anonymous, sandbox.host_interface().authorize_error, and the C closure call_hook
      * (whose upvalues hold the rest, see UV_*). */
     int ttl_ref, anonymous_ref, authorize_error_ref;
+    int after_ref; /* sandbox.host_interface().after */
     int call_hook_ref;
     struct {          /* what call_hook is to do, set by run_hook */
         int fn_ref;   /* a sandbox function to call with the policy, or LUA_NOREF: the
                        * policy's own authorize, directly */
         const policy_request *req;
         const identity_view *user;
+        const policy_outcome *outcome; /* after(): the outcome's parts follow req, user */
     } call;
-    bool has_ttl, has_anonymous;
+    bool has_ttl, has_anonymous, has_after;
     /* How many of (req, user) the policy's authorize can see: the parameters it declares
      * (2 when it is variadic). An argument it has no parameter for is not built. */
     int authorize_args;
@@ -711,6 +713,9 @@ static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
     lua_getfield(L, -1, "anonymous");
     ps->has_anonymous = lua_isfunction(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, -1, "after");
+    ps->has_after = lua_isfunction(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "audiences");
     int rc = 0;
     if (lua_istable(L, -1)) {
@@ -820,6 +825,13 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
     ps->authorize_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushcclosure(L, call_hook, UV_COUNT);
     ps->call_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, hi, "after");
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, err_cap, "tokengate.sandbox.host_interface() lacks after");
+        lua_settop(L, top);
+        return -1;
+    }
+    ps->after_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* host_interface() */
     ps->anonymous_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ps->ttl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -848,7 +860,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     ps->max_call_ns = (uint64_t)host->limits.max_call_ms * 1000000u;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
     ps->ttl_ref = ps->anonymous_ref = ps->authorize_error_ref = LUA_NOREF;
-    ps->call_hook_ref = LUA_NOREF;
+    ps->call_hook_ref = ps->after_ref = LUA_NOREF;
     ps->L = lua_newstate(limited_alloc, ps);
     if (!ps->L) {
         snprintf(err, err_cap, "cannot create a Lua state");
@@ -1311,6 +1323,26 @@ static void push_request_args(lua_State *L, const policy_request *req)
     luaL_pushresult(&b);
 }
 
+/* after()'s outcome as the sandbox's host_after takes it: status, decision, source,
+ * reason (or nil), token_cached and sar_cached (each a boolean, or nil when unknown). */
+static int push_outcome_args(lua_State *L, const policy_outcome *o)
+{
+    static const char *const sources[] = {"policy", "sar", "anonymous"};
+    lua_pushinteger(L, o->status);
+    lua_pushstring(L, o->status < 300   ? "allow"
+                      : o->status == 503 ? "unavailable"
+                      : o->status >= 500 ? "error"
+                                         : "deny");
+    lua_pushstring(L, sources[(unsigned)o->source < 3 ? o->source : 0]);
+    if (o->reason) lua_pushlstring(L, o->reason, o->reason_len);
+    else lua_pushnil(L);
+    if (o->token_cached >= 0) lua_pushboolean(L, o->token_cached);
+    else lua_pushnil(L);
+    if (o->sar_cached >= 0) lua_pushboolean(L, o->sar_cached);
+    else lua_pushnil(L);
+    return 6;
+}
+
 /* The protected part of every hook call, run by lua_pcall as a C function so that
  * building the arguments (which allocates under the state's memory cap) can fail as a
  * Lua error. With ps->call.fn_ref set, calls that sandbox function with the policy and
@@ -1353,18 +1385,26 @@ static int call_hook(lua_State *L)
         push_request_args(L, ps->call.req);
         lua_call(L, REQUEST_ARGS, 1);
         nargs++;
+    } else if (ps->call.outcome) {
+        lua_pushnil(L);
+        nargs++;
     }
     if (ps->call.user) {
         lua_pushvalue(L, lua_upvalueindex(UV_USER));
         push_user_args(L, ps->call.user);
         lua_call(L, USER_ARGS, 1);
         nargs++;
+    } else if (ps->call.outcome) {
+        lua_pushnil(L); /* after(req, nil, outcome): no identity */
+        nargs++;
     }
+    if (ps->call.outcome) nargs += push_outcome_args(L, ps->call.outcome);
     lua_call(L, nargs, 2);
     return 2;
 }
 
-/* Runs call_hook for sandbox function fn_ref(policy, [req], [user]), or for the policy's
+/* Runs call_hook for sandbox function fn_ref(policy, [req], [user]) (for after: always
+ * req, user and the outcome's parts, nil standing in for what is missing), or for the policy's
  * authorize when fn_ref is LUA_NOREF, with a fresh instruction budget; leaves its two
  * results (or the error) on the stack. Returns lua_pcall's code. */
 static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, const identity_view *user)
@@ -1378,6 +1418,7 @@ static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, con
     int rc = lua_pcall(L, 0, 2, 0);
     ps->call.req = NULL;
     ps->call.user = NULL;
+    ps->call.outcome = NULL;
     return rc;
 }
 
@@ -1632,6 +1673,35 @@ int policy_anonymous(policy_host *host, const policy_request *req, char *err, si
         rc = -1;
     } else {
         rc = lua_toboolean(L, -2) ? 1 : 0;
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+bool policy_has_anonymous(const policy_host *host)
+{
+    return host->current && host->current->has_anonymous;
+}
+
+bool policy_has_after(const policy_host *host)
+{
+    return host->current && host->current->has_after;
+}
+
+int policy_after(policy_host *host, const policy_request *req, const identity_view *user,
+                 const policy_outcome *outcome, char *err, size_t err_cap)
+{
+    policy_state *ps = host->current;
+    if (!ps || !ps->has_after) return 0;
+    lua_State *L = ps->L;
+    int top = lua_gettop(L);
+    ps->call.outcome = outcome;
+    int rc = run_hook(ps, ps->after_ref, req, user) == 0 ? 0 : -1;
+    if (rc < 0) {
+        copy_error(L, err, err_cap);
+    } else if (!lua_toboolean(L, -2)) {
+        snprintf(err, err_cap, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "after failed");
+        rc = -1;
     }
     lua_settop(L, top);
     return rc;

@@ -116,6 +116,36 @@ int policy_validate_main(int argc, char **argv);
 void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,
                       policy_decision *out);
 
+/* Which step gave the answer after() is told about: the policy's own decision (allow,
+ * deny, error), a SubjectAccessReview it asked for, or its anonymous() hook. */
+typedef enum { POLICY_OUTCOME_POLICY = 0, POLICY_OUTCOME_SAR, POLICY_OUTCOME_ANONYMOUS } policy_outcome_source;
+
+/* What the gateway finally answered a request that reached the policy. The decision
+ * after() sees is derived from status: 2xx "allow", 503 "unavailable", other 5xx
+ * "error", anything else "deny". */
+typedef struct policy_outcome {
+    int status;
+    policy_outcome_source source;
+    const char *reason; /* why it was not allowed, or NULL (then after() sees nil) */
+    size_t reason_len;
+    int token_cached; /* the TokenReview verdict came from the cache: 1 or 0; -1: no token */
+    int sar_cached;   /* source SAR: its verdict came from the cache: 1 or 0; otherwise -1 */
+} policy_outcome;
+
+/* True when the running policy has an after hook (a field read: cheap enough to ask on
+ * every request before gathering an outcome). */
+bool policy_has_after(const policy_host *host);
+
+/* True when the running policy has an anonymous hook. */
+bool policy_has_anonymous(const policy_host *host);
+
+/* after(req, user, outcome) once the answer is decided. user NULL: none (anonymous). It
+ * cannot change the answer: 0 when it ran (or there is none), -1 with err when it failed
+ * (raised, or hit the instruction, memory, time or depth limits), for the caller to
+ * count as a policy error. */
+int policy_after(policy_host *host, const policy_request *req, const identity_view *user,
+                 const policy_outcome *outcome, char *err, size_t err_cap);
+
 /* ttl(user) in milliseconds. Returns 1 and sets *ttl_ms when the policy has a ttl hook
  * that answered a number, 0 when it has none or it returned nil (the default TTL), -1
  * (message in err) when the hook failed. */

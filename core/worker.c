@@ -140,6 +140,17 @@ struct worker {
     access_log_buffer *access_log_buffer;
     struct event *access_log_timer;
     decision_note note;
+
+    /* The policy's after() for the request being answered: armed (arm_after) only while a
+     * request that reached the policy is being answered, and only if the policy has the
+     * hook; fired once, with the answer's status, by reply() or forward_allowed(). req and
+     * user point into the caller's frame, so whoever arms it disarms it before returning. */
+    struct {
+        bool armed;
+        policy_outcome outcome;
+        const policy_request *req;
+        const identity_view *user;
+    } after;
 };
 
 /* A request handed to the upstream: what its end needs for the metrics and, with
@@ -161,6 +172,7 @@ typedef struct authz_request {
     review_waiter waiter;
     char token_id[9];
     int token_cache_hit; /* SAR stage: the decision note's cache_hit when the SAR was asked */
+    int token_cached;    /* SAR stage, for after(): the TokenReview verdict was cached (1, 0) */
     size_t identity_len; /* SAR stage: the identity; TokenReview stage: a stale verdict or 0 */
     unsigned char identity[];
 } authz_request;
@@ -303,6 +315,41 @@ static void track_answer_while_stopping(worker *w, struct evhttp_request *req)
     w->requests_waiting++;
 }
 
+/* ---- after(): the policy hears what was answered ------------------------------------- */
+
+/* Arms after() for the request the policy is judging (see worker.after). */
+static void arm_after(worker *w, policy_outcome_source source, int token_cached, const policy_request *pr,
+                      const identity_view *user)
+{
+    if (!w->policy || !policy_has_after(w->policy)) return;
+    w->after.armed = true;
+    w->after.outcome = (policy_outcome){.source = source, .token_cached = token_cached,
+                                        .sar_cached = source == POLICY_OUTCOME_SAR ? 0 : -1};
+    w->after.req = pr;
+    w->after.user = user;
+}
+
+/* Runs the armed after() with the answer already decided. body: the answer's text, the
+ * outcome's reason unless a more exact one was set (a deny's own reason). A failure is a
+ * policy error, counted and logged; the answer stands. */
+static void fire_after(worker *w, int status, const char *body)
+{
+    w->after.armed = false;
+    policy_outcome o = w->after.outcome;
+    o.status = status;
+    if (status < 300) {
+        o.reason = NULL;
+    } else if (!o.reason && body) {
+        o.reason = body;
+        o.reason_len = strlen(body);
+    }
+    char err[512];
+    if (policy_after(w->policy, w->after.req, w->after.user, &o, err, sizeof(err)) != 0) {
+        metric_add(&w->metrics.policy_errors, 1);
+        log_warn("policy error in after(); the answer stands", "hook", "after", "error", err, NULL);
+    }
+}
+
 static void reply(worker *w, struct evhttp_request *req, const struct timespec *started, int status,
                   const char *reason, const char *body)
 {
@@ -319,8 +366,12 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
         if (buf) evbuffer_add_printf(buf, "%s\n", body);
     }
     track_answer_while_stopping(w, req);
+    /* after() runs once the answer is sent, unless the client is gone: evhttp then frees
+     * the request (whose headers req.headers reads) inside evhttp_send_reply. */
+    if (w->after.armed && !evhttp_request_get_connection(req)) fire_after(w, status, body);
     evhttp_send_reply(req, status, reason, buf);
     if (buf) evbuffer_free(buf);
+    if (w->after.armed) fire_after(w, status, body);
     double latency_s = seconds_since(started);
     metrics_count_request(&w->metrics, status, latency_s);
     if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
@@ -451,6 +502,9 @@ static void forward_allowed(worker *w, struct evhttp_request *req, const struct 
     p->w = w;
     p->started = *started;
     w->requests_waiting++;
+    /* Forwarded: the gateway's answer is 200 (the upstream's own status is not the
+     * policy's decision). */
+    if (w->after.armed) fire_after(w, 200, NULL);
 }
 
 /* The request is allowed: in authz mode 200 with the identity headers (and the policy's
@@ -493,6 +547,10 @@ static void reply_forbidden(worker *w, struct evhttp_request *req, const struct 
 {
     char body[320];
     snprintf(body, sizeof(body), "forbidden: %.*s", (int)(reason_len > 256 ? 256 : reason_len), reason);
+    if (w->after.armed) {
+        w->after.outcome.reason = reason;
+        w->after.outcome.reason_len = reason_len > 256 ? 256 : reason_len;
+    }
     reply(w, req, started, 403, "Forbidden", body);
 }
 
@@ -775,9 +833,11 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
 
 /* An authenticated identity: let the policy decide (or allow, with --policy none).
  * described: the request as authz_handle described it, when this runs in the same turn;
- * NULL after a review (the request is described again: same input, same answer). */
+ * NULL after a review (the request is described again: same input, same answer).
+ * token_cached: the TokenReview verdict came from the cache (1) or a review (0). */
 static void authorize_identity(worker *w, struct evhttp_request *req, const struct timespec *started,
-                               const unsigned char *packed, size_t packed_len, const described_request *described)
+                               const unsigned char *packed, size_t packed_len, const described_request *described,
+                               int token_cached)
 {
     if (w->access_log) {
         w->note.identity = packed;
@@ -811,6 +871,7 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     policy_decision *d = &w->decision;
     policy_authorize(w->policy, pr, &view, d);
     if (d->kind != POLICY_SAR && w->access_log) w->note.source = DECISION_POLICY;
+    arm_after(w, d->kind == POLICY_SAR ? POLICY_OUTCOME_SAR : POLICY_OUTCOME_POLICY, token_cached, pr, &view);
     switch (d->kind) {
     case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
@@ -821,6 +882,7 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     case POLICY_ERROR: reply_policy_error(w, req, started, "authorize", d->message); break;
     case POLICY_SAR: sar_ask(w, req, started, packed, packed_len, &view, &d->sar); break;
     }
+    w->after.armed = false; /* a SubjectAccessReview on its way: on_sar_done arms it again */
 }
 
 static void authz_request_free(authz_request *ar)
@@ -839,7 +901,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
     note_begin(ar->w, DECISION_TOKENREVIEW, 0);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
-        authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len, NULL);
+        authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len, NULL, 0);
         break;
     case REVIEW_NEGATIVE:
         reply_unauthorized(ar->w, ar->req, &ar->started, "token not authenticated");
@@ -852,7 +914,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
             note_begin(ar->w, DECISION_CACHE, 1);
             log_warn("API server failing; served a stale verdict", "token_id", ar->token_id, "reason",
                      api_error_name(outcome->error), NULL);
-            authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
+            authorize_identity(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL, 1);
             break;
         }
         reply_unavailable(ar->w, ar->req, &ar->started, outcome->retry_after_s,
@@ -871,6 +933,16 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
         ar->w->note.identity = ar->identity;
         ar->w->note.identity_len = ar->identity_len;
     }
+    /* after() hears the SubjectAccessReview's verdict: the request and identity it judged
+     * are described again (the same answer as when authorize ran). */
+    policy_request pr;
+    request_text text;
+    identity_view view;
+    const char *why;
+    if (ar->w->policy && policy_has_after(ar->w->policy) &&
+        identity_view_parse(ar->identity, ar->identity_len, &view) == 0 &&
+        describe_request(ar->w, ar->req, &pr, &text, &why) == DESCRIBED)
+        arm_after(ar->w, POLICY_OUTCOME_SAR, ar->token_cached, &pr, &view);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
@@ -884,6 +956,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
                                                                 : "access review unavailable");
         break;
     }
+    ar->w->after.armed = false;
     authz_request_free(ar);
 }
 
@@ -1043,11 +1116,13 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
     case TOKEN_CACHE_HIT_POSITIVE:
         metric_add(&rm->cache_hits, 1);
         if (w->access_log) w->note.source = DECISION_CACHE;
+        w->after.outcome.sar_cached = 1;
         answer_allowed(w, req, started, packed, packed_len, NULL);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         metric_add(&rm->cache_hits, 1);
         if (w->access_log) w->note.source = DECISION_CACHE;
+        w->after.outcome.sar_cached = 1;
         reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
@@ -1061,6 +1136,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         return;
     }
     ar->token_cache_hit = w->note.cache_hit;
+    ar->token_cached = w->after.armed ? w->after.outcome.token_cached : 0;
     review_request rr = {.key = key, .deadline_ms = request_deadline_ms(w, started)};
     /* A SubjectAccessReview's flow is the identity asking: one caller spraying distinct
      * requests (one review each) takes turns with everyone else. */
@@ -1158,18 +1234,14 @@ static void handle_no_token(worker *w, struct evhttp_request *req, const struct 
         }
         char err[512];
         int rc = policy_anonymous(w->policy, pr, err, sizeof(err));
-        if (rc < 0) {
-            reply_policy_error(w, req, started, "anonymous", err);
-            return;
-        }
-        if (rc == 1 && w->upstream) {
-            forward_allowed(w, req, started, NULL, NULL);
-            return;
-        }
-        if (rc == 1) {
-            reply(w, req, started, 200, "OK", NULL);
-            return;
-        }
+        /* after() only when the policy's anonymous() judged the request */
+        if (policy_has_anonymous(w->policy)) arm_after(w, POLICY_OUTCOME_ANONYMOUS, -1, pr, NULL);
+        if (rc < 0) reply_policy_error(w, req, started, "anonymous", err);
+        else if (rc == 1 && w->upstream) forward_allowed(w, req, started, NULL, NULL);
+        else if (rc == 1) reply(w, req, started, 200, "OK", NULL);
+        else reply_unauthorized(w, req, started, why);
+        w->after.armed = false;
+        return;
     }
     reply_unauthorized(w, req, started, why);
 }
@@ -1309,7 +1381,7 @@ static void authz_handle(struct evhttp_request *req, void *arg)
         /* Refresh-ahead: this hit is in the last part of the entry's TTL and won the
          * entry's refresh claim (one per entry and retry interval, across workers). */
         if (refresh_due) send_refresh(w, token, token_len, audiences, n_audiences, &key);
-        authorize_identity(w, req, &started, value, value_len, &described);
+        authorize_identity(w, req, &started, value, value_len, &described, 1);
         return;
     case TOKEN_CACHE_HIT_NEGATIVE:
         metric_add(&rm->cache_hits, 1);

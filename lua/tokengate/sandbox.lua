@@ -71,7 +71,8 @@ local MAX_ERROR_MESSAGE = 1024
 local MAX_AUDIENCES = 16
 local MAX_AUDIENCE = 256
 local SA_PATTERN = "^system:serviceaccount:([^:]+):([^:]+)$"
-local POLICY_FIELDS = { authorize = "function", ttl = "function", anonymous = "function", audiences = "list" }
+local POLICY_FIELDS = { authorize = "function", ttl = "function", anonymous = "function", after = "function",
+  audiences = "list" }
 -- The bearer token stays with the gateway: a policy has the TokenReview's user instead.
 local HIDDEN_REQUEST_HEADERS = { authorization = true, ["proxy-authorization"] = true }
 
@@ -289,16 +290,16 @@ local function error_text(e)
   return e
 end
 
--- Calls fn(a, b) under the budget. Returns true, result or false, message.
+-- Calls fn(a, b, c) under the budget. Returns true, result or false, message.
 -- Where this module sets no hook (the gateway: its C host counts instructions, and its
 -- pcall re-raises a spent budget, see core/policy.c), that is just a pcall.
-local function run_unhooked(_, fn, a, b)
-  local ok, res = pcall(fn, a, b)
+local function run_unhooked(_, fn, a, b, c)
+  local ok, res = pcall(fn, a, b, c)
   if not ok then return false, error_text(res) end
   return true, res
 end
 
-run_protected = function(chunkname, fn, a, b)
+run_protected = function(chunkname, fn, a, b, c)
   budget.exhausted, budget.message, budget.chunkname = false, nil, chunkname
   local saved_hook, saved_mask, saved_count
   if sethook then
@@ -308,7 +309,7 @@ run_protected = function(chunkname, fn, a, b)
     budget.memory_base = collectgarbage("count")
     sethook(on_budget, "", budget.step)
   end
-  local ok, res = pcall(fn, a, b)
+  local ok, res = pcall(fn, a, b, c)
   if sethook then
     if saved_hook then sethook(saved_hook, saved_mask, saved_count) else sethook() end
   end
@@ -467,9 +468,9 @@ local function located(message, chunkname, fn, hookname)
 end
 
 -- run_protected for a hook: the message always carries the policy's name.
-local function call_hook(policy, hookname, a, b)
+local function call_hook(policy, hookname, a, b, c)
   local fn = policy[hookname]
-  local ok, res = run_protected(policy.chunkname, fn, a, b)
+  local ok, res = run_protected(policy.chunkname, fn, a, b, c)
   if not ok then return false, located(res, policy.chunkname, fn, hookname) end
   return true, res
 end
@@ -509,7 +510,7 @@ local function check_policy(t, chunkname)
   for k, v in next, t do
     local want = type(k) == "string" and POLICY_FIELDS[k]
     if not want then
-      return nil, format("%s: unknown policy field '%s' (known: authorize, ttl, anonymous, audiences)",
+      return nil, format("%s: unknown policy field '%s' (known: authorize, ttl, anonymous, after, audiences)",
         chunkname, tostring(k))
     end
     if want == "function" and type(v) ~= "function" then
@@ -623,6 +624,86 @@ function _M.anonymous(policy, req)
   if res == false or res == nil then return false end
   return false, format("%s: anonymous must return a boolean (got %s)",
     where(policy.chunkname, policy.anonymous), type(res))
+end
+
+-- The outcome after() sees: what the gateway finally answered, read-only. Its fields
+-- are fixed (OUTCOME_FIELDS); the optional ones read as nil when absent and a misspelt
+-- field raises, as req does.
+local OUTCOME_FIELDS = { status = true, allowed = true, decision = true, source = true, reason = true,
+  token_cached = true, sar_cached = true }
+local OUTCOME_DECISIONS = { allow = true, deny = true, error = true, unavailable = true }
+local OUTCOME_SOURCES = { policy = true, sar = true, anonymous = true }
+local OUTCOME_SOURCE_MT = {
+  __index = function(_, k)
+    if OUTCOME_FIELDS[k] then return nil end
+    error(format("outcome has no field '%s'", tostring(k)), 2)
+  end,
+}
+
+local function outcome_newindex(_, k)
+  error(format("outcome is read-only (cannot set '%s')", tostring(k)), 2)
+end
+
+local function describe_outcome(view)
+  local src = source_of(view)
+  return format("outcome{ status = %d, decision = %q, source = %q, reason = %s, token_cached = %s, sar_cached = %s }",
+    src.status, src.decision, src.source, src.reason and format("%q", src.reason) or "nil",
+    tostring(src.token_cached), tostring(src.sar_cached))
+end
+
+-- The view the C host builds; its arguments are the gateway's own, already valid.
+local function outcome_view(status, decision, source, reason, token_cached, sar_cached)
+  local src = setmetatable({ status = status, allowed = decision == "allow", decision = decision, source = source,
+    reason = reason, token_cached = token_cached, sar_cached = sar_cached }, OUTCOME_SOURCE_MT)
+  return setmetatable({}, { __index = src, __newindex = outcome_newindex, __metatable = false,
+    __tostring = describe_outcome, [VIEW] = src })
+end
+
+-- syntax: outcome = sandbox.make_outcome{ status =, decision =, source =, reason =, token_cached =, sar_cached = }
+-- The read-only outcome after() receives, checked (for the busted kit). Returns nil, err
+-- for a field the gateway would never send.
+function _M.make_outcome(t)
+  if type(t) ~= "table" then return nil, "an outcome must be a table" end
+  for k in next, t do
+    if not OUTCOME_FIELDS[k] then return nil, format("an outcome has no field '%s'", tostring(k)) end
+  end
+  local status = t.status
+  if type(status) ~= "number" or status % 1 ~= 0 or status < 100 or status > 599 then
+    return nil, "outcome.status must be an HTTP status code"
+  end
+  if not OUTCOME_DECISIONS[t.decision] then
+    return nil, "outcome.decision must be \"allow\", \"deny\", \"error\" or \"unavailable\""
+  end
+  if (t.decision == "allow") ~= (status < 300) then
+    return nil, format("outcome.decision %q does not go with status %d", t.decision, status)
+  end
+  if not OUTCOME_SOURCES[t.source] then return nil, "outcome.source must be \"policy\", \"sar\" or \"anonymous\"" end
+  if t.reason ~= nil and type(t.reason) ~= "string" then return nil, "outcome.reason must be a string or nil" end
+  for _, k in ipairs({ "token_cached", "sar_cached" }) do
+    if t[k] ~= nil and type(t[k]) ~= "boolean" then return nil, format("outcome.%s must be a boolean or nil", k) end
+  end
+  if t.allowed ~= nil and t.allowed ~= (t.decision == "allow") then
+    return nil, "outcome.allowed must agree with outcome.decision"
+  end
+  return outcome_view(status, t.decision, t.source, t.reason, t.token_cached, t.sar_cached)
+end
+
+-- syntax: ok, err = sandbox.after(policy, req, user, outcome)
+-- Runs the policy's after(req, user, outcome) under the budget once the answer is
+-- decided: true when it returned (whatever it returned), false, err when it raised. It
+-- has no way to change the answer; the gateway counts its errors as policy errors.
+local function after(policy, req, user, outcome)
+  if not loaded_policies[policy] then return false, "not a policy loaded by tokengate.sandbox" end
+  if policy.after == nil then return true end
+  local ok, res = call_hook(policy, "after", req, user, outcome)
+  if not ok then return false, res end
+  return true
+end
+_M.after = after
+
+-- For the C host: after() with the outcome built from its parts.
+local function host_after(policy, req, user, status, decision, source, reason, token_cached, sar_cached)
+  return after(policy, req, user, outcome_view(status, decision, source, reason, token_cached, sar_cached))
 end
 
 
@@ -750,7 +831,9 @@ end
 --   t.decision_payloads: decision -> validated payload (tokengate.unwrap_decision
 --     describes them; sar payloads are packed);
 --   t.authorize_error(policy, value, raised): the message sandbox.authorize reports for
---     a call that raised value (raised = true) or returned value, not a decision.
+--     a call that raised value (raised = true) or returned value, not a decision;
+--   t.after(policy, req, user, status, decision, source, reason, token_cached,
+--     sar_cached): sandbox.after with the outcome view built from its parts.
 -- policy is what sandbox.load returned.
 function _M.host_interface()
   return {
@@ -759,6 +842,7 @@ function _M.host_interface()
     authorize_request = authorize_request,
     decision_payloads = tg.decision_payloads,
     authorize_error = authorize_error,
+    after = host_after,
   }
 end
 

@@ -248,6 +248,65 @@ function Policy:anonymous(req)
   return sandbox.anonymous(self.policy, as_request(req))
 end
 
+-- syntax: ok, err = p:after(req, user, outcome)
+-- Runs the policy's after hook (true when it has none). outcome is a table with the
+-- fields the gateway sends (status, decision, source, reason, token_cached, sar_cached;
+-- testing.outcome builds one from a decision) and reaches the hook read-only. user may be
+-- nil, as for an anonymous request.
+function Policy:after(req, user, outcome)
+  local view, err = sandbox.make_outcome(outcome)
+  if not view then error("p:after: " .. err, 2) end
+  return sandbox.after(self.policy, as_request(req), user ~= nil and as_user(user) or nil, view)
+end
+
+local OUTCOME_OPTS = { sar = true, sar_reason = true, sar_cached = true, token_cached = true }
+
+-- syntax: outcome = testing.outcome(decision, opts?)
+-- The outcome the gateway would hand after() for a decision p:authorize returned:
+-- allow -> 200, deny -> 403 with its reason, error -> 500. A sar decision is answered by
+-- the SubjectAccessReview, so opts.sar says how it turned out: true (allowed, 200), false
+-- (denied, 403, reason opts.sar_reason or "") or "error" (the review failed, 503);
+-- opts.sar_cached: its verdict came from the gateway's cache. opts.token_cached: the
+-- TokenReview verdict came from the cache (default false).
+function _M.outcome(decision, opts)
+  opts = check_fields(opts, OUTCOME_OPTS, "testing.outcome")
+  if type(decision) ~= "table" then error("testing.outcome expects a decision from p:authorize", 2) end
+  local token_cached = opts.token_cached == true
+  local kind = decision.kind
+  if kind == "allow" then
+    return { status = 200, decision = "allow", source = "policy", token_cached = token_cached }
+  elseif kind == "deny" then
+    return { status = 403, decision = "deny", source = "policy", reason = decision.reason, token_cached = token_cached }
+  elseif kind == "error" then
+    return { status = 500, decision = "error", source = "policy", reason = "policy error", token_cached = token_cached }
+  elseif kind == "sar" then
+    local sar_cached = opts.sar_cached == true
+    if opts.sar == true then
+      return { status = 200, decision = "allow", source = "sar", token_cached = token_cached, sar_cached = sar_cached }
+    elseif opts.sar == false then
+      return { status = 403, decision = "deny", source = "sar", reason = opts.sar_reason or "",
+               token_cached = token_cached, sar_cached = sar_cached }
+    elseif opts.sar == "error" then
+      return { status = 503, decision = "unavailable", source = "sar", reason = "access review unavailable",
+               token_cached = token_cached, sar_cached = false }
+    end
+    error("testing.outcome: a sar decision needs opts.sar = true (allowed), false (denied) or \"error\"", 2)
+  end
+  error("testing.outcome: not a decision: " .. tostring(kind), 2)
+end
+
+-- syntax: decision, outcome, ok, err = p:decide(req, user, opts?)
+-- A request through the policy as the gateway takes it: authorize, the outcome of its
+-- decision (testing.outcome with opts: say how a SubjectAccessReview turns out), then
+-- after with that outcome. ok, err are after's.
+function Policy:decide(req, user, opts)
+  req = as_request(req)
+  local decision = self:authorize(req, user)
+  local outcome = _M.outcome(decision, opts)
+  local ok, err = self:after(req, user, outcome)
+  return decision, outcome, ok, err
+end
+
 local function wrap(policy, name)
   return setmetatable({ policy = policy, name = name, audiences = policy.audiences }, Policy)
 end
