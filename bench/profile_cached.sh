@@ -3,7 +3,8 @@
 # profile is one thread's) with the default policy and with --policy none, sends REQUESTS
 # cached requests to each, and prints instructions per request and the functions that
 # cost the most (exclusive), so the next bottleneck is named with evidence; then the
-# default policy again with --access-log FILE (the decision log's cost).
+# default policy again with --access-log FILE (the decision log's cost), and with an
+# after() hook added (empty, and counting the answer: the hook's cost).
 #
 #   bench/profile_cached.sh BUILD_DIR
 #
@@ -90,7 +91,7 @@ profile() { # NAME [FLAGS...]
   callgrind_annotate --inclusive=yes --threshold=100 "$out" 2>/dev/null |
     awk -v n="$REQUESTS" '/^ *[0-9,]+ / {
         fn = $0; sub(/^ *[0-9,]+ +(\([ 0-9.]+%\) +)?/, "", fn)
-        if (fn ~ /:(authz_handle|cache_key_for_token|sar_cache_key|token_cache_lookup_refresh|token_cache_lookup|policy_authorize|describe_request|answer_allowed|evhttp_send_reply|evhttp_parse_headers_|evhttp_read_cb|bearer_extract) /) {
+        if (fn ~ /:(authz_handle|cache_key_for_token|sar_cache_key|token_cache_lookup_refresh|token_cache_lookup|policy_authorize|policy_after|describe_request|answer_allowed|evhttp_send_reply|evhttp_parse_headers_|evhttp_read_cb|bearer_extract) /) {
           v = $1; gsub(",", "", v); split(fn, parts, " "); printf "   %9d  %s\n", v / n, parts[1] } }'
 }
 
@@ -98,5 +99,19 @@ profile default
 profile none --policy none
 # The decision log's cost: the default policy with --access-log to a file.
 profile access_log --access-log "$tmp/decisions.log"
+# The after() hook's cost: the default policy plus an after that does nothing (the call
+# itself: the req, user and outcome views), and plus one that counts the answer by
+# namespace, decision and source (what docs/POLICIES.md suggests).
+with_after() { # BODY: default.lua with after = function(req, user, outcome) BODY end
+  awk -v body="$1" '/^return \{$/ && !done {
+      print "local bench_answers = require(\"tokengate\").metrics.counter(\"bench_answers_total\", \"x\", { \"namespace\", \"decision\", \"source\" })"
+      print; print "  after = function(req, user, outcome) " body " end,"; done = 1; next } { print }' \
+    "$root/policies/default.lua"
+}
+with_after "" >"$tmp/after_empty.lua"
+with_after 'bench_answers:inc{ namespace = user.namespace or "", decision = outcome.decision, source = outcome.source }' \
+  >"$tmp/after_counter.lua"
+profile after_empty --policy "$tmp/after_empty.lua"
+profile after_counter --policy "$tmp/after_counter.lua"
 echo
-echo "RESULT {\"requests\":$REQUESTS,\"instructions_per_request\":{\"default\":${per_request[default]},\"none\":${per_request[none]},\"default_access_log\":${per_request[access_log]}}}"
+echo "RESULT {\"requests\":$REQUESTS,\"instructions_per_request\":{\"default\":${per_request[default]},\"none\":${per_request[none]},\"default_access_log\":${per_request[access_log]},\"default_after_empty\":${per_request[after_empty]},\"default_after_counter\":${per_request[after_counter]}}}"
