@@ -3,12 +3,16 @@
 
 #include "cpu_budget.h"
 #include "duration.h"
+#include "policy_limits.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+#define TOKENGATE_STRINGIFY_(x) #x
+#define TOKENGATE_STRINGIFY(x) TOKENGATE_STRINGIFY_(x) /* a macro's value as a string literal */
 
 #ifndef TOKENGATE_VERSION
 #define TOKENGATE_VERSION "0.0.0"
@@ -89,7 +93,7 @@ static const flag_spec flag_table[] = {
     {"--policy-watch", FLAG_BOOL, FIELD(policy_watch),
      "also reload the policy when its file changes (ConfigMap volumes swap a symlink)"},
     {"--policy-max-instructions", FLAG_SIZE, FIELD(policy_max_instructions),
-     "Lua instructions one policy hook may run (default 1000000)"},
+     "Lua instructions one policy hook may run (default " TOKENGATE_STRINGIFY(POLICY_DEFAULT_MAX_INSTRUCTIONS) ")"},
     {"--policy-max-memory-bytes", FLAG_BYTES, FIELD(policy_max_memory_bytes),
      "memory cap of each policy Lua state (default 64Mi)"},
     {"--policy-max-call-time", FLAG_DURATION, FIELD(policy_max_call_ms),
@@ -188,8 +192,8 @@ static void config_defaults(config *cfg)
     cfg->access_log_sample_allowed = 1;
     cfg->forwarded_headers = "none";
     cfg->jwt_preverify = "review-others";
-    cfg->policy_max_instructions = 1000000;
-    cfg->policy_max_memory_bytes = 64 * 1024 * 1024;
+    cfg->policy_max_instructions = POLICY_DEFAULT_MAX_INSTRUCTIONS;
+    cfg->policy_max_memory_bytes = POLICY_DEFAULT_MAX_MEMORY_BYTES;
     cfg->policy_max_call_ms = 1000;
     cfg->sar_allowed_ttl_ms = 5 * 60 * 1000;
     cfg->sar_denied_ttl_ms = 30 * 1000;

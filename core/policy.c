@@ -395,7 +395,7 @@ static int host_log(lua_State *L)
                                                  : LOG_INFO;
     /* Each field is its own JSON member (values escaped), never "k=v" text a request-
      * derived value could forge. Bounded like the Lua side: 32 fields. */
-    enum { MAX_FIELDS = 32 };
+    enum { MAX_FIELDS = POLICY_LIMIT_LOG_FIELDS };
     const char *keys[MAX_FIELDS], *values[MAX_FIELDS];
     char text[4096]; /* copies: a number's string form lives only on the stack */
     size_t n = 0, used = 0;
@@ -724,9 +724,10 @@ static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
             lua_rawgeti(L, -1, (int)i + 1);
             size_t len = 0;
             const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-            if (!s || len == 0 || strlen(s) != len || i >= POLICY_MAX_AUDIENCES ||
+            if (!s || len == 0 || len > POLICY_LIMIT_AUDIENCE || strlen(s) != len || i >= POLICY_MAX_AUDIENCES ||
                 !(ps->audiences[ps->n_audiences] = strdup(s))) {
-                snprintf(err, err_cap, "audiences must be at most %d non-empty strings", POLICY_MAX_AUDIENCES);
+                snprintf(err, err_cap, "audiences must be at most %d non-empty strings of at most %d bytes",
+                         POLICY_MAX_AUDIENCES, POLICY_LIMIT_AUDIENCE);
                 rc = -1;
             } else {
                 ps->n_audiences++;
@@ -931,8 +932,8 @@ policy_host *policy_host_new(custom_metrics *metrics, const policy_limits *limit
     if (!host) return NULL;
     host->metrics = metrics;
     host->limits = *limits;
-    if (!host->limits.max_instructions) host->limits.max_instructions = 1000000;
-    if (!host->limits.max_memory_bytes) host->limits.max_memory_bytes = 64 * 1024 * 1024;
+    if (!host->limits.max_instructions) host->limits.max_instructions = POLICY_DEFAULT_MAX_INSTRUCTIONS;
+    if (!host->limits.max_memory_bytes) host->limits.max_memory_bytes = POLICY_DEFAULT_MAX_MEMORY_BYTES;
     if (!host->limits.max_call_ms) host->limits.max_call_ms = POLICY_DEFAULT_MAX_CALL_MS;
     return host;
 }
@@ -1443,7 +1444,7 @@ static void decision_error(policy_decision *d, const char *message)
 
 static bool header_value_ok(const char *v, size_t len)
 {
-    if (len > 1024 || strlen(v) != len) return false;
+    if (len > POLICY_LIMIT_HEADER_VALUE || strlen(v) != len) return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
@@ -1456,7 +1457,7 @@ static bool header_name_ok(const char *n, size_t len)
     static const char *const refused[] = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                                           "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
                                           "authorization", NULL};
-    if (len == 0 || len > 128 || strlen(n) != len) return false;
+    if (len == 0 || len > POLICY_LIMIT_HEADER_NAME || strlen(n) != len) return false;
     for (size_t i = 0; i < len; i++)
         if (!strchr("!#$%&'*+-.^_`|~", n[i]) && !((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'z') ||
                                                  (n[i] >= 'A' && n[i] <= 'Z')))
@@ -1527,7 +1528,8 @@ static void read_sar(lua_State *L, policy_decision *d)
     const char *end = values + (len - 1);
     for (const char *p = values; n < want; n++) {
         size_t flen = strlen(p);
-        if (flen > 256 || !header_value_ok(p, flen)) {
+        size_t max = nonresource && n == 0 ? POLICY_LIMIT_SAR_PATH : POLICY_LIMIT_SAR_VALUE;
+        if (flen > max || !header_value_ok(p, flen)) {
             decision_error(d, "policy returned invalid sar attributes");
             return;
         }
@@ -1614,7 +1616,7 @@ void policy_authorize(policy_host *host, const policy_request *req, const identi
             read_sar(L, out);
         } else {
             const char *reason = s;
-            if (len > 256) len = 256;
+            if (len > POLICY_LIMIT_REASON) len = POLICY_LIMIT_REASON;
             if (!header_value_ok(reason, len)) reason = "denied by policy", len = strlen(reason);
             out->kind = POLICY_DENY;
             out->message = arena_copy(out, reason, len);

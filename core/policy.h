@@ -15,6 +15,7 @@
 
 #include "custom_metrics.h"
 #include "identity.h"
+#include "policy_limits.h"
 #include "sar.h"
 
 #include <stdbool.h>
@@ -23,8 +24,8 @@
 
 struct evkeyvalq;
 
-#define POLICY_MAX_HEADERS 16
-#define POLICY_MAX_AUDIENCES 16
+#define POLICY_MAX_HEADERS POLICY_LIMIT_HEADERS
+#define POLICY_MAX_AUDIENCES POLICY_LIMIT_AUDIENCES
 #define POLICY_ARENA_BYTES 24576
 
 /* The wall-clock limit of one call into a policy (a hook, or running the file when it

@@ -32,25 +32,23 @@ local huge = math.huge
 
 local _M = { _VERSION = "0.1.0" }
 
--- Limits. Exported read-only through the policy view so authors can read them.
-local MAX_HEADERS = 16
-local MAX_HEADER_NAME = 128 -- the C host re-checks allow headers with the same limits
-local MAX_HEADER_VALUE = 1024
-local MAX_REASON = 256
-local MAX_SAR_VALUE = 256
--- Request paths are often longer than 256 bytes, but the C host accepts 256 for every
--- attribute today; policies read tg.limits.sar_path so raising both here and in C is enough.
-local MAX_SAR_PATH = 256
-local MAX_HELP = 256
-local MAX_LABELS = 8
-local MAX_LABEL_VALUE = 128
--- The metric limits are the C host's (core/custom_metrics.h); spec/integration/
--- 22_policy_contract_spec.lua fails if the two ever differ.
-local MAX_BUCKETS = 32
-local MAX_METRIC_NAME = 127
-local MAX_METRICS = 64
-local MAX_LOG_MESSAGE = 4096
-local MAX_LOG_FIELDS = 32
+-- Limits: the C host's, declared once in core/policy_limits.h and generated into
+-- tokengate.limits, so the gateway and the busted kit hold a policy to the same numbers.
+-- Exported read-only through the policy view (tg.limits) so authors can read them.
+local LIMITS = require("tokengate.limits").limits
+local MAX_HEADERS = LIMITS.headers
+local MAX_HEADER_NAME = LIMITS.header_name -- the C host re-checks allow headers with the same limits
+local MAX_HEADER_VALUE = LIMITS.header_value
+local MAX_REASON = LIMITS.reason
+local MAX_SAR_VALUE = LIMITS.sar_value
+local MAX_SAR_PATH = LIMITS.sar_path
+local MAX_HELP = LIMITS.help
+local MAX_LABELS = LIMITS.labels
+local MAX_LABEL_VALUE = LIMITS.label_value
+local MAX_BUCKETS = LIMITS.buckets
+local MAX_METRIC_NAME = LIMITS.metric_name
+local MAX_LOG_MESSAGE = LIMITS.log_message
+local MAX_LOG_FIELDS = LIMITS.log_fields
 
 local DEFAULT_DENY_REASON = "denied by policy"
 local DEFAULT_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
@@ -592,12 +590,8 @@ function _M.log(level, msg, fields)
   host.log(level, msg, log_fields(fields))
 end
 
-_M.limits = {
-  headers = MAX_HEADERS, header_value = MAX_HEADER_VALUE, reason = MAX_REASON,
-  header_name = MAX_HEADER_NAME, sar_value = MAX_SAR_VALUE, sar_path = MAX_SAR_PATH, labels = MAX_LABELS,
-  label_value = MAX_LABEL_VALUE, help = MAX_HELP, buckets = MAX_BUCKETS,
-  log_message = MAX_LOG_MESSAGE, log_fields = MAX_LOG_FIELDS, metric_name = MAX_METRIC_NAME,
-  metrics = MAX_METRICS,
-}
+-- A copy: the generated module's table is shared with tokengate.sandbox and the kit.
+_M.limits = {}
+for k, v in next, LIMITS do _M.limits[k] = v end
 
 return _M

@@ -64,12 +64,14 @@ local _M = { _VERSION = "0.1.0" }
 -- (Plain Lua 5.1 has no JIT, so there the hook alone is enough.)
 _M.budget_enforced = sethook ~= nil and (jit_off ~= nil or jit == nil)
 
--- The gateway's --policy-max-instructions default, so a policy that passes its specs fits
--- the production budget.
-local DEFAULT_INSTRUCTION_LIMIT = 1000000
+-- The C host's limits and flag defaults (core/policy_limits.h, generated into
+-- tokengate.limits). The instruction budget is --policy-max-instructions' default, so a
+-- policy that passes its specs fits the production budget.
+local generated = require("tokengate.limits")
+local DEFAULT_INSTRUCTION_LIMIT = generated.defaults.max_instructions
 local MAX_ERROR_MESSAGE = 1024
-local MAX_AUDIENCES = 16
-local MAX_AUDIENCE = 256
+local MAX_AUDIENCES = generated.limits.audiences
+local MAX_AUDIENCE = generated.limits.audience
 local SA_PATTERN = "^system:serviceaccount:([^:]+):([^:]+)$"
 local POLICY_FIELDS = { authorize = "function", ttl = "function", anonymous = "function", after = "function",
   audiences = "list" }
@@ -79,7 +81,7 @@ local HIDDEN_REQUEST_HEADERS = { authorization = true, ["proxy-authorization"] =
 -- The gateway's --policy-max-memory-bytes default. Under busted the cap is approximate:
 -- the Lua heap's growth since the call began, checked every MEMORY_CHECK_STEP
 -- instructions (the gateway's allocator refuses the very allocation instead).
-local DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+local DEFAULT_MEMORY_LIMIT = generated.defaults.max_memory_bytes
 local MEMORY_CHECK_STEP = 1000
 local config = { instruction_limit = DEFAULT_INSTRUCTION_LIMIT, memory_limit = DEFAULT_MEMORY_LIMIT, clock = nil }
 

@@ -34,8 +34,11 @@ local find = string.find
 
 local _M = { _VERSION = "0.1.0" }
 
-local MAX_LABEL_VALUE = 128
-local DEFAULT_INSTRUCTION_LIMIT = 1000000 -- the gateway's --policy-max-instructions default
+-- The gateway's limits and flag defaults (core/policy_limits.h, generated into tokengate.limits).
+local generated = require("tokengate.limits")
+local MAX_LABEL_VALUE = generated.limits.label_value
+local DEFAULT_INSTRUCTION_LIMIT = generated.defaults.max_instructions -- --policy-max-instructions
+local DEFAULT_MEMORY_LIMIT = generated.defaults.max_memory_bytes -- --policy-max-memory-bytes
 
 
 -- The in-memory host ------------------------------------------------------------------
@@ -414,7 +417,7 @@ end
 -- gradual growth fails as in the gateway, but one huge allocation is not caught before it
 -- happens (the gateway's allocator refuses it).
 function _M.set_memory_limit(n)
-  local ok, err = sandbox.configure{ memory_limit = n or 64 * 1024 * 1024 }
+  local ok, err = sandbox.configure{ memory_limit = n or DEFAULT_MEMORY_LIMIT }
   if not ok then error(err, 2) end
 end
 
