@@ -90,7 +90,7 @@ typedef struct policy_state {
      * .anonymous, sandbox.host_interface().authorize_error, and the C closure call_hook
      * (whose upvalues hold the rest, see UV_*). */
     int ttl_ref, anonymous_ref, authorize_error_ref;
-    int after_ref; /* sandbox.host_interface().after */
+    int after_request_ref, after_ref; /* sandbox.host_interface().after_request; the policy's after */
     int call_hook_ref;
     struct {          /* what call_hook is to do, set by run_hook */
         int fn_ref;   /* a sandbox function to call with the policy, or LUA_NOREF: the
@@ -826,13 +826,17 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
     ps->authorize_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushcclosure(L, call_hook, UV_COUNT);
     ps->call_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, hi, "after");
+    lua_getfield(L, hi, "after_request");
     if (!lua_isfunction(L, -1)) {
-        snprintf(err, err_cap, "tokengate.sandbox.host_interface() lacks after");
+        snprintf(err, err_cap, "tokengate.sandbox.host_interface() lacks after_request");
         lua_settop(L, top);
         return -1;
     }
-    ps->after_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ps->after_request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ps->policy_ref);
+    lua_getfield(L, -1, "after");
+    lua_remove(L, -2);
+    ps->after_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* LUA_REFNIL when the policy has none */
     lua_pop(L, 1); /* host_interface() */
     ps->anonymous_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ps->ttl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -861,7 +865,7 @@ static policy_state *state_load(policy_host *host, const char *source, size_t so
     ps->max_call_ns = (uint64_t)host->limits.max_call_ms * 1000000u;
     ps->sandbox_ref = ps->policy_ref = LUA_NOREF;
     ps->ttl_ref = ps->anonymous_ref = ps->authorize_error_ref = LUA_NOREF;
-    ps->call_hook_ref = ps->after_ref = LUA_NOREF;
+    ps->call_hook_ref = ps->after_request_ref = ps->after_ref = LUA_NOREF;
     ps->L = lua_newstate(limited_alloc, ps);
     if (!ps->L) {
         snprintf(err, err_cap, "cannot create a Lua state");
@@ -1357,7 +1361,21 @@ static int call_hook(lua_State *L)
     policy_state *ps = state_of(L);
     lua_settop(L, 0);
     /* the most pushed at once: two functions, the arguments, what building them needs */
-    luaL_checkstack(L, 2 + REQUEST_ARGS + USER_ARGS + 8, "call_hook");
+    luaL_checkstack(L, 2 + REQUEST_ARGS + USER_ARGS + 6 + 8, "call_hook"); /* 6: the outcome */
+    if (ps->call.outcome) {
+        /* after_request(after, <REQUEST_ARGS>, <USER_ARGS or nils>, <outcome>) */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->after_request_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ps->after_ref);
+        push_request_args(L, ps->call.req);
+        if (ps->call.user) {
+            push_user_args(L, ps->call.user);
+        } else {
+            for (int i = 0; i < USER_ARGS; i++) lua_pushnil(L);
+        }
+        int n_outcome = push_outcome_args(L, ps->call.outcome);
+        lua_call(L, 1 + REQUEST_ARGS + USER_ARGS + n_outcome, 0);
+        return 0;
+    }
     if (ps->call.fn_ref == LUA_NOREF) {
         int nargs = 0;
         if (ps->call.req) {
@@ -1386,26 +1404,18 @@ static int call_hook(lua_State *L)
         push_request_args(L, ps->call.req);
         lua_call(L, REQUEST_ARGS, 1);
         nargs++;
-    } else if (ps->call.outcome) {
-        lua_pushnil(L);
-        nargs++;
     }
     if (ps->call.user) {
         lua_pushvalue(L, lua_upvalueindex(UV_USER));
         push_user_args(L, ps->call.user);
         lua_call(L, USER_ARGS, 1);
         nargs++;
-    } else if (ps->call.outcome) {
-        lua_pushnil(L); /* after(req, nil, outcome): no identity */
-        nargs++;
     }
-    if (ps->call.outcome) nargs += push_outcome_args(L, ps->call.outcome);
     lua_call(L, nargs, 2);
     return 2;
 }
 
-/* Runs call_hook for sandbox function fn_ref(policy, [req], [user]) (for after: always
- * req, user and the outcome's parts, nil standing in for what is missing), or for the policy's
+/* Runs call_hook for sandbox function fn_ref(policy, [req], [user]), or for the policy's
  * authorize when fn_ref is LUA_NOREF, with a fresh instruction budget; leaves its two
  * results (or the error) on the stack. Returns lua_pcall's code. */
 static int run_hook(policy_state *ps, int fn_ref, const policy_request *req, const identity_view *user)
@@ -1697,14 +1707,10 @@ int policy_after(policy_host *host, const policy_request *req, const identity_vi
     if (!ps || !ps->has_after) return 0;
     lua_State *L = ps->L;
     int top = lua_gettop(L);
-    ps->call.outcome = outcome;
-    int rc = run_hook(ps, ps->after_ref, req, user) == 0 ? 0 : -1;
-    if (rc < 0) {
-        copy_error(L, err, err_cap);
-    } else if (!lua_toboolean(L, -2)) {
-        snprintf(err, err_cap, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "after failed");
-        rc = -1;
-    }
+    static const policy_request no_request = {0};
+    ps->call.outcome = outcome; /* call_hook's after branch; run_hook clears it */
+    int rc = run_hook(ps, LUA_NOREF, req ? req : &no_request, user) == 0 ? 0 : -1;
+    if (rc < 0) copy_error(L, err, err_cap);
     lua_settop(L, top);
     return rc;
 }

@@ -703,9 +703,25 @@ local function after(policy, req, user, outcome)
 end
 _M.after = after
 
--- For the C host: after() with the outcome built from its parts.
-local function host_after(policy, req, user, status, decision, source, reason, token_cached, sar_cached)
-  return after(policy, req, user, outcome_view(status, decision, source, reason, token_cached, sar_cached))
+-- What the C host calls for after(): builds the req view, the user table (when username
+-- is given) and the outcome view inline, as authorize_request does, and tail-calls the
+-- policy's after with them. One call per request instead of one per view: after runs
+-- on every request.
+local function after_request(after_fn, method, path, query, host_name, client_ip, packed,
+                             username, uid, groups, extra, namespace, serviceaccount,
+                             status, decision, source, reason, token_cached, sar_cached)
+  local src = setmetatable({ method = method, path = path, query = query, host = host_name,
+    client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT)
+  local user
+  if username ~= nil then
+    user = { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
+             serviceaccount = serviceaccount }
+  end
+  local osrc = setmetatable({ status = status, allowed = decision == "allow", decision = decision, source = source,
+    reason = reason, token_cached = token_cached, sar_cached = sar_cached }, OUTCOME_SOURCE_MT)
+  return after_fn(setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false,
+    [VIEW] = src }), user, setmetatable({}, { __index = osrc, __newindex = outcome_newindex, __metatable = false,
+    __tostring = describe_outcome, [VIEW] = osrc }))
 end
 
 
@@ -834,8 +850,10 @@ end
 --     describes them; sar payloads are packed);
 --   t.authorize_error(policy, value, raised): the message sandbox.authorize reports for
 --     a call that raised value (raised = true) or returned value, not a decision;
---   t.after(policy, req, user, status, decision, source, reason, token_cached,
---     sar_cached): sandbox.after with the outcome view built from its parts.
+--   t.after_request(after, <request_view's six>, <user's six, or six nils>, status,
+--     decision, source, reason, token_cached, sar_cached): after(req, user, outcome)
+--     with the three built as request_view, user and make_outcome build them, as a
+--     tail call (what sandbox.after does, minus its pcall).
 -- policy is what sandbox.load returned.
 function _M.host_interface()
   return {
@@ -844,7 +862,7 @@ function _M.host_interface()
     authorize_request = authorize_request,
     decision_payloads = tg.decision_payloads,
     authorize_error = authorize_error,
-    after = host_after,
+    after_request = after_request,
   }
 end
 
