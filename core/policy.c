@@ -98,7 +98,11 @@ typedef struct policy_state {
         const policy_request *req;
         const identity_view *user;
         const policy_outcome *outcome; /* after(): the outcome's parts follow req, user */
+        bool reuse_req;                /* after(): req is the view authorize just had */
     } call;
+    /* The last call was a successful authorize that kept its req view (the policy has an
+     * after hook): after() for the same request may use that view. */
+    bool req_kept;
     bool has_ttl, has_anonymous, has_after;
     /* How many of (req, user) the policy's authorize can see: the parameters it declares
      * (2 when it is variadic). An argument it has no parameter for is not built. */
@@ -749,7 +753,8 @@ enum {
     UV_AUTHORIZE_REQUEST, /* authorize_request(authorize, <REQUEST_ARGS>[, <USER_ARGS>]) */
     UV_PAYLOADS,          /* decision -> validated payload */
     UV_AUTHORIZE,         /* the policy's authorize */
-    UV_COUNT = UV_AUTHORIZE
+    UV_AUTHORIZE_REQUEST_KEEP, /* authorize_request that also keeps req for after() */
+    UV_COUNT = UV_AUTHORIZE_REQUEST_KEEP
 };
 
 static int call_hook(lua_State *L);
@@ -824,6 +829,12 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
         return -1;
     }
     ps->authorize_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, hi, "authorize_request_keep");
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, err_cap, "tokengate.sandbox.host_interface() lacks authorize_request_keep");
+        lua_settop(L, top);
+        return -1;
+    }
     lua_pushcclosure(L, call_hook, UV_COUNT);
     ps->call_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, hi, "after_request");
@@ -1328,16 +1339,14 @@ static void push_request_args(lua_State *L, const policy_request *req)
     luaL_pushresult(&b);
 }
 
-/* after()'s outcome as the sandbox's host_after takes it: status, decision, source,
+/* after()'s outcome as the sandbox's after_request takes it: status, decision, source,
  * reason (or nil), token_cached and sar_cached (each a boolean, or nil when unknown). */
-static int push_outcome_args(lua_State *L, const policy_outcome *o)
+#define OUTCOME_ARGS 6
+static void push_outcome_args(lua_State *L, const policy_outcome *o)
 {
     static const char *const sources[] = {"policy", "sar", "anonymous"};
     lua_pushinteger(L, o->status);
-    lua_pushstring(L, o->status < 300   ? "allow"
-                      : o->status == 503 ? "unavailable"
-                      : o->status >= 500 ? "error"
-                                         : "deny");
+    lua_pushstring(L, o->status < 300 ? "allow" : o->status == 503 ? "unavailable" : o->status >= 500 ? "error" : "deny");
     lua_pushstring(L, sources[(unsigned)o->source < 3 ? o->source : 0]);
     if (o->reason) lua_pushlstring(L, o->reason, o->reason_len);
     else lua_pushnil(L);
@@ -1345,7 +1354,6 @@ static int push_outcome_args(lua_State *L, const policy_outcome *o)
     else lua_pushnil(L);
     if (o->sar_cached >= 0) lua_pushboolean(L, o->sar_cached);
     else lua_pushnil(L);
-    return 6;
 }
 
 /* The protected part of every hook call, run by lua_pcall as a C function so that
@@ -1361,25 +1369,30 @@ static int call_hook(lua_State *L)
     policy_state *ps = state_of(L);
     lua_settop(L, 0);
     /* the most pushed at once: two functions, the arguments, what building them needs */
-    luaL_checkstack(L, 2 + REQUEST_ARGS + USER_ARGS + 6 + 8, "call_hook"); /* 6: the outcome */
+    luaL_checkstack(L, 3 + REQUEST_ARGS + USER_ARGS + OUTCOME_ARGS + 8, "call_hook");
     if (ps->call.outcome) {
-        /* after_request(after, <REQUEST_ARGS>, <USER_ARGS or nils>, <outcome>) */
+        /* after_request(after, reuse, <REQUEST_ARGS or nils>, <USER_ARGS or nils>, <OUTCOME_ARGS>) */
         lua_rawgeti(L, LUA_REGISTRYINDEX, ps->after_request_ref);
         lua_rawgeti(L, LUA_REGISTRYINDEX, ps->after_ref);
-        push_request_args(L, ps->call.req);
+        lua_pushboolean(L, ps->call.reuse_req);
+        if (ps->call.reuse_req) {
+            for (int i = 0; i < REQUEST_ARGS; i++) lua_pushnil(L);
+        } else {
+            push_request_args(L, ps->call.req);
+        }
         if (ps->call.user) {
             push_user_args(L, ps->call.user);
         } else {
             for (int i = 0; i < USER_ARGS; i++) lua_pushnil(L);
         }
-        int n_outcome = push_outcome_args(L, ps->call.outcome);
-        lua_call(L, 1 + REQUEST_ARGS + USER_ARGS + n_outcome, 0);
+        push_outcome_args(L, ps->call.outcome);
+        lua_call(L, 2 + REQUEST_ARGS + USER_ARGS + OUTCOME_ARGS, 0);
         return 0;
     }
     if (ps->call.fn_ref == LUA_NOREF) {
         int nargs = 0;
         if (ps->call.req) {
-            lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE_REQUEST));
+            lua_pushvalue(L, lua_upvalueindex(ps->has_after ? UV_AUTHORIZE_REQUEST_KEEP : UV_AUTHORIZE_REQUEST));
             lua_pushvalue(L, lua_upvalueindex(UV_AUTHORIZE));
             push_request_args(L, ps->call.req);
             nargs = 1 + REQUEST_ARGS;
@@ -1609,11 +1622,13 @@ void policy_authorize(policy_host *host, const policy_request *req, const identi
     }
     lua_State *L = ps->L;
     int top = lua_gettop(L);
+    ps->req_kept = false;
     if (run_hook(ps, LUA_NOREF, ps->authorize_args >= 1 ? req : NULL, ps->authorize_args >= 2 ? user : NULL) != 0) {
         authorize_error(ps, true, out);
         lua_settop(L, top);
         return;
     }
+    ps->req_kept = ps->has_after && ps->authorize_args >= 1;
     /* The decision, then its payload (tokengate.unwrap_decision describes them): a
      * header list (allow), a packed string tagged 1 or 2 (sar), any other string (deny
      * reason), nil (not a decision). */
@@ -1646,6 +1661,7 @@ int policy_ttl(policy_host *host, const identity_view *user, int64_t *ttl_ms, ch
 {
     policy_state *ps = host->current;
     if (!ps || !ps->has_ttl) return 0;
+    ps->req_kept = false;
     lua_State *L = ps->L;
     int top = lua_gettop(L);
     if (run_hook(ps, ps->ttl_ref, NULL, user) != 0) {
@@ -1672,6 +1688,7 @@ int policy_anonymous(policy_host *host, const policy_request *req, char *err, si
 {
     policy_state *ps = host->current;
     if (!ps || !ps->has_anonymous) return 0;
+    ps->req_kept = false;
     lua_State *L = ps->L;
     int top = lua_gettop(L);
     if (run_hook(ps, ps->anonymous_ref, req, NULL) != 0) {
@@ -1709,7 +1726,10 @@ int policy_after(policy_host *host, const policy_request *req, const identity_vi
     int top = lua_gettop(L);
     static const policy_request no_request = {0};
     ps->call.outcome = outcome; /* call_hook's after branch; run_hook clears it */
+    ps->call.reuse_req = ps->req_kept && outcome->follows_authorize;
+    ps->req_kept = false;
     int rc = run_hook(ps, LUA_NOREF, req ? req : &no_request, user) == 0 ? 0 : -1;
+    ps->call.reuse_req = false;
     if (rc < 0) copy_error(L, err, err_cap);
     lua_settop(L, top);
     return rc;

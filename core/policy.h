@@ -131,6 +131,9 @@ typedef struct policy_outcome {
     size_t reason_len;
     int token_cached; /* the TokenReview verdict came from the cache: 1 or 0; -1: no token */
     int sar_cached;   /* source SAR: its verdict came from the cache: 1 or 0; otherwise -1 */
+    /* The host's last call was policy_authorize for this very request (nothing ran in
+     * between): after() is given the req view authorize had instead of a new one. */
+    bool follows_authorize;
 } policy_outcome;
 
 /* True when the running policy has an after hook (a field read: cheap enough to ask on

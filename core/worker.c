@@ -317,14 +317,17 @@ static void track_answer_while_stopping(worker *w, struct evhttp_request *req)
 
 /* ---- after(): the policy hears what was answered ------------------------------------- */
 
-/* Arms after() for the request the policy is judging (see worker.after). */
-static void arm_after(worker *w, policy_outcome_source source, int token_cached, const policy_request *pr,
-                      const identity_view *user)
+/* Arms after() for the request the policy is judging (see worker.after). follows_authorize:
+ * armed right after policy_authorize for this request, and no other hook runs before the
+ * answer (the synchronous path), so after() may reuse authorize's req view. */
+static void arm_after(worker *w, policy_outcome_source source, int token_cached, bool follows_authorize,
+                      const policy_request *pr, const identity_view *user)
 {
     if (!w->policy || !policy_has_after(w->policy)) return;
     w->after.armed = true;
     w->after.outcome = (policy_outcome){.source = source, .token_cached = token_cached,
-                                        .sar_cached = source == POLICY_OUTCOME_SAR ? 0 : -1};
+                                        .sar_cached = source == POLICY_OUTCOME_SAR ? 0 : -1,
+                                        .follows_authorize = follows_authorize};
     w->after.req = pr;
     w->after.user = user;
 }
@@ -871,7 +874,7 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
     policy_decision *d = &w->decision;
     policy_authorize(w->policy, pr, &view, d);
     if (d->kind != POLICY_SAR && w->access_log) w->note.source = DECISION_POLICY;
-    arm_after(w, d->kind == POLICY_SAR ? POLICY_OUTCOME_SAR : POLICY_OUTCOME_POLICY, token_cached, pr, &view);
+    arm_after(w, d->kind == POLICY_SAR ? POLICY_OUTCOME_SAR : POLICY_OUTCOME_POLICY, token_cached, true, pr, &view);
     switch (d->kind) {
     case POLICY_ALLOW: answer_allowed(w, req, started, packed, packed_len, d); break;
     case POLICY_DENY:
@@ -942,7 +945,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
     if (ar->w->policy && policy_has_after(ar->w->policy) &&
         identity_view_parse(ar->identity, ar->identity_len, &view) == 0 &&
         describe_request(ar->w, ar->req, &pr, &text, &why) == DESCRIBED)
-        arm_after(ar->w, POLICY_OUTCOME_SAR, ar->token_cached, &pr, &view);
+        arm_after(ar->w, POLICY_OUTCOME_SAR, ar->token_cached, false, &pr, &view);
     switch (outcome->verdict) {
     case REVIEW_POSITIVE:
         answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
@@ -1235,7 +1238,7 @@ static void handle_no_token(worker *w, struct evhttp_request *req, const struct 
         char err[512];
         int rc = policy_anonymous(w->policy, pr, err, sizeof(err));
         /* after() only when the policy's anonymous() judged the request */
-        if (policy_has_anonymous(w->policy)) arm_after(w, POLICY_OUTCOME_ANONYMOUS, -1, pr, NULL);
+        if (policy_has_anonymous(w->policy)) arm_after(w, POLICY_OUTCOME_ANONYMOUS, -1, false, pr, NULL);
         if (rc < 0) reply_policy_error(w, req, started, "anonymous", err);
         else if (rc == 1 && w->upstream) forward_allowed(w, req, started, NULL, NULL);
         else if (rc == 1) reply(w, req, started, 200, "OK", NULL);

@@ -703,25 +703,60 @@ local function after(policy, req, user, outcome)
 end
 _M.after = after
 
--- What the C host calls for after(): builds the req view, the user table (when username
--- is given) and the outcome view inline, as authorize_request does, and tail-calls the
--- policy's after with them. One call per request instead of one per view: after runs
--- on every request.
-local function after_request(after_fn, method, path, query, host_name, client_ip, packed,
-                             username, uid, groups, extra, namespace, serviceaccount,
-                             status, decision, source, reason, token_cached, sar_cached)
-  local src = setmetatable({ method = method, path = path, query = query, host = host_name,
-    client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT)
-  local user
-  if username ~= nil then
-    user = { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
-             serviceaccount = serviceaccount }
+-- What the C host calls for after(), made once per Lua state (host_interface), in a
+-- pair:
+--   * authorize_request_keep: authorize_request, which also keeps the req view it built
+--     (the host uses it instead of authorize_request when the policy has an after hook);
+--   * after_request(after, reuse, <request_view's six>, <user's six>, <outcome's six>):
+--     after(req, user, outcome), as a tail call, where req is the kept view when reuse
+--     is true (the host says so only right after a successful authorize of the same
+--     request; it then passes nils for the request) and otherwise built inline, user is
+--     built inline, and outcome is the state's one outcome view, refilled.
+-- One call per request, a req view built once for both hooks, and no outcome tables to
+-- build and collect: after runs on every request, and building its three views fresh
+-- cost more than the default policy's authorize. So the outcome view describes the
+-- current call's request only while after runs.
+local function new_after_pair()
+  local kept_req
+  local osrc = setmetatable({}, OUTCOME_SOURCE_MT)
+  local outcome = setmetatable({}, { __index = osrc, __newindex = outcome_newindex, __metatable = false,
+    __tostring = describe_outcome, [VIEW] = osrc })
+
+  local function authorize_request_keep(authorize_fn, method, path, query, host_name, client_ip, packed,
+                                        username, uid, groups, extra, namespace, serviceaccount)
+    kept_req = nil
+    local src = setmetatable({ method = method, path = path, query = query, host = host_name,
+      client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT)
+    local user
+    if username ~= nil then
+      user = { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
+               serviceaccount = serviceaccount }
+    end
+    kept_req = setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false, [VIEW] = src })
+    return authorize_fn(kept_req, user)
   end
-  local osrc = setmetatable({ status = status, allowed = decision == "allow", decision = decision, source = source,
-    reason = reason, token_cached = token_cached, sar_cached = sar_cached }, OUTCOME_SOURCE_MT)
-  return after_fn(setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false,
-    [VIEW] = src }), user, setmetatable({}, { __index = osrc, __newindex = outcome_newindex, __metatable = false,
-    __tostring = describe_outcome, [VIEW] = osrc }))
+
+  local function after_request(after_fn, reuse, method, path, query, host_name, client_ip, packed,
+                               username, uid, groups, extra, namespace, serviceaccount,
+                               status, decision, source, reason, token_cached, sar_cached)
+    local req = kept_req
+    kept_req = nil
+    if not reuse or req == nil then
+      local src = setmetatable({ method = method, path = path, query = query, host = host_name,
+        client_ip = client_ip, [PACKED] = packed }, REQUEST_SOURCE_MT)
+      req = setmetatable({}, { __index = src, __newindex = request_newindex, __metatable = false, [VIEW] = src })
+    end
+    local user
+    if username ~= nil then
+      user = { username = username, uid = uid, groups = groups, extra = extra, namespace = namespace,
+               serviceaccount = serviceaccount }
+    end
+    osrc.status, osrc.allowed, osrc.decision, osrc.source = status, decision == "allow", decision, source
+    osrc.reason, osrc.token_cached, osrc.sar_cached = reason, token_cached, sar_cached
+    return after_fn(req, user, outcome)
+  end
+
+  return after_request, authorize_request_keep
 end
 
 
@@ -850,12 +885,11 @@ end
 --     describes them; sar payloads are packed);
 --   t.authorize_error(policy, value, raised): the message sandbox.authorize reports for
 --     a call that raised value (raised = true) or returned value, not a decision;
---   t.after_request(after, <request_view's six>, <user's six, or six nils>, status,
---     decision, source, reason, token_cached, sar_cached): after(req, user, outcome)
---     with the three built as request_view, user and make_outcome build them, as a
---     tail call (what sandbox.after does, minus its pcall).
+--   t.after_request, t.authorize_request_keep: for after(), see new_after_pair (what
+--     sandbox.after does, minus its pcall).
 -- policy is what sandbox.load returned.
 function _M.host_interface()
+  local after_request, authorize_request_keep = new_after_pair()
   return {
     request_view = packed_request_view,
     user = host_user,
@@ -863,6 +897,7 @@ function _M.host_interface()
     decision_payloads = tg.decision_payloads,
     authorize_error = authorize_error,
     after_request = after_request,
+    authorize_request_keep = authorize_request_keep,
   }
 end
 

@@ -26,11 +26,15 @@ local tg = require("tokengate")
 local answers = tg.metrics.counter("after_answers_total", "Final answers",
   { "namespace", "decision", "source", "status", "sar_cached", "token_cached" })
 local reasons = tg.metrics.counter("after_deny_reasons_total", "Deny reasons", { "reason" })
+local paths = tg.metrics.counter("after_paths_total", "What after saw of the request", { "path", "user", "via" })
 return {
   anonymous = function(req) return req.path == "/open" end,
   authorize = function(req, user)
     if req.path == "/deny" then return tg.deny("kept-out") end
     if req.path == "/boom" then error("authorize failed on purpose") end
+    if req.path == "/sar-get" then -- a question no rule allows, asked once per spec run
+      return tg.sar{ namespace = user.namespace, verb = "get", group = "hooks.example.com", resource = "deliveries" }
+    end
     if req.path == "/sar" then
       return tg.sar{ namespace = user.namespace, verb = "create", group = "hooks.example.com",
                      resource = "deliveries" }
@@ -43,6 +47,7 @@ return {
                  token_cached = outcome.token_cached }
     if outcome.decision == "deny" and outcome.source == "policy" then reasons:inc{ reason = outcome.reason } end
     assert(outcome.allowed == (outcome.status == 200))
+    paths:inc{ path = req.path, user = user and user.serviceaccount or "", via = req.headers["x-via"] or "" }
     local mode = req.headers["x-after"]
     if mode == "loop" then while true do end end
     if mode == "error" then error("after failed on purpose") end
@@ -70,6 +75,7 @@ describe("the after() hook", function()
     if gw then gw:stop() end
     if fake then fake:stop() end
   end)
+  before_each(function() fake:config{ hang = false, latency_ms = 0 } end)
 
   -- The change of every after_answers_total series across fn().
   local function counted(fn)
@@ -85,12 +91,19 @@ describe("the after() hook", function()
     return delta, after
   end
 
+  local function paths_key(path, user, via)
+    return string.format('after_paths_total{path="%s",user="%s",via="%s"}', path, user, via)
+  end
+
   it("counts the SubjectAccessReview's real verdict: allowed, denied, then both from the cache", function()
     local calls = fake:stats().subjectaccessreview_calls
-    local delta = counted(function()
-      assert.equal(200, gw:request("tok-team-a-sender", "/sar").status)
-      assert.equal(403, gw:request("tok-team-b-reader", "/sar").status)
+    local delta, m = counted(function()
+      assert.equal(200, gw:request("tok-team-a-sender", "/sar", { "X-Via: sar-a" }).status)
+      assert.equal(403, gw:request("tok-team-b-reader", "/sar", { "X-Via: sar-b" }).status)
     end)
+    -- after the review the request was described again: its own path, headers and user
+    assert.equal(1, m[paths_key("/sar", "sender", "sar-a")])
+    assert.equal(1, m[paths_key("/sar", "reader", "sar-b")])
     assert.equal(calls + 2, fake:stats().subjectaccessreview_calls)
     assert.same({
       [answers_key("team-a", "allow", "sar", 200, "false", "false")] = 1,
@@ -106,6 +119,29 @@ describe("the after() hook", function()
       [answers_key("team-a", "allow", "sar", 200, "true", "true")] = 1,
       [answers_key("team-b", "deny", "sar", 403, "true", "true")] = 1,
     }, delta)
+  end)
+
+  it("tells after() about the request it judged while another request was answered meanwhile", function()
+    -- A waits for its SubjectAccessReview (the fake holds it until released); B is
+    -- answered from the caches meanwhile on the same worker. Each after() must see its
+    -- own request.
+    fake:config{ hang = true }
+    local asked = fake:stats().subjectaccessreview_calls
+    local out = fake.dir .. "/slow-answer.txt"
+    local slow = proc.spawn({ "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+      "-H", "Authorization: Bearer tok-team-a-sender", "-H", "X-Via: slow", gw.url .. "/sar-get" }, out)
+    proc.wait_until("the SubjectAccessReview to be asked", function()
+      return fake:stats().subjectaccessreview_calls > asked -- counted when it arrives
+    end, 10)
+    local fast = gw:request("tok-team-a-sender", "/allowed", { "X-Via: fast" })
+    assert.equal(200, fast.status)
+    assert.is_true(proc.alive(slow), "the held request was answered before the fast one")
+    fake:config{ hang = false } -- releases the held review
+    proc.wait_until("the slow request to be answered", function() return not proc.alive(slow) end, 20)
+    assert.equal("403", proc.read_file(out))
+    local m = gw:metrics()
+    assert.equal(1, m[paths_key("/sar-get", "sender", "slow")])
+    assert.equal(1, m[paths_key("/allowed", "sender", "fast")])
   end)
 
   it("counts the policy's own allow, deny (with its reason) and error", function()
