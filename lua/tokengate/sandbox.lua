@@ -13,9 +13,9 @@
 -- The budget has two enforcers, one per host:
 --   * under busted (and any state with the `debug` and `jit` libraries) this module sets a
 --     count hook around each call and switches the JIT off for policy functions;
---   * the gateway (core/policy.c) opens neither library: it turns the JIT engine off for
---     the whole state, runs its own C count hook and replaces pcall/xpcall with versions
---     that re-raise a spent budget. There the functions below raise once the budget is
+--   * the gateway (core/policy.c, core/policy_guard.c) opens neither library: it turns
+--     the JIT engine off for the whole state, runs its own C count hook and replaces
+--     pcall/xpcall with versions that re-raise a spent budget. There the functions below raise once the budget is
 --     spent, and the C side's lua_pcall turns that into a policy error.
 -- _M.budget_enforced says whether this module enforces it. Policies never see `debug`.
 --
@@ -294,7 +294,7 @@ end
 
 -- Calls fn(a, b, c) under the budget. Returns true, result or false, message.
 -- Where this module sets no hook (the gateway: its C host counts instructions, and its
--- pcall re-raises a spent budget, see core/policy.c), that is just a pcall.
+-- pcall re-raises a spent budget, see core/policy_guard.c), that is just a pcall.
 local function run_unhooked(_, fn, a, b, c)
   local ok, res = pcall(fn, a, b, c)
   if not ok then return false, error_text(res) end
