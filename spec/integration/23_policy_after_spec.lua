@@ -8,6 +8,7 @@
 local fake_mod = require("support.fake")
 local gateway_mod = require("support.gateway")
 local proc = require("support.proc")
+local upstream_mod = require("support.upstream")
 
 local function sa(ns, name)
   return { token = "tok-" .. ns .. "-" .. name, username = "system:serviceaccount:" .. ns .. ":" .. name,
@@ -190,4 +191,41 @@ describe("the after() hook", function()
       assert.truthy(gw:log_text():find("policy error in after()", 1, true))
     end)
   end
+
+  describe("in proxy mode", function()
+    local up, proxy
+    lazy_setup(function()
+      up = upstream_mod.start{ dir = fake.dir }
+      proxy = gateway_mod.start{ fake = fake, args = { "--mode", "proxy", "--upstream", up.url, "--policy",
+        fake.dir .. "/after_policy.lua", "--workers", "1" } }
+    end)
+    lazy_teardown(function()
+      if proxy then proxy:stop() end
+      if up then up:stop() end
+    end)
+
+    it("hears 200 for a forwarded request, the refusals as in authz mode, and the answer stands", function()
+      local delta = {}
+      local before = proxy:metrics()
+      up:clear()
+      assert.equal(200, proxy:request("tok-team-a-sender", "/allowed", { "X-Via: proxied" }).status)
+      assert.equal(403, proxy:request("tok-team-b-reader", "/sar").status)
+      local errors = proxy:metric("gateway_policy_errors_total")
+      assert.equal(200, proxy:request("tok-team-a-sender", "/allowed", { "X-After: error" }).status)
+      assert.equal(errors + 1, proxy:metric("gateway_policy_errors_total"))
+      assert.equal(2, #up:requests()) -- both allowed requests reached the upstream, nothing else
+      local m = proxy:metrics()
+      for k, v in pairs(m) do
+        if type(v) == "number" and k:find("^after_answers_total{") and v ~= (before[k] or 0) then
+          delta[k] = v - (before[k] or 0)
+        end
+      end
+      assert.same({
+        [answers_key("team-a", "allow", "policy", 200, "", "false")] = 1,
+        [answers_key("team-a", "allow", "policy", 200, "", "true")] = 1,
+        [answers_key("team-b", "deny", "sar", 403, "false", "false")] = 1,
+      }, delta)
+      assert.equal(1, m[paths_key("/allowed", "sender", "proxied")])
+    end)
+  end)
 end)
