@@ -353,6 +353,16 @@ static void fire_after(worker *w, int status, const char *body)
     }
 }
 
+/* After an answer: the policy's after() hook, the request metrics, the decision log. */
+static void account_answer(worker *w, struct evhttp_request *req, const struct timespec *started, int status,
+                           const char *body)
+{
+    if (w->after.armed) fire_after(w, status, body);
+    double latency_s = seconds_since(started);
+    metrics_count_request(&w->metrics, status, latency_s);
+    if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
+}
+
 static void reply(worker *w, struct evhttp_request *req, const struct timespec *started, int status,
                   const char *reason, const char *body)
 {
@@ -369,15 +379,14 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
         if (buf) evbuffer_add_printf(buf, "%s\n", body);
     }
     track_answer_while_stopping(w, req);
-    /* after() runs once the answer is sent, unless the client is gone: evhttp then frees
-     * the request (whose headers req.headers reads) inside evhttp_send_reply. */
-    if (w->after.armed && !evhttp_request_get_connection(req)) fire_after(w, status, body);
+    /* What follows the answer (after(), the request metrics, the decision log) reads the
+     * request, so it runs once the answer is queued, unless the client is gone: evhttp then
+     * frees the request inside evhttp_send_reply, and it all runs just before. */
+    bool client_gone = evhttp_request_get_connection(req) == NULL;
+    if (client_gone) account_answer(w, req, started, status, body);
     evhttp_send_reply(req, status, reason, buf);
     if (buf) evbuffer_free(buf);
-    if (w->after.armed) fire_after(w, status, body);
-    double latency_s = seconds_since(started);
-    metrics_count_request(&w->metrics, status, latency_s);
-    if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
+    if (!client_gone) account_answer(w, req, started, status, body);
 }
 
 static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started,

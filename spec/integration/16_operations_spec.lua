@@ -456,6 +456,34 @@ describe("tokengate operations", function()
       if not ok then error(err, 0) end
     end)
 
+    it("logs the decision of a request whose client left before its answer", function()
+      -- The TokenReview is held by the fake; the client gives up; the answer then goes to a
+      -- closed connection. The decision is still logged, and the gateway still serves.
+      local log_path = fake.dir .. "/decisions-gone.log"
+      local gw = gateway_mod.start{ fake = fake, args = { "--access-log", log_path, "--policy", "none", "--workers", "1" } }
+      local ok, err = pcall(function()
+        fake:config{ hang = true }
+        local asked = fake:stats().tokenreview_calls
+        local out = fake.dir .. "/gone-answer.txt"
+        local client = proc.spawn({ "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
+          "-H", "Authorization: Bearer tok-ops-batch-1d2e8b", gw.url .. "/gone" }, out)
+        proc.wait_until("the TokenReview to be asked", function()
+          return fake:stats().tokenreview_calls > asked
+        end, 10)
+        proc.signal(client, "KILL")
+        proc.wait_until("the client to be gone", function() return not proc.alive(client) end, 10)
+        fake:config{ hang = false } -- the held review is answered; its client is gone
+        local lines = wait_lines(log_path, 1)
+        assert.same({ "/gone", "tokenreview" }, { lines[1].path, lines[1].source })
+        -- the gateway is still serving
+        assert.equal(200, get(gw, "tok-ops-batch-1d2e8b", "/after-gone").status)
+        assert.equal(2, #wait_lines(log_path, 2))
+      end)
+      fake:config{ hang = false }
+      gw:stop()
+      if not ok then error(err, 0) end
+    end)
+
     it("names --jwt-preverify when it refused a forged JWT without a TokenReview", function()
       local kube_mod = require("support.kube") -- only its base64url and issuer
       local res = http.get(fake.url .. "/openid/v1/jwks",
