@@ -50,15 +50,12 @@ local function wait_until(what, fn, timeout_s)
   error("timed out after " .. timeout_s .. " s waiting for " .. what)
 end
 
--- Time until the process is gone (bounded); nil if it is still alive after timeout_s.
-local function time_to_exit(gw, timeout_s)
-  local t0 = proc.now()
-  local deadline = t0 + timeout_s
-  while proc.now() < deadline do
-    if not gw:alive() then return proc.now() - t0 end
-    proc.sleep(0.01)
-  end
-  return nil
+-- The gateway logs "stopping: finishing in-flight requests" once it has handled the first
+-- signal: waiting for that line (not a sleep) is what makes a second signal a second one.
+local function wait_stopping(gw)
+  wait_until("the first signal to be handled", function()
+    return gw:log_text():find('"msg":"stopping: finishing in-flight requests"', 1, true)
+  end, 30)
 end
 
 describe("graceful shutdown", function()
@@ -95,49 +92,54 @@ describe("graceful shutdown", function()
   end)
 
   it("on SIGTERM answers every request in flight, refuses new connections, fails /readyz, and exits 0", function()
-    local LATENCY_S, N = 1.5, 30
-    local gw = start_gateway{ "--shutdown-grace", "10s" }
+    -- The fake holds every review (hang) until the checks below are done, so they happen
+    -- during the grace period whatever the machine's load; the grace period is far longer
+    -- than anything here, so the exit can only come from the last answer being sent.
+    local N = 30
+    local gw = start_gateway{ "--shutdown-grace", "120s", "--review-timeout", "60s" }
     -- Background load on warm tokens, before and across the signal.
     local warm = next_tokens(4)
     assert.equal(4, gw:load{ c = 4, n = 4, tokens = warm }.codes["200"])
-    fake:config{ latency_ms = math.floor(LATENCY_S * 1000) }
+    fake:config{ hang = true }
     fake:reset_stats()
     local background = gw:load_start{ c = 4, d = 3, tokens = warm }
-    -- One burst of N concurrent cold requests: each review takes LATENCY_S at the API server.
-    local burst = gw:load_start{ c = N, n = N, tokens = next_tokens(N), timeout = 20 }
-    wait_until(N .. " reviews in flight at the API server", function() return fake:stats().inflight >= N end, 10)
+    -- One burst of N concurrent cold requests, each held at the API server.
+    local burst = gw:load_start{ c = N, n = N, tokens = next_tokens(N), timeout = 60 }
+    wait_until(N .. " reviews in flight at the API server", function() return fake:stats().inflight >= N end, 30)
 
-    local t_signal = proc.now()
     proc.signal(gw.handle, "TERM")
-    proc.sleep(0.1)
-    -- During the grace period: not ready, the listener is closed, the process waits.
-    local ready = http.get(gw.admin_url .. "/readyz", nil, { timeout = 5 })
-    local fresh = http.get(gw.url .. "/", { "Authorization: Bearer " .. warm[1] }, { timeout = 5 })
-    local still_alive = gw:alive()
-    local checked_within = proc.now() - t_signal
-    assert.is_true(checked_within < LATENCY_S, "checks took " .. checked_within .. " s: the reviews may have ended")
-    assert.equal(503, ready.status)
-    assert.equal(0, fresh.status, "a new connection was accepted after SIGTERM: " .. fresh.status)
-    assert.is_true(still_alive)
+    wait_stopping(gw)
+    -- During the grace period: not ready, the listener closed (the workers close theirs when
+    -- told, just after the signal is handled), the process waits.
+    wait_until("/readyz to answer 503", function()
+      return http.get(gw.admin_url .. "/readyz", nil, { timeout = 10 }).status == 503
+    end, 30)
+    wait_until("the main listener to refuse new connections", function()
+      local fresh = http.get(gw.url .. "/", { "Authorization: Bearer " .. warm[1] }, { timeout = 10 })
+      assert.is_true(fresh.status == 0 or fresh.status == 200, "answered " .. fresh.status)
+      return fresh.status == 0
+    end, 30)
+    assert.is_true(gw:alive())
+    assert.equal(N, fake:stats().inflight, "a review held at the API server ended before it was released")
 
     -- Every request of the burst was in flight at the signal: each one gets its answer.
-    local r = burst:wait(30)
+    fake:config{ hang = false }
+    local r = burst:wait(60)
     assert.equal(N, r.requests)
     assert.equal(0, r.errors, "requests in flight were dropped: " .. cjson.encode(r))
     assert.equal(N, r.codes["200"])
     assert.equal(N, fake:stats().tokenreview_calls)
     -- The background load saw only answers to what it sent before the listener closed;
     -- connection errors after that are expected, any answer other than 200 is not.
-    local b = background:wait(30)
+    local b = background:wait(60)
     assert.is_true((b.codes["200"] or 0) > 0)
     for code in pairs(b.codes) do assert.equal("200", code) end
 
-    -- Then it exits 0, soon after the last answer.
-    local code = gw:exit_status(LATENCY_S + 5)
-    assert.equal(0, code)
-    assert.is_true(proc.now() - t_signal < LATENCY_S + 5)
+    -- Then it exits 0 because nothing is left in flight, not because the grace ran out.
+    assert.equal(0, gw:exit_status(60))
     local log = gw:log_text()
-    assert.truthy(log:find('"msg":"stopped: no request in flight"', 1, true))
+    assert.truthy(log:find('"msg":"stopped: no request in flight"', 1, true), log)
+    assert.is_nil(log:find("--shutdown-grace ran out", 1, true), log)
   end)
 
   it("does not drop answers written just before it exits (repeated bursts, short reviews)", function()
@@ -164,41 +166,44 @@ describe("graceful shutdown", function()
   end)
 
   it("waits for a hung review until --shutdown-grace runs out, then exits 0", function()
-    local gw = start_gateway{ "--shutdown-grace", "2s", "--review-timeout", "30s" }
+    -- The grace period IS a time bound: the exit comes no earlier than 2 s after the signal
+    -- (a lower bound, which load cannot break), and not long after it (generous).
+    local GRACE_S = 2
+    local gw = start_gateway{ "--shutdown-grace", GRACE_S .. "s", "--review-timeout", "60s" }
     fake:config{ hang = true }
-    local waiting = gw:load_start{ c = 1, n = 1, tokens = next_tokens(1), timeout = 20 }
-    wait_until("the review to be held", function() return fake:stats().inflight >= 1 end, 10)
+    local waiting = gw:load_start{ c = 1, n = 1, tokens = next_tokens(1), timeout = 60 }
+    wait_until("the review to be held", function() return fake:stats().inflight >= 1 end, 30)
     local t0 = proc.now()
     proc.signal(gw.handle, "TERM")
-    proc.sleep(1.0)
-    assert.is_true(gw:alive(), "exited before the grace period ran out")
-    assert.equal(503, http.get(gw.admin_url .. "/readyz").status)
-    local code = gw:exit_status(2 + 3)
+    local code = gw:exit_status(GRACE_S + 30)
     local took = proc.now() - t0
     assert.equal(0, code)
-    assert.is_true(took >= 1.9 and took < 2 + 3, "exited after " .. took .. " s")
-    assert.truthy(gw:log_text():find("--shutdown-grace ran out", 1, true))
+    assert.is_true(took >= GRACE_S - 0.1, "exited " .. took .. " s after SIGTERM, before the grace period ran out")
+    local log = gw:log_text()
+    assert.truthy(log:find('"msg":"stopped: --shutdown-grace ran out"', 1, true), log)
+    assert.truthy(log:find('"requests_waiting":1', 1, true), log)
     -- The client is not left hanging: it gets an answer or its connection closes.
-    local r = waiting:wait(10)
+    local r = waiting:wait(30)
     assert.equal(1, r.requests)
     fake:config{ hang = false }
   end)
 
   it("exits at once on a second SIGTERM", function()
-    local gw = start_gateway{ "--shutdown-grace", "30s", "--review-timeout", "30s" }
+    -- A grace period and review timeout far longer than the test's bound: an exit within
+    -- the bound can only be the second signal's doing.
+    local gw = start_gateway{ "--shutdown-grace", "600s", "--review-timeout", "600s" }
     fake:config{ hang = true }
-    local waiting = gw:load_start{ c = 1, n = 1, tokens = next_tokens(1), timeout = 20 }
-    wait_until("the review to be held", function() return fake:stats().inflight >= 1 end, 10)
+    local waiting = gw:load_start{ c = 1, n = 1, tokens = next_tokens(1), timeout = 60 }
+    wait_until("the review to be held", function() return fake:stats().inflight >= 1 end, 30)
     proc.signal(gw.handle, "TERM")
-    proc.sleep(0.5)
+    wait_stopping(gw)
     assert.is_true(gw:alive(), "the first SIGTERM did not wait for the request in flight")
     proc.signal(gw.handle, "TERM")
-    local took = time_to_exit(gw, 5)
-    assert.truthy(took, "still running 5 s after the second SIGTERM")
-    assert.is_true(took < 1.0, "exited " .. took .. " s after the second SIGTERM")
-    assert.equal(0, gw:exit_status(2))
-    assert.truthy(gw:log_text():find("second signal", 1, true))
-    waiting:wait(10)
+    assert.equal(0, gw:exit_status(60), "still running 60 s after the second SIGTERM (grace 600 s)")
+    local log = gw:log_text()
+    assert.truthy(log:find("second signal", 1, true), log)
+    assert.is_nil(log:find('"msg":"stopped: no request in flight"', 1, true), log)
+    waiting:wait(30)
     fake:config{ hang = false }
   end)
 
@@ -224,7 +229,9 @@ describe("graceful shutdown", function()
       local vg_log = dir .. "/valgrind.log"
       local wrapper = { "valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite",
         "--error-exitcode=99", "--track-fds=no", "--log-file=" .. vg_log }
-      local gw = start_gateway({ "--review-timeout", "1s", "--shutdown-grace", "10s", "--cache-negative-ttl", "1s",
+      -- A review timeout far above what valgrind on a busy machine takes to answer one review;
+      -- the timed-out case below holds its review until the gateway has given up.
+      local gw = start_gateway({ "--review-timeout", "5s", "--shutdown-grace", "30s", "--cache-negative-ttl", "1s",
         "--circuit-failure-threshold", "1000" }, { wrapper = wrapper, start_timeout = 60, default_policy = true })
       local t = next_tokens(12)
       -- valid, then from the cache; invalid, twice; several Authorization forms
@@ -240,9 +247,10 @@ describe("graceful shutdown", function()
       fake:config{ latency_ms = 200 }
       local r = gw:load{ c = 8, n = 16, tokens = { t[2], t[3] } }
       assert.equal(16, r.codes["200"])
-      -- timeout: the API server is slower than --review-timeout
-      fake:config{ latency_ms = 3000 }
+      -- timeout: the API server holds the review past --review-timeout (then lets it go)
+      fake:config{ hang = true }
       assert.equal(503, gw:request(t[4]).status)
+      fake:config{ hang = false }
       -- 429: one seat, several reviews at once, Retry-After 1
       fake:config{ latency_ms = 300, max_inflight = 1, retry_after = 1 }
       local throttled = gw:load{ c = 4, n = 4, tokens = { t[5], t[6], t[7], t[8] } }
@@ -258,7 +266,7 @@ describe("graceful shutdown", function()
       fake:reset()
       assert.equal(200, gw:request(t[12]).status)
       -- SIGTERM with a review in flight: it is answered, then the process exits.
-      fake:config{ latency_ms = 500 } -- under the 1 s review timeout
+      fake:config{ latency_ms = 500 } -- under the review timeout
       fake:reset_stats()
       local last = gw:load_start{ c = 1, n = 1, tokens = { next_tokens(1)[1] }, timeout = 30 }
       wait_until("the review in flight", function() return fake:stats().tokenreview_calls >= 1 end, 20)
