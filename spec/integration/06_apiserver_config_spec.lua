@@ -52,21 +52,19 @@ describe("tokengate API server configuration", function()
   local fake, dir, port, original_credential
   local started = {}
 
-  -- Runs `tokengate ARGS` to its end (bounded by `timeout 15`); returns stdout, stderr,
-  -- exit status and seconds taken.
+  -- Runs `tokengate ARGS` to its end (bounded by `timeout 60`, whose exit status 124 the
+  -- callers reject); returns stdout, stderr and exit status.
   local function run(args, env)
     local argv = command(args, env)
     argv[#argv + 1] = "timeout"
-    argv[#argv + 1] = "15"
+    argv[#argv + 1] = "60"
     argv[#argv + 1] = proc.build_path("core/tokengate")
     for _, a in ipairs(args) do argv[#argv + 1] = a end
     local base = string.format("%s/run-%d", dir, math.random(1, 1e9))
-    local t0 = proc.now()
     local _, code = proc.run(quote_all(argv) .. " >" .. proc.quote(base .. ".out") .. " 2>" .. proc.quote(base .. ".err"))
-    local elapsed = proc.now() - t0
     local out, err = proc.read_file(base .. ".out") or "", proc.read_file(base .. ".err") or ""
     os.remove(base .. ".out"); os.remove(base .. ".err")
-    return out, err, code, elapsed
+    return out, err, code
   end
 
   -- Starts a serving gateway (--policy none) with these flags and environment; returns an
@@ -250,14 +248,13 @@ describe("tokengate API server configuration", function()
       assert.equal(503, stale.status) -- the API server refused the old credential: fail closed
       assert.is_true(fake:stats().unauthorized > before)
       proc.write_file(token_file, "cred-rotated-before-the-file\n")
-      local deadline, res = proc.now() + 2, nil
-      repeat
+      proc.wait_until("the gateway to re-read the token file after the 401", function()
         local token, user = cold()
-        res = gw:request(token)
-        if res.status == 200 then assert.equal(user, res.headers["x-remote-user"]) break end
-        proc.sleep(0.5)
-      until proc.now() > deadline
-      assert.equal(200, res.status, "the gateway re-read the token file after the 401")
+        local res = gw:request(token)
+        if res.status ~= 200 then return false end
+        assert.equal(user, res.headers["x-remote-user"])
+        return true
+      end, 30)
     end)
   end)
 
@@ -470,17 +467,20 @@ describe("tokengate API server configuration", function()
   end)
 
   describe("start-up errors", function()
-    -- Both `--check` and a real start must fail fast, non-zero, with this text on stderr,
-    -- no secret, and never listening.
+    -- Both `--check` and a real start must fail fast: exit non-zero by themselves, with this
+    -- text on stderr, no secret, never listening, and without a single TLS connection to
+    -- the API server (the fake counts them: no retry loop, no probe, the configuration
+    -- alone is refused). `timeout 60` only keeps a hung gateway from hanging the suite.
     local function refused(args, env, expected)
       local check_args = { "--check" }
       for _, a in ipairs(args) do check_args[#check_args + 1] = a end
       for _, argv in ipairs{ check_args, args } do
-        local out, err, code, elapsed = run(argv, env)
+        local connections = fake:stats().connections
+        local out, err, code = run(argv, env)
         local what = table.concat(argv, " ")
         assert.are_not.equal(0, code, what .. ": " .. out .. err)
-        assert.are_not.equal(124, code, what .. " timed out")
-        assert.is_true(elapsed < 5, what .. " took " .. elapsed .. " s")
+        assert.are_not.equal(124, code, what .. " did not exit by itself")
+        assert.are.equal(connections, fake:stats().connections, what .. " connected to the API server")
         for _, text in ipairs(expected) do
           assert.truthy(err:find(text, 1, true), what .. ": expected " .. text .. " in: " .. err)
         end
@@ -547,9 +547,10 @@ describe("tokengate API server configuration", function()
       proc.write_file(sa .. "/token", fake.credential)
       proc.write_file(sa .. "/ca.crt", proc.read_file(fake.ca_file))
       for _, sa_dir in ipairs{ sa, dir .. "/no-such-dir" } do
-        local out, err, code, elapsed = run({ "--serviceaccount-dir", sa_dir })
+        local connections = fake:stats().connections
+        local out, err, code = run({ "--serviceaccount-dir", sa_dir })
         assert.equal(1, code, out .. err)
-        assert.is_true(elapsed < 5)
+        assert.are.equal(connections, fake:stats().connections, "connected to an API server")
         assert.truthy(err:find("no API server configured: pass --apiserver, --apiserver-ca and --apiserver-token-file, " ..
           "or --kubeconfig FILE, or set $KUBECONFIG, or run in a pod", 1, true), err)
         assert.is_nil(out:find('"msg":"listening"', 1, true))
