@@ -321,16 +321,17 @@ describe("the observability kit against a real gateway", function()
       "    static_configs:",
       "      - targets: ['" .. target .. "']",
       "" }, "\n"))
-    -- Prometheus cannot report a port it picked itself: try random ports until one binds.
+    -- Prometheus cannot report a port it picked itself: a free one from proc.free_ports, and
+    -- another if a spec running beside this one took it first.
     local url
     for _ = 1, 10 do
-      local port = math.random(20000, 32000)
+      local port = proc.free_ports(1)[1]
       prom = proc.spawn({ binary, "--config.file=" .. prom_dir .. "/prometheus.yml",
         "--storage.tsdb.path=" .. prom_dir .. "/data", "--web.listen-address=127.0.0.1:" .. port },
         prom_dir .. "/prometheus.log")
-      local deadline = proc.now() + 20
+      local deadline = proc.now() + 60
       while proc.now() < deadline and proc.alive(prom) do
-        if http.get("http://127.0.0.1:" .. port .. "/-/ready", nil, { timeout = 1 }).status == 200 then
+        if http.get("http://127.0.0.1:" .. port .. "/-/ready", nil, { timeout = 5 }).status == 200 then
           url = "http://127.0.0.1:" .. port
           break
         end

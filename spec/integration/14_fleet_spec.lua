@@ -45,8 +45,8 @@ local function nginx_binary()
 end
 
 -- Fills the example's placeholders (mode "rr" also deletes its hash line) and runs nginx
--- in the foreground with every file it writes in dir. Random ports below the ephemeral
--- range until both listeners bind (nginx cannot report a port it picked).
+-- in the foreground with every file it writes in dir, on two ports from proc.free_ports
+-- (nginx cannot report a port it picked); others if a spec beside this one took them.
 local function start_nginx(dir, mode, gateways, app_addr)
   local binary = assert(nginx_binary(), "nginx is not installed (./run setup installs it)")
   local template = assert(proc.read_file(EXAMPLE), "cannot read " .. EXAMPLE)
@@ -57,8 +57,9 @@ local function start_nginx(dir, mode, gateways, app_addr)
   end
   proc.run("mkdir -p " .. proc.quote(dir) .. " && chmod 755 " .. proc.quote(dir))
   for _ = 1, 10 do
-    local edge, relay = math.random(20000, 32000), math.random(20000, 32000)
-    if edge ~= relay then
+    local ports = proc.free_ports(2)
+    local edge, relay = ports[1], ports[2]
+    do
       local conf = template:gsub("@LISTEN@", "127.0.0.1:" .. edge):gsub("@ROUTER_LISTEN@", "127.0.0.1:" .. relay)
         :gsub("@UPSTREAM@", app_addr)
       for r = 0, REPLICAS - 1 do
@@ -80,14 +81,19 @@ local function start_nginx(dir, mode, gateways, app_addr)
         "}", "" }, "\n"))
       local error_log = dir .. "/nginx-error.log"
       proc.write_file(error_log, "")
+      -- Removed first: nginx writes it once its listeners are bound.
+      local pid_file = dir .. "/nginx.pid"
+      os.remove(pid_file)
       local handle = proc.spawn({ binary, "-p", dir, "-c", dir .. "/main.conf", "-e", error_log,
-        "-g", "daemon off; pid " .. dir .. "/nginx.pid; error_log " .. error_log .. " info;" }, dir .. "/nginx.out")
+        "-g", "daemon off; pid " .. pid_file .. "; error_log " .. error_log .. " info;" }, dir .. "/nginx.out")
       local edge_url, relay_url = "http://127.0.0.1:" .. edge, "http://127.0.0.1:" .. relay
-      local deadline = proc.now() + 10
+      local deadline = proc.now() + 30
       while proc.now() < deadline and proc.alive(handle) do
-        -- Any HTTP answer on both ports means nginx is serving (401s from tokengate).
-        if http.get(edge_url .. "/", nil, { timeout = 1 }).status ~= 0
-            and http.get(relay_url .. "/", nil, { timeout = 1 }).status ~= 0 then
+        -- nginx writes its pid file once both listeners are bound (before, an answer could
+        -- come from another spec's server); then any HTTP answer on both ports means it serves
+        -- (401s from tokengate).
+        if proc.read_file(pid_file) and http.get(edge_url .. "/", nil, { timeout = 5 }).status ~= 0
+            and http.get(relay_url .. "/", nil, { timeout = 5 }).status ~= 0 then
           return { handle = handle, edge = edge_url, relay = relay_url, error_log = error_log }
         end
         proc.sleep(0.05)

@@ -38,30 +38,9 @@ function kube.available()
   return path
 end
 
--- Ports in use on this machine (listening TCP sockets, IPv4 and IPv6).
-local function ports_in_use()
-  local used = {}
-  for _, file in ipairs{ "/proc/net/tcp", "/proc/net/tcp6" } do
-    local text = proc.read_file(file) or ""
-    for port in text:gmatch("\n%s*%d+: [%x]+:(%x%x%x%x) ") do used[tonumber(port, 16)] = true end
-  end
-  return used
-end
-
--- count free ports from a random place in 20000..59999 (several specs may run at once).
-local function free_ports(count)
-  local used = ports_in_use()
-  local seed = tonumber(tostring(os.time()):sub(-5)) + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 100000
-  math.randomseed(seed)
-  local ports, start = {}, 20000 + math.random(0, 39000)
-  local p = start
-  while #ports < count do
-    if not used[p] then ports[#ports + 1] = p end
-    p = p + 1
-    if p > 59999 then p = 20000 end
-  end
-  return ports
-end
+-- etcd and kube-apiserver are given their ports: proc.free_ports (several specs may run
+-- at once).
+local free_ports = proc.free_ports
 
 local function random_hex(n)
   local f = assert(io.open("/dev/urandom", "rb"))

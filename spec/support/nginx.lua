@@ -17,16 +17,16 @@ function nginx.binary()
   return out:match("(%S+)")
 end
 
--- nginx cannot report a port it picked itself, so this tries random ports below the
--- kernel's ephemeral range until one binds. values fills @NAME@ placeholders; @LISTEN@ is
--- filled here.
+-- nginx cannot report a port it picked itself, so this takes a free one from
+-- proc.free_ports and tries another if a spec running beside this one took it first.
+-- values fills @NAME@ placeholders; @LISTEN@ is filled here.
 function nginx.start(dir, template, values)
   local binary = assert(nginx.binary(), "nginx is not installed (./run setup installs it)")
   -- Worker processes run as nobody when the spec runs as root: they must reach the temp
   -- dirs nginx makes here.
   proc.run("chmod 755 " .. proc.quote(dir))
   for _ = 1, 10 do
-    local port = math.random(20000, 32000)
+    local port = proc.free_ports(1)[1]
     local conf = template:gsub("@LISTEN@", "127.0.0.1:" .. port)
     for name, value in pairs(values) do conf = conf:gsub("@" .. name .. "@", value) end
     assert(not conf:find("@%u+@"), "a placeholder is left in the nginx template")
@@ -45,13 +45,18 @@ function nginx.start(dir, template, values)
       "}", "" }, "\n"))
     local error_log = dir .. "/nginx-error.log"
     proc.write_file(error_log, "")
+    -- Removed first: nginx writes it once its listeners are bound.
+    local pid_file = dir .. "/nginx.pid"
+    os.remove(pid_file)
     local handle = proc.spawn({ binary, "-p", dir, "-c", dir .. "/main.conf", "-e", error_log,
-      "-g", "daemon off; pid " .. dir .. "/nginx.pid; error_log " .. error_log .. " info;" },
+      "-g", "daemon off; pid " .. pid_file .. "; error_log " .. error_log .. " info;" },
       dir .. "/nginx.out")
     local url = "http://127.0.0.1:" .. port
-    local deadline = proc.now() + 10
+    local deadline = proc.now() + 30
     while proc.now() < deadline and proc.alive(handle) do
-      if http.get(url .. "/", nil, { timeout = 1 }).status ~= 0 then
+      -- nginx writes its pid file only once it has bound its listener: until then an answer
+      -- on the port may come from another spec's server that holds it.
+      if proc.read_file(pid_file) and http.get(url .. "/", nil, { timeout = 5 }).status ~= 0 then
         return setmetatable({ handle = handle, url = url, port = port, error_log = error_log }, Nginx)
       end
       proc.sleep(0.05)

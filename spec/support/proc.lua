@@ -114,6 +114,36 @@ end
 function proc.sleep(s) system.sleep(s) end
 function proc.now() return system.gettime() end
 
+-- count distinct TCP ports for programs that cannot report a port they picked themselves
+-- (nginx, etcd, kube-apiserver), for specs that run beside each other (ctest -j). They lie
+-- below the kernel's ephemeral range, where no port-0 listener of another spec and no
+-- outgoing connection takes one, and none is listening now; the caller still retries on
+-- "address in use", for a spec beside it that drew the same port at the same moment.
+function proc.free_ports(count)
+  local low = tonumber(((read_file("/proc/sys/net/ipv4/ip_local_port_range") or ""):match("^%s*(%d+)"))) or 32768
+  local first, last = 20000, math.max(20000 + 1000, low - 1)
+  local used = {}
+  for _, file in ipairs{ "/proc/net/tcp", "/proc/net/tcp6" } do
+    local text = read_file(file) or ""
+    for port in text:gmatch("\n%s*%d+: [%x]+:(%x%x%x%x) ") do used[tonumber(port, 16)] = true end
+  end
+  local urandom = io.open("/dev/urandom", "rb")
+  local bytes = urandom and urandom:read(4) or ""
+  if urandom then urandom:close() end
+  local r = 0
+  for i = 1, #bytes do r = r * 256 + bytes:byte(i) end
+  local ports, span = {}, last - first + 1
+  local p = first + r % span
+  for _ = 1, span do
+    if not used[p] then
+      ports[#ports + 1] = p
+      if #ports == count then return ports end
+    end
+    p = p == last and first or p + 1
+  end
+  error("no " .. count .. " free ports in " .. first .. ".." .. last)
+end
+
 -- Build paths come from CTest's environment; fall back to ./build for manual runs.
 function proc.build_path(name)
   local dir = os.getenv("TOKENGATE_BUILD_DIR") or "build"
