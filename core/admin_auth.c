@@ -8,13 +8,13 @@
 #include "sar.h"
 #include "token_cache.h"
 #include "tokenreview.h"
+#include "util.h"
 #include "worker.h"
 
 #include <openssl/crypto.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define ADMIN_AUTH_PATH_MAX 128
 /* Admin reviews share one flow of the review queue (review.h): however many there are,
@@ -40,13 +40,6 @@ struct admin_auth {
     void *ctx;
     admin_check *waiting;
 };
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 admin_auth *admin_auth_new(const config *cfg, const cache_keyer *keyer, review_engine *engine,
                            const review_kind *tokenreview, const review_kind *sar, admin_auth_done_fn done, void *ctx)
