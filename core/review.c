@@ -647,13 +647,14 @@ static review_flight *flight_new(review_engine *engine, const review_kind *kind,
     return flight;
 }
 
+static void request_discard(review_request *request);
+
 void review_start(review_engine *engine, const review_kind *kind, review_request *request, review_waiter *waiter)
 {
     int64_t now = engine_now(engine);
     review_flight *flight = flight_new(engine, kind, request, now);
     if (!flight) {
-        free_secret(request->body, request->body_len);
-        if (request->parse_arg_free) request->parse_arg_free(request->parse_arg);
+        request_discard(request);
         review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
                                   .reason = "out of memory"};
         waiter->done(&outcome, waiter->arg);
@@ -692,7 +693,7 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
     pump(engine);
 }
 
-/* Drops what review_start_background did not use. */
+/* Drops the body (wiped) and parse argument of a request no flight took. */
 static void request_discard(review_request *request)
 {
     free_secret(request->body, request->body_len);
