@@ -97,15 +97,20 @@ describe("--jwt-preverify on a genuine kube-apiserver", function()
   it("passes tokens of other authenticators to TokenReview by default, and refuses them with refuse-others", function()
     -- The API server's static token file authenticates the spec's administrator: a token
     -- that is no JWT at all, as a cluster with other authenticators has them.
-    local gw = start{ "--policy", "none" }
-    finally(function() gw:stop() end)
+    -- busted keeps one finally() per test (a second replaces the first): both gateways
+    -- are stopped by this one.
+    local gw, strict
+    finally(function()
+      if gw then gw:stop() end
+      if strict then strict:stop() end
+    end)
+    gw = start{ "--policy", "none" }
     keys_loaded(gw)
     local res = gw:request(k.admin_token, "/x")
     assert.equal(200, res.status, res.body)
     assert.equal("tokengate-spec-admin", res.headers["x-remote-user"])
 
-    local strict = start{ "--policy", "none", "--jwt-preverify", "refuse-others" }
-    finally(function() strict:stop() end)
+    strict = start{ "--policy", "none", "--jwt-preverify", "refuse-others" }
     keys_loaded(strict)
     local before = k:tokenreviews()
     assert.equal(401, strict:request(k.admin_token, "/x").status)
