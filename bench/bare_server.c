@@ -34,8 +34,7 @@
 /* What tokengate sends for an allowed ServiceAccount (README, "What it does"). */
 #define BARE_REMOTE_USER "system:serviceaccount:team-a:webhook-sender"
 #define BARE_REMOTE_UID "5d0c1f2e-8b7a-4c3d-9e6f-1a2b3c4d5e6f"
-#define BARE_REMOTE_GROUPS                                                                         \
-    "system:serviceaccounts|system:serviceaccounts:team-a|system:authenticated"
+#define BARE_REMOTE_GROUPS "system:serviceaccounts|system:serviceaccounts:team-a|system:authenticated"
 
 struct worker {
     pthread_t thread;
@@ -67,8 +66,7 @@ static int bind_listener(const struct sockaddr *sa, socklen_t len)
     int one = 1;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 || bind(fd, sa, len) < 0 ||
         listen(fd, 1024) < 0) {
@@ -126,9 +124,7 @@ int main(int argc, char **argv)
         char *end;
         long v;
         switch (opt) {
-        case 'l':
-            listen_arg = optarg;
-            break;
+        case 'l': listen_arg = optarg; break;
         case 't':
             v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > BARE_MAX_THREADS) {
@@ -137,12 +133,8 @@ int main(int argc, char **argv)
             }
             nthreads = (int)v;
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if (optind < argc) {
@@ -186,8 +178,7 @@ int main(int argc, char **argv)
         struct worker *w = &workers[i];
         int fd;
         /* The first socket may pick the port (":0"); the others join it. */
-        fd = bind_listener(i == 0 ? res->ai_addr : (struct sockaddr *)&bound,
-                           i == 0 ? res->ai_addrlen : bound_len);
+        fd = bind_listener(i == 0 ? res->ai_addr : (struct sockaddr *)&bound, i == 0 ? res->ai_addrlen : bound_len);
         if (fd < 0) {
             fprintf(stderr, "bare-server: cannot listen on %s: %s\n", listen_arg, strerror(errno));
             goto out;
@@ -208,13 +199,10 @@ int main(int argc, char **argv)
 
     /* Signals go to the main thread only; it stops the workers. */
     main_base = event_base_new();
-    if (!main_base)
-        goto out;
+    if (!main_base) goto out;
     sigint_ev = evsignal_new(main_base, SIGINT, stop_cb, main_base);
     sigterm_ev = evsignal_new(main_base, SIGTERM, stop_cb, main_base);
-    if (!sigint_ev || !sigterm_ev || evsignal_add(sigint_ev, NULL) < 0 ||
-        evsignal_add(sigterm_ev, NULL) < 0)
-        goto out;
+    if (!sigint_ev || !sigterm_ev || evsignal_add(sigint_ev, NULL) < 0 || evsignal_add(sigterm_ev, NULL) < 0) goto out;
     sigemptyset(&blocked);
     sigaddset(&blocked, SIGINT);
     sigaddset(&blocked, SIGTERM);
@@ -232,11 +220,9 @@ int main(int argc, char **argv)
     if (getnameinfo((struct sockaddr *)&bound, bound_len, hbuf, sizeof(hbuf), pbuf, sizeof(pbuf),
                     NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         goto out;
-    snprintf(addr_out, sizeof(addr_out), bound.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", hbuf,
-             pbuf);
-    fprintf(stderr,
-            "{\"msg\":\"listening\",\"listener\":\"main\",\"addr\":\"%s\",\"threads\":%d}\n",
-            addr_out, nthreads);
+    snprintf(addr_out, sizeof(addr_out), bound.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", hbuf, pbuf);
+    fprintf(stderr, "{\"msg\":\"listening\",\"listener\":\"main\",\"addr\":\"%s\",\"threads\":%d}\n", addr_out,
+            nthreads);
 
     event_base_dispatch(main_base);
     rc = 0;
@@ -249,21 +235,14 @@ out:
         }
     }
     for (i = 0; i < nthreads; i++) {
-        if (workers[i].http)
-            evhttp_free(workers[i].http);
-        if (workers[i].base)
-            event_base_free(workers[i].base);
+        if (workers[i].http) evhttp_free(workers[i].http);
+        if (workers[i].base) event_base_free(workers[i].base);
     }
-    if (sigint_ev)
-        event_free(sigint_ev);
-    if (sigterm_ev)
-        event_free(sigterm_ev);
-    if (main_base)
-        event_base_free(main_base);
-    if (res)
-        freeaddrinfo(res);
+    if (sigint_ev) event_free(sigint_ev);
+    if (sigterm_ev) event_free(sigterm_ev);
+    if (main_base) event_base_free(main_base);
+    if (res) freeaddrinfo(res);
     libevent_global_shutdown();
-    if (rc == 0)
-        fprintf(stderr, "{\"msg\":\"stopped\"}\n");
+    if (rc == 0) fprintf(stderr, "{\"msg\":\"stopped\"}\n");
     return rc;
 }

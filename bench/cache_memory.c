@@ -190,8 +190,8 @@ static int measure(enum shape shape, long n)
     printf("cache_memory shape=%s n=%ld entries=%zu evictions=%llu value_bytes=%.1f rss_bytes=%ld "
            "rss_per_entry=%.1f heap_per_entry=%.1f seconds=%.2f\n",
            shape_names[shape], n, stats.entries, (unsigned long long)stats.evictions, (double)value_total / (double)n,
-           rss1 - rss0, (double)(rss1 - rss0) / (double)stats.entries,
-           (double)(heap1 - heap0) / (double)stats.entries, seconds);
+           rss1 - rss0, (double)(rss1 - rss0) / (double)stats.entries, (double)(heap1 - heap0) / (double)stats.entries,
+           seconds);
     fflush(stdout);
     token_cache_free(cache);
     cache_keyer_free(keyer);

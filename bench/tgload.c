@@ -116,7 +116,7 @@ struct load {
     struct event_base *base;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char *req_head; /* "GET path HTTP/1.1\r\nHost: ...\r\n" + -H headers (--spray-paths: no request line) */
+    char *req_head;         /* "GET path HTTP/1.1\r\nHost: ...\r\n" + -H headers (--spray-paths: no request line) */
     const char *spray_path; /* --spray-paths: request i goes to spray_path + i */
     size_t req_head_len;
     char **auth; /* per token line: "Authorization: Bearer x\r\n", or "" for "-" */
@@ -201,15 +201,13 @@ static void logmsg(const char *fmt, ...)
 /* Echo the first few transport errors so a failing run says why. */
 static void log_transport_error(struct load *ld, const char *what, int err)
 {
-    if (ld->error_logs >= TGLOAD_MAX_ERROR_LOGS)
-        return;
+    if (ld->error_logs >= TGLOAD_MAX_ERROR_LOGS) return;
     ld->error_logs++;
     if (err)
         logmsg("%s: %s%s", what, evutil_socket_error_to_string(err),
                ld->error_logs == TGLOAD_MAX_ERROR_LOGS ? " (further errors not shown)" : "");
     else
-        logmsg("%s%s", what,
-               ld->error_logs == TGLOAD_MAX_ERROR_LOGS ? " (further errors not shown)" : "");
+        logmsg("%s%s", what, ld->error_logs == TGLOAD_MAX_ERROR_LOGS ? " (further errors not shown)" : "");
 }
 
 /* Free the connection's socket (if any); the conn itself stays reusable. */
@@ -283,8 +281,7 @@ static void conn_issue(struct conn *c)
     if (ld->spray_path)
         evbuffer_add_printf(out, "GET %s%llu HTTP/1.1\r\n", ld->spray_path, (unsigned long long)(ld->issued - 1));
     evbuffer_add(out, ld->req_head, ld->req_head_len);
-    if (ld->ntokens && ld->auth_len[t])
-        evbuffer_add(out, ld->auth[t], ld->auth_len[t]);
+    if (ld->ntokens && ld->auth_len[t]) evbuffer_add(out, ld->auth[t], ld->auth_len[t]);
     evbuffer_add(out, "\r\n", 2);
 }
 
@@ -293,8 +290,7 @@ static void conn_next(struct conn *c)
 {
     struct load *ld = c->ld;
 
-    if (!ld->stopping && ld->total && ld->issued >= ld->total)
-        ld->stopping = 1;
+    if (!ld->stopping && ld->total && ld->issued >= ld->total) ld->stopping = 1;
     if (ld->stopping) {
         load_maybe_finish(ld);
         return;
@@ -320,8 +316,7 @@ static void conn_fail(struct conn *c, const char *what, int err)
     struct load *ld = c->ld;
     int was_connected = c->connected;
 
-    if (what)
-        log_transport_error(ld, what, err);
+    if (what) log_transport_error(ld, what, err);
     evtimer_del(c->timer);
     c->tmode = T_NONE;
     c->busy = 0;
@@ -350,14 +345,12 @@ static void conn_complete(struct conn *c)
     ld->inflight--;
     ld->codes[c->status]++;
     ld->t_last_ns = t;
-    if (ld->slow_ms > 0 && (double)(t - c->req_start_ns) / 1e6 > ld->slow_ms)
-        ld->slow++;
+    if (ld->slow_ms > 0 && (double)(t - c->req_start_ns) / 1e6 > ld->slow_ms) ld->slow++;
     if (record_sample(ld, t - c->req_start_ns) < 0 && !ld->stopping) {
         logmsg("reached %u latency samples; stopping early", TGLOAD_MAX_SAMPLES);
         ld->stopping = 1;
     }
-    if (!c->keep_alive)
-        conn_close(c);
+    if (!c->keep_alive) conn_close(c);
     conn_next(c);
 }
 
@@ -366,13 +359,10 @@ static int record_sample(struct load *ld, uint64_t ns)
     if (ld->nsamples == ld->samples_cap) {
         size_t cap = ld->samples_cap ? ld->samples_cap * 2 : 65536;
         uint64_t *p;
-        if (cap > TGLOAD_MAX_SAMPLES)
-            cap = TGLOAD_MAX_SAMPLES;
-        if (cap <= ld->samples_cap)
-            return -1;
+        if (cap > TGLOAD_MAX_SAMPLES) cap = TGLOAD_MAX_SAMPLES;
+        if (cap <= ld->samples_cap) return -1;
         p = realloc(ld->samples, cap * sizeof(*p));
-        if (!p)
-            return -1;
+        if (!p) return -1;
         ld->samples = p;
         ld->samples_cap = cap;
     }
@@ -387,10 +377,8 @@ static int read_line(struct evbuffer *in, char *out, size_t cap)
     size_t eol_len = 0;
     struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
 
-    if (p.pos < 0)
-        return evbuffer_get_length(in) >= cap ? -1 : 0;
-    if ((size_t)p.pos >= cap)
-        return -1;
+    if (p.pos < 0) return evbuffer_get_length(in) >= cap ? -1 : 0;
+    if ((size_t)p.pos >= cap) return -1;
     evbuffer_remove(in, out, (size_t)p.pos);
     out[p.pos] = '\0';
     evbuffer_drain(in, eol_len);
@@ -403,23 +391,19 @@ static int parse_header(struct conn *c, char *line)
     char *v;
     size_t nlen;
 
-    if (!colon)
-        return -1;
+    if (!colon) return -1;
     nlen = (size_t)(colon - line);
     v = colon + 1;
-    while (*v == ' ' || *v == '\t')
-        v++;
+    while (*v == ' ' || *v == '\t') v++;
     if (nlen == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
         char *end;
         unsigned long long n;
         errno = 0;
         n = strtoull(v, &end, 10);
-        if (errno || end == v || n > INT64_MAX)
-            return -1;
+        if (errno || end == v || n > INT64_MAX) return -1;
         c->content_length = (int64_t)n;
     } else if (nlen == 17 && strncasecmp(line, "Transfer-Encoding", 17) == 0) {
-        if (strcasestr(v, "chunked"))
-            c->chunked = 1;
+        if (strcasestr(v, "chunked")) c->chunked = 1;
     } else if (nlen == 10 && strncasecmp(line, "Connection", 10) == 0) {
         if (strcasestr(v, "close"))
             c->keep_alive = 0;
@@ -436,15 +420,13 @@ static int headers_done(struct conn *c)
         c->ps = P_STATUS;
         return 0;
     }
-    if (c->status == 204 || c->status == 304)
-        return 1;
+    if (c->status == 204 || c->status == 304) return 1;
     if (c->chunked) {
         c->ps = P_CHUNK_SIZE;
         return 0;
     }
     if (c->content_length >= 0) {
-        if (c->content_length == 0)
-            return 1;
+        if (c->content_length == 0) return 1;
         c->remaining = (uint64_t)c->content_length;
         c->ps = P_BODY_LENGTH;
         return 0;
@@ -467,14 +449,11 @@ static int parse_response(struct conn *c, struct evbuffer *in)
         switch (c->ps) {
         case P_STATUS:
             r = read_line(in, line, sizeof(line));
-            if (r <= 0)
-                return r;
-            if (line[0] == '\0')
-                continue; /* tolerate a stray CRLF before the status line */
-            if (strncmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
-                line[8] != ' ' || line[9] < '1' || line[9] > '5' || line[10] < '0' ||
-                line[10] > '9' || line[11] < '0' || line[11] > '9' ||
-                (line[12] != ' ' && line[12] != '\0'))
+            if (r <= 0) return r;
+            if (line[0] == '\0') continue; /* tolerate a stray CRLF before the status line */
+            if (strncmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') || line[8] != ' ' ||
+                line[9] < '1' || line[9] > '5' || line[10] < '0' || line[10] > '9' || line[11] < '0' ||
+                line[11] > '9' || (line[12] != ' ' && line[12] != '\0'))
                 return -1;
             c->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
             c->keep_alive = line[7] == '1';
@@ -484,11 +463,9 @@ static int parse_response(struct conn *c, struct evbuffer *in)
             break;
         case P_HEADERS:
             r = read_line(in, line, sizeof(line));
-            if (r <= 0)
-                return r;
+            if (r <= 0) return r;
             if (line[0] == '\0') {
-                if (headers_done(c))
-                    return 1;
+                if (headers_done(c)) return 1;
             } else if (parse_header(c, line) < 0) {
                 return -1;
             }
@@ -496,13 +473,11 @@ static int parse_response(struct conn *c, struct evbuffer *in)
         case P_BODY_LENGTH:
         case P_CHUNK_DATA: {
             size_t n = avail < c->remaining ? avail : (size_t)c->remaining;
-            if (n == 0)
-                return 0;
+            if (n == 0) return 0;
             evbuffer_drain(in, n);
             c->remaining -= n;
             if (c->remaining == 0) {
-                if (c->ps == P_BODY_LENGTH)
-                    return 1;
+                if (c->ps == P_BODY_LENGTH) return 1;
                 c->ps = P_CHUNK_END;
             }
             break;
@@ -511,12 +486,10 @@ static int parse_response(struct conn *c, struct evbuffer *in)
             char *end;
             unsigned long long n;
             r = read_line(in, line, sizeof(line));
-            if (r <= 0)
-                return r;
+            if (r <= 0) return r;
             errno = 0;
             n = strtoull(line, &end, 16);
-            if (errno || end == line || (*end && *end != ';' && *end != ' ' && *end != '\t'))
-                return -1;
+            if (errno || end == line || (*end && *end != ';' && *end != ' ' && *end != '\t')) return -1;
             if (n == 0) {
                 c->ps = P_TRAILERS;
             } else {
@@ -527,22 +500,16 @@ static int parse_response(struct conn *c, struct evbuffer *in)
         }
         case P_CHUNK_END:
             r = read_line(in, line, sizeof(line));
-            if (r <= 0)
-                return r;
-            if (line[0] != '\0')
-                return -1;
+            if (r <= 0) return r;
+            if (line[0] != '\0') return -1;
             c->ps = P_CHUNK_SIZE;
             break;
         case P_TRAILERS:
             r = read_line(in, line, sizeof(line));
-            if (r <= 0)
-                return r;
-            if (line[0] == '\0')
-                return 1;
+            if (r <= 0) return r;
+            if (line[0] == '\0') return 1;
             break;
-        case P_BODY_EOF:
-            evbuffer_drain(in, avail);
-            return 0; /* completed by the server closing */
+        case P_BODY_EOF: evbuffer_drain(in, avail); return 0; /* completed by the server closing */
         }
     }
 }
@@ -561,8 +528,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
         r = parse_response(c, in);
-        if (r == 0)
-            return;
+        if (r == 0) return;
         if (r < 0) {
             conn_fail(c, "malformed response", 0);
             return;
@@ -582,13 +548,11 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         if (!ld->running) {
             evtimer_del(c->timer);
             c->tmode = T_NONE;
-            if (--ld->opening == 0)
-                load_fire(ld);
+            if (--ld->opening == 0) load_fire(ld);
         }
         return;
     }
-    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
-        return;
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) return;
 
     if (c->busy) {
         if ((what & BEV_EVENT_EOF) && c->ps == P_BODY_EOF) {
@@ -608,8 +572,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->tmode = T_NONE;
         conn_close(c);
         ld->open_failed++;
-        if (--ld->opening == 0)
-            load_fire(ld);
+        if (--ld->opening == 0) load_fire(ld);
         return;
     }
     conn_close(c); /* reopened when it gets its next request */
@@ -629,8 +592,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         log_transport_error(ld, "connect timed out", 0);
         conn_close(c);
         ld->open_failed++;
-        if (--ld->opening == 0)
-            load_fire(ld);
+        if (--ld->opening == 0) load_fire(ld);
         break;
     case T_REQUEST:
         if (c->busy) {
@@ -638,9 +600,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             conn_fail(c, was_connected ? "request timed out" : "connect timed out", 0);
         }
         break;
-    case T_RETRY:
-        conn_next(c);
-        break;
+    case T_RETRY: conn_next(c); break;
     case T_PACE:
         if (ld->stopping) {
             load_maybe_finish(ld);
@@ -649,8 +609,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         c->next_due_ns += ld->pace_ns;
         conn_issue(c);
         break;
-    case T_NONE:
-        break;
+    case T_NONE: break;
     }
 }
 
@@ -661,8 +620,7 @@ static void load_fire(struct load *ld)
 
     ld->running = 1;
     if (ld->open_failed)
-        logmsg("%zu of %zu connections did not open; they retry on their first request",
-               ld->open_failed, ld->nconns);
+        logmsg("%zu of %zu connections did not open; they retry on their first request", ld->open_failed, ld->nconns);
     ld->t_fire_ns = now_ns();
     ld->t_last_ns = ld->t_fire_ns;
     if (ld->duration > 0) {
@@ -673,14 +631,12 @@ static void load_fire(struct load *ld)
     }
     for (i = 0; i < ld->nconns && ld->pace_ns; i++)
         ld->conns[i].next_due_ns = ld->t_fire_ns + ld->pace_ns * i / ld->nconns;
-    for (i = 0; i < ld->nconns && !ld->stopping; i++)
-        conn_next(&ld->conns[i]);
+    for (i = 0; i < ld->nconns && !ld->stopping; i++) conn_next(&ld->conns[i]);
 }
 
 static void load_maybe_finish(struct load *ld)
 {
-    if (ld->running && ld->stopping && ld->inflight == 0)
-        event_base_loopbreak(ld->base);
+    if (ld->running && ld->stopping && ld->inflight == 0) event_base_loopbreak(ld->base);
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -710,8 +666,7 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
     logmsg("interrupted; reporting what completed");
     ld->stopping = 1;
     ld->t_last_ns = now_ns();
-    if (!ld->running)
-        ld->t_fire_ns = ld->t_last_ns;
+    if (!ld->running) ld->t_fire_ns = ld->t_last_ns;
     event_base_loopbreak(ld->base);
 }
 
@@ -725,11 +680,9 @@ static int cmp_u64(const void *a, const void *b)
 static double pct_ms(const struct load *ld, unsigned p)
 {
     size_t rank;
-    if (ld->nsamples == 0)
-        return 0.0;
+    if (ld->nsamples == 0) return 0.0;
     rank = (size_t)(((uint64_t)ld->nsamples * p + 99) / 100);
-    if (rank == 0)
-        rank = 1;
+    if (rank == 0) rank = 1;
     return (double)ld->samples[rank - 1] / 1e6;
 }
 
@@ -740,23 +693,19 @@ static void print_result(struct load *ld)
     int first = 1;
     unsigned code;
 
-    for (code = 0; code < 600; code++)
-        responses += ld->codes[code];
+    for (code = 0; code < 600; code++) responses += ld->codes[code];
     requests = responses + ld->errors;
-    if (ld->nsamples)
-        qsort(ld->samples, ld->nsamples, sizeof(*ld->samples), cmp_u64);
+    if (ld->nsamples) qsort(ld->samples, ld->nsamples, sizeof(*ld->samples), cmp_u64);
     elapsed = ld->t_last_ns > ld->t_fire_ns ? (double)(ld->t_last_ns - ld->t_fire_ns) / 1e9 : 0.0;
 
     printf("{\"requests\":%llu,\"codes\":{", (unsigned long long)requests);
     for (code = 0; code < 600; code++) {
-        if (!ld->codes[code])
-            continue;
+        if (!ld->codes[code]) continue;
         printf("%s\"%u\":%llu", first ? "" : ",", code, (unsigned long long)ld->codes[code]);
         first = 0;
     }
     printf("}");
-    if (ld->slow_ms > 0)
-        printf(",\"slow\":%llu", (unsigned long long)ld->slow);
+    if (ld->slow_ms > 0) printf(",\"slow\":%llu", (unsigned long long)ld->slow);
     printf(",\"errors\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
            "\"elapsed_s\":%.3f,\"rps\":%.1f}\n",
            (unsigned long long)ld->errors, pct_ms(ld, 50), pct_ms(ld, 90), pct_ms(ld, 99),
@@ -790,8 +739,7 @@ static int parse_url(const char *url, struct load *ld, char **host_hdr, char **p
     } else {
         p = memchr(hstart, ':', (size_t)(pstart - hstart));
         hend = p ? p : pstart;
-        if (!p)
-            p = pstart;
+        if (!p) p = pstart;
     }
     if (hend == hstart || (size_t)(hend - hstart) >= sizeof(host)) {
         logmsg("bad host in --url");
@@ -829,13 +777,11 @@ static int parse_url(const char *url, struct load *ld, char **host_hdr, char **p
     if (*pstart == '/') {
         *path = strndup(pstart, strcspn(pstart, "#"));
     } else if (*pstart == '?') {
-        if (asprintf(path, "/%.*s", (int)strcspn(pstart, "#"), pstart) < 0)
-            *path = NULL;
+        if (asprintf(path, "/%.*s", (int)strcspn(pstart, "#"), pstart) < 0) *path = NULL;
     } else {
         *path = strdup("/");
     }
-    if (!*host_hdr || !*path)
-        return -1;
+    if (!*host_hdr || !*path) return -1;
     if (strpbrk(*path, " \r\n")) {
         logmsg("--url path must not contain spaces or line breaks");
         return -1;
@@ -858,10 +804,8 @@ static int load_tokens(const char *file, struct load *ld)
     }
     while ((n = getline(&line, &lcap, f)) >= 0) {
         char *hdr = NULL;
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-            line[--n] = '\0';
-        if (n == 0)
-            continue;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+        if (n == 0) continue;
         if (memchr(line, '\r', (size_t)n) || memchr(line, '\0', (size_t)n)) {
             logmsg("--tokens: line %zu contains a control character", ld->ntokens + 1);
             goto done;
@@ -870,12 +814,10 @@ static int load_tokens(const char *file, struct load *ld)
             size_t ncap = cap ? cap * 2 : 16;
             char **a = realloc(ld->auth, ncap * sizeof(*a));
             size_t *l;
-            if (!a)
-                goto done;
+            if (!a) goto done;
             ld->auth = a;
             l = realloc(ld->auth_len, ncap * sizeof(*l));
-            if (!l)
-                goto done;
+            if (!l) goto done;
             ld->auth_len = l;
             cap = ncap;
         }
@@ -883,8 +825,7 @@ static int load_tokens(const char *file, struct load *ld)
             hdr = strdup("");
         else if (asprintf(&hdr, "Authorization: Bearer %s\r\n", line) < 0)
             hdr = NULL;
-        if (!hdr)
-            goto done;
+        if (!hdr) goto done;
         ld->auth[ld->ntokens] = hdr;
         ld->auth_len[ld->ntokens] = strlen(hdr);
         ld->ntokens++;
@@ -906,8 +847,7 @@ static int parse_seconds(const char *s, double *out)
     double v;
     errno = 0;
     v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !(v > 0) || v > 86400)
-        return -1;
+    if (errno || end == s || *end != '\0' || !(v > 0) || v > 86400) return -1;
     *out = v;
     return 0;
 }
@@ -934,8 +874,7 @@ static void usage(FILE *f)
 static void raise_nofile(size_t want)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
-        return;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
     (void)setrlimit(RLIMIT_NOFILE, &rl);
 }
@@ -943,14 +882,10 @@ static void raise_nofile(size_t want)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"url", required_argument, NULL, 'u'},
-        {"tokens", required_argument, NULL, 't'},
-        {"timeout", required_argument, NULL, 'T'},
-        {"rate", required_argument, NULL, 'r'},
-        {"slow-ms", required_argument, NULL, 's'},
-        {"spray-paths", no_argument, NULL, 'P'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"url", required_argument, NULL, 'u'},     {"tokens", required_argument, NULL, 't'},
+        {"timeout", required_argument, NULL, 'T'}, {"rate", required_argument, NULL, 'r'},
+        {"slow-ms", required_argument, NULL, 's'}, {"spray-paths", no_argument, NULL, 'P'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     struct load ld;
     const char *url = NULL, *tokens_file = NULL;
@@ -963,19 +898,14 @@ int main(int argc, char **argv)
 
     memset(&ld, 0, sizeof(ld));
     headers = calloc((size_t)argc, sizeof(*headers));
-    if (!headers)
-        return 1;
+    if (!headers) return 1;
 
     while ((opt = getopt_long(argc, argv, "c:n:d:H:h", longopts, NULL)) != -1) {
         char *end;
         unsigned long long v;
         switch (opt) {
-        case 'u':
-            url = optarg;
-            break;
-        case 't':
-            tokens_file = optarg;
-            break;
+        case 'u': url = optarg; break;
+        case 't': tokens_file = optarg; break;
         case 'P':
             ld.spray_path = ""; /* set to the URL's path below */
             break;
@@ -1035,8 +965,7 @@ int main(int argc, char **argv)
                 rc = 2;
                 goto out;
             }
-            if (strncasecmp(optarg, "Host:", 5) == 0)
-                have_host = 1;
+            if (strncasecmp(optarg, "Host:", 5) == 0) have_host = 1;
             headers[nheaders++] = optarg;
             break;
         case 'h':
@@ -1072,20 +1001,16 @@ int main(int argc, char **argv)
     ld.timeout_tv.tv_usec = (suseconds_t)((timeout_s - (double)ld.timeout_tv.tv_sec) * 1e6);
 
     head = evbuffer_new();
-    if (!head)
-        goto out;
+    if (!head) goto out;
     if (ld.spray_path)
         ld.spray_path = path; /* each request's line is written with its number */
     else
         evbuffer_add_printf(head, "GET %s HTTP/1.1\r\n", path);
-    if (!have_host)
-        evbuffer_add_printf(head, "Host: %s\r\n", host_hdr);
-    for (i = 0; i < nheaders; i++)
-        evbuffer_add_printf(head, "%s\r\n", headers[i]);
+    if (!have_host) evbuffer_add_printf(head, "Host: %s\r\n", host_hdr);
+    for (i = 0; i < nheaders; i++) evbuffer_add_printf(head, "%s\r\n", headers[i]);
     ld.req_head_len = evbuffer_get_length(head);
     ld.req_head = malloc(ld.req_head_len);
-    if (!ld.req_head)
-        goto out;
+    if (!ld.req_head) goto out;
     evbuffer_remove(head, ld.req_head, ld.req_head_len);
 
     if (ld.total) {
@@ -1095,31 +1020,26 @@ int main(int argc, char **argv)
             logmsg("out of memory for %llu samples", (unsigned long long)ld.total);
             goto out;
         }
-        if (concurrency > ld.total)
-            concurrency = (size_t)ld.total;
+        if (concurrency > ld.total) concurrency = (size_t)ld.total;
     }
     ld.nconns = concurrency;
-    if (ld.rate > 0)
-        ld.pace_ns = (uint64_t)((double)concurrency / ld.rate * 1e9);
+    if (ld.rate > 0) ld.pace_ns = (uint64_t)((double)concurrency / ld.rate * 1e9);
     raise_nofile(concurrency + 64);
     signal(SIGPIPE, SIG_IGN);
 
     ld.base = event_base_new();
-    if (!ld.base)
-        goto out;
+    if (!ld.base) goto out;
     ld.deadline_ev = evtimer_new(ld.base, deadline_cb, &ld);
     ld.sigint_ev = evsignal_new(ld.base, SIGINT, signal_cb, &ld);
     ld.sigterm_ev = evsignal_new(ld.base, SIGTERM, signal_cb, &ld);
     ld.conns = calloc(ld.nconns, sizeof(*ld.conns));
-    if (!ld.deadline_ev || !ld.sigint_ev || !ld.sigterm_ev || !ld.conns)
-        goto out;
+    if (!ld.deadline_ev || !ld.sigint_ev || !ld.sigterm_ev || !ld.conns) goto out;
     evsignal_add(ld.sigint_ev, NULL);
     evsignal_add(ld.sigterm_ev, NULL);
     for (i = 0; i < ld.nconns; i++) {
         ld.conns[i].ld = &ld;
         ld.conns[i].timer = evtimer_new(ld.base, conn_timer_cb, &ld.conns[i]);
-        if (!ld.conns[i].timer)
-            goto out;
+        if (!ld.conns[i].timer) goto out;
     }
 
     /* Open every connection first; load_fire runs once the last one is settled. */
@@ -1133,8 +1053,7 @@ int main(int argc, char **argv)
         }
         conn_arm(c, T_OPEN, &ld.timeout_tv);
     }
-    if (ld.opening == 0)
-        load_fire(&ld);
+    if (ld.opening == 0) load_fire(&ld);
     event_base_dispatch(ld.base);
 
     print_result(&ld);
@@ -1144,23 +1063,16 @@ out:
     if (ld.conns) {
         for (i = 0; i < ld.nconns; i++) {
             conn_close(&ld.conns[i]);
-            if (ld.conns[i].timer)
-                event_free(ld.conns[i].timer);
+            if (ld.conns[i].timer) event_free(ld.conns[i].timer);
         }
         free(ld.conns);
     }
-    if (ld.deadline_ev)
-        event_free(ld.deadline_ev);
-    if (ld.sigint_ev)
-        event_free(ld.sigint_ev);
-    if (ld.sigterm_ev)
-        event_free(ld.sigterm_ev);
-    if (ld.base)
-        event_base_free(ld.base);
-    if (head)
-        evbuffer_free(head);
-    for (i = 0; i < ld.ntokens; i++)
-        free(ld.auth[i]);
+    if (ld.deadline_ev) event_free(ld.deadline_ev);
+    if (ld.sigint_ev) event_free(ld.sigint_ev);
+    if (ld.sigterm_ev) event_free(ld.sigterm_ev);
+    if (ld.base) event_base_free(ld.base);
+    if (head) evbuffer_free(head);
+    for (i = 0; i < ld.ntokens; i++) free(ld.auth[i]);
     free(ld.auth);
     free(ld.auth_len);
     free(ld.samples);

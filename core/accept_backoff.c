@@ -33,7 +33,8 @@ static _Thread_local struct thread_backoffs {
 static accept_backoff *backoff_for(void *listener_arg)
 {
     for (size_t i = 0; i < BACKOFFS_PER_THREAD; i++)
-        if (thread_backoffs.list[i] && thread_backoffs.list[i]->listener_arg == listener_arg) return thread_backoffs.list[i];
+        if (thread_backoffs.list[i] && thread_backoffs.list[i]->listener_arg == listener_arg)
+            return thread_backoffs.list[i];
     return NULL;
 }
 
@@ -70,13 +71,12 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
     if (!log_ratelimit_allow(&b->log_limit, monotonic_ms(), &held_back)) return;
     char held[32];
     snprintf(held, sizeof(held), "%llu", (unsigned long long)held_back);
-    log_error(pause ? "accept() failed: out of descriptors or memory; the listener pauses"
-                    : "accept() failed",
+    log_error(pause ? "accept() failed: out of descriptors or memory; the listener pauses" : "accept() failed",
               "listener", b->options.listener_name, "error", strerror(err), "repeats_not_logged", held, NULL);
 }
 
-accept_backoff *accept_backoff_new(struct event_base *base, struct evconnlistener *listener,
-                                   void *listener_arg, const accept_backoff_options *options)
+accept_backoff *accept_backoff_new(struct event_base *base, struct evconnlistener *listener, void *listener_arg,
+                                   const accept_backoff_options *options)
 {
     size_t slot = 0;
     while (slot < BACKOFFS_PER_THREAD && thread_backoffs.list[slot]) slot++;

@@ -19,8 +19,8 @@
 #define FIELD_SHA256_MAX 80
 
 struct access_log {
-    int fd;          /* STDOUT_FILENO, or the file's descriptor (kept across reopens) */
-    char *path;      /* NULL for stdout */
+    int fd;     /* STDOUT_FILENO, or the file's descriptor (kept across reopens) */
+    char *path; /* NULL for stdout */
     double sample_allowed;
 };
 
@@ -278,7 +278,9 @@ void access_log_add(const access_log *log, access_log_buffer *buf, const access_
     /* Microseconds, written as milliseconds with three decimals; at most a day. */
     double us = e->latency_s > 0 ? e->latency_s * 1e6 + 0.5 : 0;
     put_fixed(&w, us < 86400e6 ? (uint64_t)us : (uint64_t)86400e6, 3);
-    put_text(&w, e->cache_hit > 0 ? ",\"cache_hit\":true" : e->cache_hit == 0 ? ",\"cache_hit\":false" : ",\"cache_hit\":null");
+    put_text(&w, e->cache_hit > 0    ? ",\"cache_hit\":true"
+                 : e->cache_hit == 0 ? ",\"cache_hit\":false"
+                                     : ",\"cache_hit\":null");
     put_text(&w, ",\"policy_sha256\":");
     put_string(&w, e->policy_sha256, e->policy_sha256 ? strlen(e->policy_sha256) : 0, FIELD_SHA256_MAX);
     put_raw(&w, "}", 1);

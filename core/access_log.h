@@ -21,7 +21,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#define ACCESS_LOG_LINE_MAX 3584    /* one line at most (the fields are cut to fit) */
+#define ACCESS_LOG_LINE_MAX 3584     /* one line at most (the fields are cut to fit) */
 #define ACCESS_LOG_BUFFER_BYTES 4096 /* PIPE_BUF: one write(2) is atomic on a pipe */
 
 typedef struct access_log access_log;
@@ -39,13 +39,13 @@ void access_log_free(access_log *log);
 
 /* Which step decided the answer. */
 typedef enum {
-    DECISION_REQUEST = 0,          /* refused before any step: header count, URI, several tokens */
-    DECISION_ANONYMOUS,            /* no bearer token: 401, or the policy's anonymous() allowed it */
-    DECISION_CACHE,                /* a cached verdict (TokenReview or SubjectAccessReview) */
-    DECISION_TOKENREVIEW,          /* a TokenReview answered (or failed) for this request */
-    DECISION_SUBJECTACCESSREVIEW,  /* a SubjectAccessReview answered (or failed) for this request */
-    DECISION_POLICY,               /* the policy's authorize() */
-    DECISION_JWT_PREVERIFY,        /* --jwt-preverify refused a forged or expired JWT, no TokenReview */
+    DECISION_REQUEST = 0,         /* refused before any step: header count, URI, several tokens */
+    DECISION_ANONYMOUS,           /* no bearer token: 401, or the policy's anonymous() allowed it */
+    DECISION_CACHE,               /* a cached verdict (TokenReview or SubjectAccessReview) */
+    DECISION_TOKENREVIEW,         /* a TokenReview answered (or failed) for this request */
+    DECISION_SUBJECTACCESSREVIEW, /* a SubjectAccessReview answered (or failed) for this request */
+    DECISION_POLICY,              /* the policy's authorize() */
+    DECISION_JWT_PREVERIFY,       /* --jwt-preverify refused a forged or expired JWT, no TokenReview */
 } decision_source;
 
 const char *decision_source_name(decision_source source);
@@ -71,12 +71,12 @@ typedef struct access_log_entry {
 
 /* One worker's buffer and sampling state. */
 typedef struct access_log_buffer {
-    uint64_t rng;             /* xorshift64* state for sampling; never 0 */
-    time_t stamp_second;      /* the second stamp_text is for */
-    char stamp_text[32];      /* "2026-12-07T03:12:45" */
-    metric_counter written;         /* lines handed to write(2) successfully */
-    metric_counter sampled_out;     /* allowed answers left out by --access-log-sample-allowed */
-    metric_counter dropped;         /* lines lost to a failed or short write */
+    uint64_t rng;               /* xorshift64* state for sampling; never 0 */
+    time_t stamp_second;        /* the second stamp_text is for */
+    char stamp_text[32];        /* "2026-12-07T03:12:45" */
+    metric_counter written;     /* lines handed to write(2) successfully */
+    metric_counter sampled_out; /* allowed answers left out by --access-log-sample-allowed */
+    metric_counter dropped;     /* lines lost to a failed or short write */
     size_t len;
     uint64_t lines; /* whole lines in data */
     char data[ACCESS_LOG_BUFFER_BYTES];

@@ -59,8 +59,10 @@ admin_auth *admin_auth_new(const config *cfg, const cache_keyer *keyer, review_e
 static void check_unlink(admin_check *c)
 {
     admin_auth *a = c->auth;
-    if (c->prev) c->prev->next = c->next;
-    else if (a->waiting == c) a->waiting = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (a->waiting == c)
+        a->waiting = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
 }
@@ -174,8 +176,7 @@ static tokenreview_parse_arg *parse_arg_new(const config *cfg)
     return arg;
 }
 
-void admin_auth_check(admin_auth *a, const char *token, size_t token_len, const char *verb, const char *path,
-                      void *arg)
+void admin_auth_check(admin_auth *a, const char *token, size_t token_len, const char *verb, const char *path, void *arg)
 {
     const config *cfg = a->cfg;
     admin_check *c = check_new(a, verb, path, arg);
@@ -194,8 +195,8 @@ void admin_auth_check(admin_auth *a, const char *token, size_t token_len, const 
     }
     unsigned char value[TOKEN_CACHE_VALUE_MAX];
     size_t value_len = 0;
-    switch (token_cache_lookup(a->tokenreview->cache, &rr.key, monotonic_ms(), value, sizeof(value), &value_len,
-                               NULL)) {
+    switch (
+        token_cache_lookup(a->tokenreview->cache, &rr.key, monotonic_ms(), value, sizeof(value), &value_len, NULL)) {
     case TOKEN_CACHE_HIT_POSITIVE:
         ask_sar(c, value, value_len);
         OPENSSL_cleanse(value, value_len);
@@ -216,12 +217,11 @@ void admin_auth_check(admin_auth *a, const char *token, size_t token_len, const 
     rr.flow = ADMIN_AUTH_FLOW;
     rr.positive_ttl_cap_ms = cap;
     rr.positive_ttl_ms = cfg->cache_ttl_ms < cap ? cfg->cache_ttl_ms : cap;
-    rr.negative_ttl_ms = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
-                                                                           : cfg->cache_max_ttl_ms;
+    rr.negative_ttl_ms =
+        cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms : cfg->cache_max_ttl_ms;
     cache_key_id(&rr.key, rr.token_id);
     tokenreview_parse_arg *parse = parse_arg_new(cfg);
-    rr.body = parse ? tokenreview_request_body(token, token_len, cfg->audiences, cfg->n_audiences, &rr.body_len)
-                    : NULL;
+    rr.body = parse ? tokenreview_request_body(token, token_len, cfg->audiences, cfg->n_audiences, &rr.body_len) : NULL;
     if (!rr.body) {
         free(parse);
         finish(c, ADMIN_AUTH_UNAVAILABLE, 1);

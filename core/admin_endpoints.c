@@ -49,8 +49,9 @@ static void admin_livez(server *srv, struct evhttp_request *req)
         return;
     }
     char text[160];
-    snprintf(text, sizeof(text), "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms",
-             stuck, worst, (long long)worst_ms);
+    snprintf(text, sizeof(text),
+             "not live: %zu worker(s) stuck; worker %zu has not returned to its event loop for %lld ms", stuck, worst,
+             (long long)worst_ms);
     admin_simple(req, 503, "Service Unavailable", text);
 }
 
@@ -175,8 +176,8 @@ static void admin_flush(server *srv, struct evhttp_request *req)
     srv->metrics.cache_flushes++;
     char count[32];
     snprintf(count, sizeof(count), "%zu", flushed);
-    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name, LOG_NUMBER "entries",
-             count, NULL);
+    log_info("cache flushed", "scope", scope, "user", filter.user, "namespace", filter.namespace_name,
+             LOG_NUMBER "entries", count, NULL);
     struct evbuffer *buf = evbuffer_new();
     if (buf) evbuffer_add_printf(buf, "{\"flushed\":%zu}\n", flushed);
     evhttp_clear_headers(&query);
@@ -232,8 +233,10 @@ static int load_admin_token(server *srv, const char *path)
     while (n > start && strchr(" \t\r\n", buf[n - 1])) n--;
     size_t len = n > start ? n - start : 0;
     const char *bad = NULL;
-    if (n > ADMIN_TOKEN_MAX) bad = "longer than 4096 bytes";
-    else if (len == 0) bad = "empty";
+    if (n > ADMIN_TOKEN_MAX)
+        bad = "longer than 4096 bytes";
+    else if (len == 0)
+        bad = "empty";
     for (size_t i = start; !bad && i < n; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~+/=", c)))
@@ -259,8 +262,7 @@ static bool admin_bearer(const server *srv, struct evhttp_request *req, const ch
     const struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *header = NULL;
     const struct evkeyval *kv;
-    TAILQ_FOREACH(kv, in, next)
-    {
+    TAILQ_FOREACH(kv, in, next) {
         if (strcasecmp(kv->key, "Authorization") != 0) continue;
         if (header) return false;
         header = kv->value;
@@ -319,8 +321,7 @@ static admin_gate admin_request_allowed(server *srv, struct evhttp_request *req,
         admin_unauthorized(req);
         return ADMIN_ANSWERED;
     }
-    if (srv->admin_token && token_len == srv->admin_token_len &&
-        CRYPTO_memcmp(token, srv->admin_token, token_len) == 0)
+    if (srv->admin_token && token_len == srv->admin_token_len && CRYPTO_memcmp(token, srv->admin_token, token_len) == 0)
         return ADMIN_PASS;
     if (srv->admin_auth) {
         /* kube-rbac-proxy's mapping: GET/HEAD read (get), POST changes (create). */
@@ -373,8 +374,10 @@ static void admin_dispatch(server *srv, struct evhttp_request *req, const char *
     } else if (strcmp(path, "/livez") == 0) {
         admin_livez(srv, req);
     } else if (strcmp(path, "/readyz") == 0) {
-        if (srv->shutting_down) admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
-        else if (!srv->api_ready) admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
+        if (srv->shutting_down)
+            admin_simple(req, 503, "Service Unavailable", "not ready: shutting down");
+        else if (!srv->api_ready)
+            admin_simple(req, 503, "Service Unavailable", "not ready: the API server has not answered a review");
         else if (srv->revocations) {
             /* Ready either way: while the watch is down, entries live their normal TTL. */
             char detail[512] = "ok\n";

@@ -77,13 +77,13 @@ static bool media_type_is(const char *content_type, const char *type)
     return n == strlen(type) && strncasecmp(content_type, type, n) == 0;
 }
 
-const char *admin_cross_site_violation(bool is_post, const char *host, const char *origin,
-                                       const char *sec_fetch_site, const char *content_type, size_t body_len)
+const char *admin_cross_site_violation(bool is_post, const char *host, const char *origin, const char *sec_fetch_site,
+                                       const char *content_type, size_t body_len)
 {
     if (origin) {
         const char *rest = strncasecmp(origin, "http://", 7) == 0    ? origin + 7
                            : strncasecmp(origin, "https://", 8) == 0 ? origin + 8
-                                                                    : NULL;
+                                                                     : NULL;
         if (!rest || !host || strcasecmp(rest, host) != 0) return "cross-origin request";
     }
     if (sec_fetch_site && strcasecmp(sec_fetch_site, "same-origin") != 0 && strcasecmp(sec_fetch_site, "none") != 0)

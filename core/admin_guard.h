@@ -23,8 +23,8 @@ bool admin_host_allowed(const char *host, const char *admin_listen, const char *
  * Sec-Fetch-Site other than same-origin/none, or (for POST) a body type a browser may
  * send cross-site without a preflight (text/plain, multipart/form-data, or
  * application/x-www-form-urlencoded with a body). Arguments may be NULL when absent. */
-const char *admin_cross_site_violation(bool is_post, const char *host, const char *origin,
-                                       const char *sec_fetch_site, const char *content_type, size_t body_len);
+const char *admin_cross_site_violation(bool is_post, const char *host, const char *origin, const char *sec_fetch_site,
+                                       const char *content_type, size_t body_len);
 
 /* True when the host part of a host:port listen address is a loopback address or name. */
 bool admin_listen_is_loopback(const char *hostport);

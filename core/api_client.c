@@ -18,16 +18,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define API_BODY_MAX (1024 * 1024)  /* larger answers are bad_response */
-#define CREDENTIAL_MAX 16384        /* longest credential file accepted */
-#define CREDENTIAL_RECHECK_MS 1000  /* stat the credential file at most this often */
-#define RETRY_AFTER_MAX_S 60        /* cap on a Retry-After passed on to clients */
+#define API_BODY_MAX (1024 * 1024) /* larger answers are bad_response */
+#define CREDENTIAL_MAX 16384       /* longest credential file accepted */
+#define CREDENTIAL_RECHECK_MS 1000 /* stat the credential file at most this often */
+#define RETRY_AFTER_MAX_S 60       /* cap on a Retry-After passed on to clients */
 
 struct api_client {
     struct event_base *base;
     curl_loop *loop;
     char *server_url;
-    char *ca_file;    /* or ca_pem */
+    char *ca_file; /* or ca_pem */
     char *ca_pem;
     size_t ca_pem_len;
     char *token_file; /* NULL: fixed token in credential, or client certificate only */
@@ -50,7 +50,7 @@ struct api_client {
 /* One call: owns the easy handle, the request body, the header list and the answer. */
 typedef struct api_call {
     api_client *client;
-    curl_loop_transfer transfer; /* CURLOPT_PRIVATE: routes the finished call to on_call_done */
+    curl_loop_transfer transfer;  /* CURLOPT_PRIVATE: routes the finished call to on_call_done */
     struct api_call *prev, *next; /* in client->calls while added to the multi handle */
     CURL *easy;
     struct curl_slist *headers;
@@ -179,8 +179,10 @@ static void api_call_free(api_call *call)
         curl_easy_cleanup(call->easy);
     }
     if (call->prev || call->next || call->client->calls == call) {
-        if (call->prev) call->prev->next = call->next;
-        else call->client->calls = call->next;
+        if (call->prev)
+            call->prev->next = call->next;
+        else
+            call->client->calls = call->next;
         if (call->next) call->next->prev = call->prev;
     }
     wipe_headers(call->headers);
@@ -297,8 +299,8 @@ size_t api_client_in_flight(const api_client *client)
     return client->in_flight;
 }
 
-int api_client_prepare(api_client *client, CURL *e, const char *path, const char *const *extra_headers,
-                       size_t n_extra, struct curl_slist **headers_out)
+int api_client_prepare(api_client *client, CURL *e, const char *path, const char *const *extra_headers, size_t n_extra,
+                       struct curl_slist **headers_out)
 {
     struct curl_slist *headers = NULL;
     *headers_out = NULL;

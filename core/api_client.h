@@ -35,7 +35,7 @@ typedef struct api_client_options {
     const char *client_cert_file, *client_key_file;
     const char *client_cert_pem, *client_key_pem;
     size_t client_cert_pem_len, client_key_pem_len;
-    int64_t timeout_ms;     /* deadline of one call, connect included */
+    int64_t timeout_ms; /* deadline of one call, connect included */
     /* Optional: told of every finished call before its own callback (readiness tracking). */
     void (*observe)(const struct api_response *response, void *arg);
     void *observe_arg;

@@ -24,8 +24,7 @@
 
 void apiserver_settings_free(apiserver_settings *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     wipe_free(s->token, s->token ? strlen(s->token) : 0);
     wipe_free(s->client_key_pem, s->client_key_pem_len);
     wipe_free(s->client_cert_pem, s->client_cert_pem_len);
@@ -46,12 +45,9 @@ void apiserver_settings_free(apiserver_settings *s)
 const char *apiserver_source_name(apiserver_source source)
 {
     switch (source) {
-    case APISERVER_FROM_FLAGS:
-        return "flags";
-    case APISERVER_FROM_KUBECONFIG:
-        return "kubeconfig";
-    case APISERVER_FROM_IN_CLUSTER:
-        return "in-cluster";
+    case APISERVER_FROM_FLAGS: return "flags";
+    case APISERVER_FROM_KUBECONFIG: return "kubeconfig";
+    case APISERVER_FROM_IN_CLUSTER: return "in-cluster";
     }
     return "unknown";
 }
@@ -62,8 +58,7 @@ const char *apiserver_source_name(apiserver_source source)
 static int check_readable(const char *what, const char *path, char *err, size_t cap)
 {
     shown b;
-    int fd =
-        open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* O_NONBLOCK: a FIFO must not hang us */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* O_NONBLOCK: a FIFO must not hang us */
     if (fd < 0) {
         set_err(err, cap, "%s %s: %s", what, show_path(&b, path), strerror(errno));
         return -1;
@@ -73,8 +68,7 @@ static int check_readable(const char *what, const char *path, char *err, size_t 
     int saved = errno;
     close(fd);
     if (rc != 0 || S_ISDIR(st.st_mode)) {
-        set_err(err, cap, "%s %s: %s", what, show_path(&b, path),
-                rc != 0 ? strerror(saved) : "is a directory");
+        set_err(err, cap, "%s %s: %s", what, show_path(&b, path), rc != 0 ? strerror(saved) : "is a directory");
         return -1;
     }
     return 0;
@@ -87,8 +81,7 @@ static int read_file(const char *path, size_t max, char **out, size_t *out_len)
     *out = NULL;
     *out_len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
+    if (fd < 0) return errno;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
@@ -111,16 +104,14 @@ static int read_file(const char *path, size_t max, char **out, size_t *out_len)
     size_t len = 0;
     while (len <= max) {
         ssize_t n = read(fd, buf + len, max + 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
             int e = errno;
             close(fd);
             wipe_free(buf, len);
             return e;
         }
-        if (n == 0)
-            break;
+        if (n == 0) break;
         len += (size_t)n;
     }
     close(fd);
@@ -144,8 +135,7 @@ static int resolve_flags(const apiserver_inputs *in, apiserver_settings *s, char
         char missing[96] = "";
         for (int i = 0; i < 3; i++)
             if (!have[i]) {
-                if (missing[0])
-                    strcat(missing, " and ");
+                if (missing[0]) strcat(missing, " and ");
                 strcat(missing, names[i]);
             }
         set_err(err, cap,
@@ -157,8 +147,7 @@ static int resolve_flags(const apiserver_inputs *in, apiserver_settings *s, char
     }
     s->source = APISERVER_FROM_FLAGS;
     s->server_url = apiserver_url_normalize(in->apiserver, strlen(in->apiserver), "--apiserver", err, cap);
-    if (!s->server_url)
-        return -1;
+    if (!s->server_url) return -1;
     if (check_readable("--apiserver-ca", in->apiserver_ca, err, cap) != 0 ||
         check_readable("--apiserver-token-file", in->apiserver_token_file, err, cap) != 0)
         return -1;
@@ -170,19 +159,16 @@ static int resolve_flags(const apiserver_inputs *in, apiserver_settings *s, char
     }
     shown a, b, c;
     why_append(s, "explicit flags: --apiserver %s, --apiserver-ca %s, --apiserver-token-file %s",
-               show_path(&a, s->server_url), show_path(&b, s->ca_file),
-               show_path(&c, s->token_file));
+               show_path(&a, s->server_url), show_path(&b, s->ca_file), show_path(&c, s->token_file));
     return 0;
 }
 
 /* The absolute form of path (relative to the working directory), or NULL. */
 static char *absolute_path(const char *path)
 {
-    if (path[0] == '/')
-        return strdup(path);
+    if (path[0] == '/') return strdup(path);
     char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof(cwd)))
-        return strdup(path);
+    if (!getcwd(cwd, sizeof(cwd))) return strdup(path);
     size_t cl = strlen(cwd), pl = strlen(path);
     while (pl >= 2 && path[0] == '.' && path[1] == '/') {
         path += 2;
@@ -193,18 +179,16 @@ static char *absolute_path(const char *path)
         }
     }
     char *p = malloc(cl + 1 + pl + 1);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     memcpy(p, cwd, cl);
     size_t o = cl;
-    if (o == 0 || p[o - 1] != '/')
-        p[o++] = '/';
+    if (o == 0 || p[o - 1] != '/') p[o++] = '/';
     memcpy(p + o, path, pl + 1);
     return p;
 }
 
-static int resolve_kubeconfig(const char *path, const char *origin, const char *context,
-                              apiserver_settings *s, char *err, size_t cap)
+static int resolve_kubeconfig(const char *path, const char *origin, const char *context, apiserver_settings *s,
+                              char *err, size_t cap)
 {
     shown a;
     char *abs = absolute_path(path);
@@ -217,11 +201,10 @@ static int resolve_kubeconfig(const char *path, const char *origin, const char *
     int e = read_file(abs, KUBECONFIG_MAX_BYTES, &text, &len);
     if (e != 0) {
         if (e == EFBIG)
-            set_err(err, cap, "kubeconfig %s (from %s) is larger than %d bytes", show_path(&a, abs),
-                    origin, KUBECONFIG_MAX_BYTES);
+            set_err(err, cap, "kubeconfig %s (from %s) is larger than %d bytes", show_path(&a, abs), origin,
+                    KUBECONFIG_MAX_BYTES);
         else
-            set_err(err, cap, "kubeconfig %s (from %s): %s", show_path(&a, abs), origin,
-                    strerror(e));
+            set_err(err, cap, "kubeconfig %s (from %s): %s", show_path(&a, abs), origin, strerror(e));
         free(abs);
         return -1;
     }
@@ -229,8 +212,7 @@ static int resolve_kubeconfig(const char *path, const char *origin, const char *
     char *dir = dup_n(abs, slash == abs ? 1 : (size_t)(slash - abs));
     char perr[400];
     int rc = dir ? kubeconfig_parse(text, len, context, dir, s, perr, sizeof(perr)) : -1;
-    if (!dir)
-        snprintf(perr, sizeof(perr), "out of memory");
+    if (!dir) snprintf(perr, sizeof(perr), "out of memory");
     wipe_free(text, len);
     free(dir);
     if (rc == 0) {
@@ -243,8 +225,7 @@ static int resolve_kubeconfig(const char *path, const char *origin, const char *
             {s->client_key_file, "client-key"},
         };
         for (size_t i = 0; rc == 0 && i < sizeof(files) / sizeof(files[0]); i++) {
-            if (!files[i].path)
-                continue;
+            if (!files[i].path) continue;
             char what[160];
             shown b;
             snprintf(what, sizeof(what), "%s \"%s\": %s", i == 0 ? "cluster" : "user",
@@ -269,17 +250,14 @@ static int resolve_kubeconfig(const char *path, const char *origin, const char *
 
 static bool dns_label_ok(const char *s, size_t len)
 {
-    if (len == 0 || len > 253)
-        return false;
+    if (len == 0 || len > 253) return false;
     for (size_t i = 0; i < len; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-' ||
-              s[i] == '.'))
-            return false;
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.')) return false;
     return true;
 }
 
-static int resolve_in_cluster(const apiserver_inputs *in, const char *sa_dir, apiserver_settings *s,
-                              char *err, size_t cap)
+static int resolve_in_cluster(const apiserver_inputs *in, const char *sa_dir, apiserver_settings *s, char *err,
+                              size_t cap)
 {
     shown a, b;
     if (!given(in->service_host) || !given(in->service_port)) {
@@ -302,34 +280,27 @@ static int resolve_in_cluster(const apiserver_inputs *in, const char *sa_dir, ap
     for (size_t i = bracketed ? 1 : 0; host_ok && i < (bracketed ? hl - 1 : hl); i++)
         host_ok = apiserver_url_host_char(h[i]) || h[i] == ':';
     if (!host_ok) {
-        set_err(err, cap,
-                "in-cluster: KUBERNETES_SERVICE_HOST \"%s\" is not a host name or IP address",
+        set_err(err, cap, "in-cluster: KUBERNETES_SERVICE_HOST \"%s\" is not a host name or IP address",
                 show_name(&a, h));
         return -1;
     }
     bool v6 = strchr(h, ':') && !bracketed;
     char url[512];
-    int n = snprintf(url, sizeof(url), "https://%s%s%s:%s", v6 ? "[" : "", in->service_host,
-                     v6 ? "]" : "", in->service_port);
+    int n = snprintf(url, sizeof(url), "https://%s%s%s:%s", v6 ? "[" : "", in->service_host, v6 ? "]" : "",
+                     in->service_port);
     if (n < 0 || (size_t)n >= sizeof(url)) {
         set_err(err, cap, "in-cluster: KUBERNETES_SERVICE_HOST is too long");
         return -1;
     }
     s->source = APISERVER_FROM_IN_CLUSTER;
-    s->server_url =
-        apiserver_url_normalize(url, (size_t)n, "in-cluster: KUBERNETES_SERVICE_HOST/PORT give", err, cap);
-    if (!s->server_url)
-        return -1;
+    s->server_url = apiserver_url_normalize(url, (size_t)n, "in-cluster: KUBERNETES_SERVICE_HOST/PORT give", err, cap);
+    if (!s->server_url) return -1;
     size_t dl = strlen(sa_dir);
-    while (dl > 1 && sa_dir[dl - 1] == '/')
-        dl--;
-    if (asprintf(&s->token_file, "%.*s/token", (int)dl, sa_dir) < 0)
-        s->token_file = NULL;
-    if (asprintf(&s->ca_file, "%.*s/ca.crt", (int)dl, sa_dir) < 0)
-        s->ca_file = NULL;
+    while (dl > 1 && sa_dir[dl - 1] == '/') dl--;
+    if (asprintf(&s->token_file, "%.*s/token", (int)dl, sa_dir) < 0) s->token_file = NULL;
+    if (asprintf(&s->ca_file, "%.*s/ca.crt", (int)dl, sa_dir) < 0) s->ca_file = NULL;
     char *ns_path = NULL;
-    if (asprintf(&ns_path, "%.*s/namespace", (int)dl, sa_dir) < 0)
-        ns_path = NULL;
+    if (asprintf(&ns_path, "%.*s/namespace", (int)dl, sa_dir) < 0) ns_path = NULL;
     if (!s->token_file || !s->ca_file || !ns_path) {
         free(ns_path);
         set_err(err, cap, "out of memory");
@@ -338,18 +309,15 @@ static int resolve_in_cluster(const apiserver_inputs *in, const char *sa_dir, ap
     char msg[400];
     if (check_readable("service-account token", s->token_file, msg, sizeof(msg)) != 0 ||
         check_readable("service-account CA", s->ca_file, msg, sizeof(msg)) != 0) {
-        set_err(
-            err, cap,
-            "in-cluster: %s (is the token mounted? automountServiceAccountToken must not be false)",
-            msg);
+        set_err(err, cap, "in-cluster: %s (is the token mounted? automountServiceAccountToken must not be false)", msg);
         free(ns_path);
         return -1;
     }
     char *ns = NULL;
     size_t ns_len = 0;
     if (read_file(ns_path, NAMESPACE_FILE_MAX, &ns, &ns_len) == 0) {
-        while (ns_len && (ns[ns_len - 1] == '\n' || ns[ns_len - 1] == '\r' ||
-                          ns[ns_len - 1] == ' ' || ns[ns_len - 1] == '\t'))
+        while (ns_len &&
+               (ns[ns_len - 1] == '\n' || ns[ns_len - 1] == '\r' || ns[ns_len - 1] == ' ' || ns[ns_len - 1] == '\t'))
             ns[--ns_len] = '\0';
         if (dns_label_ok(ns, ns_len)) {
             s->namespace_ = ns;
@@ -371,20 +339,17 @@ static int resolve_in_cluster(const apiserver_inputs *in, const char *sa_dir, ap
 static char *first_kubeconfig_path(const char *env, size_t *count)
 {
     *count = 0;
-    if (!env)
-        return NULL;
+    if (!env) return NULL;
     char *first = NULL;
     const char *p = env;
     for (;;) {
         const char *colon = strchr(p, ':');
         size_t len = colon ? (size_t)(colon - p) : strlen(p);
         if (len) {
-            if (!first)
-                first = dup_n(p, len);
+            if (!first) first = dup_n(p, len);
             (*count)++;
         }
-        if (!colon)
-            break;
+        if (!colon) break;
         p = colon + 1;
     }
     return first;
@@ -399,18 +364,15 @@ void apiserver_inputs_from_env(apiserver_inputs *in)
     in->serviceaccount_dir = APISERVER_DEFAULT_SERVICEACCOUNT_DIR;
 }
 
-int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char *err,
-                      size_t err_cap)
+int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char *err, size_t err_cap)
 {
     memset(out, 0, sizeof(*out));
-    if (err && err_cap)
-        err[0] = '\0';
+    if (err && err_cap) err[0] = '\0';
     bool flags = given(in->apiserver) || given(in->apiserver_ca) || given(in->apiserver_token_file);
     bool in_cluster = given(in->service_host) || given(in->service_port);
     size_t env_count = 0;
     char *env_path = first_kubeconfig_path(in->kubeconfig_env, &env_count);
-    const char *sa_dir = given(in->serviceaccount_dir) ? in->serviceaccount_dir
-                                                       : APISERVER_DEFAULT_SERVICEACCOUNT_DIR;
+    const char *sa_dir = given(in->serviceaccount_dir) ? in->serviceaccount_dir : APISERVER_DEFAULT_SERVICEACCOUNT_DIR;
     shown a;
     int rc;
     if (given(in->context) && !given(in->kubeconfig) && !env_path) {
@@ -421,29 +383,24 @@ int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char 
         rc = resolve_flags(in, out, err, err_cap) == 0 ? APISERVER_OK : APISERVER_ERROR;
         if (rc == APISERVER_OK && (given(in->kubeconfig) || env_path || in_cluster)) {
             why_append(out, "; ignored (explicit flags take precedence):%s%s%s%s",
-                       given(in->kubeconfig) ? " --kubeconfig" : "",
-                       given(in->context) ? " --context" : "", env_path ? " $KUBECONFIG" : "",
-                       in_cluster ? " in-cluster environment" : "");
+                       given(in->kubeconfig) ? " --kubeconfig" : "", given(in->context) ? " --context" : "",
+                       env_path ? " $KUBECONFIG" : "", in_cluster ? " in-cluster environment" : "");
         }
     } else if (given(in->kubeconfig)) {
-        rc = resolve_kubeconfig(in->kubeconfig, "--kubeconfig", in->context, out, err, err_cap) == 0
-                 ? APISERVER_OK
-                 : APISERVER_ERROR;
+        rc = resolve_kubeconfig(in->kubeconfig, "--kubeconfig", in->context, out, err, err_cap) == 0 ? APISERVER_OK
+                                                                                                     : APISERVER_ERROR;
         if (rc == APISERVER_OK && (env_path || in_cluster))
-            why_append(out, "; ignored (--kubeconfig takes precedence):%s%s",
-                       env_path ? " $KUBECONFIG" : "", in_cluster ? " in-cluster environment" : "");
+            why_append(out, "; ignored (--kubeconfig takes precedence):%s%s", env_path ? " $KUBECONFIG" : "",
+                       in_cluster ? " in-cluster environment" : "");
     } else if (env_path) {
-        rc = resolve_kubeconfig(env_path, "$KUBECONFIG", in->context, out, err, err_cap) == 0
-                 ? APISERVER_OK
-                 : APISERVER_ERROR;
+        rc = resolve_kubeconfig(env_path, "$KUBECONFIG", in->context, out, err, err_cap) == 0 ? APISERVER_OK
+                                                                                              : APISERVER_ERROR;
         if (rc == APISERVER_OK && env_count > 1)
-            why_append(out, "; only the first of the %zu paths in $KUBECONFIG is read (no merging)",
-                       env_count);
+            why_append(out, "; only the first of the %zu paths in $KUBECONFIG is read (no merging)", env_count);
         if (rc == APISERVER_OK && in_cluster)
             why_append(out, "; ignored ($KUBECONFIG takes precedence): in-cluster environment");
     } else if (in_cluster) {
-        rc =
-            resolve_in_cluster(in, sa_dir, out, err, err_cap) == 0 ? APISERVER_OK : APISERVER_ERROR;
+        rc = resolve_in_cluster(in, sa_dir, out, err, err_cap) == 0 ? APISERVER_OK : APISERVER_ERROR;
     } else {
         set_err(err, err_cap,
                 "no API server configured: pass --apiserver, --apiserver-ca and "
@@ -453,7 +410,6 @@ int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char 
         rc = APISERVER_NOT_CONFIGURED;
     }
     free(env_path);
-    if (rc != APISERVER_OK)
-        apiserver_settings_free(out);
+    if (rc != APISERVER_OK) apiserver_settings_free(out);
     return rc;
 }

@@ -34,11 +34,7 @@
 #define APISERVER_ERROR (-1)       /* something is configured but wrong: err says what */
 #define APISERVER_NOT_CONFIGURED 1 /* nothing is configured at all: err says how to */
 
-typedef enum {
-    APISERVER_FROM_FLAGS,
-    APISERVER_FROM_KUBECONFIG,
-    APISERVER_FROM_IN_CLUSTER
-} apiserver_source;
+typedef enum { APISERVER_FROM_FLAGS, APISERVER_FROM_KUBECONFIG, APISERVER_FROM_IN_CLUSTER } apiserver_source;
 
 /* The decision. Every pointer is malloc'd and owned by the struct (NULL when absent);
  * PEM blobs are NUL-terminated, their *_len excludes the NUL. */
@@ -74,9 +70,8 @@ typedef struct apiserver_settings {
 typedef struct apiserver_inputs {
     const char *apiserver, *apiserver_ca, *apiserver_token_file; /* explicit flags */
     const char *kubeconfig;                                      /* --kubeconfig */
-    const char *context; /* --context; NULL = the kubeconfig's current-context */
-    const char
-        *kubeconfig_env; /* $KUBECONFIG, colon-separated; only the first non-empty path is used */
+    const char *context;                     /* --context; NULL = the kubeconfig's current-context */
+    const char *kubeconfig_env;              /* $KUBECONFIG, colon-separated; only the first non-empty path is used */
     const char *service_host, *service_port; /* $KUBERNETES_SERVICE_HOST / _PORT */
     const char *serviceaccount_dir;          /* NULL = APISERVER_DEFAULT_SERVICEACCOUNT_DIR */
 } apiserver_inputs;
@@ -89,8 +84,7 @@ void apiserver_inputs_from_env(apiserver_inputs *in);
  * zeroed (freeing it is harmless). Checks that every file it names is readable, so a
  * successful answer can be handed to the API client as is. Returns APISERVER_OK,
  * APISERVER_ERROR or APISERVER_NOT_CONFIGURED, the last two with a message in err. */
-int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char *err,
-                      size_t err_cap);
+int apiserver_resolve(const apiserver_inputs *in, apiserver_settings *out, char *err, size_t err_cap);
 
 /* Frees what out owns, wiping the token and the PEM blobs first; leaves it zeroed. */
 void apiserver_settings_free(apiserver_settings *s);

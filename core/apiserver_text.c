@@ -9,8 +9,7 @@
 
 void set_err(char *err, size_t cap, const char *fmt, ...)
 {
-    if (!err || cap == 0)
-        return;
+    if (!err || cap == 0) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, cap, fmt, ap);
@@ -20,20 +19,17 @@ void set_err(char *err, size_t cap, const char *fmt, ...)
 void why_append(apiserver_settings *s, const char *fmt, ...)
 {
     size_t used = strnlen(s->why, sizeof(s->why));
-    if (used + 1 >= sizeof(s->why))
-        return;
+    if (used + 1 >= sizeof(s->why)) return;
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(s->why + used, sizeof(s->why) - used, fmt, ap);
     va_end(ap);
-    if (n >= 0 && (size_t)n >= sizeof(s->why) - used)
-        memcpy(s->why + sizeof(s->why) - 4, "...", 4);
+    if (n >= 0 && (size_t)n >= sizeof(s->why) - used) memcpy(s->why + sizeof(s->why) - 4, "...", 4);
 }
 
 const char *show_n(shown *b, const char *text, size_t len, size_t max)
 {
-    if (max > SHOW_PATH_MAX)
-        max = SHOW_PATH_MAX;
+    if (max > SHOW_PATH_MAX) max = SHOW_PATH_MAX;
     size_t o = 0;
     for (size_t i = 0; i < len && o < max; i++) {
         unsigned char c = (unsigned char)text[i];
@@ -64,8 +60,7 @@ bool given(const char *s)
 
 void wipe_free(char *p, size_t len)
 {
-    if (!p)
-        return;
+    if (!p) return;
     OPENSSL_cleanse(p, len);
     free(p);
 }
@@ -73,8 +68,7 @@ void wipe_free(char *p, size_t len)
 char *dup_n(const char *s, size_t len)
 {
     char *p = malloc(len + 1);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     memcpy(p, s, len);
     p[len] = '\0';
     return p;

@@ -12,8 +12,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define SHOW_NAME_MAX 64       /* longest name quoted in a message */
-#define SHOW_PATH_MAX 200      /* longest path or URL quoted in a message */
+#define SHOW_NAME_MAX 64  /* longest name quoted in a message */
+#define SHOW_PATH_MAX 200 /* longest path or URL quoted in a message */
 
 void set_err(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

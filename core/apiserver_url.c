@@ -9,18 +9,16 @@
 
 bool apiserver_url_host_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+           c == '_';
 }
 
 bool apiserver_url_port_ok(const char *p, size_t len)
 {
-    if (len == 0 || len > 5)
-        return false;
+    if (len == 0 || len > 5) return false;
     unsigned v = 0;
     for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
+        if (p[i] < '0' || p[i] > '9') return false;
         v = v * 10 + (unsigned)(p[i] - '0');
     }
     return v >= 1 && v <= 65535;
@@ -55,8 +53,7 @@ char *apiserver_url_normalize(const char *url, size_t len, const char *what, cha
     const char *slash = memchr(auth, '/', (size_t)(end - auth));
     const char *auth_end = slash ? slash : end;
     if (memchr(auth, '@', (size_t)(auth_end - auth))) {
-        set_err(err, cap, "%s: user information (user:password@) in the URL is not supported",
-                what);
+        set_err(err, cap, "%s: user information (user:password@) in the URL is not supported", what);
         return NULL;
     }
     bool ok = auth_end > auth;
@@ -65,8 +62,8 @@ char *apiserver_url_normalize(const char *url, size_t len, const char *what, cha
         const char *close = memchr(auth, ']', (size_t)(auth_end - auth));
         ok = close && close > auth + 1;
         for (const char *p = auth + 1; ok && p < close; p++)
-            ok = (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') ||
-                 *p == ':' || *p == '.';
+            ok = (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') || *p == ':' ||
+                 *p == '.';
         if (ok && close + 1 < auth_end) {
             ok = close[1] == ':';
             port = close + 2;
@@ -75,29 +72,21 @@ char *apiserver_url_normalize(const char *url, size_t len, const char *what, cha
         const char *colon = memchr(auth, ':', (size_t)(auth_end - auth));
         const char *host_end = colon ? colon : auth_end;
         ok = host_end > auth;
-        for (const char *p = auth; ok && p < host_end; p++)
-            ok = apiserver_url_host_char(*p);
-        if (colon)
-            port = colon + 1;
+        for (const char *p = auth; ok && p < host_end; p++) ok = apiserver_url_host_char(*p);
+        if (colon) port = colon + 1;
     }
-    if (ok && port)
-        ok = apiserver_url_port_ok(port, (size_t)(auth_end - port));
+    if (ok && port) ok = apiserver_url_port_ok(port, (size_t)(auth_end - port));
     if (!ok) {
-        set_err(err, cap,
-                "%s %s: not a valid https://HOST[:PORT] URL (IPv6 addresses go in brackets)", what,
-                quoted);
+        set_err(err, cap, "%s %s: not a valid https://HOST[:PORT] URL (IPv6 addresses go in brackets)", what, quoted);
         return NULL;
     }
     const char *path_end = end;
-    for (const char *p = auth_end; ok && p < end; p++)
-        ok = *p > 0x20 && *p < 0x7f && *p != '?' && *p != '#';
+    for (const char *p = auth_end; ok && p < end; p++) ok = *p > 0x20 && *p < 0x7f && *p != '?' && *p != '#';
     if (!ok) {
-        set_err(err, cap, "%s %s: the URL may hold a path prefix but no query, fragment or spaces",
-                what, quoted);
+        set_err(err, cap, "%s %s: the URL may hold a path prefix but no query, fragment or spaces", what, quoted);
         return NULL;
     }
-    while (path_end > auth_end && path_end[-1] == '/')
-        path_end--;
+    while (path_end > auth_end && path_end[-1] == '/') path_end--;
     size_t out_len = 8 + (size_t)(path_end - auth);
     char *out = malloc(out_len + 1);
     if (!out) {

@@ -35,9 +35,12 @@ long base64_decode(const char *in, size_t len, int flags, unsigned char *out, si
             continue;
         }
         if (flags & BASE64_URL) {
-            if (c == '-') c = '+';
-            else if (c == '_') c = '/';
-            else if (c == '+' || c == '/') goto done;
+            if (c == '-')
+                c = '+';
+            else if (c == '_')
+                c = '/';
+            else if (c == '+' || c == '/')
+                goto done;
         }
         if (!standard_char(c) || pad) goto done;
         group[n++] = c;

@@ -16,6 +16,7 @@
  * padding), one table lookup per byte: a ServiceAccount token is about a kilobyte and is
  * scanned on every request. spec/unit/test_bearer.c checks the table against this
  * definition for every byte. */
+// clang-format off: one row of 16 bytes a line
 static const unsigned char b64token_char[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x00 */
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10 */
@@ -34,9 +35,9 @@ static const unsigned char b64token_char[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xe0 */
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xf0 */
 };
+// clang-format on
 
-bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, const char **token,
-                             size_t *token_len)
+bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, const char **token, size_t *token_len)
 {
     if (!header_value) return BEARER_MISSING;
     const char *p = header_value;

@@ -18,8 +18,7 @@ typedef enum {
  * (1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="), nothing after it but
  * trailing spaces/tabs. On BEARER_OK, *token points into header_value (no copy) and
  * *token_len is its length. header_value may be NULL (→ BEARER_MISSING). */
-bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, const char **token,
-                             size_t *token_len);
+bearer_status bearer_extract(const char *header_value, size_t max_token_bytes, const char **token, size_t *token_len);
 
 /* Returns a constant, human-readable reason for a status (safe to log and to send). */
 const char *bearer_status_reason(bearer_status status);

@@ -107,8 +107,8 @@ static int key_hash_finish(const cache_keyer *keyer, key_hash *h, cache_key *out
     return ok ? 0 : -1;
 }
 
-int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *const *parts,
-                        const size_t *lens, size_t n_parts, cache_key *out)
+int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *const *parts, const size_t *lens,
+                        size_t n_parts, cache_key *out)
 {
     key_hash h;
     key_hash_begin(keyer, &h);
@@ -121,8 +121,8 @@ int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *co
     return key_hash_finish(keyer, &h, out);
 }
 
-int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len,
-                        const char *const *audiences, size_t n_audiences, cache_key *out)
+int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len, const char *const *audiences,
+                        size_t n_audiences, cache_key *out)
 {
     /* be32(len) token, be32(n_audiences), be32(len) aud... */
     key_hash h;

@@ -34,14 +34,14 @@ void cache_keyer_free(cache_keyer *keyer);
 
 /* Key of a TokenReview: HMAC over be32(len(token)) token be32(n_audiences)
  * { be32(len(aud)) aud }*. Returns 0, or -1 if HMAC fails. */
-int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len,
-                        const char *const *audiences, size_t n_audiences, cache_key *out);
+int cache_key_for_token(const cache_keyer *keyer, const char *token, size_t token_len, const char *const *audiences,
+                        size_t n_audiences, cache_key *out);
 
 /* Key over a list of byte strings: domain byte, be32(n_parts), then each part
  * length-prefixed (for SubjectAccessReview attributes). A non-zero domain keeps these
  * encodings distinct from token keys, whose first byte is the high byte of a length. */
-int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *const *parts,
-                        const size_t *lens, size_t n_parts, cache_key *out);
+int cache_key_for_parts(const cache_keyer *keyer, uint8_t domain, const char *const *parts, const size_t *lens,
+                        size_t n_parts, cache_key *out);
 
 /* Writes the first 8 hex digits of key and a NUL into out: the token_id logs may show. */
 void cache_key_id(const cache_key *key, char out[9]);

@@ -3,9 +3,9 @@
 
 #include <math.h>
 
-#define RECENT_WEIGHT 0.2     /* fast EWMA of answered latency */
-#define BASELINE_UP 0.002     /* the baseline follows rises slowly ... */
-#define BASELINE_DOWN 0.2     /* ... and falls quickly: it estimates the unloaded latency */
+#define RECENT_WEIGHT 0.2 /* fast EWMA of answered latency */
+#define BASELINE_UP 0.002 /* the baseline follows rises slowly ... */
+#define BASELINE_DOWN 0.2 /* ... and falls quickly: it estimates the unloaded latency */
 #define LATENCY_MIN_SAMPLES 10
 #define LATENCY_CUT 0.9
 #define HOLD_RATIO 1.5
@@ -64,7 +64,8 @@ void concurrency_limit_answered(concurrency_limit *cl, double latency_ms, size_t
         cl->baseline_ms = cl->recent_ms = latency_ms;
     } else {
         cl->recent_ms += (latency_ms - cl->recent_ms) * RECENT_WEIGHT;
-        cl->baseline_ms += (latency_ms - cl->baseline_ms) * (latency_ms < cl->baseline_ms ? BASELINE_DOWN : BASELINE_UP);
+        cl->baseline_ms +=
+            (latency_ms - cl->baseline_ms) * (latency_ms < cl->baseline_ms ? BASELINE_DOWN : BASELINE_UP);
     }
     double cut_interval = cl->baseline_ms > MIN_CUT_INTERVAL_MS ? cl->baseline_ms : MIN_CUT_INTERVAL_MS;
     if (cl->samples >= LATENCY_MIN_SAMPLES && cl->recent_ms > CL_LATENCY_RATIO * cl->baseline_ms &&
@@ -109,7 +110,8 @@ void concurrency_limit_answered(concurrency_limit *cl, double latency_ms, size_t
     /* Additive increase. A probe to the level that drew the last 429 waits 2^probe_backoff
      * times longer: a server whose seats are fixed is not asked again every few seconds. */
     double needed = CL_PROBE_FACTOR * cl->limit;
-    if (cl->known_ceiling && concurrency_limit_get(cl) + 1 >= cl->known_ceiling) needed *= (double)(1 << cl->probe_backoff);
+    if (cl->known_ceiling && concurrency_limit_get(cl) + 1 >= cl->known_ceiling)
+        needed *= (double)(1 << cl->probe_backoff);
     if (cl->probe_credit >= needed) {
         cl->limit = cl->limit + 1 < cl->max_limit ? cl->limit + 1 : cl->max_limit;
         cl->probe_credit = 0;

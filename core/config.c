@@ -21,7 +21,17 @@
 #define TOKENGATE_GIT "unknown"
 #endif
 
-typedef enum { FLAG_STRING, FLAG_DURATION, FLAG_SIZE, FLAG_BYTES, FLAG_DOUBLE, FLAG_FRACTION, FLAG_AUDIENCES, FLAG_BOOL, FLAG_PERCENT } flag_kind;
+typedef enum {
+    FLAG_STRING,
+    FLAG_DURATION,
+    FLAG_SIZE,
+    FLAG_BYTES,
+    FLAG_DOUBLE,
+    FLAG_FRACTION,
+    FLAG_AUDIENCES,
+    FLAG_BOOL,
+    FLAG_PERCENT
+} flag_kind;
 
 /* One row per flag; offset locates the field in struct config. */
 typedef struct flag_spec {
@@ -58,7 +68,8 @@ static const flag_spec flag_table[] = {
      "proxy mode: how long the upstream may stay silent (to connect, to start its answer, between two reads or "
      "writes) before 504, or a closed connection once the answer has begun (default 30s)"},
     {"--upstream-max-connections", FLAG_SIZE, FIELD(upstream_max_connections),
-     "proxy mode: connections to the upstream at once, all workers together (each gets an equal share, rounded up), kept alive and reused; more requests queue (default 128)"},
+     "proxy mode: connections to the upstream at once, all workers together (each gets an equal share, rounded up), "
+     "kept alive and reused; more requests queue (default 128)"},
     {"--upstream-keep-authorization", FLAG_BOOL, FIELD(upstream_keep_authorization),
      "proxy mode: forward the client's Authorization header. Off by default: the bearer token is a credential "
      "the upstream could replay against the API server or other services, and the upstream gets the identity "
@@ -70,10 +81,8 @@ static const flag_spec flag_table[] = {
     {"--cache-negative-ttl", FLAG_DURATION, FIELD(cache_negative_ttl_ms),
      "TTL of authenticated:false verdicts (default 10s)"},
     {"--cache-max-ttl", FLAG_DURATION, FIELD(cache_max_ttl_ms), "upper bound of any TTL (default 10m)"},
-    {"--cache-max-entries", FLAG_SIZE, FIELD(cache_max_entries),
-     "cache bound, all shards together (default 10000)"},
-    {"--review-timeout", FLAG_DURATION, FIELD(review_timeout_ms),
-     "hard deadline of one TokenReview (default 5s)"},
+    {"--cache-max-entries", FLAG_SIZE, FIELD(cache_max_entries), "cache bound, all shards together (default 10000)"},
+    {"--review-timeout", FLAG_DURATION, FIELD(review_timeout_ms), "hard deadline of one TokenReview (default 5s)"},
     {"--max-token-bytes", FLAG_BYTES, FIELD(max_token_bytes), "longest accepted token (default 16Ki)"},
     {"--apiserver", FLAG_STRING, FIELD(apiserver), "API server URL, https://host:port"},
     {"--apiserver-ca", FLAG_STRING, FIELD(apiserver_ca), "CA bundle that signs the API server's certificate"},
@@ -297,9 +306,7 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
 {
     char *field = (char *)cfg + spec->offset;
     switch (spec->kind) {
-    case FLAG_STRING:
-        *(const char **)field = value;
-        return 0;
+    case FLAG_STRING: *(const char **)field = value; return 0;
     case FLAG_DURATION:
         if (duration_parse(value, (int64_t *)field) == 0) return 0;
         fprintf(out, "tokengate: %s: not a duration: \"%s\" (use e.g. 500ms, 30s, 2m)\n", spec->name, value);
@@ -314,8 +321,8 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
             *(size_t *)field = (size_t)bytes;
             return 0;
         }
-        fprintf(out, "tokengate: %s: not a byte quantity: \"%s\" (use e.g. 16384, 16Ki, 10Mi, 1Gi, 500k)\n",
-                spec->name, value);
+        fprintf(out, "tokengate: %s: not a byte quantity: \"%s\" (use e.g. 16384, 16Ki, 10Mi, 1Gi, 500k)\n", spec->name,
+                value);
         return -1;
     }
     case FLAG_DOUBLE: {
@@ -353,8 +360,7 @@ static int apply_flag(config *cfg, const flag_spec *spec, const char *value, FIL
         fprintf(out, "tokengate: %s: not a percentage from 0 to 50: \"%s\" (e.g. 10%%)\n", spec->name, value);
         return -1;
     }
-    case FLAG_AUDIENCES:
-        return parse_audiences(cfg, value, out);
+    case FLAG_AUDIENCES: return parse_audiences(cfg, value, out);
     case FLAG_BOOL:
         /* No value: true. "--flag=VALUE": true/false/1/0, any case (templated manifests
          * write "--flag={{ .Values.x }}"). Anything else is refused, not guessed. */
@@ -443,9 +449,7 @@ static int check_readable(const char *flag, const char *path, FILE *out)
  * path; no user info, query or fragment (they would be ambiguous or leak credentials). */
 static bool upstream_url_ok(const char *url)
 {
-    const char *rest = strncmp(url, "http://", 7) == 0    ? url + 7
-                       : strncmp(url, "https://", 8) == 0 ? url + 8
-                                                          : NULL;
+    const char *rest = strncmp(url, "http://", 7) == 0 ? url + 7 : strncmp(url, "https://", 8) == 0 ? url + 8 : NULL;
     if (!rest) return false;
     size_t authority = strcspn(rest, "/");
     if (authority == 0 || memchr(rest, '@', authority)) return false;
@@ -475,8 +479,9 @@ static int validate_mode(const config *cfg, FILE *out)
         return -1;
     }
     if (!upstream_url_ok(cfg->upstream)) {
-        fprintf(out, "tokengate: --upstream %s: use http://host[:port][/path] or https://...; no user info, query "
-                     "or fragment\n",
+        fprintf(out,
+                "tokengate: --upstream %s: use http://host[:port][/path] or https://...; no user info, query "
+                "or fragment\n",
                 cfg->upstream);
         rc = -1;
     }
@@ -615,7 +620,8 @@ int config_validate(const config *cfg, FILE *out)
         rc = -1;
     }
     if (cfg->apiserver_burst < 1 || cfg->review_max_pending < 1 || cfg->circuit_failure_threshold < 1) {
-        fprintf(out, "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
+        fprintf(out,
+                "tokengate: --apiserver-burst, --review-max-pending and --circuit-failure-threshold must be >= 1\n");
         rc = -1;
     }
     if (cfg->max_connections < 1 || cfg->admin_max_connections < 1) {
@@ -681,8 +687,8 @@ void config_print(const config *cfg, FILE *out)
             cfg->apiserver_token_file ? cfg->apiserver_token_file : "(none)");
     fprintf(out, "kubeconfig: %s\ncontext: %s\n", cfg->kubeconfig ? cfg->kubeconfig : "(none)",
             cfg->context ? cfg->context : "(current-context)");
-    fprintf(out, "cache-ttl: %s\ncache-negative-ttl: %s\ncache-max-ttl: %s\ncache-max-entries: %zu\n", ttl, neg,
-            max, cfg->cache_max_entries);
+    fprintf(out, "cache-ttl: %s\ncache-negative-ttl: %s\ncache-max-ttl: %s\ncache-max-entries: %zu\n", ttl, neg, max,
+            cfg->cache_max_entries);
     fprintf(out, "review-timeout: %s\nmax-token-bytes: %zu\naudiences:", timeout, cfg->max_token_bytes);
     if (cfg->n_audiences == 0) fprintf(out, " (none)");
     for (size_t i = 0; i < cfg->n_audiences; i++) fprintf(out, " %s", cfg->audiences[i]);
@@ -730,8 +736,7 @@ void config_print(const config *cfg, FILE *out)
     char workers_why[CONFIG_WORKERS_WHY_MAX];
     size_t workers = config_workers(cfg, workers_why, sizeof(workers_why));
     fprintf(out, "workers: %zu (%s)\ncache-refresh-ahead: %u%%%s\n", workers, workers_why,
-            cfg->cache_refresh_ahead_percent,
-            cfg->cache_refresh_ahead_percent ? "" : " (off)");
+            cfg->cache_refresh_ahead_percent, cfg->cache_refresh_ahead_percent ? "" : " (off)");
     fprintf(out, "watch-revocations: %s\n",
             cfg->watch_revocations ? (cfg->watch_pods ? "serviceaccounts, pods" : "serviceaccounts") : "off");
     fprintf(out, "jwt-preverify: %s\n", cfg->jwt_preverify);

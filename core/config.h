@@ -44,7 +44,7 @@ typedef struct config {
     /* Lua policy: NULL = the built-in default; "none" = no policy (every authenticated
      * identity allowed, no Lua on the request path). */
     const char *policy;
-    bool policy_watch;             /* reload when the file changes on disk */
+    bool policy_watch; /* reload when the file changes on disk */
     size_t policy_max_instructions;
     size_t policy_max_memory_bytes;
     int64_t policy_max_call_ms; /* wall-clock limit of one policy call */
@@ -59,17 +59,17 @@ typedef struct config {
     int64_t circuit_cooldown_ms;
     int64_t stale_if_error_ms; /* 0: off */
     int64_t shutdown_grace_ms;
-    int64_t read_timeout_ms;  /* main listener: idle/read/write timeout of a connection */
-    size_t max_header_count;  /* more request header fields than this: 431 */
-    size_t max_connections;   /* main listener: open client connections at most (all workers) */
-    int64_t header_timeout_ms; /* main listener: a request's line and headers complete within this */
-    int64_t body_timeout_ms;   /* main listener: a request's body complete within this after its headers */
+    int64_t read_timeout_ms;               /* main listener: idle/read/write timeout of a connection */
+    size_t max_header_count;               /* more request header fields than this: 431 */
+    size_t max_connections;                /* main listener: open client connections at most (all workers) */
+    int64_t header_timeout_ms;             /* main listener: a request's line and headers complete within this */
+    int64_t body_timeout_ms;               /* main listener: a request's body complete within this after its headers */
     size_t max_unauthenticated_body_bytes; /* proxy mode: body of a request without Authorization */
     size_t max_buffered_body_bytes;        /* proxy mode: bodies being read, all workers together */
     size_t admin_max_connections;          /* admin listener: open connections at most */
 
     /* Performance (issue: workers). */
-    size_t workers;                 /* event-loop threads serving the main listener; 0 = the CPU budget */
+    size_t workers;                       /* event-loop threads serving the main listener; 0 = the CPU budget */
     unsigned cache_refresh_ahead_percent; /* refresh a hit entry in this last share of its TTL; 0: off */
 
     /* Revocation watches (docs/REVOCATION.md). */
@@ -99,11 +99,11 @@ typedef struct config {
     bool admin_auth_review; /* admin callers may also be a token a TokenReview + SAR allows */
 
     /* --mode proxy: where allowed requests go, and how. */
-    const char *upstream;      /* http:// or https:// URL, optionally with a path prefix */
-    const char *upstream_ca;   /* PEM CA bundle for an https upstream; NULL: the system CAs */
-    int64_t upstream_timeout_ms;     /* longest wait for the upstream's headers or next bytes */
-    size_t upstream_max_connections; /* connections to the upstream at once (pooled, kept alive) */
-    size_t max_body_bytes;           /* largest request body forwarded; larger: 413 */
+    const char *upstream;             /* http:// or https:// URL, optionally with a path prefix */
+    const char *upstream_ca;          /* PEM CA bundle for an https upstream; NULL: the system CAs */
+    int64_t upstream_timeout_ms;      /* longest wait for the upstream's headers or next bytes */
+    size_t upstream_max_connections;  /* connections to the upstream at once (pooled, kept alive) */
+    size_t max_body_bytes;            /* largest request body forwarded; larger: 413 */
     bool upstream_keep_authorization; /* forward the client's Authorization header (default: removed) */
 
     /* The decision log (core/access_log.h): "off" (default), "stdout" or a file path;

@@ -12,12 +12,10 @@
 #include <sys/socket.h>
 
 /* By a counter's one writer (this set's thread): no read-modify-write instruction needed. */
-#define STAT_ADD(field, n)                                                                         \
-    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),    \
-                          memory_order_relaxed)
-#define STAT_SUB(field, n)                                                                         \
-    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) - (n),    \
-                          memory_order_relaxed)
+#define STAT_ADD(field, n)                                                                                             \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n), memory_order_relaxed)
+#define STAT_SUB(field, n)                                                                                             \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) - (n), memory_order_relaxed)
 
 #define AUTHORIZATION_PREFIX "authorization:"
 #define AUTHORIZATION_PREFIX_LEN (sizeof(AUTHORIZATION_PREFIX) - 1)
@@ -174,8 +172,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         set_timer(g, now, g->deadline_ms); /* armed for an earlier phase: the rest of this one */
         return;
     }
-    if (g->phase == PHASE_HEADERS) STAT_ADD(g->set->stats.header_timeouts, 1);
-    else STAT_ADD(g->set->stats.body_timeouts, 1);
+    if (g->phase == PHASE_HEADERS)
+        STAT_ADD(g->set->stats.header_timeouts, 1);
+    else
+        STAT_ADD(g->set->stats.body_timeouts, 1);
     close_connection(g);
 }
 

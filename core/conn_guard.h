@@ -40,8 +40,8 @@ typedef struct conn_guard_options {
     size_t max_buffered_body;        /* this worker's share; 0: no bound */
     bool bound_unauthenticated_body; /* proxy mode: apply max_unauthenticated_body */
     size_t max_unauthenticated_body;
-    size_t max_body;                 /* evhttp's body limit for other requests (restored) */
-    size_t expected_connections;     /* sizes the lookup table (this worker's share) */
+    size_t max_body;             /* evhttp's body limit for other requests (restored) */
+    size_t expected_connections; /* sizes the lookup table (this worker's share) */
 } conn_guard_options;
 
 typedef struct conn_guard_stats {

@@ -45,8 +45,10 @@ static void adopt(evutil_socket_t fd, short what, void *arg)
         bufferevent_data_cb readcb = NULL;
         void *cbarg = NULL;
         bufferevent_getcb(bev, &readcb, NULL, NULL, &cbarg);
-        if (readcb && cbarg) evhttp_connection_set_closecb(cbarg, on_closed, cl);
-        else on_closed(NULL, cl); /* evhttp already dropped it */
+        if (readcb && cbarg)
+            evhttp_connection_set_closecb(cbarg, on_closed, cl);
+        else
+            on_closed(NULL, cl); /* evhttp already dropped it */
         bufferevent_decref(bev);
     }
     cl->n_adopt = 0;

@@ -69,8 +69,7 @@ long cpu_budget_parse_cpu_list(const char *text)
         const char *dash = memchr(p, '-', (size_t)(item_end - p));
         unsigned long long first = 0, last = 0;
         if (dash) {
-            if (parse_u64(p, dash, &first) != 0 || parse_u64(dash + 1, item_end, &last) != 0 || last < first)
-                return -1;
+            if (parse_u64(p, dash, &first) != 0 || parse_u64(dash + 1, item_end, &last) != 0 || last < first) return -1;
         } else {
             if (parse_u64(p, item_end, &first) != 0) return -1;
             last = first;
@@ -142,8 +141,7 @@ static int own_cgroup_path(const char *proc_cgroup, const char *controller, char
 /* From /proc/self/mountinfo: where the hierarchy is mounted (cgroup2 when controller is
  * NULL, else the cgroup v1 mount whose options name controller) and which cgroup is the
  * mount's root (not "/" inside some containers). */
-static int cgroup_mount(const char *mountinfo, const char *controller, char *mount_point, char *mount_root,
-                        size_t cap)
+static int cgroup_mount(const char *mountinfo, const char *controller, char *mount_point, char *mount_root, size_t cap)
 {
     for (const char *line = mountinfo; *line;) {
         const char *nl = strchr(line, '\n');
@@ -197,8 +195,7 @@ static int cgroup_mount(const char *mountinfo, const char *controller, char *mou
 
 /* The directory of the process's cgroup for controller (NULL: cgroup v2), without root.
  * A cgroup path outside the mount's root (a namespaced view) means the mount point itself. */
-static int cgroup_dir(const char *proc_cgroup, const char *mountinfo, const char *controller, char *dir,
-                      size_t cap)
+static int cgroup_dir(const char *proc_cgroup, const char *mountinfo, const char *controller, char *dir, size_t cap)
 {
     char own[CPU_BUDGET_PATH_MAX], mount_point[CPU_BUDGET_PATH_MAX], mount_root[CPU_BUDGET_PATH_MAX];
     if (own_cgroup_path(proc_cgroup, controller, own, sizeof(own)) != 0) return -1;
@@ -256,8 +253,7 @@ static size_t cgroup_cpuset_cpus(const char *root, const char *proc_cgroup, cons
 {
     static const struct {
         const char *controller, *file;
-    } places[] = {
-        {"cpuset", "cpuset.effective_cpus"}, {"cpuset", "cpuset.cpus"}, {NULL, "cpuset.cpus.effective"}};
+    } places[] = {{"cpuset", "cpuset.effective_cpus"}, {"cpuset", "cpuset.cpus"}, {NULL, "cpuset.cpus.effective"}};
     for (size_t i = 0; i < sizeof(places) / sizeof(places[0]); i++) {
         char dir[CPU_BUDGET_PATH_MAX], path[CPU_BUDGET_PATH_MAX], text[4096];
         if (cgroup_dir(proc_cgroup, mountinfo, places[i].controller, dir, sizeof(dir)) != 0) continue;
@@ -284,12 +280,12 @@ void cpu_budget_detect_at(cpu_budget *b, const char *root, size_t online_cpus, s
          * controller then), else the unified hierarchy. */
         if (cgroup_dir(proc_cgroup, mountinfo, "cpu", dir, sizeof(dir)) == 0 &&
             cgroup_mount(mountinfo, "cpu", mount_point, mount_root, sizeof(mount_point)) == 0) {
-            tightest_quota(root, dir, strlen(mount_point), 1, &b->quota_cpus, quota_text, sizeof(quota_text),
-                           quota_dir, sizeof(quota_dir));
+            tightest_quota(root, dir, strlen(mount_point), 1, &b->quota_cpus, quota_text, sizeof(quota_text), quota_dir,
+                           sizeof(quota_dir));
         } else if (cgroup_dir(proc_cgroup, mountinfo, NULL, dir, sizeof(dir)) == 0 &&
                    cgroup_mount(mountinfo, NULL, mount_point, mount_root, sizeof(mount_point)) == 0) {
-            tightest_quota(root, dir, strlen(mount_point), 2, &b->quota_cpus, quota_text, sizeof(quota_text),
-                           quota_dir, sizeof(quota_dir));
+            tightest_quota(root, dir, strlen(mount_point), 2, &b->quota_cpus, quota_text, sizeof(quota_text), quota_dir,
+                           sizeof(quota_dir));
         }
     }
     /* The affinity mask already reflects the cpuset; only when it is unknown does the
@@ -308,8 +304,8 @@ void cpu_budget_detect_at(cpu_budget *b, const char *root, size_t online_cpus, s
     const char *cpu_word = cpus == 1 ? "CPU" : "CPUs";
     if (quota_whole && quota_whole < cpus) {
         b->cpus = quota_whole;
-        snprintf(b->why, sizeof(b->why), "%s at %s: %.2f CPUs, rounded up to %zu (of %zu %s %s)", quota_text,
-                 quota_dir, b->quota_cpus, quota_whole, cpus, cpu_word, base);
+        snprintf(b->why, sizeof(b->why), "%s at %s: %.2f CPUs, rounded up to %zu (of %zu %s %s)", quota_text, quota_dir,
+                 b->quota_cpus, quota_whole, cpus, cpu_word, base);
     } else if (quota_whole) {
         b->cpus = cpus;
         snprintf(b->why, sizeof(b->why), "%zu %s %s; the cgroup quota (%s at %s) allows %.2f", cpus, cpu_word, base,

@@ -14,11 +14,11 @@
  * published in its table (a release store) and never change after; its values are relaxed
  * atomics updated in place by any thread. */
 typedef struct custom_series {
-    uint64_t hash;              /* of the label values (series_hash) */
-    char **label_values;        /* n_labels strings, owned */
-    _Atomic uint64_t value;     /* counter, gauge: the bits of a double */
-    _Atomic uint64_t count;     /* histogram observations */
-    _Atomic uint64_t sum;       /* histogram: the bits of a double */
+    uint64_t hash;                    /* of the label values (series_hash) */
+    char **label_values;              /* n_labels strings, owned */
+    _Atomic uint64_t value;           /* counter, gauge: the bits of a double */
+    _Atomic uint64_t count;           /* histogram observations */
+    _Atomic uint64_t sum;             /* histogram: the bits of a double */
     _Atomic uint64_t bucket_counts[]; /* histogram: n_buckets, not cumulative */
 } custom_series;
 
@@ -195,9 +195,9 @@ static bool same_shape(const custom_metric *m, custom_metric_kind kind, const ch
     return true;
 }
 
-static int custom_metrics_declare_locked(custom_metrics *cm, custom_metric_kind kind, const char *name, const char *help,
-                           const char *const *labels, size_t n_labels, const double *buckets, size_t n_buckets,
-                           char *err, size_t err_cap)
+static int custom_metrics_declare_locked(custom_metrics *cm, custom_metric_kind kind, const char *name,
+                                         const char *help, const char *const *labels, size_t n_labels,
+                                         const double *buckets, size_t n_buckets, char *err, size_t err_cap)
 {
     if (!valid_name(name, true) || strncmp(name, "gateway_", 8) == 0 || strncmp(name, "process_", 8) == 0) {
         snprintf(err, err_cap, "invalid or reserved metric name");
@@ -313,7 +313,8 @@ static custom_series *series_new(const custom_metric *m, uint64_t hash, const ch
     for (size_t b = 0; b < buckets; b++) atomic_init(&s->bucket_counts[b], 0);
     s->label_values = calloc(m->n_labels ? m->n_labels : 1, sizeof(char *));
     bool ok = s->label_values != NULL;
-    for (size_t i = 0; ok && i < m->n_labels; i++) ok = (s->label_values[i] = strndup(values[i], CUSTOM_METRICS_LABEL_VALUE_MAX)) != NULL;
+    for (size_t i = 0; ok && i < m->n_labels; i++)
+        ok = (s->label_values[i] = strndup(values[i], CUSTOM_METRICS_LABEL_VALUE_MAX)) != NULL;
     if (!ok) {
         free_series(m, s);
         return NULL;
@@ -414,8 +415,8 @@ int custom_metrics_update(custom_metrics *cm, int id, custom_metric_op op, const
 static int add_escaped(struct evbuffer *out, const char *v)
 {
     for (const char *p = v; *p; p++) {
-        int rc = *p == '\\' ? evbuffer_add(out, "\\\\", 2)
-                 : *p == '"' ? evbuffer_add(out, "\\\"", 2)
+        int rc = *p == '\\'   ? evbuffer_add(out, "\\\\", 2)
+                 : *p == '"'  ? evbuffer_add(out, "\\\"", 2)
                  : *p == '\n' ? evbuffer_add(out, "\\n", 2)
                               : evbuffer_add(out, p, 1);
         if (rc != 0) return -1;
@@ -448,7 +449,8 @@ static int custom_metrics_render_locked(const custom_metrics *cm, struct evbuffe
     for (size_t i = 0; i < n_metrics && rc == 0; i++) {
         const custom_metric *m = &cm->metrics[i];
         series_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
-        rc |= evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, kind_name(m->kind)) < 0;
+        rc |=
+            evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, kind_name(m->kind)) < 0;
         for (size_t slot = 0; t && slot <= t->mask && rc == 0; slot++) {
             custom_series *se = atomic_load_explicit(&t->slots[slot], memory_order_acquire);
             if (!se) continue;

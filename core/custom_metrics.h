@@ -20,11 +20,11 @@
 #include <stdint.h>
 
 /* The limits are the policy contract's (policy_limits.h), which the busted kit shares. */
-#define CUSTOM_METRICS_MAX POLICY_LIMIT_METRICS                   /* metrics all policies together may declare */
-#define CUSTOM_METRICS_MAX_LABELS POLICY_LIMIT_LABELS             /* labels per metric */
-#define CUSTOM_METRICS_MAX_BUCKETS POLICY_LIMIT_BUCKETS           /* histogram buckets */
-#define CUSTOM_METRICS_NAME_MAX (POLICY_LIMIT_METRIC_NAME + 1)    /* with the NUL */
-#define CUSTOM_METRICS_HELP_MAX (POLICY_LIMIT_HELP + 1)           /* with the NUL */
+#define CUSTOM_METRICS_MAX POLICY_LIMIT_METRICS                /* metrics all policies together may declare */
+#define CUSTOM_METRICS_MAX_LABELS POLICY_LIMIT_LABELS          /* labels per metric */
+#define CUSTOM_METRICS_MAX_BUCKETS POLICY_LIMIT_BUCKETS        /* histogram buckets */
+#define CUSTOM_METRICS_NAME_MAX (POLICY_LIMIT_METRIC_NAME + 1) /* with the NUL */
+#define CUSTOM_METRICS_HELP_MAX (POLICY_LIMIT_HELP + 1)        /* with the NUL */
 #define CUSTOM_METRICS_LABEL_VALUE_MAX POLICY_LIMIT_LABEL_VALUE
 
 typedef enum { CUSTOM_COUNTER = 0, CUSTOM_GAUGE, CUSTOM_HISTOGRAM } custom_metric_kind;

@@ -40,8 +40,10 @@ int duration_parse(const char *s, int64_t *out_ms)
         uint64_t whole = 0;
         bool whole_overflow = false;
         while (*p >= '0' && *p <= '9') {
-            if (whole > (UINT64_MAX - 9) / 10) whole_overflow = true;
-            else whole = whole * 10 + (uint64_t)(*p - '0');
+            if (whole > (UINT64_MAX - 9) / 10)
+                whole_overflow = true;
+            else
+                whole = whole * 10 + (uint64_t)(*p - '0');
             p++;
         }
         size_t int_digits = (size_t)(p - int_start);
@@ -104,7 +106,7 @@ static const struct quantity_suffix {
     const char *name;
     uint64_t multiplier;
 } quantity_suffixes[] = {
-    {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30}, {"Ti", 1ULL << 40},
+    {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30},   {"Ti", 1ULL << 40},
     {"k", 1000ULL},     {"M", 1000000ULL},  {"G", 1000000000ULL}, {"T", 1000000000000ULL},
 };
 

@@ -74,8 +74,10 @@ static fair_queue_flow *flow_create(fair_queue *q, uint64_t id)
     f->hash_next = *bucket;
     *bucket = f;
     f->prev = q->flows_tail;
-    if (q->flows_tail) q->flows_tail->next = f;
-    else q->flows_head = f;
+    if (q->flows_tail)
+        q->flows_tail->next = f;
+    else
+        q->flows_head = f;
     q->flows_tail = f;
     q->n_flows++;
     return f;
@@ -87,10 +89,14 @@ static void flow_destroy(fair_queue *q, fair_queue_flow *f)
     while (*slot != f) slot = &(*slot)->hash_next;
     *slot = f->hash_next;
     if (q->cursor == f) q->cursor = f->next;
-    if (f->prev) f->prev->next = f->next;
-    else q->flows_head = f->next;
-    if (f->next) f->next->prev = f->prev;
-    else q->flows_tail = f->prev;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        q->flows_head = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    else
+        q->flows_tail = f->prev;
     q->n_flows--;
     free(f);
 }
@@ -100,8 +106,10 @@ static void append(fair_queue *q, fair_queue_flow *f, fair_queue_item *item)
     item->flow = f;
     item->next = NULL;
     item->prev = f->tail;
-    if (f->tail) f->tail->next = item;
-    else f->head = item;
+    if (f->tail)
+        f->tail->next = item;
+    else
+        f->head = item;
     f->tail = item;
     f->count++;
     q->length++;
@@ -111,10 +119,14 @@ void fair_queue_remove(fair_queue *q, fair_queue_item *item)
 {
     fair_queue_flow *f = item->flow;
     if (!f) return;
-    if (item->prev) item->prev->next = item->next;
-    else f->head = item->next;
-    if (item->next) item->next->prev = item->prev;
-    else f->tail = item->prev;
+    if (item->prev)
+        item->prev->next = item->next;
+    else
+        f->head = item->next;
+    if (item->next)
+        item->next->prev = item->prev;
+    else
+        f->tail = item->prev;
     item->prev = item->next = NULL;
     item->flow = NULL;
     f->count--;

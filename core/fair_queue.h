@@ -39,10 +39,10 @@ fair_queue *fair_queue_new(size_t capacity);
 void fair_queue_free(fair_queue *q);
 
 typedef enum {
-    FAIR_QUEUE_ADMITTED = 0, /* queued */
+    FAIR_QUEUE_ADMITTED = 0,        /* queued */
     FAIR_QUEUE_ADMITTED_PUSHED_OUT, /* queued, and *pushed_out was removed to make room */
-    FAIR_QUEUE_FULL,         /* not queued: full, and its flow has its fair share already */
-    FAIR_QUEUE_NO_MEMORY,    /* not queued (and *pushed_out, if set, was removed: end both) */
+    FAIR_QUEUE_FULL,                /* not queued: full, and its flow has its fair share already */
+    FAIR_QUEUE_NO_MEMORY,           /* not queued (and *pushed_out, if set, was removed: end both) */
 } fair_queue_admission;
 
 /* Queues item at the end of flow's items, subject to admission (above). With force (an item

@@ -15,6 +15,7 @@
  * TAB; obs-text allowed). spec/unit/test_http_strict.c checks the table against these
  * definitions byte by byte. */
 enum { CHAR_TOKEN = 1, CHAR_HOST = 2, CHAR_VALUE = 4 };
+// clang-format off: one row of 16 bytes a line
 static const unsigned char char_class[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, /* 0x00 */
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10 */
@@ -33,6 +34,7 @@ static const unsigned char char_class[256] = {
     4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, /* 0xe0 */
     4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, /* 0xf0 */
 };
+// clang-format on
 
 bool http_strict_token_char(unsigned char c)
 {
@@ -82,8 +84,7 @@ const char *http_strict_headers_violation(const struct evkeyvalq *headers, int h
     size_t n_host = 0, n_length = 0, n_encoding = 0;
     const char *encoding = NULL;
     const struct evkeyval *kv;
-    TAILQ_FOREACH(kv, headers, next)
-    {
+    TAILQ_FOREACH(kv, headers, next) {
         size_t key_len;
         if (!is_token(kv->key, &key_len)) return "malformed header field name";
         if (!is_field_value(kv->value)) return "control character in a header field value";

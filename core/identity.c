@@ -12,7 +12,10 @@
  * do not outlive the process, so that would merely be a rebuild). */
 #define WELL_KNOWN_CODE 0x8000u
 static const str_view well_known[] = {
-#define WK(s) {s, sizeof(s) - 1}
+#define WK(s)                                                                                                          \
+    {                                                                                                                  \
+        s, sizeof(s) - 1                                                                                               \
+    }
     WK("system:serviceaccounts"),
     WK("system:authenticated"),
     WK("authentication.kubernetes.io/pod-name"),

@@ -32,7 +32,7 @@ struct jwks_source {
 
     /* Shared with the workers. */
     pthread_mutex_t lock;
-    jwks *current;             /* under lock; NULL until the first fetch succeeds */
+    jwks *current;              /* under lock; NULL until the first fetch succeeds */
     int64_t current_fetched_ms; /* under lock: when the fetch that made current began */
     atomic_bool refetch_wanted;
     atomic_int_fast64_t last_fetch_started_ms; /* for the unknown-kid rate limit */
@@ -44,10 +44,14 @@ struct jwks_source {
 int jwt_preverify_mode_parse(const char *text, jwt_preverify_mode *mode)
 {
     if (!text) return -1;
-    if (strcmp(text, "off") == 0) *mode = JWT_PREVERIFY_OFF;
-    else if (strcmp(text, "review-others") == 0) *mode = JWT_PREVERIFY_REVIEW_OTHERS;
-    else if (strcmp(text, "refuse-others") == 0) *mode = JWT_PREVERIFY_REFUSE_OTHERS;
-    else return -1;
+    if (strcmp(text, "off") == 0)
+        *mode = JWT_PREVERIFY_OFF;
+    else if (strcmp(text, "review-others") == 0)
+        *mode = JWT_PREVERIFY_REVIEW_OTHERS;
+    else if (strcmp(text, "refuse-others") == 0)
+        *mode = JWT_PREVERIFY_REFUSE_OTHERS;
+    else
+        return -1;
     return 0;
 }
 
@@ -69,8 +73,8 @@ static void fetch_failed(jwks_source *src, const char *what, const char *detail)
     char retry[16];
     snprintf(retry, sizeof(retry), "%ds", delay);
     /* Without keys every token simply goes to TokenReview: a warning, not an error. */
-    log_warn("could not fetch the issuer's keys for --jwt-preverify; tokens go to TokenReview meanwhile", "step",
-             what, "detail", detail ? detail : "", "retry_in", retry, NULL);
+    log_warn("could not fetch the issuer's keys for --jwt-preverify; tokens go to TokenReview meanwhile", "step", what,
+             "detail", detail ? detail : "", "retry_in", retry, NULL);
     schedule(src, delay);
 }
 
@@ -266,10 +270,10 @@ int jwks_source_render_metrics(jwks_source *src, struct evbuffer *out)
 size_t jwks_source_describe(jwks_source *src, char *buf, size_t cap)
 {
     pthread_mutex_lock(&src->lock);
-    int n = src->current ? snprintf(buf, cap, "issuer %s, %zu keys, %.0fs old", jwks_issuer(src->current),
-                                    jwks_count(src->current),
-                                    (double)(monotonic_ms() - src->current_fetched_ms) / 1000.0)
-                         : snprintf(buf, cap, "no keys yet (every token goes to TokenReview)");
+    int n = src->current
+                ? snprintf(buf, cap, "issuer %s, %zu keys, %.0fs old", jwks_issuer(src->current),
+                           jwks_count(src->current), (double)(monotonic_ms() - src->current_fetched_ms) / 1000.0)
+                : snprintf(buf, cap, "no keys yet (every token goes to TokenReview)");
     pthread_mutex_unlock(&src->lock);
     return n < 0 ? 0 : (size_t)n;
 }

@@ -30,9 +30,9 @@ typedef enum {
 /* "off", "review-others", "refuse-others" -> mode; -1 for anything else. */
 int jwt_preverify_mode_parse(const char *text, jwt_preverify_mode *mode);
 
-#define JWKS_REFRESH_S 300     /* periodic re-fetch */
-#define JWKS_REFETCH_MIN_S 30  /* an unknown kid re-fetches at most this often */
-#define JWKS_RETRY_MAX_S 60    /* failed fetches retry with backoff up to this */
+#define JWKS_REFRESH_S 300    /* periodic re-fetch */
+#define JWKS_REFETCH_MIN_S 30 /* an unknown kid re-fetches at most this often */
+#define JWKS_RETRY_MAX_S 60   /* failed fetches retry with backoff up to this */
 
 typedef struct jwks_source jwks_source;
 

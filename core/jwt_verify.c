@@ -63,7 +63,8 @@ static EVP_PKEY *rsa_key(json_t *obj)
     /* Below 2048 bits nobody signs ServiceAccount tokens; refusing such keys keeps the
      * verification cost of a flood bounded too. */
     if (!n || !e || !bld || BN_num_bits(n) < 2048 || BN_num_bits(n) > 8192) goto done;
-    if (!OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
+    if (!OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
         goto done;
     params = OSSL_PARAM_BLD_to_param(bld);
     ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
@@ -85,10 +86,14 @@ static EVP_PKEY *ec_key(json_t *obj, key_type *type)
     const char *group;
     size_t field;
     if (!crv) return NULL;
-    if (strcmp(crv, "P-256") == 0) *type = KEY_EC_P256, group = "prime256v1", field = 32;
-    else if (strcmp(crv, "P-384") == 0) *type = KEY_EC_P384, group = "secp384r1", field = 48;
-    else if (strcmp(crv, "P-521") == 0) *type = KEY_EC_P521, group = "secp521r1", field = 66;
-    else return NULL;
+    if (strcmp(crv, "P-256") == 0)
+        *type = KEY_EC_P256, group = "prime256v1", field = 32;
+    else if (strcmp(crv, "P-384") == 0)
+        *type = KEY_EC_P384, group = "secp384r1", field = 48;
+    else if (strcmp(crv, "P-521") == 0)
+        *type = KEY_EC_P521, group = "secp521r1", field = 66;
+    else
+        return NULL;
     unsigned char point[1 + 2 * 66], x[80], y[80];
     const char *xs = json_string_value(json_object_get(obj, "x"));
     const char *ys = json_string_value(json_object_get(obj, "y"));
@@ -140,8 +145,7 @@ jwks *jwks_parse(const char *issuer, const char *json, size_t json_len, char *er
     snprintf(set->issuer, sizeof(set->issuer), "%s", issuer);
     size_t i;
     json_t *obj;
-    json_array_foreach(list, i, obj)
-    {
+    json_array_foreach(list, i, obj) {
         if (set->n == JWKS_MAX_KEYS) break;
         const char *kty = json_string_value(json_object_get(obj, "kty"));
         const char *use = json_string_value(json_object_get(obj, "use"));
@@ -167,7 +171,10 @@ jwks *jwks_parse(const char *issuer, const char *json, size_t json_len, char *er
     return set;
 }
 
-void jwks_ref(jwks *keys) { atomic_fetch_add(&keys->refs, 1); }
+void jwks_ref(jwks *keys)
+{
+    atomic_fetch_add(&keys->refs, 1);
+}
 
 void jwks_unref(jwks *keys)
 {
@@ -176,8 +183,14 @@ void jwks_unref(jwks *keys)
     free(keys);
 }
 
-const char *jwks_issuer(const jwks *keys) { return keys->issuer; }
-size_t jwks_count(const jwks *keys) { return keys->n; }
+const char *jwks_issuer(const jwks *keys)
+{
+    return keys->issuer;
+}
+size_t jwks_count(const jwks *keys)
+{
+    return keys->n;
+}
 
 /* ---- verification ----------------------------------------------------------------------- */
 
@@ -217,8 +230,7 @@ static bool audience_named(json_t *aud, const char *const *audiences, size_t n)
         if (json_is_string(aud) && strcmp(json_string_value(aud), audiences[i]) == 0) return true;
         size_t j;
         json_t *a;
-        json_array_foreach(aud, j, a)
-        {
+        json_array_foreach(aud, j, a) {
             if (json_is_string(a) && strcmp(json_string_value(a), audiences[i]) == 0) return true;
         }
     }
@@ -285,10 +297,14 @@ jwt_verdict jwt_preverify(const jwks *keys, const char *token, size_t token_len,
         verdict = JWT_INVALID;
         goto done;
     }
-    if (strcmp(alg, "RS256") == 0) md = EVP_sha256();
-    else if (strcmp(alg, "ES256") == 0) md = EVP_sha256(), want = KEY_EC_P256, ec_field = 32;
-    else if (strcmp(alg, "ES384") == 0) md = EVP_sha384(), want = KEY_EC_P384, ec_field = 48;
-    else if (strcmp(alg, "ES512") == 0) md = EVP_sha512(), want = KEY_EC_P521, ec_field = 66;
+    if (strcmp(alg, "RS256") == 0)
+        md = EVP_sha256();
+    else if (strcmp(alg, "ES256") == 0)
+        md = EVP_sha256(), want = KEY_EC_P256, ec_field = 32;
+    else if (strcmp(alg, "ES384") == 0)
+        md = EVP_sha384(), want = KEY_EC_P384, ec_field = 48;
+    else if (strcmp(alg, "ES512") == 0)
+        md = EVP_sha512(), want = KEY_EC_P521, ec_field = 66;
     else if (strcmp(alg, "none") == 0 || strncmp(alg, "HS", 2) == 0) {
         /* Unsigned or signed with a shared secret: no public key ever verifies those. */
         snprintf(reason, reason_cap, "JWT algorithm is never used for ServiceAccount tokens");

@@ -39,12 +39,12 @@ const char *jwks_issuer(const jwks *keys);
 size_t jwks_count(const jwks *keys);
 
 typedef enum {
-    JWT_NOT_JWT = 0,   /* not three base64url segments with a JSON header and payload */
-    JWT_OTHER_ISSUER,  /* a JWT, but iss is not this cluster's issuer (or absent) */
-    JWT_UNKNOWN_KID,   /* this issuer, signed by a key the set does not have (rotation?) */
-    JWT_UNDECIDED,     /* this issuer, an algorithm this module does not check: ask TokenReview */
-    JWT_VALID,         /* signature, exp/nbf and audiences check out: ask TokenReview */
-    JWT_INVALID,       /* refuse: the API server would */
+    JWT_NOT_JWT = 0,  /* not three base64url segments with a JSON header and payload */
+    JWT_OTHER_ISSUER, /* a JWT, but iss is not this cluster's issuer (or absent) */
+    JWT_UNKNOWN_KID,  /* this issuer, signed by a key the set does not have (rotation?) */
+    JWT_UNDECIDED,    /* this issuer, an algorithm this module does not check: ask TokenReview */
+    JWT_VALID,        /* signature, exp/nbf and audiences check out: ask TokenReview */
+    JWT_INVALID,      /* refuse: the API server would */
     JWT_VERDICTS
 } jwt_verdict;
 

@@ -126,8 +126,7 @@ int open_main_listeners(const char *hostport, size_t n, int *fds)
     return 0;
 }
 
-int bind_listener(struct evhttp *http, const char *name, const char *hostport,
-                  struct evhttp_bound_socket **bound_out)
+int bind_listener(struct evhttp *http, const char *name, const char *hostport, struct evhttp_bound_socket **bound_out)
 {
     char host[256];
     long port;

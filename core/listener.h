@@ -23,7 +23,6 @@ int open_main_listeners(const char *hostport, size_t n, int *fds);
 
 /* Binds http to hostport and logs the bound address under the listener's name; *bound_out
  * (if not NULL) gets the bound socket. Returns 0, or -1 (reason logged). */
-int bind_listener(struct evhttp *http, const char *name, const char *hostport,
-                  struct evhttp_bound_socket **bound_out);
+int bind_listener(struct evhttp *http, const char *name, const char *hostport, struct evhttp_bound_socket **bound_out);
 
 #endif

@@ -66,8 +66,8 @@ static char *begin_line(char *line, char *end, log_level level, const char *msg)
     struct tm tm;
     gmtime_r(&tv.tv_sec, &tm);
     char ts[96];
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
     char *pos = line;
     pos = append_raw(pos, end, "{\"ts\":\"");
     pos = append_raw(pos, end, ts);
@@ -83,7 +83,8 @@ static bool is_json_number(const char *s)
 {
     const char *p = s;
     if (*p == '-') p++;
-    if (*p == '0') p++;
+    if (*p == '0')
+        p++;
     else if (*p >= '1' && *p <= '9')
         while (*p >= '0' && *p <= '9') p++;
     else

@@ -19,8 +19,8 @@ void log_set_level(log_level level);
 /* Writes one line: msg plus NULL-terminated (key, value) string pairs. A NULL value is
  * written as JSON null. A key that starts with LOG_NUMBER ("#") is written without it, and
  * its value as a JSON number ("workers":2) when the value is one by JSON's grammar, else as
- * a string: a log line is always valid JSON, and a field's type never depends on luck. Thread-safe: the line is formatted in a local buffer (truncated at
- * 4 KiB) and written with one write(2). */
+ * a string: a log line is always valid JSON, and a field's type never depends on luck. Thread-safe: the line is
+ * formatted in a local buffer (truncated at 4 KiB) and written with one write(2). */
 void log_event(log_level level, const char *msg, ...);
 
 /* Writes one line whose caller-supplied fields go in a nested object,

@@ -67,8 +67,10 @@ void mailbox_post(mailbox *mb, mail *m)
     m->next = NULL;
     pthread_mutex_lock(&mb->lock);
     int was_empty = mb->head == NULL;
-    if (mb->tail) mb->tail->next = m;
-    else mb->head = m;
+    if (mb->tail)
+        mb->tail->next = m;
+    else
+        mb->head = m;
     mb->tail = m;
     pthread_mutex_unlock(&mb->lock);
     if (was_empty) {

@@ -64,8 +64,8 @@ int main(int argc, char **argv)
         printf("configuration ok\n");
         return 0;
     }
-    log_set_level(strcmp(cfg.log_level, "debug") == 0  ? LOG_DEBUG
-                  : strcmp(cfg.log_level, "warn") == 0 ? LOG_WARN
+    log_set_level(strcmp(cfg.log_level, "debug") == 0   ? LOG_DEBUG
+                  : strcmp(cfg.log_level, "warn") == 0  ? LOG_WARN
                   : strcmp(cfg.log_level, "error") == 0 ? LOG_ERROR
                                                         : LOG_INFO);
     json_set_alloc_funcs(wiping_json_malloc, wiping_json_free);

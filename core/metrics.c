@@ -56,9 +56,8 @@ static int render_counter(struct evbuffer *out, const char *name, const char *he
 
 static int render_gauge(struct evbuffer *out, const char *name, const char *help, double value)
 {
-    return evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, value) < 0
-               ? -1
-               : 0;
+    return evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, value) < 0 ? -1
+                                                                                                                    : 0;
 }
 
 static int render_histogram(struct evbuffer *out, const char *name, const char *help, const metrics_histogram *h)
@@ -76,8 +75,8 @@ static int render_histogram(struct evbuffer *out, const char *name, const char *
     return rc < 0 ? -1 : 0;
 }
 
-static int render_review_family(struct evbuffer *out, const char *family, const review_metrics *r,
-                                size_t entries, uint64_t evictions)
+static int render_review_family(struct evbuffer *out, const char *family, const review_metrics *r, size_t entries,
+                                uint64_t evictions)
 {
     char name[128];
     int rc = 0;
@@ -98,8 +97,7 @@ static int render_review_family(struct evbuffer *out, const char *family, const 
                          "carry them: too many groups or extra values, strings too long or with control characters.",
                          r->unrepresentable);
     rc |= render_gauge(out, NAME("cache_entries"), "Entries in the cache.", (double)entries);
-    rc |= render_counter(out, NAME("cache_evictions_total"), "Entries evicted to stay within the bound.",
-                         evictions);
+    rc |= render_counter(out, NAME("cache_evictions_total"), "Entries evicted to stay within the bound.", evictions);
 #undef NAME
     return rc ? -1 : 0;
 }
@@ -149,12 +147,9 @@ static int render_build_info(struct evbuffer *out)
     const struct {
         const char *name, *value;
     } labels[] = {
-        {"version", TOKENGATE_VERSION},
-        {"revision", TOKENGATE_GIT},
-        {"luajit", LUAJIT_VERSION},
-        {"openssl", OpenSSL_version(OPENSSL_VERSION)},
-        {"libevent", event_get_version()},
-        {"libcurl", curl && curl->version ? curl->version : "unknown"},
+        {"version", TOKENGATE_VERSION},    {"revision", TOKENGATE_GIT},
+        {"luajit", LUAJIT_VERSION},        {"openssl", OpenSSL_version(OPENSSL_VERSION)},
+        {"libevent", event_get_version()}, {"libcurl", curl && curl->version ? curl->version : "unknown"},
     };
     int rc = evbuffer_add_printf(out, "# HELP tokengate_build_info The running build: version, git revision and "
                                       "library versions; always 1.\n"
@@ -174,15 +169,16 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                                   g->tokenreview_cache_evictions);
     rc |= render_review_family(out, "subjectaccessreview", &m->subjectaccessreview,
                                g->subjectaccessreview_cache_entries, g->subjectaccessreview_cache_evictions);
-    rc |= evbuffer_add_printf(out, "# HELP gateway_policy_reloads_total Policy loads by result.\n"
-                                   "# TYPE gateway_policy_reloads_total counter\n"
-                                   "gateway_policy_reloads_total{result=\"success\"} %llu\n"
-                                   "gateway_policy_reloads_total{result=\"failure\"} %llu\n",
+    rc |= evbuffer_add_printf(out,
+                              "# HELP gateway_policy_reloads_total Policy loads by result.\n"
+                              "# TYPE gateway_policy_reloads_total counter\n"
+                              "gateway_policy_reloads_total{result=\"success\"} %llu\n"
+                              "gateway_policy_reloads_total{result=\"failure\"} %llu\n",
                               (unsigned long long)m->policy_reloads_success,
                               (unsigned long long)m->policy_reloads_failure) < 0;
     const review_engine_stats *e = &g->engine;
-    rc |= render_gauge(out, "gateway_apiserver_queue_depth", "Reviews waiting for the client-side rate limit or a retry.",
-                       (double)e->queued);
+    rc |= render_gauge(out, "gateway_apiserver_queue_depth",
+                       "Reviews waiting for the client-side rate limit or a retry.", (double)e->queued);
     rc |= render_counter(out, "gateway_apiserver_queue_rejections_total",
                          "Reviews refused at once (503) because the queue was full.", e->queue_rejections);
     rc |= render_counter(out, "gateway_apiserver_queue_pushed_out_total",
@@ -204,14 +200,14 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          "Requests answered from an expired positive verdict while the API server failed "
                          "(--stale-if-error).",
                          g->stale_served);
-    rc |= evbuffer_add_printf(out, "# HELP gateway_tokenreview_refreshes_total Refresh-ahead reviews of cached "
-                                   "tokens: started, or skipped (a review for the token running, the API server "
-                                   "throttling or failing, or no rate-limit token to spare).\n"
-                                   "# TYPE gateway_tokenreview_refreshes_total counter\n"
-                                   "gateway_tokenreview_refreshes_total{result=\"started\"} %llu\n"
-                                   "gateway_tokenreview_refreshes_total{result=\"skipped\"} %llu\n",
-                              (unsigned long long)e->refreshes_started,
-                              (unsigned long long)e->refreshes_skipped) < 0;
+    rc |= evbuffer_add_printf(out,
+                              "# HELP gateway_tokenreview_refreshes_total Refresh-ahead reviews of cached "
+                              "tokens: started, or skipped (a review for the token running, the API server "
+                              "throttling or failing, or no rate-limit token to spare).\n"
+                              "# TYPE gateway_tokenreview_refreshes_total counter\n"
+                              "gateway_tokenreview_refreshes_total{result=\"started\"} %llu\n"
+                              "gateway_tokenreview_refreshes_total{result=\"skipped\"} %llu\n",
+                              (unsigned long long)e->refreshes_started, (unsigned long long)e->refreshes_skipped) < 0;
     rc |= render_gauge(out, "gateway_apiserver_rate_qps",
                        "The client-side ceiling on API calls per second (--apiserver-qps; --apiserver-burst at once).",
                        e->rate_qps);
@@ -222,9 +218,9 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                        (double)e->concurrency_limit);
     rc |= render_counter(out, "gateway_apiserver_concurrency_limit_cuts_total",
                          "Times a 429 or a latency rise lowered the in-flight limit.", e->concurrency_limit_cuts);
-    rc |= render_counter(out, "gateway_apiserver_concurrency_limited_total",
-                         "Times a queued review waited because the in-flight limit was reached.",
-                         e->concurrency_limited);
+    rc |=
+        render_counter(out, "gateway_apiserver_concurrency_limited_total",
+                       "Times a queued review waited because the in-flight limit was reached.", e->concurrency_limited);
     rc |= render_counter(out, "gateway_apiserver_throttled_total",
                          "429 answers from the API server (API Priority and Fairness); each review retries after "
                          "Retry-After within its deadline.",
@@ -233,9 +229,9 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                        (double)g->workers);
     rc |= render_gauge(out, "gateway_connections_open", "Open client connections on the main listener.",
                        (double)g->connections_open);
-    rc |= render_gauge(out, "gateway_connections_limit",
-                       "Most client connections on the main listener (--max-connections).",
-                       (double)g->connections_limit);
+    rc |=
+        render_gauge(out, "gateway_connections_limit",
+                     "Most client connections on the main listener (--max-connections).", (double)g->connections_limit);
     rc |= render_counter(out, "gateway_policy_errors_total",
                          "Policy hook calls that raised an error or returned a wrong value (answered 500).",
                          m->policy_errors);
@@ -261,8 +257,8 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
         if (v || always)
             rc |= evbuffer_add_printf(out, "gateway_requests_total{code=\"%d\"} %llu\n", s, (unsigned long long)v) < 0;
     }
-    rc |= render_histogram(out, "gateway_request_duration_seconds", "Time from request to answer.",
-                           &m->request_duration);
+    rc |=
+        render_histogram(out, "gateway_request_duration_seconds", "Time from request to answer.", &m->request_duration);
     rc |= render_counter(out, "gateway_cache_flushes_total", "Cache flushes requested on the admin listener.",
                          m->cache_flushes);
     rc |= evbuffer_add_printf(out,
@@ -282,20 +278,22 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
                          "accept() failures on the listeners (out of file descriptors or memory).", m->accept_errors);
     rc |= render_counter(out, "gateway_accept_backoffs_total",
                          "Times a listener stopped accepting for a moment after such a failure.", m->accept_backoffs);
-    rc |= evbuffer_add_printf(out, "# HELP gateway_access_log_lines_total Decision log (--access-log) lines: "
-                                   "written, left out by --access-log-sample-allowed, or lost to a failed write.\n"
-                                   "# TYPE gateway_access_log_lines_total counter\n"
-                                   "gateway_access_log_lines_total{result=\"written\"} %llu\n"
-                                   "gateway_access_log_lines_total{result=\"sampled_out\"} %llu\n"
-                                   "gateway_access_log_lines_total{result=\"dropped\"} %llu\n",
+    rc |= evbuffer_add_printf(out,
+                              "# HELP gateway_access_log_lines_total Decision log (--access-log) lines: "
+                              "written, left out by --access-log-sample-allowed, or lost to a failed write.\n"
+                              "# TYPE gateway_access_log_lines_total counter\n"
+                              "gateway_access_log_lines_total{result=\"written\"} %llu\n"
+                              "gateway_access_log_lines_total{result=\"sampled_out\"} %llu\n"
+                              "gateway_access_log_lines_total{result=\"dropped\"} %llu\n",
                               (unsigned long long)m->access_log_written, (unsigned long long)m->access_log_sampled_out,
                               (unsigned long long)m->access_log_dropped) < 0;
     rc |= render_gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.",
                        g->process_start_time_seconds);
-    rc |= render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
-                       process_resident_bytes());
-    rc |= evbuffer_add_printf(out, "# HELP process_cpu_seconds_total Total user and system CPU time in seconds.\n"
-                                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+    rc |=
+        render_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.", process_resident_bytes());
+    rc |= evbuffer_add_printf(out,
+                              "# HELP process_cpu_seconds_total Total user and system CPU time in seconds.\n"
+                              "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
                               process_cpu_seconds()) < 0;
     return rc ? -1 : 0;
 }
@@ -303,7 +301,8 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
 /* into is the scrape's own sum (one thread); from is another thread's, read relaxed. */
 static void histogram_add(metrics_histogram *into, const metrics_histogram *from)
 {
-    for (size_t i = 0; i < METRICS_BUCKETS; i++) metric_add(&into->bucket_counts[i], metric_get(&from->bucket_counts[i]));
+    for (size_t i = 0; i < METRICS_BUCKETS; i++)
+        metric_add(&into->bucket_counts[i], metric_get(&from->bucket_counts[i]));
     metric_add(&into->count, metric_get(&from->count));
     metric_double_set(&into->sum, metric_double_get(&into->sum) + metric_double_get(&from->sum));
 }

@@ -112,23 +112,23 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from);
 
 /* Counters of the review engine itself (not per kind), kept by review.c. */
 typedef struct review_engine_stats {
-    size_t queued;              /* flights waiting for the token bucket or a retry */
-    uint64_t queue_rejections;  /* reviews refused because the queue was full */
-    uint64_t queue_pushed_out;  /* of those: queued reviews pushed out for a flow below its fair share */
-    uint64_t rate_limited;      /* calls that had to wait for the token bucket */
-    uint64_t retries;           /* calls repeated after a 429, reset or 5xx */
-    uint64_t circuit_opens;     /* times the circuit opened */
-    uint64_t circuit_rejections; /* reviews failed fast while it was open */
-    uint64_t queue_timeouts;     /* reviews whose deadline passed while they waited to be sent */
-    int circuit_open;           /* 1 while open or half-open */
-    uint64_t refreshes_started;  /* refresh-ahead reviews sent */
-    uint64_t refreshes_skipped;  /* refresh-ahead reviews not sent (busy, limited or failing) */
-    double rate_qps;             /* the call-rate ceiling (--apiserver-qps) */
-    size_t in_flight;            /* API calls running now */
-    size_t concurrency_limit;    /* the adaptive limit on them (concurrency_limit.h) */
+    size_t queued;                   /* flights waiting for the token bucket or a retry */
+    uint64_t queue_rejections;       /* reviews refused because the queue was full */
+    uint64_t queue_pushed_out;       /* of those: queued reviews pushed out for a flow below its fair share */
+    uint64_t rate_limited;           /* calls that had to wait for the token bucket */
+    uint64_t retries;                /* calls repeated after a 429, reset or 5xx */
+    uint64_t circuit_opens;          /* times the circuit opened */
+    uint64_t circuit_rejections;     /* reviews failed fast while it was open */
+    uint64_t queue_timeouts;         /* reviews whose deadline passed while they waited to be sent */
+    int circuit_open;                /* 1 while open or half-open */
+    uint64_t refreshes_started;      /* refresh-ahead reviews sent */
+    uint64_t refreshes_skipped;      /* refresh-ahead reviews not sent (busy, limited or failing) */
+    double rate_qps;                 /* the call-rate ceiling (--apiserver-qps) */
+    size_t in_flight;                /* API calls running now */
+    size_t concurrency_limit;        /* the adaptive limit on them (concurrency_limit.h) */
     uint64_t concurrency_limit_cuts; /* times a 429 or a latency rise lowered it */
-    uint64_t concurrency_limited; /* times a call waited because the limit was reached */
-    uint64_t throttled;          /* 429 answers (API Priority and Fairness) */
+    uint64_t concurrency_limited;    /* times a call waited because the limit was reached */
+    uint64_t throttled;              /* 429 answers (API Priority and Fairness) */
 } review_engine_stats;
 
 /* Values that are read from elsewhere at scrape time. */
@@ -140,9 +140,9 @@ typedef struct metrics_gauges {
     size_t subjectaccessreview_cache_entries;
     uint64_t subjectaccessreview_cache_evictions;
     double process_start_time_seconds;
-    size_t workers;           /* gateway_workers */
-    size_t connections_open;  /* gateway_connections_open: main-listener connections, all workers */
-    size_t connections_limit; /* gateway_connections_limit: --max-connections */
+    size_t workers;                 /* gateway_workers */
+    size_t connections_open;        /* gateway_connections_open: main-listener connections, all workers */
+    size_t connections_limit;       /* gateway_connections_limit: --max-connections */
     bool policy_last_reload_failed; /* the latest load attempt failed (until one succeeds) */
     bool policy_file_in_sync;       /* the running policy is the file on disk */
 } metrics_gauges;

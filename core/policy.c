@@ -198,11 +198,11 @@ static int read_policy_fields(policy_state *ps, char *err, size_t err_cap)
  * function that builds both and calls authorize with them, and the decision -> payload
  * table; and the policy's authorize. */
 enum {
-    UV_REQUEST_VIEW = 1,  /* request_view(<REQUEST_ARGS>) */
-    UV_USER,              /* user(<USER_ARGS>) */
-    UV_AUTHORIZE_REQUEST, /* authorize_request(authorize, <REQUEST_ARGS>[, <USER_ARGS>]) */
-    UV_PAYLOADS,          /* decision -> validated payload */
-    UV_AUTHORIZE,         /* the policy's authorize */
+    UV_REQUEST_VIEW = 1,       /* request_view(<REQUEST_ARGS>) */
+    UV_USER,                   /* user(<USER_ARGS>) */
+    UV_AUTHORIZE_REQUEST,      /* authorize_request(authorize, <REQUEST_ARGS>[, <USER_ARGS>]) */
+    UV_PAYLOADS,               /* decision -> validated payload */
+    UV_AUTHORIZE,              /* the policy's authorize */
     UV_AUTHORIZE_REQUEST_KEEP, /* authorize_request that also keeps req for after() */
     UV_COUNT = UV_AUTHORIZE_REQUEST_KEEP
 };
@@ -298,7 +298,7 @@ static int take_refs(policy_state *ps, char *err, size_t err_cap)
     lua_getfield(L, -1, "after");
     lua_remove(L, -2);
     ps->after_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* LUA_REFNIL when the policy has none */
-    lua_pop(L, 1); /* host_interface() */
+    lua_pop(L, 1);                                  /* host_interface() */
     ps->anonymous_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ps->ttl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, top);
@@ -555,14 +555,23 @@ static void push_outcome_args(lua_State *L, const policy_outcome *o)
 {
     static const char *const sources[] = {"policy", "sar", "anonymous"};
     lua_pushinteger(L, o->status);
-    lua_pushstring(L, o->status < 300 ? "allow" : o->status == 503 ? "unavailable" : o->status >= 500 ? "error" : "deny");
+    lua_pushstring(L, o->status < 300    ? "allow"
+                      : o->status == 503 ? "unavailable"
+                      : o->status >= 500 ? "error"
+                                         : "deny");
     lua_pushstring(L, sources[(unsigned)o->source < 3 ? o->source : 0]);
-    if (o->reason) lua_pushlstring(L, o->reason, o->reason_len);
-    else lua_pushnil(L);
-    if (o->token_cached >= 0) lua_pushboolean(L, o->token_cached);
-    else lua_pushnil(L);
-    if (o->sar_cached >= 0) lua_pushboolean(L, o->sar_cached);
-    else lua_pushnil(L);
+    if (o->reason)
+        lua_pushlstring(L, o->reason, o->reason_len);
+    else
+        lua_pushnil(L);
+    if (o->token_cached >= 0)
+        lua_pushboolean(L, o->token_cached);
+    else
+        lua_pushnil(L);
+    if (o->sar_cached >= 0)
+        lua_pushboolean(L, o->sar_cached);
+    else
+        lua_pushnil(L);
 }
 
 /* The protected part of every hook call, run by lua_pcall as a C function so that
@@ -783,8 +792,8 @@ bool policy_has_after(const policy_host *host)
     return host->current && host->current->has_after;
 }
 
-int policy_after(policy_host *host, const policy_request *req, const identity_view *user,
-                 const policy_outcome *outcome, char *err, size_t err_cap)
+int policy_after(policy_host *host, const policy_request *req, const identity_view *user, const policy_outcome *outcome,
+                 char *err, size_t err_cap)
 {
     policy_state *ps = host->current;
     if (!ps || !ps->has_after) return 0;

@@ -53,8 +53,8 @@ typedef struct policy_decision {
     size_t n_headers; /* ALLOW: extra headers for the upstream/answer */
     const char *header_names[POLICY_MAX_HEADERS];
     const char *header_values[POLICY_MAX_HEADERS];
-    const char *message;  /* DENY: reason; ERROR: what went wrong (safe to log) */
-    sar_attributes sar;   /* SAR: the question */
+    const char *message; /* DENY: reason; ERROR: what went wrong (safe to log) */
+    sar_attributes sar;  /* SAR: the question */
     char arena[POLICY_ARENA_BYTES];
     size_t arena_used;
 } policy_decision;
@@ -114,8 +114,7 @@ int policy_validate_main(int argc, char **argv);
 
 /* Evaluates authorize(req, user) into *out. Never fails silently: on any problem
  * out->kind is POLICY_ERROR with out->message set. */
-void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user,
-                      policy_decision *out);
+void policy_authorize(policy_host *host, const policy_request *req, const identity_view *user, policy_decision *out);
 
 /* Which step gave the answer after() is told about: the policy's own decision (allow,
  * deny, error), a SubjectAccessReview it asked for, or its anonymous() hook. */
@@ -147,8 +146,8 @@ bool policy_has_anonymous(const policy_host *host);
  * cannot change the answer: 0 when it ran (or there is none), -1 with err when it failed
  * (raised, or hit the instruction, memory, time or depth limits), for the caller to
  * count as a policy error. */
-int policy_after(policy_host *host, const policy_request *req, const identity_view *user,
-                 const policy_outcome *outcome, char *err, size_t err_cap);
+int policy_after(policy_host *host, const policy_request *req, const identity_view *user, const policy_outcome *outcome,
+                 char *err, size_t err_cap);
 
 /* ttl(user) in milliseconds. Returns 1 and sets *ttl_ms when the policy has a ttl hook
  * that answered a number, 0 when it has none or it returned nil (the default TTL), -1
@@ -165,9 +164,9 @@ size_t policy_audiences(const policy_host *host, const char *const **out);
 
 /* What GET /policy shows. Strings live in the host. */
 typedef struct policy_info {
-    const char *path;      /* "(built-in default)" for the embedded policy */
-    char sha256_hex[65];   /* of the policy source */
-    double loaded_at;      /* Unix time of the last successful load */
+    const char *path;       /* "(built-in default)" for the embedded policy */
+    char sha256_hex[65];    /* of the policy source */
+    double loaded_at;       /* Unix time of the last successful load */
     const char *last_error; /* "" when the last load succeeded */
     bool loaded;
 } policy_info;

@@ -38,13 +38,13 @@ bool header_value_ok(const char *v, size_t len)
 
 static bool header_name_ok(const char *n, size_t len)
 {
-    static const char *const refused[] = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                                          "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-                                          "authorization", NULL};
+    static const char *const refused[] = {"connection", "keep-alive",     "proxy-authenticate", "proxy-authorization",
+                                          "te",         "trailer",        "transfer-encoding",  "upgrade",
+                                          "host",       "content-length", "authorization",      NULL};
     if (len == 0 || len > POLICY_LIMIT_HEADER_NAME || strlen(n) != len) return false;
     for (size_t i = 0; i < len; i++)
-        if (!strchr("!#$%&'*+-.^_`|~", n[i]) && !((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'z') ||
-                                                 (n[i] >= 'A' && n[i] <= 'Z')))
+        if (!strchr("!#$%&'*+-.^_`|~", n[i]) &&
+            !((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z')))
             return false;
     if (strncasecmp(n, "x-remote-", 9) == 0) return false;
     for (const char *const *r = refused; *r; r++)

@@ -35,8 +35,8 @@ static int host_metric_declare(lua_State *L)
     const char *kind_text = luaL_checkstring(L, 1);
     const char *name = luaL_checkstring(L, 2);
     const char *help = luaL_optstring(L, 3, "");
-    custom_metric_kind kind = strcmp(kind_text, "counter") == 0 ? CUSTOM_COUNTER
-                              : strcmp(kind_text, "gauge") == 0 ? CUSTOM_GAUGE
+    custom_metric_kind kind = strcmp(kind_text, "counter") == 0     ? CUSTOM_COUNTER
+                              : strcmp(kind_text, "gauge") == 0     ? CUSTOM_GAUGE
                               : strcmp(kind_text, "histogram") == 0 ? CUSTOM_HISTOGRAM
                                                                     : (custom_metric_kind)-1;
     const char *labels[CUSTOM_METRICS_MAX_LABELS];
@@ -55,8 +55,8 @@ static int host_metric_declare(lua_State *L)
     char err[256] = "invalid metric declaration";
     int id = -1;
     if ((int)kind >= 0 && n_labels >= 0)
-        id = custom_metrics_declare(ps->host->metrics, kind, name, help, labels, (size_t)n_labels, buckets,
-                                    n_buckets, err, sizeof(err));
+        id = custom_metrics_declare(ps->host->metrics, kind, name, help, labels, (size_t)n_labels, buckets, n_buckets,
+                                    err, sizeof(err));
     if (id < 0) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -74,8 +74,8 @@ static int host_metric_update(lua_State *L)
     const char *values[CUSTOM_METRICS_MAX_LABELS];
     int n = read_string_list(L, 3, values, CUSTOM_METRICS_MAX_LABELS);
     double value = luaL_checknumber(L, 4);
-    custom_metric_op op = strcmp(op_text, "inc") == 0 ? CUSTOM_OP_INC
-                          : strcmp(op_text, "set") == 0 ? CUSTOM_OP_SET
+    custom_metric_op op = strcmp(op_text, "inc") == 0       ? CUSTOM_OP_INC
+                          : strcmp(op_text, "set") == 0     ? CUSTOM_OP_SET
                           : strcmp(op_text, "observe") == 0 ? CUSTOM_OP_OBSERVE
                                                             : (custom_metric_op)-1;
     char err[256] = "invalid metric update";
@@ -89,8 +89,8 @@ static int host_log(lua_State *L)
 {
     const char *level = luaL_checkstring(L, 1);
     const char *msg = luaL_checkstring(L, 2);
-    log_level lv = strcmp(level, "debug") == 0 ? LOG_DEBUG
-                   : strcmp(level, "warn") == 0 ? LOG_WARN
+    log_level lv = strcmp(level, "debug") == 0   ? LOG_DEBUG
+                   : strcmp(level, "warn") == 0  ? LOG_WARN
                    : strcmp(level, "error") == 0 ? LOG_ERROR
                                                  : LOG_INFO;
     /* Each field is its own JSON member (values escaped), never "k=v" text a request-
@@ -129,8 +129,7 @@ static int host_has_control(lua_State *L)
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
     bool allow_tab = lua_toboolean(L, 2);
     bool found = false;
-    for (size_t i = 0; i < len && !found; i++)
-        found = (s[i] < 0x20 && !(allow_tab && s[i] == '\t')) || s[i] == 0x7f;
+    for (size_t i = 0; i < len && !found; i++) found = (s[i] < 0x20 && !(allow_tab && s[i] == '\t')) || s[i] == 0x7f;
     lua_pushboolean(L, found);
     return 1;
 }

@@ -34,8 +34,8 @@
 #define C_DEPTH_ERROR "policy exceeded the C call depth limit"
 #define DEADLINE_ERROR "policy exceeded its wall-clock limit"
 #define DEFAULT_POLICY_PATH "policies/default.lua"
-#define POOL_STEP 16                       /* size-class granularity of the block pool */
-#define POOL_MAX_BLOCK 256                 /* larger blocks go straight to malloc */
+#define POOL_STEP 16       /* size-class granularity of the block pool */
+#define POOL_MAX_BLOCK 256 /* larger blocks go straight to malloc */
 #define POOL_CLASSES (POOL_MAX_BLOCK / POOL_STEP)
 #define POOL_RETAIN_MAX (2u * 1024 * 1024) /* most free-list bytes kept per state */
 
@@ -44,7 +44,7 @@
 typedef struct policy_state {
     lua_State *L;
     policy_host *host;
-    char chunkname[256]; /* for error messages */
+    char chunkname[256];      /* for error messages */
     size_t mem_used, mem_max; /* mem_used: live blocks plus the free lists below */
     /* Free lists of small blocks by size class (see limited_alloc): a policy call makes
      * and drops a few dozen small objects, and recycling them here is several times
@@ -60,17 +60,17 @@ typedef struct policy_state {
     uint64_t deadline_ns, max_call_ns;
     bool halted;
     pattern_budget patterns; /* instructions and max_instructions, for policy_pattern.c */
-    int sandbox_ref; /* require("tokengate.sandbox") */
-    int policy_ref;  /* the checked policy table */
+    int sandbox_ref;         /* require("tokengate.sandbox") */
+    int policy_ref;          /* the checked policy table */
     /* Looked up once per state rather than by name on every call: sandbox.ttl and
      * .anonymous, sandbox.host_interface().authorize_error, and the C closure call_hook
      * (whose upvalues hold the rest, see UV_*). */
     int ttl_ref, anonymous_ref, authorize_error_ref;
     int after_request_ref, after_ref; /* sandbox.host_interface().after_request; the policy's after */
     int call_hook_ref;
-    struct {          /* what call_hook is to do, set by run_hook */
-        int fn_ref;   /* a sandbox function to call with the policy, or LUA_NOREF: the
-                       * policy's own authorize, directly */
+    struct {        /* what call_hook is to do, set by run_hook */
+        int fn_ref; /* a sandbox function to call with the policy, or LUA_NOREF: the
+                     * policy's own authorize, directly */
         const policy_request *req;
         const identity_view *user;
         const policy_outcome *outcome; /* after(): the outcome's parts follow req, user */
@@ -89,11 +89,11 @@ typedef struct policy_state {
 
 struct policy_source {
     _Atomic size_t refs;
-    char *path;          /* what /policy shows: the file, or "(built-in default)" */
-    char *chunkname;     /* what error messages name: the file, or policies/default.lua */
+    char *path;      /* what /policy shows: the file, or "(built-in default)" */
+    char *chunkname; /* what error messages name: the file, or policies/default.lua */
     char sha256_hex[65];
     size_t len;
-    char bytes[];        /* len bytes and a NUL */
+    char bytes[]; /* len bytes and a NUL */
 };
 
 struct policy_host {

@@ -23,12 +23,12 @@
 #define POLICY_LIMIT_SAR_PATH 256      /* bytes of a non-resource SubjectAccessReview path */
 
 /* Metrics (tg.metrics). */
-#define POLICY_LIMIT_METRICS 64       /* metrics all policies together may declare */
-#define POLICY_LIMIT_METRIC_NAME 127  /* bytes of a metric's name */
-#define POLICY_LIMIT_HELP 256         /* bytes of a metric's help */
-#define POLICY_LIMIT_LABELS 8         /* labels per metric */
-#define POLICY_LIMIT_LABEL_VALUE 128  /* bytes of a label value (longer ones are cut) */
-#define POLICY_LIMIT_BUCKETS 32       /* histogram buckets */
+#define POLICY_LIMIT_METRICS 64      /* metrics all policies together may declare */
+#define POLICY_LIMIT_METRIC_NAME 127 /* bytes of a metric's name */
+#define POLICY_LIMIT_HELP 256        /* bytes of a metric's help */
+#define POLICY_LIMIT_LABELS 8        /* labels per metric */
+#define POLICY_LIMIT_LABEL_VALUE 128 /* bytes of a label value (longer ones are cut) */
+#define POLICY_LIMIT_BUCKETS 32      /* histogram buckets */
 
 /* Logging (tg.log). */
 #define POLICY_LIMIT_LOG_MESSAGE 4096 /* bytes of a message (longer ones are cut) */

@@ -36,14 +36,38 @@ static void charge(match_state *ms, uint64_t n)
                    *ms->budget->limit > INT32_MAX ? INT32_MAX : (int)*ms->budget->limit);
 }
 
-static bool is_alpha(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static bool is_digit(int c) { return c >= '0' && c <= '9'; }
-static bool is_lower(int c) { return c >= 'a' && c <= 'z'; }
-static bool is_upper(int c) { return c >= 'A' && c <= 'Z'; }
-static bool is_space(int c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
-static bool is_cntrl(int c) { return c < 0x20 || c == 0x7f; }
-static bool is_punct(int c) { return c > 0x20 && c < 0x7f && !is_alpha(c) && !is_digit(c); }
-static bool is_xdigit(int c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+static bool is_alpha(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+static bool is_digit(int c)
+{
+    return c >= '0' && c <= '9';
+}
+static bool is_lower(int c)
+{
+    return c >= 'a' && c <= 'z';
+}
+static bool is_upper(int c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+static bool is_space(int c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+static bool is_cntrl(int c)
+{
+    return c < 0x20 || c == 0x7f;
+}
+static bool is_punct(int c)
+{
+    return c > 0x20 && c < 0x7f && !is_alpha(c) && !is_digit(c);
+}
+static bool is_xdigit(int c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
 
 /* c against %cl (cl the letter after the escape). */
 static bool class_matches(int c, int cl)
@@ -102,8 +126,7 @@ static const char *class_end(match_state *ms, const char *p)
             if (*(p++) == ESCAPE && p < ms->p_end) p++;
         } while (*p != ']');
         return p + 1;
-    default:
-        return p;
+    default: return p;
     }
 }
 
@@ -189,8 +212,7 @@ static const char *end_capture(match_state *ms, const char *s, const char *p)
 static const char *match_capture(match_state *ms, const char *s, int digit)
 {
     int l = digit - '1';
-    if (l < 0 || l >= ms->level || ms->capture[l].len == CAP_UNFINISHED)
-        luaL_error(ms->L, "invalid capture index");
+    if (l < 0 || l >= ms->level || ms->capture[l].len == CAP_UNFINISHED) luaL_error(ms->L, "invalid capture index");
     ptrdiff_t len = ms->capture[l].len;
     if (len < 0) return NULL; /* a position capture matches no text */
     charge(ms, (uint64_t)len + 1);
@@ -207,11 +229,9 @@ static const char *match(match_state *ms, const char *s, const char *p)
         switch (*p) {
         case '(':
             s = (p + 1 < ms->p_end && p[1] == ')') ? start_capture(ms, s, p + 2, CAP_POSITION)
-                                                    : start_capture(ms, s, p + 1, CAP_UNFINISHED);
+                                                   : start_capture(ms, s, p + 1, CAP_UNFINISHED);
             goto done;
-        case ')':
-            s = end_capture(ms, s, p + 1);
-            goto done;
+        case ')': s = end_capture(ms, s, p + 1); goto done;
         case '$':
             if (p + 1 == ms->p_end) {
                 if (s != ms->src_end) s = NULL;
@@ -245,8 +265,7 @@ static const char *match(match_state *ms, const char *s, const char *p)
                 continue;
             }
             break;
-        default:
-            break;
+        default: break;
         }
         /* A single-character class, perhaps with a quantifier. */
         const char *ep = class_end(ms, p);
@@ -373,8 +392,14 @@ static int find_or_match(lua_State *L, bool find)
     return 1;
 }
 
-static int pattern_find(lua_State *L) { return find_or_match(L, true); }
-static int pattern_match(lua_State *L) { return find_or_match(L, false); }
+static int pattern_find(lua_State *L)
+{
+    return find_or_match(L, true);
+}
+static int pattern_match(lua_State *L)
+{
+    return find_or_match(L, false);
+}
 
 /* The iterator: upvalues budget, subject, pattern, next offset. */
 static int gmatch_next(lua_State *L)
@@ -437,9 +462,7 @@ static void add_replacement(match_state *ms, luaL_Buffer *b, const char *s, cons
     lua_State *L = ms->L;
     switch (lua_type(L, 3)) {
     case LUA_TNUMBER:
-    case LUA_TSTRING:
-        add_replacement_string(ms, b, s, e);
-        return;
+    case LUA_TSTRING: add_replacement_string(ms, b, s, e); return;
     case LUA_TFUNCTION: {
         lua_pushvalue(L, 3);
         int n = push_captures(ms, s, e);

@@ -132,8 +132,10 @@ int policy_validate_main(int argc, char **argv)
     size_t len = 0;
     while (src && len <= POLICY_SOURCE_MAX) {
         ssize_t r = read(STDIN_FILENO, src->bytes + len, POLICY_SOURCE_MAX + 1 - len);
-        if (r > 0) len += (size_t)r;
-        else if (r == 0 || errno != EINTR) break;
+        if (r > 0)
+            len += (size_t)r;
+        else if (r == 0 || errno != EINTR)
+            break;
     }
     int rc = -1;
     if (src) {
@@ -223,14 +225,17 @@ int policy_validate_isolated(const policy_source *src, const policy_limits *limi
     size_t used = 0;
     for (;;) {
         ssize_t r = read(out[0], msg + used, sizeof(msg) - 1 - used);
-        if (r > 0) used += (size_t)r;
-        else if (r == 0 || errno != EINTR) break;
+        if (r > 0)
+            used += (size_t)r;
+        else if (r == 0 || errno != EINTR)
+            break;
         if (used == sizeof(msg) - 1) break;
     }
     msg[used] = '\0';
     close(out[0]);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
     if (WIFEXITED(status) && WEXITSTATUS(status) == VALIDATE_REFUSED)
         snprintf(err, err_cap, "%s", used ? msg : "the policy did not load");

@@ -65,15 +65,20 @@ static target_verdict check_encoded_utf8(const char **pp, const char *end, int l
     unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the first continuation byte */
     if (lead < 0xC0) return refuse(TARGET_MALFORMED, why, "invalid UTF-8 in the path");
     if (lead < 0xC2) return refuse(TARGET_TRAVERSAL, why, "overlong UTF-8 in the path");
-    if (lead < 0xE0) need = 1;
+    if (lead < 0xE0)
+        need = 1;
     else if (lead < 0xF0) {
         need = 2;
-        if (lead == 0xE0) lo = 0xA0;      /* below: overlong */
-        else if (lead == 0xED) hi = 0x9F; /* above: a UTF-16 surrogate */
+        if (lead == 0xE0)
+            lo = 0xA0; /* below: overlong */
+        else if (lead == 0xED)
+            hi = 0x9F; /* above: a UTF-16 surrogate */
     } else if (lead < 0xF5) {
         need = 3;
-        if (lead == 0xF0) lo = 0x90; /* below: overlong */
-        else if (lead == 0xF4) hi = 0x8F; /* above: beyond U+10FFFF */
+        if (lead == 0xF0)
+            lo = 0x90; /* below: overlong */
+        else if (lead == 0xF4)
+            hi = 0x8F; /* above: beyond U+10FFFF */
     } else {
         return refuse(TARGET_MALFORMED, why, "invalid UTF-8 in the path");
     }
@@ -147,13 +152,16 @@ target_verdict request_target_check(const char *target, size_t len, const char *
     return TARGET_OK;
 }
 
-int request_url_split(const char *url, size_t len, const char **authority, size_t *authority_len,
-                      const char **target, size_t *target_len)
+int request_url_split(const char *url, size_t len, const char **authority, size_t *authority_len, const char **target,
+                      size_t *target_len)
 {
     size_t scheme_len;
-    if (len > 7 && strncasecmp(url, "http://", 7) == 0) scheme_len = 7;
-    else if (len > 8 && strncasecmp(url, "https://", 8) == 0) scheme_len = 8;
-    else return -1;
+    if (len > 7 && strncasecmp(url, "http://", 7) == 0)
+        scheme_len = 7;
+    else if (len > 8 && strncasecmp(url, "https://", 8) == 0)
+        scheme_len = 8;
+    else
+        return -1;
     const char *a = url + scheme_len, *end = url + len, *slash = a;
     while (slash < end && *slash != '/' && *slash != '?' && *slash != '#') slash++;
     if (slash == a || slash == end || *slash != '/') return -1;

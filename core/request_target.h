@@ -32,8 +32,8 @@ target_verdict request_target_check(const char *target, size_t len, const char *
  * be http or https, the authority non-empty, without userinfo ('@') and made of host
  * characters; the target must start with '/'. Returns 0, or -1 when url is not of that
  * form (the target itself is not checked here: use request_target_check). */
-int request_url_split(const char *url, size_t len, const char **authority, size_t *authority_len,
-                      const char **target, size_t *target_len);
+int request_url_split(const char *url, size_t len, const char **authority, size_t *authority_len, const char **target,
+                      size_t *target_len);
 
 /* True when s[0..len) is an HTTP method as a proxy reports it: 1 to 20 upper-case letters,
  * '-' or '_' after the first (WebDAV's VERSION-CONTROL). */

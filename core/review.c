@@ -16,9 +16,9 @@
 
 #include <event2/event.h>
 #include <math.h>
-#include <stddef.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +28,7 @@
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_BACKOFF_MS 2000
 #define DEADLINE_SLACK_MS 20 /* a retry needs at least this much time left to be worth it */
-#define MIN_CALL_MS 50        /* a call with less time left than this is not started */
+#define MIN_CALL_MS 50       /* a call with less time left than this is not started */
 
 typedef enum { FLIGHT_QUEUED, FLIGHT_CALLING } flight_state;
 typedef enum { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN } circuit_state;
@@ -50,8 +50,8 @@ typedef struct review_flight {
     int64_t deadline_ms;
     int64_t not_before_ms; /* retry backoff */
     int attempts;
-    bool is_probe; /* the one call let through a half-open circuit */
-    bool throttled; /* its last attempt got a 429: it waits for Retry-After (not_before_ms) */
+    bool is_probe;          /* the one call let through a half-open circuit */
+    bool throttled;         /* its last attempt got a 429: it waits for Retry-After (not_before_ms) */
     int64_t call_budget_ms; /* the deadline the running call was given */
     flight_state state;
     char token_id[9];
@@ -176,8 +176,8 @@ review_engine *review_engine_new(api_client *client, struct event_base *base, co
         free(engine);
         return NULL;
     }
-    engine->io = (review_io){.now_ms = io_monotonic_ms, .post = io_api_client_post, .arm_timer = io_evtimer_arm,
-                             .ctx = engine};
+    engine->io =
+        (review_io){.now_ms = io_monotonic_ms, .post = io_api_client_post, .arm_timer = io_evtimer_arm, .ctx = engine};
     engine->refilled_ms = engine_now(engine);
     concurrency_limit_init(&engine->limit, limit_ceiling(&engine->limits), engine->refilled_ms);
     return engine;
@@ -268,7 +268,7 @@ bool review_join(review_engine *engine, const review_kind *kind, const cache_key
 
 /* ---- the queue ------------------------------------------------------------------------ */
 
-#define FLIGHT_OF_ITEM(item) ((review_flight *)((char *)(item) - offsetof(review_flight, queue_item)))
+#define FLIGHT_OF_ITEM(item) ((review_flight *)((char *)(item)-offsetof(review_flight, queue_item)))
 
 static review_flight *queue_first(const review_engine *engine)
 {
@@ -325,8 +325,10 @@ static void flight_finish(review_flight *flight, const review_outcome *outcome)
 /* Fails a flight that got no verdict. error is what the client's 503 reflects. */
 static void flight_fail(review_flight *f, api_error error, int retry_after_s, const char *reason)
 {
-    review_outcome outcome = {.verdict = REVIEW_ERROR, .error = error,
-                              .retry_after_s = retry_after_s > 0 ? retry_after_s : 1, .reason = reason};
+    review_outcome outcome = {.verdict = REVIEW_ERROR,
+                              .error = error,
+                              .retry_after_s = retry_after_s > 0 ? retry_after_s : 1,
+                              .reason = reason};
     flight_finish(f, &outcome);
 }
 
@@ -343,14 +345,15 @@ static void circuit_failure(review_engine *engine, int64_t now)
 {
     engine->consecutive_failures++;
     bool reopen = engine->circuit == CIRCUIT_HALF_OPEN;
-    if (reopen || (engine->circuit == CIRCUIT_CLOSED && engine->consecutive_failures >= engine->limits.circuit_failures)) {
+    if (reopen ||
+        (engine->circuit == CIRCUIT_CLOSED && engine->consecutive_failures >= engine->limits.circuit_failures)) {
         engine->circuit = CIRCUIT_OPEN;
         engine->circuit_open_until_ms = now + engine->limits.circuit_cooldown_ms;
         engine->stats.circuit_opens++;
         char n[32];
         snprintf(n, sizeof(n), "%d", engine->consecutive_failures);
-        log_warn("API server failing; circuit open: reviews fail fast until a probe succeeds", LOG_NUMBER "consecutive_failures",
-                 n, NULL);
+        log_warn("API server failing; circuit open: reviews fail fast until a probe succeeds",
+                 LOG_NUMBER "consecutive_failures", n, NULL);
     }
 }
 
@@ -371,8 +374,8 @@ static void flight_call(review_engine *engine, review_flight *f, int64_t now)
     int64_t left = f->deadline_ms - now;
     f->call_budget_ms = left;
     engine->in_flight++;
-    if (engine->io.post(engine->io.ctx, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done,
-                        f) != 0) {
+    if (engine->io.post(engine->io.ctx, f->kind->api_path, f->body, f->body_len, left > 1 ? left : 1, on_api_done, f) !=
+        0) {
         engine->in_flight--;
         if (f->is_probe) engine->probe_running = false;
         f->kind->metrics->api_errors[API_ERROR_NETWORK]++;
@@ -411,8 +414,11 @@ static void flight_answered(review_flight *flight, const api_response *response)
     if (parsed.verdict == REVIEW_POSITIVE && kind->vet &&
         !kind->vet(kind->ctx, value, &parsed.value_len, parsed.reason, sizeof(parsed.reason)))
         parsed.verdict = REVIEW_NEGATIVE; /* cached and told as the API server's own "no" */
-    review_outcome outcome = {.verdict = parsed.verdict, .error = API_ERROR_NONE, .value = value,
-                              .value_len = parsed.value_len, .reason = parsed.reason};
+    review_outcome outcome = {.verdict = parsed.verdict,
+                              .error = API_ERROR_NONE,
+                              .value = value,
+                              .value_len = parsed.value_len,
+                              .reason = parsed.reason};
     int64_t now = engine_now(flight->engine);
     bool negative = parsed.verdict == REVIEW_NEGATIVE;
     int64_t ttl = flight->negative_ttl_ms;
@@ -468,8 +474,8 @@ static void on_api_done(const api_response *response, void *arg)
                          (response->error == API_ERROR_HTTP && retryable_status(response->http_status));
         /* A timeout is evidence against the API server only if the call had a fair share of
          * the review's time; a call squeezed in at the end of its deadline says nothing. */
-        bool fair_timeout = response->error == API_ERROR_TIMEOUT &&
-                            flight->call_budget_ms * 2 >= engine->limits.timeout_ms;
+        bool fair_timeout =
+            response->error == API_ERROR_TIMEOUT && flight->call_budget_ms * 2 >= engine->limits.timeout_ms;
         if (response->error == API_ERROR_NETWORK || fair_timeout ||
             (response->error == API_ERROR_HTTP && retryable_status(response->http_status)))
             circuit_failure(engine, now);
@@ -550,8 +556,8 @@ static int64_t send_ready(review_engine *engine, int64_t now)
         if (engine->circuit == CIRCUIT_HALF_OPEN && engine->probe_running) break;
         if (engine->in_flight >= concurrency_limit_get(&engine->limit)) {
             /* The in-flight limit holds the rest back; in slow start it grows with time. */
-            int64_t grow_at = concurrency_limit_demand(&engine->limit, engine->in_flight,
-                                                       fair_queue_length(engine->queue), now);
+            int64_t grow_at =
+                concurrency_limit_demand(&engine->limit, engine->in_flight, fair_queue_length(engine->queue), now);
             if (grow_at == 0) continue;
             engine->stats.concurrency_limited++;
             return grow_at; /* -1: an answer will pump again */
@@ -588,8 +594,7 @@ static void arm_next_wake(review_engine *engine, int64_t now, int64_t wake)
         if (f->not_before_ms > now && f->not_before_ms < t) t = f->not_before_ms;
         if (wake < 0 || t < wake) wake = t;
     }
-    if (queue_first(engine) && engine->circuit == CIRCUIT_OPEN &&
-        (wake < 0 || engine->circuit_open_until_ms < wake))
+    if (queue_first(engine) && engine->circuit == CIRCUIT_OPEN && (wake < 0 || engine->circuit_open_until_ms < wake))
         wake = engine->circuit_open_until_ms;
     if (wake < 0) {
         engine->io.arm_timer(engine->io.ctx, -1);
@@ -636,7 +641,8 @@ static review_flight *flight_new(review_engine *engine, const review_kind *kind,
     /* One deadline for the whole request (TokenReview, SubjectAccessReview, queueing):
      * the request's own when it brings one, never later than --review-timeout from now. */
     flight->deadline_ms = now + engine->limits.timeout_ms;
-    if (request->deadline_ms > 0 && request->deadline_ms < flight->deadline_ms) flight->deadline_ms = request->deadline_ms;
+    if (request->deadline_ms > 0 && request->deadline_ms < flight->deadline_ms)
+        flight->deadline_ms = request->deadline_ms;
     memcpy(flight->token_id, request->token_id, sizeof(flight->token_id));
     flight->waiters = NULL;
     flight->waiters_tail = &flight->waiters;
@@ -655,8 +661,8 @@ void review_start(review_engine *engine, const review_kind *kind, review_request
     review_flight *flight = flight_new(engine, kind, request, now);
     if (!flight) {
         request_discard(request);
-        review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
-                                  .reason = "out of memory"};
+        review_outcome outcome = {
+            .verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1, .reason = "out of memory"};
         waiter->done(&outcome, waiter->arg);
         return;
     }
@@ -706,9 +712,8 @@ bool review_start_background(review_engine *engine, const review_kind *kind, rev
 {
     int64_t now = engine_now(engine);
     pump(engine); /* refills the bucket and settles the circuit's state for now */
-    if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED ||
-        queue_first(engine) || engine->tokens < 1.0 ||
-        engine->in_flight >= concurrency_limit_get(&engine->limit)) {
+    if (*flight_link(engine, kind, &request->key) || engine->circuit != CIRCUIT_CLOSED || queue_first(engine) ||
+        engine->tokens < 1.0 || engine->in_flight >= concurrency_limit_get(&engine->limit)) {
         engine->stats.refreshes_skipped++;
         request_discard(request);
         return false;

@@ -42,8 +42,7 @@ typedef struct review_kind {
     review_metrics *metrics;
     /* Parses body into value (cap TOKEN_CACHE_VALUE_MAX) and *out. parse_arg comes from
      * the review_request. Must not log the body: it may echo the token. */
-    void (*parse)(const char *body, size_t body_len, const void *parse_arg, unsigned char *value,
-                  review_parsed *out);
+    void (*parse)(const char *body, size_t body_len, const void *parse_arg, unsigned char *value, review_parsed *out);
     /* Optional: TTL of a positive verdict given its value (e.g. the policy's ttl(user)).
      * Returns milliseconds, or default_ms when it has no opinion; <= 0 means don't cache.
      * The engine bounds the result by the request's positive_ttl_cap_ms. */
@@ -60,8 +59,8 @@ typedef struct review_kind {
 /* What a waiter is told. Pointers are valid only during the callback. */
 typedef struct review_outcome {
     review_verdict verdict;
-    api_error error;     /* REVIEW_ERROR: the reason class */
-    int retry_after_s;   /* REVIEW_ERROR: seconds for the client's Retry-After (>= 1) */
+    api_error error;   /* REVIEW_ERROR: the reason class */
+    int retry_after_s; /* REVIEW_ERROR: seconds for the client's Retry-After (>= 1) */
     const unsigned char *value;
     size_t value_len;
     const char *reason;
@@ -81,16 +80,16 @@ typedef struct review_request {
     cache_key key;
     char *body; /* ownership passes to review_start; wiped and freed */
     size_t body_len;
-    void *parse_arg;                 /* handed to kind->parse; owned by the flight */
-    void (*parse_arg_free)(void *);  /* frees parse_arg when the flight ends; may be NULL */
-    int64_t positive_ttl_ms;     /* default TTL of a positive verdict; <= 0: don't cache */
-    int64_t positive_ttl_cap_ms; /* upper bound (max TTL, token expiry) of any positive TTL */
-    int64_t negative_ttl_ms;     /* <= 0: don't cache */
+    void *parse_arg;                /* handed to kind->parse; owned by the flight */
+    void (*parse_arg_free)(void *); /* frees parse_arg when the flight ends; may be NULL */
+    int64_t positive_ttl_ms;        /* default TTL of a positive verdict; <= 0: don't cache */
+    int64_t positive_ttl_cap_ms;    /* upper bound (max TTL, token expiry) of any positive TTL */
+    int64_t negative_ttl_ms;        /* <= 0: don't cache */
     /* The whole request's deadline (monotonic ms, the engine's clock), so that a TokenReview
      * and then a SubjectAccessReview share --review-timeout instead of stacking two; 0: the
      * flight's own --review-timeout from its start. */
     int64_t deadline_ms;
-    char token_id[9];        /* for logs */
+    char token_id[9]; /* for logs */
     /* Whose review this is, for the queue's fairness (fair_queue.h): flights of one flow
      * take turns with other flows' and cannot hold more than their share of a full queue.
      * The worker sets it (docs/SECURITY.md, "Fair sharing of the API budget"). */
@@ -99,8 +98,8 @@ typedef struct review_request {
 
 /* How the engine protects the API server (and itself). */
 typedef struct review_limits {
-    int64_t timeout_ms;          /* deadline of one review: queueing, retries and calls together */
-    double qps;                  /* token bucket shared by every kind of review */
+    int64_t timeout_ms; /* deadline of one review: queueing, retries and calls together */
+    double qps;         /* token bucket shared by every kind of review */
     double burst;
     size_t max_pending;          /* flights waiting for the bucket; beyond: 503 at once */
     int circuit_failures;        /* consecutive failed calls that open the circuit */
@@ -117,8 +116,8 @@ typedef struct review_io {
     int64_t (*now_ms)(void *ctx); /* monotonic milliseconds */
     /* As api_client_post: 0 and done called exactly once later (never from inside post), or
      * -1 and done never called. body stays valid until done. */
-    int (*post)(void *ctx, const char *path, const char *body, size_t body_len, int64_t timeout_ms,
-                api_done_fn done, void *arg);
+    int (*post)(void *ctx, const char *path, const char *body, size_t body_len, int64_t timeout_ms, api_done_fn done,
+                void *arg);
     /* Arms the one timer to call review_engine_on_timer after delay_ms (>= 1), replacing
      * any earlier arming; delay_ms < 0 disarms it. */
     void (*arm_timer)(void *ctx, int64_t delay_ms);

@@ -429,8 +429,7 @@ int revocation_list_parse(const char *body, size_t len, char rv[REVOCATION_RV_MA
         goto done;
     size_t i;
     json_t *item;
-    json_array_foreach(items, i, item)
-    {
+    json_array_foreach(items, i, item) {
         char ns[REVOCATION_NAMESPACE_MAX + 1], name[REVOCATION_NAME_MAX + 1], uid[REVOCATION_UID_MAX + 1];
         json_t *m = json_object_get(item, "metadata");
         if (!json_is_object(m) || !copy_field(m, "namespace", ns, sizeof(ns)) ||
@@ -617,8 +616,8 @@ static void fail(resource_watch *r, revocation_error e, next_step next, const ch
     snprintf(delay_text, sizeof(delay_text), "%lld", (long long)delay);
     snprintf(failures, sizeof(failures), "%u", r->failures);
     log_warn("revocation watch down: cached identities expire at their normal TTL until it is back", "resource",
-             resource_names[r->kind], "reason", error_names[e], "detail", detail, LOG_NUMBER "failures", failures, LOG_NUMBER "retry_ms",
-             delay_text, NULL);
+             resource_names[r->kind], "reason", error_names[e], "detail", detail, LOG_NUMBER "failures", failures,
+             LOG_NUMBER "retry_ms", delay_text, NULL);
     schedule(r, next, delay);
 }
 

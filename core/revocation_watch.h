@@ -180,8 +180,7 @@ size_t revocation_watch_describe(const revocation_watch *watch, char *buf, size_
  * tombstone holds by uid; a ServiceAccount recreated under the same name has another uid
  * and is not matched. *kind (may be NULL) says which tombstone matched. false for NULL.
  * Any thread. */
-bool revocation_watch_recently_revoked(revocation_watch *watch, const identity_view *identity,
-                                       revocation_kind *kind);
+bool revocation_watch_recently_revoked(revocation_watch *watch, const identity_view *identity, revocation_kind *kind);
 
 /* For the review path: true when a review answer that vouches for identity must be
  * refused because its ServiceAccount or Pod was seen deleted (recently_revoked), and then

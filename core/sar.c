@@ -17,11 +17,10 @@ static bool nonempty(const char *s)
 
 bool sar_attributes_valid(const sar_attributes *attrs)
 {
-    if (!attrs || !nonempty(attrs->verb))
-        return false;
+    if (!attrs || !nonempty(attrs->verb)) return false;
     if (attrs->nonresource)
-        return nonempty(attrs->path) && !attrs->namespace_ && !attrs->group && !attrs->version &&
-               !attrs->resource && !attrs->subresource && !attrs->name;
+        return nonempty(attrs->path) && !attrs->namespace_ && !attrs->group && !attrs->version && !attrs->resource &&
+               !attrs->subresource && !attrs->name;
     return nonempty(attrs->resource) && !attrs->path;
 }
 
@@ -31,8 +30,7 @@ bool sar_attributes_valid(const sar_attributes *attrs)
  * valid UTF-8 or memory runs out (json_string returns NULL; set_new then fails). */
 static int set_string(json_t *obj, const char *key, const char *s)
 {
-    if (!s)
-        return 0;
+    if (!s) return 0;
     return json_object_set_new(obj, key, json_string(s));
 }
 
@@ -80,8 +78,7 @@ static json_t *extra_object(const identity_view *user)
 static json_t *attributes_object(const sar_attributes *attrs)
 {
     json_t *obj = json_object();
-    if (!obj)
-        return NULL;
+    if (!obj) return NULL;
     int rc = 0;
     if (attrs->nonresource) {
         rc |= set_string(obj, "path", attrs->path);
@@ -105,17 +102,13 @@ static json_t *attributes_object(const sar_attributes *attrs)
 static json_t *spec_object(const identity_view *user, const sar_attributes *attrs)
 {
     json_t *spec = json_object();
-    if (!spec)
-        return NULL;
+    if (!spec) return NULL;
     int rc = set_stringn(spec, "user", user->username);
-    if (user->uid.len)
-        rc |= set_stringn(spec, "uid", user->uid);
+    if (user->uid.len) rc |= set_stringn(spec, "uid", user->uid);
     const unsigned char *pos = user->groups;
     rc |= json_object_set_new(spec, "groups", string_array(&pos, user->n_groups));
-    if (user->n_extra)
-        rc |= json_object_set_new(spec, "extra", extra_object(user));
-    rc |= json_object_set_new(spec,
-                              attrs->nonresource ? "nonResourceAttributes" : "resourceAttributes",
+    if (user->n_extra) rc |= json_object_set_new(spec, "extra", extra_object(user));
+    rc |= json_object_set_new(spec, attrs->nonresource ? "nonResourceAttributes" : "resourceAttributes",
                               attributes_object(attrs));
     if (rc != 0) {
         json_decref(spec);
@@ -126,19 +119,16 @@ static json_t *spec_object(const identity_view *user, const sar_attributes *attr
 
 char *sar_request_body(const identity_view *user, const sar_attributes *attrs, size_t *len)
 {
-    if (!user || !len || !sar_attributes_valid(attrs))
-        return NULL;
+    if (!user || !len || !sar_attributes_valid(attrs)) return NULL;
     json_t *root = json_object();
-    if (!root)
-        return NULL;
+    if (!root) return NULL;
     /* json_object_set_new consumes its value even on failure, NULL included. */
     int rc = json_object_set_new(root, "apiVersion", json_string("authorization.k8s.io/v1"));
     rc |= json_object_set_new(root, "kind", json_string("SubjectAccessReview"));
     rc |= json_object_set_new(root, "spec", spec_object(user, attrs));
     char *body = rc == 0 ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
-    if (body)
-        *len = strlen(body); /* jansson escapes NUL as \u0000: strlen is the length */
+    if (body) *len = strlen(body); /* jansson escapes NUL as \u0000: strlen is the length */
     return body;
 }
 
@@ -149,22 +139,18 @@ char *sar_request_body(const identity_view *user, const sar_attributes *attrs, s
  * character that does not fit, so a truncated reason is still valid UTF-8. */
 static void set_reason(char *reason, size_t cap, const char *text)
 {
-    if (!reason || cap == 0)
-        return;
+    if (!reason || cap == 0) return;
     size_t out = 0;
     const unsigned char *p = (const unsigned char *)text;
     while (*p) {
         unsigned char c = *p;
         size_t in_len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
         for (size_t i = 1; i < in_len; i++)
-            if (p[i] == '\0')
-                in_len = 0; /* cut short: stop (jansson gives valid UTF-8) */
-        if (in_len == 0)
-            break;
+            if (p[i] == '\0') in_len = 0; /* cut short: stop (jansson gives valid UTF-8) */
+        if (in_len == 0) break;
         bool control = c < 0x20 || c == 0x7f || (c == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F);
         size_t out_len = control ? 1 : in_len;
-        if (out + out_len > cap - 1)
-            break;
+        if (out + out_len > cap - 1) break;
         if (control)
             reason[out] = '?';
         else
@@ -181,12 +167,9 @@ static bool optional_string(json_t *obj, const char *key, const char **out)
 {
     json_t *v = json_object_get(obj, key);
     *out = NULL;
-    if (!v)
-        return true;
-    if (!json_is_string(v))
-        return false;
-    if (json_string_length(v) > 0)
-        *out = json_string_value(v);
+    if (!v) return true;
+    if (!json_is_string(v)) return false;
+    if (json_string_length(v) > 0) *out = json_string_value(v);
     return true;
 }
 
@@ -200,8 +183,7 @@ sar_result sar_parse_response(const char *body, size_t body_len, char *reason, s
         goto done;
     }
     json_t *kind = json_object_get(root, "kind");
-    if (kind &&
-        !(json_is_string(kind) && strcmp(json_string_value(kind), "SubjectAccessReview") == 0)) {
+    if (kind && !(json_is_string(kind) && strcmp(json_string_value(kind), "SubjectAccessReview") == 0)) {
         set_reason(reason, reason_cap, "answer is not a SubjectAccessReview");
         goto done;
     }
@@ -217,8 +199,7 @@ sar_result sar_parse_response(const char *body, size_t body_len, char *reason, s
         goto done;
     }
     const char *why = NULL, *evaluation_error = NULL;
-    if (!optional_string(status, "reason", &why) ||
-        !optional_string(status, "evaluationError", &evaluation_error)) {
+    if (!optional_string(status, "reason", &why) || !optional_string(status, "evaluationError", &evaluation_error)) {
         set_reason(reason, reason_cap, "status.reason or status.evaluationError is not a string");
         goto done;
     }
@@ -236,23 +217,19 @@ done:
 
 /* ---- cache key ---- */
 
-
 #define SAR_KEY_ATTRS 8
 
 int sar_cache_key(const cache_keyer *keyer, const unsigned char identity_digest[IDENTITY_DIGEST_BYTES],
                   const sar_attributes *attrs, cache_key *out)
 {
-    if (!keyer || !identity_digest || !attrs || !out)
-        return -1;
-    const char *values[SAR_KEY_ATTRS] = {attrs->namespace_, attrs->verb,     attrs->group,
-                                         attrs->version,    attrs->resource, attrs->subresource,
-                                         attrs->name,       attrs->path};
+    if (!keyer || !identity_digest || !attrs || !out) return -1;
+    const char *values[SAR_KEY_ATTRS] = {attrs->namespace_, attrs->verb,        attrs->group, attrs->version,
+                                         attrs->resource,   attrs->subresource, attrs->name,  attrs->path};
     size_t attr_bytes = 0;
     size_t value_lens[SAR_KEY_ATTRS];
     for (size_t i = 0; i < SAR_KEY_ATTRS; i++) {
         value_lens[i] = values[i] ? strlen(values[i]) : 0;
-        if (value_lens[i] >= UINT32_MAX)
-            return -1;
+        if (value_lens[i] >= UINT32_MAX) return -1;
         attr_bytes += values[i] ? 1 + value_lens[i] : 0;
     }
     /* The identity enters as its SHA-256 (identity_digest): the key stays a keyed hash of
@@ -263,8 +240,7 @@ int sar_cache_key(const cache_keyer *keyer, const unsigned char identity_digest[
     size_t lens[N_PARTS];
     char attr_stack[STACK_ATTR_BYTES];
     char *attr_buf = attr_bytes <= STACK_ATTR_BYTES ? attr_stack : malloc(attr_bytes);
-    if (!attr_buf)
-        return -1;
+    if (!attr_buf) return -1;
     size_t n = 0;
     parts[n] = (const char *)identity_digest;
     lens[n++] = IDENTITY_DIGEST_BYTES;
@@ -285,8 +261,7 @@ int sar_cache_key(const cache_keyer *keyer, const unsigned char identity_digest[
         a += 1 + value_lens[i];
     }
     int rc = cache_key_for_parts(keyer, SAR_CACHE_KEY_DOMAIN, parts, lens, N_PARTS, out);
-    if (attr_buf != attr_stack)
-        free(attr_buf);
+    if (attr_buf != attr_stack) free(attr_buf);
     return rc;
 }
 

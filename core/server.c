@@ -166,9 +166,7 @@ static void tokenreview_parse(const char *body, size_t body_len, const void *par
         out->value_len = 0;
         out->unrepresentable = true;
         break;
-    case TOKENREVIEW_BAD_RESPONSE:
-        out->verdict = REVIEW_ERROR;
-        break;
+    case TOKENREVIEW_BAD_RESPONSE: out->verdict = REVIEW_ERROR; break;
     }
 }
 
@@ -187,9 +185,7 @@ static void sar_parse(const char *body, size_t body_len, const void *parse_arg, 
         out->value_len = sar_cache_value_pack(arg->identity, arg->identity_len, out->reason, strlen(out->reason), value,
                                               TOKEN_CACHE_VALUE_MAX);
         break;
-    case SAR_BAD_RESPONSE:
-        out->verdict = REVIEW_ERROR;
-        break;
+    case SAR_BAD_RESPONSE: out->verdict = REVIEW_ERROR; break;
     }
 }
 
@@ -247,8 +243,8 @@ static void on_probe_timer(evutil_socket_t fd, short what, void *arg)
     size_t len = 0;
     const char *const *audiences;
     size_t n_audiences = current_audiences(srv, &audiences);
-    char *body = tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), audiences,
-                                          n_audiences, &len);
+    char *body =
+        tokenreview_request_body(READINESS_PROBE_TOKEN, strlen(READINESS_PROBE_TOKEN), audiences, n_audiences, &len);
     srv->probe_body = body;
     srv->probe_body_len = len;
     if (body && api_client_post(srv->api, TOKENREVIEW_API_PATH, body, len, 0, on_probe_done, srv) == 0) {
@@ -398,8 +394,10 @@ static void on_policy_watch(evutil_socket_t fd, short what, void *arg)
 
 static void on_flights_unlink(server *srv, gateway_mail *m)
 {
-    if (m->prev) m->prev->next = m->next;
-    else srv->on_flights = m->next;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        srv->on_flights = m->next;
     if (m->next) m->next->prev = m->prev;
     m->prev = m->next = NULL;
 }
@@ -461,7 +459,9 @@ static void control_deliver(mail *link, void *arg)
     if (cached == TOKEN_CACHE_HIT_POSITIVE || cached == TOKEN_CACHE_HIT_NEGATIVE) {
         kind->metrics->coalesced++;
         review_outcome outcome = {.verdict = cached == TOKEN_CACHE_HIT_POSITIVE ? REVIEW_POSITIVE : REVIEW_NEGATIVE,
-                                  .error = API_ERROR_NONE, .value = value, .value_len = value_len,
+                                  .error = API_ERROR_NONE,
+                                  .value = value,
+                                  .value_len = value_len,
                                   .reason = "cached"};
         review_mail_done(&outcome, m); /* unlinks it and sends it back */
         OPENSSL_cleanse(value, value_len);
@@ -605,8 +605,8 @@ static void server_teardown(server *srv)
         srv->admin_token = NULL;
     }
     revocation_watch_free(srv->revocations);
-    api_client_free(srv->api); /* first: its calls borrow the flights' bodies */
-    jwks_source_free(srv->jwks); /* after the client: no fetch can complete any more */
+    api_client_free(srv->api);        /* first: its calls borrow the flights' bodies */
+    jwks_source_free(srv->jwks);      /* after the client: no fetch can complete any more */
     review_engine_free(srv->reviews); /* never calls the waiters, i.e. the mails below */
     admin_auth_free(srv->admin_auth); /* after the engine: no verdict can reach it now */
     srv->admin_auth = NULL;
@@ -865,8 +865,8 @@ static int start_revocation_watch(server *srv, const api_client_options *ao)
 {
     const config *cfg = srv->cfg;
     if (!cfg->watch_revocations) return 0;
-    revocation_watch_options ro = {.api = ao, .watch_pods = cfg->watch_pods, .evict = on_revoked,
-                                   .collect = on_collect, .ctx = srv};
+    revocation_watch_options ro = {
+        .api = ao, .watch_pods = cfg->watch_pods, .evict = on_revoked, .collect = on_collect, .ctx = srv};
     srv->revocations = revocation_watch_new(srv->base, &ro);
     if (!srv->revocations) {
         log_error("cannot start the revocation watch", NULL);
@@ -884,8 +884,8 @@ static void announce_started(server *srv, const apiserver_settings *api, const c
     char workers[16];
     snprintf(workers, sizeof(workers), "%zu", srv->n_workers);
     log_info("started", "mode", cfg->mode, "apiserver", api->server_url, "apiserver_source",
-             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers, "workers_from",
-             workers_why, NULL);
+             apiserver_source_name(api->source), "upstream", cfg->upstream, LOG_NUMBER "workers", workers,
+             "workers_from", workers_why, NULL);
 }
 
 /* Waits for every worker to leave its loop, then joins them. Normally they all have
@@ -966,4 +966,3 @@ int server_check_policy(const config *cfg, FILE *out)
     custom_metrics_free(scratch);
     return rc;
 }
-

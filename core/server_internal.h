@@ -58,19 +58,19 @@ typedef struct server {
     bool probe_running;
     char *probe_body; /* borrowed by the running probe call */
     size_t probe_body_len;
-    mailbox *inbox;                /* review mails from the workers */
-    gateway_mail *on_flights;      /* review mails waiting on a flight, for teardown */
+    mailbox *inbox;           /* review mails from the workers */
+    gateway_mail *on_flights; /* review mails waiting on a flight, for teardown */
     worker **workers;
     size_t n_workers;
-    tls_holder tls;                /* tls.ctx NULL for plain HTTP; swapped on SIGHUP */
+    tls_holder tls; /* tls.ctx NULL for plain HTTP; swapped on SIGHUP */
     bool tls_lock_ready;
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *shutdown_timer;
-    bool exiting;              /* MAIL_EXIT sent: waiting for the workers to leave their loops */
-    int64_t exit_deadline_ms;  /* then a worker still in a callback is abandoned (_exit) */
+    bool exiting;             /* MAIL_EXIT sent: waiting for the workers to leave their loops */
+    int64_t exit_deadline_ms; /* then a worker still in a callback is abandoned (_exit) */
     policy_limits policy_limits;
-    policy_source *policy_source; /* the version every worker runs (validated, a reference) */
+    policy_source *policy_source;  /* the version every worker runs (validated, a reference) */
     revocation_watch *revocations; /* --watch-revocations; NULL when off */
     jwks_source *jwks;             /* --jwt-preverify; NULL when off */
     uint64_t admin_refusals;       /* Host/cross-site refusals on the admin listener (logged 1 in 1000) */

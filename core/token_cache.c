@@ -103,10 +103,14 @@ err:
 
 static void lru_unlink(lru_list *list, cache_entry *e)
 {
-    if (e->lru_prev) e->lru_prev->lru_next = e->lru_next;
-    else list->head = e->lru_next;
-    if (e->lru_next) e->lru_next->lru_prev = e->lru_prev;
-    else list->tail = e->lru_prev;
+    if (e->lru_prev)
+        e->lru_prev->lru_next = e->lru_next;
+    else
+        list->head = e->lru_next;
+    if (e->lru_next)
+        e->lru_next->lru_prev = e->lru_prev;
+    else
+        list->tail = e->lru_prev;
     e->lru_prev = e->lru_next = NULL;
     list->count--;
 }
@@ -159,23 +163,22 @@ static token_cache_result lookup(token_cache *cache, const cache_key *key, int64
                                  void *value_out, size_t value_cap, size_t *value_len, int64_t *expires_at_ms,
                                  bool *refresh_due);
 
-token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                      void *value_out, size_t value_cap, size_t *value_len,
-                                      int64_t *expires_at_ms)
+token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms, void *value_out,
+                                      size_t value_cap, size_t *value_len, int64_t *expires_at_ms)
 {
     return token_cache_lookup_stale(cache, key, now_ms, 0, value_out, value_cap, value_len, expires_at_ms);
 }
 
-token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                            int64_t stale_ms, void *value_out, size_t value_cap,
-                                            size_t *value_len, int64_t *expires_at_ms)
+token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms, int64_t stale_ms,
+                                            void *value_out, size_t value_cap, size_t *value_len,
+                                            int64_t *expires_at_ms)
 {
     return lookup(cache, key, now_ms, stale_ms, value_out, value_cap, value_len, expires_at_ms, NULL);
 }
 
 token_cache_result token_cache_lookup_refresh(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                              int64_t stale_ms, void *value_out, size_t value_cap,
-                                              size_t *value_len, bool *refresh_due)
+                                              int64_t stale_ms, void *value_out, size_t value_cap, size_t *value_len,
+                                              bool *refresh_due)
 {
     return lookup(cache, key, now_ms, stale_ms, value_out, value_cap, value_len, NULL, refresh_due);
 }
@@ -228,8 +231,8 @@ static void shard_evict_tail(cache_shard *shard, lru_list *list)
     shard->evictions++;
 }
 
-int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, const void *value,
-                       size_t value_len, int64_t expires_at_ms, int64_t now_ms)
+int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, const void *value, size_t value_len,
+                       int64_t expires_at_ms, int64_t now_ms)
 {
     if (value_len > TOKEN_CACHE_VALUE_MAX || expires_at_ms <= now_ms) return -1;
     cache_shard *shard = &cache->shards[key_shard(cache, key)];

@@ -49,17 +49,16 @@ void token_cache_free(token_cache *cache);
  * value_out (value_cap must be >= TOKEN_CACHE_VALUE_MAX or the value's size), sets
  * *value_len and *expires_at_ms (either may be NULL) and marks the entry most recently
  * used. An expired entry is removed and reported as a miss. */
-token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                      void *value_out, size_t value_cap, size_t *value_len,
-                                      int64_t *expires_at_ms);
+token_cache_result token_cache_lookup(token_cache *cache, const cache_key *key, int64_t now_ms, void *value_out,
+                                      size_t value_cap, size_t *value_len, int64_t *expires_at_ms);
 
 /* Like token_cache_lookup, but a positive entry that expired less than stale_ms ago is
  * returned as TOKEN_CACHE_STALE_POSITIVE (value copied, entry kept, LRU unchanged) so the
  * caller can fall back on it if a fresh review fails (--stale-if-error). Negative entries
  * are never returned stale. stale_ms 0 behaves exactly like token_cache_lookup. */
-token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                            int64_t stale_ms, void *value_out, size_t value_cap,
-                                            size_t *value_len, int64_t *expires_at_ms);
+token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key *key, int64_t now_ms, int64_t stale_ms,
+                                            void *value_out, size_t value_cap, size_t *value_len,
+                                            int64_t *expires_at_ms);
 
 /* token_cache_lookup_stale, plus refresh-ahead: on a positive hit in the last part of the
  * entry's lifetime (token_cache_options.refresh_ahead_percent) *refresh_due is set to true
@@ -68,15 +67,15 @@ token_cache_result token_cache_lookup_stale(token_cache *cache, const cache_key 
  * again by a later hit. A successful refresh replaces the entry (token_cache_insert), which
  * clears the claim. refresh_due may be NULL. */
 token_cache_result token_cache_lookup_refresh(token_cache *cache, const cache_key *key, int64_t now_ms,
-                                              int64_t stale_ms, void *value_out, size_t value_cap,
-                                              size_t *value_len, bool *refresh_due);
+                                              int64_t stale_ms, void *value_out, size_t value_cap, size_t *value_len,
+                                              bool *refresh_due);
 
 /* Stores a copy of value under key until expires_at_ms, replacing any entry for key.
  * Evicts least recently used entries to stay within bounds (see above). Returns 0 when
  * stored, 1 when a negative verdict was not stored because the negative share is zero,
  * -1 on bad arguments (value too large, already expired) or allocation failure. */
-int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, const void *value,
-                       size_t value_len, int64_t expires_at_ms, int64_t now_ms);
+int token_cache_insert(token_cache *cache, const cache_key *key, bool negative, const void *value, size_t value_len,
+                       int64_t expires_at_ms, int64_t now_ms);
 
 /* Removes the entry for key if present. Returns 1 if one was removed, else 0. */
 int token_cache_remove(token_cache *cache, const cache_key *key);

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-char *tokenreview_request_body(const char *token, size_t token_len, const char *const *audiences,
-                               size_t n_audiences, size_t *len)
+char *tokenreview_request_body(const char *token, size_t token_len, const char *const *audiences, size_t n_audiences,
+                               size_t *len)
 {
     /* Audiences come from configuration and may need escaping; let jansson do it. */
     char *aud_json = NULL;
@@ -36,8 +36,7 @@ char *tokenreview_request_body(const char *token, size_t token_len, const char *
     n += sizeof(head) - 1;
     memcpy(body + n, token, token_len);
     n += token_len;
-    n += (size_t)snprintf(body + n, cap - n, "\"%s%s}}", aud_json ? ",\"audiences\":" : "",
-                          aud_json ? aud_json : "");
+    n += (size_t)snprintf(body + n, cap - n, "\"%s%s}}", aud_json ? ",\"audiences\":" : "", aud_json ? aud_json : "");
     free(aud_json);
     *len = n;
     return body;
@@ -60,8 +59,7 @@ static bool pack_string_array(identity_builder *b, json_t *arr)
     identity_builder_count(b, json_array_size(arr));
     size_t i;
     json_t *item;
-    json_array_foreach(arr, i, item)
-    {
+    json_array_foreach(arr, i, item) {
         if (!json_is_string(item)) return false;
         identity_builder_string(b, json_string_value(item), json_string_length(item));
     }
@@ -75,8 +73,7 @@ static bool audiences_accepted(json_t *status, const char *const *audiences, siz
     if (!json_is_array(accepted)) return false;
     size_t i;
     json_t *item;
-    json_array_foreach(accepted, i, item)
-    {
+    json_array_foreach(accepted, i, item) {
         if (!json_is_string(item)) continue;
         for (size_t a = 0; a < n_audiences; a++)
             if (strcmp(json_string_value(item), audiences[a]) == 0) return true;
@@ -108,8 +105,7 @@ static pack_result pack_user(json_t *user, unsigned char *packed, size_t cap, si
     if (extra) {
         const char *key;
         json_t *values;
-        json_object_foreach(extra, key, values)
-        {
+        json_object_foreach(extra, key, values) {
             identity_builder_string(&b, key, strlen(key));
             if (!pack_string_array(&b, values)) return PACK_MALFORMED;
         }
@@ -119,9 +115,8 @@ static pack_result pack_user(json_t *user, unsigned char *packed, size_t cap, si
     return PACK_OK;
 }
 
-tokenreview_result tokenreview_parse_response(const char *body, size_t body_len,
-                                              const char *const *audiences, size_t n_audiences,
-                                              unsigned char *packed, size_t packed_cap,
+tokenreview_result tokenreview_parse_response(const char *body, size_t body_len, const char *const *audiences,
+                                              size_t n_audiences, unsigned char *packed, size_t packed_cap,
                                               size_t *packed_len, char *reason, size_t reason_cap)
 {
     tokenreview_result result = TOKENREVIEW_BAD_RESPONSE;

@@ -23,17 +23,16 @@ typedef enum {
  * without escaping) and the audiences. Returns a malloc'd NUL-terminated body and its
  * length in *len, or NULL (also when an audience is not valid UTF-8). The body contains the token: the caller must
  * OPENSSL_cleanse it before free. */
-char *tokenreview_request_body(const char *token, size_t token_len, const char *const *audiences,
-                               size_t n_audiences, size_t *len);
+char *tokenreview_request_body(const char *token, size_t token_len, const char *const *audiences, size_t n_audiences,
+                               size_t *len);
 
 /* Parses a 200/201 TokenReview answer. On TOKENREVIEW_AUTHENTICATED the identity is packed
  * (identity.h) into packed[0..*packed_len). On TOKENREVIEW_UNAUTHENTICATED and
  * TOKENREVIEW_BAD_RESPONSE a short reason (status.error truncated, or what was wrong) is
  * written to reason. `authenticated` omitted means false, as kube-apiserver sends it.
  * When audiences were requested, at least one must appear in status.audiences. */
-tokenreview_result tokenreview_parse_response(const char *body, size_t body_len,
-                                              const char *const *audiences, size_t n_audiences,
-                                              unsigned char *packed, size_t packed_cap,
+tokenreview_result tokenreview_parse_response(const char *body, size_t body_len, const char *const *audiences,
+                                              size_t n_audiences, unsigned char *packed, size_t packed_cap,
                                               size_t *packed_len, char *reason, size_t reason_cap);
 
 #endif

@@ -50,7 +50,7 @@ struct upstream {
     bool listener_tls;
     bool draining;
     size_t in_flight;
-    struct proxy_transfer *transfers; /* every running transfer, for upstream_free */
+    struct proxy_transfer *transfers;                                   /* every running transfer, for upstream_free */
     void (*client_closecb)(struct evhttp_connection *evcon, void *arg); /* upstream_options */
     void *client_closecb_arg;
 };
@@ -58,8 +58,7 @@ struct upstream {
 /* One forwarded request. */
 typedef struct proxy_transfer {
     upstream *up;
-    curl_loop_transfer
-        transfer; /* CURLOPT_PRIVATE: routes the finished transfer to on_transfer_done */
+    curl_loop_transfer transfer; /* CURLOPT_PRIVATE: routes the finished transfer to on_transfer_done */
     struct proxy_transfer *prev, *next;
     struct evhttp_request *req;      /* the client's request; NULL once handed back to evhttp */
     struct evhttp_connection *evcon; /* its connection, carrying our closecb; NULL once detached */
@@ -120,16 +119,14 @@ static const char *const spoofable_prefixes[] = {
 static bool in_list(const char *name, const char *const *list)
 {
     for (; *list; list++)
-        if (strcasecmp(name, *list) == 0)
-            return true;
+        if (strcasecmp(name, *list) == 0) return true;
     return false;
 }
 
 static bool has_prefix(const char *name, const char *const *prefixes)
 {
     for (; *prefixes; prefixes++)
-        if (strncasecmp(name, *prefixes, strlen(*prefixes)) == 0)
-            return true;
+        if (strncasecmp(name, *prefixes, strlen(*prefixes)) == 0) return true;
     return false;
 }
 
@@ -137,8 +134,7 @@ static bool has_prefix(const char *name, const char *const *prefixes)
 static bool is_token(const char *name, size_t len)
 {
     static const char symbols[] = "!#$%&'*+-.^_`|~";
-    if (len == 0)
-        return false;
+    if (len == 0) return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -153,14 +149,12 @@ static bool named_by_connection(const struct evkeyvalq *headers, const char *nam
 {
     size_t name_len = strlen(name);
     const struct evkeyval *kv;
-    TAILQ_FOREACH (kv, headers, next) {
-        if (strcasecmp(kv->key, "Connection") != 0)
-            continue;
+    TAILQ_FOREACH(kv, headers, next) {
+        if (strcasecmp(kv->key, "Connection") != 0) continue;
         for (const char *p = kv->value; *p;) {
             p += strspn(p, " \t,");
             size_t len = strcspn(p, " \t,");
-            if (len == name_len && strncasecmp(p, name, len) == 0)
-                return true;
+            if (len == name_len && strncasecmp(p, name, len) == 0) return true;
             p += len;
         }
     }
@@ -177,8 +171,7 @@ static int append_header(struct curl_slist **list, const char *name, const char 
 {
     size_t len = strlen(name) + strlen(value) + 3;
     char *line = malloc(len);
-    if (!line)
-        return -1;
+    if (!line) return -1;
     if (*value)
         snprintf(line, len, "%s: %s", name, value);
     else
@@ -186,16 +179,14 @@ static int append_header(struct curl_slist **list, const char *name, const char 
     struct curl_slist *more = curl_slist_append(*list, line);
     OPENSSL_cleanse(line, len); /* may be the client's Authorization */
     free(line);
-    if (!more)
-        return -1;
+    if (!more) return -1;
     *list = more;
     return 0;
 }
 
 static void wipe_headers(struct curl_slist *list)
 {
-    for (struct curl_slist *h = list; h; h = h->next)
-        OPENSSL_cleanse(h->data, strlen(h->data));
+    for (struct curl_slist *h = list; h; h = h->next) OPENSSL_cleanse(h->data, strlen(h->data));
     curl_slist_free_all(list);
 }
 
@@ -203,18 +194,16 @@ static void wipe_headers(struct curl_slist *list)
  * underscored, gateway-set, spoofable and policy-set ones (and Authorization unless kept), then the
  * gateway's own. body tells whether the request carries a body (libcurl then sends its
  * Content-Length). Returns 0, or -1 when out of memory. */
-static int build_request_headers(const upstream *up, const upstream_request *r, bool body,
-                                 struct curl_slist **out)
+static int build_request_headers(const upstream *up, const upstream_request *r, bool body, struct curl_slist **out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
     struct curl_slist *list = NULL;
     bool has_accept = false, has_content_type = false;
     const struct evkeyval *kv;
-    TAILQ_FOREACH (kv, in, next) {
+    TAILQ_FOREACH(kv, in, next) {
         const char *name = kv->key;
         bool policy_set = false;
-        for (size_t i = 0; i < r->n_headers && !policy_set; i++)
-            policy_set = strcasecmp(name, r->header_names[i]) == 0;
+        for (size_t i = 0; i < r->n_headers && !policy_set; i++) policy_set = strcasecmp(name, r->header_names[i]) == 0;
         /* A name with '_' is dropped whatever it spells, as nginx does by default
          * (underscores_in_headers off): CGI, WSGI, PHP and Rack map X_Remote_User and
          * X-Remote-User to the same HTTP_X_REMOTE_USER, so a client could otherwise pass
@@ -225,8 +214,7 @@ static int build_request_headers(const upstream *up, const upstream_request *r, 
             continue;
         has_accept |= strcasecmp(name, "Accept") == 0;
         has_content_type |= strcasecmp(name, "Content-Type") == 0;
-        if (append_header(&list, name, kv->value) != 0)
-            goto err;
+        if (append_header(&list, name, kv->value) != 0) goto err;
     }
 
     char *client_ip = NULL;
@@ -242,18 +230,15 @@ static int build_request_headers(const upstream *up, const upstream_request *r, 
                     append_header(&list, "X-Remote-Groups", r->groups ? r->groups : "") != 0))
         goto err;
     for (size_t i = 0; i < r->n_headers; i++)
-        if (append_header(&list, r->header_names[i], r->header_values[i]) != 0)
-            goto err;
+        if (append_header(&list, r->header_names[i], r->header_values[i]) != 0) goto err;
 
     /* What libcurl would add on its own: "Name:" removes it. Without these the upstream
      * would see an Accept, a form Content-Type or an Expect the client never sent. */
     static const char *const suppress[] = {"Expect:", "Accept:", "Content-Type:"};
     for (size_t i = 0; i < sizeof(suppress) / sizeof(suppress[0]); i++) {
-        if ((i == 1 && has_accept) || (i == 2 && (has_content_type || !body)))
-            continue;
+        if ((i == 1 && has_accept) || (i == 2 && (has_content_type || !body))) continue;
         struct curl_slist *more = curl_slist_append(list, suppress[i]);
-        if (!more)
-            goto err;
+        if (!more) goto err;
         list = more;
     }
     *out = list;
@@ -268,21 +253,17 @@ err:
 /* Stops watching the client connection and the clock. The request is untouched. */
 static void detach_client(proxy_transfer *t)
 {
-    if (t->evcon)
-        evhttp_connection_set_closecb(t->evcon, t->up->client_closecb, t->up->client_closecb_arg);
+    if (t->evcon) evhttp_connection_set_closecb(t->evcon, t->up->client_closecb, t->up->client_closecb_arg);
     t->evcon = NULL;
-    if (t->client_watch)
-        event_del(t->client_watch);
-    if (t->idle_timer)
-        event_del(t->idle_timer);
+    if (t->client_watch) event_del(t->client_watch);
+    if (t->idle_timer) event_del(t->idle_timer);
 }
 
 /* Aborts the upstream side if it still runs. Its callbacks read the request's body, so
  * this comes before the request is answered or freed. */
 static void stop_upstream(proxy_transfer *t)
 {
-    if (!t->easy)
-        return;
+    if (!t->easy) return;
     curl_loop_remove(t->up->loop, t->easy);
     curl_easy_cleanup(t->easy);
     t->easy = NULL;
@@ -298,40 +279,31 @@ static void transfer_end(proxy_transfer *t, int status)
         t->prev->next = t->next;
     else
         up->transfers = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
+    if (t->next) t->next->prev = t->prev;
     up->in_flight--;
     wipe_headers(t->headers);
     free(t->target);
-    if (t->client_watch)
-        event_free(t->client_watch);
-    if (t->idle_timer)
-        event_free(t->idle_timer);
-    if (t->chunk)
-        evbuffer_free(t->chunk);
+    if (t->client_watch) event_free(t->client_watch);
+    if (t->idle_timer) event_free(t->idle_timer);
+    if (t->chunk) evbuffer_free(t->chunk);
     upstream_done_fn done = t->done;
     void *arg = t->done_arg;
     free(t);
-    if (done)
-        done(arg, status);
+    if (done) done(arg, status);
 }
 
 /* The gateway's own answer when the upstream failed before anything was sent. */
-static void reply_gateway_error(const upstream *up, struct evhttp_request *req, int status,
-                                const char *text)
+static void reply_gateway_error(const upstream *up, struct evhttp_request *req, int status, const char *text)
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_clear_headers(out); /* whatever an unfinished header block left there */
     evhttp_add_header(out, "Cache-Control", "no-store");
     evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
-    if (up->draining)
-        evhttp_add_header(out, "Connection", "close");
+    if (up->draining) evhttp_add_header(out, "Connection", "close");
     struct evbuffer *body = evbuffer_new();
-    if (body)
-        evbuffer_add_printf(body, "%s\n", text);
+    if (body) evbuffer_add_printf(body, "%s\n", text);
     evhttp_send_reply(req, status, status == 504 ? "Gateway Timeout" : "Bad Gateway", body);
-    if (body)
-        evbuffer_free(body);
+    if (body) evbuffer_free(body);
 }
 
 /* evhttp_request_set_on_complete_cb: the last byte of the answer was written. evhttp
@@ -351,8 +323,7 @@ static void on_reply_flushed(struct evhttp_request *req, void *arg)
 static void hand_over(proxy_transfer *t, int status)
 {
     stop_upstream(t);
-    if (t->client_watch)
-        event_del(t->client_watch); /* a write error tells from now on */
+    if (t->client_watch) event_del(t->client_watch); /* a write error tells from now on */
     event_del(t->idle_timer);
     t->handed_over = true;
     t->final_status = status;
@@ -379,8 +350,7 @@ static void transfer_fail(proxy_transfer *t, int status, const char *why)
     detach_client(t);
     stop_upstream(t);
     t->req = NULL;
-    if (evcon)
-        evhttp_connection_free(evcon); /* frees the request with it */
+    if (evcon) evhttp_connection_free(evcon); /* frees the request with it */
     transfer_end(t, t->status);
 }
 
@@ -413,14 +383,11 @@ static void on_client_close(struct evhttp_connection *evcon, void *arg)
     bool ours = evhttp_request_get_connection(req) == NULL;
     t->evcon = NULL; /* being freed: its callbacks are not ours to clear */
     t->req = NULL;
-    if (t->up->client_closecb)
-        t->up->client_closecb(evcon, t->up->client_closecb_arg);
+    if (t->up->client_closecb) t->up->client_closecb(evcon, t->up->client_closecb_arg);
     int status = t->handed_over ? t->final_status : t->reply_started ? t->status : 499;
-    if (!t->handed_over)
-        log_debug("the client went away; upstream transfer aborted", NULL);
+    if (!t->handed_over) log_debug("the client went away; upstream transfer aborted", NULL);
     transfer_end(t, status);
-    if (ours)
-        evhttp_request_free(req);
+    if (ours) evhttp_request_free(req);
 }
 
 /* The client's socket became readable while evhttp is not reading it (it reads nothing
@@ -432,8 +399,7 @@ static void on_client_readable(evutil_socket_t fd, short what, void *arg)
     proxy_transfer *t = arg;
     char byte;
     ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0)
-        return;
+    if (n > 0) return;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         event_add(t->client_watch, NULL);
         return;
@@ -475,9 +441,7 @@ static void start_reply(proxy_transfer *t)
     struct evkeyval *kv, *next;
     for (kv = TAILQ_FIRST(out); kv; kv = next) {
         next = TAILQ_NEXT(kv, next);
-        if (hop_by_hop(out, kv->key) ||
-            (chunked_upstream && strcasecmp(kv->key, "Content-Length") == 0))
-            continue;
+        if (hop_by_hop(out, kv->key) || (chunked_upstream && strcasecmp(kv->key, "Content-Length") == 0)) continue;
         TAILQ_REMOVE(out, kv, next);
         TAILQ_INSERT_TAIL(&kept, kv, next);
     }
@@ -486,15 +450,13 @@ static void start_reply(proxy_transfer *t)
         TAILQ_REMOVE(&kept, kv, next);
         TAILQ_INSERT_TAIL(out, kv, next);
     }
-    if (t->up->draining)
-        evhttp_add_header(out, "Connection", "close");
+    if (t->up->draining) evhttp_add_header(out, "Connection", "close");
     bool body = !t->head && t->status != 204 && t->status != 304;
     if (body && !evhttp_find_header(out, "Content-Length") && req->major == 1 && req->minor == 0) {
         /* An HTTP/1.0 client cannot take chunks: the body ends when the connection closes.
          * Forget its keep-alive wish, or evhttp would promise keep-alive with a
          * Content-Length of 0. (The upstream has already been sent its headers.) */
-        while (evhttp_remove_header(evhttp_request_get_input_headers(req), "Connection") == 0)
-            continue;
+        while (evhttp_remove_header(evhttp_request_get_input_headers(req), "Connection") == 0) continue;
     }
     evhttp_send_reply_start(req, t->status, t->reason[0] ? t->reason : NULL);
     t->reply_started = true;
@@ -504,25 +466,18 @@ static void start_reply(proxy_transfer *t)
 static int parse_status_line(proxy_transfer *t, const char *line, size_t len)
 {
     const char *sp = memchr(line, ' ', len);
-    if (!sp || (size_t)(line + len - sp) < 4)
-        return -1;
+    if (!sp || (size_t)(line + len - sp) < 4) return -1;
     const char *code = sp + 1;
-    if (code[0] < '1' || code[0] > '5' || code[1] < '0' || code[1] > '9' || code[2] < '0' ||
-        code[2] > '9')
-        return -1;
+    if (code[0] < '1' || code[0] > '5' || code[1] < '0' || code[1] > '9' || code[2] < '0' || code[2] > '9') return -1;
     t->status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
     t->reason[0] = '\0';
     const char *reason = code + 3;
     size_t reason_len = (size_t)(line + len - reason);
-    if (reason_len && *reason != ' ')
-        return -1;
-    if (reason_len)
-        reason++, reason_len--;
-    if (reason_len >= sizeof(t->reason))
-        reason_len = sizeof(t->reason) - 1;
+    if (reason_len && *reason != ' ') return -1;
+    if (reason_len) reason++, reason_len--;
+    if (reason_len >= sizeof(t->reason)) reason_len = sizeof(t->reason) - 1;
     for (size_t i = 0; i < reason_len; i++)
-        if (reason[i] < 0x20 || reason[i] > 0x7e)
-            return 0; /* an odd reason: evhttp's standard one */
+        if (reason[i] < 0x20 || reason[i] > 0x7e) return 0; /* an odd reason: evhttp's standard one */
     memcpy(t->reason, reason, reason_len);
     t->reason[reason_len] = '\0';
     return 0;
@@ -533,19 +488,14 @@ static int add_response_header(proxy_transfer *t, const char *line, size_t len)
 {
     const char *colon = memchr(line, ':', len);
     size_t name_len = colon ? (size_t)(colon - line) : 0;
-    if (!is_token(line, name_len))
-        return -1;
+    if (!is_token(line, name_len)) return -1;
     const char *value = colon + 1;
     const char *end = line + len;
-    while (value < end && (*value == ' ' || *value == '\t'))
-        value++;
-    while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    if (memchr(value, '\0', (size_t)(end - value)))
-        return -1;
+    while (value < end && (*value == ' ' || *value == '\t')) value++;
+    while (end > value && (end[-1] == ' ' || end[-1] == '\t')) end--;
+    if (memchr(value, '\0', (size_t)(end - value))) return -1;
     char *copy = malloc(len + 2);
-    if (!copy)
-        return -1;
+    if (!copy) return -1;
     memcpy(copy, line, name_len);
     copy[name_len] = '\0';
     char *value_copy = copy + name_len + 1;
@@ -564,16 +514,14 @@ static size_t on_response_header(char *data, size_t size, size_t nitems, void *a
     proxy_transfer *t = arg;
     size_t n = size * nitems;
     t->last_activity_ms = monotonic_ms();
-    if (t->headers_done)
-        return n; /* trailers of a chunked body: not forwarded */
+    if (t->headers_done) return n; /* trailers of a chunked body: not forwarded */
     t->response_header_bytes += n;
     if (t->response_header_bytes > RESPONSE_HEADERS_MAX) {
         t->error = "the upstream's headers are too large";
         return 0;
     }
     size_t len = n;
-    while (len && (data[len - 1] == '\n' || data[len - 1] == '\r'))
-        len--;
+    while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) len--;
     if (!t->in_block) {
         if (len < 5 || memcmp(data, "HTTP/", 5) != 0 || parse_status_line(t, data, len) != 0) {
             t->error = "the upstream sent a malformed status line";
@@ -589,8 +537,7 @@ static size_t on_response_header(char *data, size_t size, size_t nitems, void *a
             t->error = "the upstream switched protocols";
             return 0;
         }
-        if (t->status < 200)
-            return n; /* 100 Continue, 103 Early Hints: not forwarded */
+        if (t->status < 200) return n; /* 100 Continue, 103 Early Hints: not forwarded */
         t->headers_done = true;
         start_reply(t);
         return n;
@@ -639,10 +586,8 @@ static void on_client_drained(struct evhttp_connection *evcon, void *arg)
 {
     upstream *up = arg;
     proxy_transfer *t = up->transfers;
-    while (t && t->evcon != evcon)
-        t = t->next;
-    if (!t || !t->paused)
-        return;
+    while (t && t->evcon != evcon) t = t->next;
+    if (!t || !t->paused) return;
     t->paused = false;
     t->last_activity_ms = monotonic_ms();
     arm_idle_timer(t, up->timeout_ms);
@@ -657,17 +602,13 @@ static size_t on_request_body(char *dst, size_t size, size_t nitems, void *arg)
 {
     proxy_transfer *t = arg;
     size_t want = size * nitems, left = t->body_len - t->body_off;
-    if (left == 0)
-        return 0;
-    if (want > left)
-        want = left;
+    if (left == 0) return 0;
+    if (want > left) want = left;
     struct evbuffer *in = evhttp_request_get_input_buffer(t->req);
     ev_ssize_t got = evbuffer_copyout_from(in, &t->body_pos, dst, want);
-    if (got <= 0)
-        return CURL_READFUNC_ABORT;
+    if (got <= 0) return CURL_READFUNC_ABORT;
     t->body_off += (size_t)got;
-    if (t->body_off < t->body_len &&
-        evbuffer_ptr_set(in, &t->body_pos, (size_t)got, EVBUFFER_PTR_ADD) != 0)
+    if (t->body_off < t->body_len && evbuffer_ptr_set(in, &t->body_pos, (size_t)got, EVBUFFER_PTR_ADD) != 0)
         return CURL_READFUNC_ABORT;
     t->last_activity_ms = monotonic_ms();
     return (size_t)got;
@@ -677,12 +618,10 @@ static size_t on_request_body(char *dst, size_t size, size_t nitems, void *arg)
 static int on_request_seek(void *arg, curl_off_t offset, int origin)
 {
     proxy_transfer *t = arg;
-    if (origin != SEEK_SET || offset < 0 || (curl_off_t)t->body_len < offset)
-        return CURL_SEEKFUNC_FAIL;
+    if (origin != SEEK_SET || offset < 0 || (curl_off_t)t->body_len < offset) return CURL_SEEKFUNC_FAIL;
     t->body_off = (size_t)offset;
     if (t->body_off < t->body_len &&
-        evbuffer_ptr_set(evhttp_request_get_input_buffer(t->req), &t->body_pos, t->body_off,
-                         EVBUFFER_PTR_SET) != 0)
+        evbuffer_ptr_set(evhttp_request_get_input_buffer(t->req), &t->body_pos, t->body_off, EVBUFFER_PTR_SET) != 0)
         return CURL_SEEKFUNC_FAIL;
     return CURL_SEEKFUNC_OK;
 }
@@ -694,12 +633,10 @@ static int setup_easy(proxy_transfer *t, const char *method, bool body)
 {
     const upstream *up = t->up;
     CURL *e = t->easy = curl_easy_init();
-    if (!e)
-        return -1;
+    if (!e) return -1;
     CURLcode rc = CURLE_OK;
-#define SET(option, value)                                                                         \
-    if (rc == CURLE_OK)                                                                            \
-    rc = curl_easy_setopt(e, option, value)
+#define SET(option, value)                                                                                             \
+    if (rc == CURLE_OK) rc = curl_easy_setopt(e, option, value)
     SET(CURLOPT_URL, up->origin);
     SET(CURLOPT_REQUEST_TARGET, t->target); /* verbatim: no dot-segment removal, no re-encoding */
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -746,16 +683,12 @@ int upstream_forward(upstream *up, const upstream_request *r, upstream_done_fn d
     const char *method = r->method;
     const char *uri = evhttp_request_get_uri(req);
     /* TRACE would echo the gateway's headers back; CONNECT is a tunnel no policy can judge. */
-    if (!evcon || !uri || uri[0] != '/' || strcmp(method, "TRACE") == 0 ||
-        strcmp(method, "CONNECT") == 0)
-        return -1;
+    if (!evcon || !uri || uri[0] != '/' || strcmp(method, "TRACE") == 0 || strcmp(method, "CONNECT") == 0) return -1;
     size_t target_len = strlen(up->prefix) + strlen(uri);
-    if (target_len >= REQUEST_TARGET_MAX)
-        return -1;
+    if (target_len >= REQUEST_TARGET_MAX) return -1;
 
     proxy_transfer *t = calloc(1, sizeof(*t));
-    if (!t)
-        return -1;
+    if (!t) return -1;
     t->up = up;
     t->done = done;
     t->done_arg = arg;
@@ -767,11 +700,9 @@ int upstream_forward(upstream *up, const upstream_request *r, upstream_done_fn d
     bool body = t->body_len > 0 || evhttp_find_header(headers, "Content-Length") ||
                 evhttp_find_header(headers, "Transfer-Encoding") || strcmp(method, "POST") == 0 ||
                 strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
-    if (t->body_len && evbuffer_ptr_set(in, &t->body_pos, 0, EVBUFFER_PTR_SET) != 0)
-        goto err;
+    if (t->body_len && evbuffer_ptr_set(in, &t->body_pos, 0, EVBUFFER_PTR_SET) != 0) goto err;
     t->target = malloc(target_len + 1);
-    if (!t->target)
-        goto err;
+    if (!t->target) goto err;
     snprintf(t->target, target_len + 1, "%s%s", up->prefix, uri);
     t->chunk = evbuffer_new();
     t->idle_timer = evtimer_new(up->base, on_idle_timer, t);
@@ -782,34 +713,27 @@ int upstream_forward(upstream *up, const upstream_request *r, upstream_done_fn d
         setup_easy(t, method, body && !t->head) != 0)
         goto err;
     t->transfer = (curl_loop_transfer){.done = on_transfer_done, .owner = t};
-    if (curl_loop_add(up->loop, t->easy, &t->transfer) != 0)
-        goto err;
+    if (curl_loop_add(up->loop, t->easy, &t->transfer) != 0) goto err;
 
     /* Running: from here on t is ended only through transfer_end. */
     t->req = req;
     t->evcon = evcon;
     t->next = up->transfers;
-    if (up->transfers)
-        up->transfers->prev = t;
+    if (up->transfers) up->transfers->prev = t;
     up->transfers = t;
     up->in_flight++;
     evhttp_connection_set_closecb(evcon, on_client_close, t);
-    if (t->client_watch)
-        event_add(t->client_watch, NULL);
+    if (t->client_watch) event_add(t->client_watch, NULL);
     t->last_activity_ms = monotonic_ms();
     arm_idle_timer(t, up->timeout_ms);
     return 0;
 err:
-    if (t->easy)
-        curl_easy_cleanup(t->easy);
+    if (t->easy) curl_easy_cleanup(t->easy);
     wipe_headers(t->headers);
     free(t->target);
-    if (t->chunk)
-        evbuffer_free(t->chunk);
-    if (t->idle_timer)
-        event_free(t->idle_timer);
-    if (t->client_watch)
-        event_free(t->client_watch);
+    if (t->chunk) evbuffer_free(t->chunk);
+    if (t->idle_timer) event_free(t->idle_timer);
+    if (t->client_watch) event_free(t->client_watch);
     free(t);
     return -1;
 }
@@ -819,8 +743,7 @@ err:
 upstream *upstream_new(struct event_base *base, const upstream_options *options)
 {
     upstream *up = calloc(1, sizeof(*up));
-    if (!up)
-        return NULL;
+    if (!up) return NULL;
     up->base = base;
     up->timeout_ms = options->timeout_ms;
     up->keep_authorization = options->keep_authorization;
@@ -829,20 +752,16 @@ upstream *upstream_new(struct event_base *base, const upstream_options *options)
     up->client_closecb_arg = options->client_closecb_arg;
     const char *url = options->url;
     const char *authority = strstr(url, "://");
-    if (!authority || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
-        goto err;
+    if (!authority || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) goto err;
     authority += 3;
     const char *path = authority + strcspn(authority, "/");
     size_t path_len = strlen(path);
-    while (path_len && path[path_len - 1] == '/')
-        path_len--;
+    while (path_len && path[path_len - 1] == '/') path_len--;
     up->origin = malloc((size_t)(path - url) + 2);
     up->prefix = malloc(path_len + 1);
     up->ca_file = options->ca_file ? strdup(options->ca_file) : NULL;
     up->loop = curl_loop_new(base);
-    if (path == authority || !up->origin || !up->prefix || (options->ca_file && !up->ca_file) ||
-        !up->loop)
-        goto err;
+    if (path == authority || !up->origin || !up->prefix || (options->ca_file && !up->ca_file) || !up->loop) goto err;
     memcpy(up->origin, url, (size_t)(path - url));
     memcpy(up->origin + (path - url), "/", 2);
     memcpy(up->prefix, path, path_len);
@@ -867,8 +786,7 @@ err:
 
 void upstream_free(upstream *up)
 {
-    if (!up)
-        return;
+    if (!up) return;
     /* Freeing a client connection runs on_client_close, which ends its transfer. */
     while (up->transfers) {
         proxy_transfer *t = up->transfers;

@@ -22,8 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define UPSTREAM_PAUSE_BYTES                                                                       \
-    (1024 * 1024) /* answer bytes waiting for a slow client before the upstream is paused */
+#define UPSTREAM_PAUSE_BYTES (1024 * 1024) /* answer bytes waiting for a slow client before the upstream is paused */
 
 typedef struct upstream upstream;
 
@@ -44,10 +43,9 @@ typedef struct upstream_options {
 /* One allowed request to forward. Everything is borrowed for the duration of the call
  * only: upstream_forward copies what it needs. */
 typedef struct upstream_request {
-    struct evhttp_request
-        *req;           /* taken over on success: answered exactly once by the upstream module */
-    const char *method; /* req's method, by name ("GET", ...) */
-    const char *user;   /* NULL: an anonymous request (no identity headers are added) */
+    struct evhttp_request *req; /* taken over on success: answered exactly once by the upstream module */
+    const char *method;         /* req's method, by name ("GET", ...) */
+    const char *user;           /* NULL: an anonymous request (no identity headers are added) */
     const char *uid;
     const char *groups;              /* already joined with '|' */
     const char *const *header_names; /* the policy's allow headers (n_headers of each) */
@@ -75,8 +73,7 @@ void upstream_free(upstream *up);
  * the client goes away, and calls done exactly once, later, on the loop — never from
  * inside this function. Returns -1 when the request cannot be started (out of memory,
  * libcurl refused it): nothing was sent, done will not be called, the caller answers. */
-int upstream_forward(upstream *up, const upstream_request *request, upstream_done_fn done,
-                     void *arg);
+int upstream_forward(upstream *up, const upstream_request *request, upstream_done_fn done, void *arg);
 
 /* From now on every answer asks the client to close its connection (graceful shutdown). */
 void upstream_set_draining(upstream *up);

@@ -39,9 +39,9 @@ _Noreturn static inline void bug_on_failed(const char *cond, const char *file, i
  * HAProxy's BUG_ON): when it is false the state is not what the code was written for, so
  * the process says where and aborts rather than go on and answer wrongly. Never use it for
  * input validation: bad input is refused, not a bug. cond must not have side effects. */
-#define BUG_ON(cond)                                                                                \
-    do {                                                                                           \
-        if (__builtin_expect(!!(cond), 0)) bug_on_failed(#cond, __FILE__, __LINE__);               \
+#define BUG_ON(cond)                                                                                                   \
+    do {                                                                                                               \
+        if (__builtin_expect(!!(cond), 0)) bug_on_failed(#cond, __FILE__, __LINE__);                                   \
     } while (0)
 
 #endif

@@ -9,8 +9,8 @@
 #include "access_log.h"
 #include "bearer.h"
 #include "conn_guard.h"
-#include "identity.h"
 #include "http_strict.h"
+#include "identity.h"
 #include "log.h"
 #include "request_target.h"
 #include "sar.h"
@@ -41,11 +41,11 @@
 #define GROUPS_HEADER_MAX 8192
 #define MAIN_MAX_BODY_BYTES 65536
 #define URI_MAX 8192
-#define ADOPT_BATCH_MAX 256 /* connections accepted in one loop turn before they are adopted */
-#define DIGEST_MEMO_SLOTS 64         /* identities whose digest a worker remembers */
+#define ADOPT_BATCH_MAX 256           /* connections accepted in one loop turn before they are adopted */
+#define DIGEST_MEMO_SLOTS 64          /* identities whose digest a worker remembers */
 #define DIGEST_MEMO_IDENTITY_MAX 1024 /* longer identities are hashed every time */
-#define SAR_KEY_MEMO_SLOTS 32          /* SubjectAccessReview keys a worker remembers */
-#define SAR_KEY_MEMO_MATERIAL_MAX 512  /* longer questions are keyed every time */
+#define SAR_KEY_MEMO_SLOTS 32         /* SubjectAccessReview keys a worker remembers */
+#define SAR_KEY_MEMO_MATERIAL_MAX 512 /* longer questions are keyed every time */
 
 /* The last identities seen by this worker's SubjectAccessReview step and their digests:
  * the same few callers come back on every request, and their identities arrive as fresh
@@ -61,11 +61,11 @@ typedef struct digest_memo_slot {
  * until the reply: they point into the request, the cache's copy or the caller's stack. */
 typedef struct decision_note {
     decision_source source;
-    int cache_hit;                     /* the token's verdict was cached: 1, 0, -1 (no token) */
-    const unsigned char *identity;     /* packed identity, or NULL */
+    int cache_hit;                 /* the token's verdict was cached: 1, 0, -1 (no token) */
+    const unsigned char *identity; /* packed identity, or NULL */
     size_t identity_len;
-    const char *method;                /* as judged; NULL: the request's own */
-    const char *path;                  /* as judged, without the query; NULL: the request's own */
+    const char *method; /* as judged; NULL: the request's own */
+    const char *path;   /* as judged, without the query; NULL: the request's own */
 } decision_note;
 
 /* The last SubjectAccessReview keys this worker computed, by what they were computed from
@@ -101,13 +101,13 @@ struct worker {
     cache_keyer *keyer;
     token_cache *tokenreview_cache;
     token_cache *sar_cache;
-    policy_host *policy;      /* NULL with --policy none */
-    policy_decision decision; /* scratch for authorize_identity(); ~24 KiB, so not on the heap per request */
-    upstream *upstream;       /* proxy mode: where allowed requests go; NULL in authz mode */
-    gateway_metrics metrics;  /* written by this thread only */
-    metric_counter stale_served; /* gateway_tokenreview_stale_served_total */
-    struct authz_request *waiting;      /* every authz_request alive, for worker_free */
-    _Atomic size_t requests_waiting;    /* what graceful shutdown waits for */
+    policy_host *policy;             /* NULL with --policy none */
+    policy_decision decision;        /* scratch for authorize_identity(); ~24 KiB, so not on the heap per request */
+    upstream *upstream;              /* proxy mode: where allowed requests go; NULL in authz mode */
+    gateway_metrics metrics;         /* written by this thread only */
+    metric_counter stale_served;     /* gateway_tokenreview_stale_served_total */
+    struct authz_request *waiting;   /* every authz_request alive, for worker_free */
+    _Atomic size_t requests_waiting; /* what graceful shutdown waits for */
     bool shutting_down;
 
     /* Liveness: a timer of the worker's own loop stamps heartbeat_ms (CLOCK_MONOTONIC)
@@ -128,8 +128,8 @@ struct worker {
     size_t n_adopt;
     struct event *adopt_event;
     uint64_t connection_limit_pauses;
-    conn_guard_set *guards; /* request deadlines and body bounds per connection */
-    accept_backoff *backoff; /* pauses the listener when accept() runs out of fds; worker thread only */
+    conn_guard_set *guards;      /* request deadlines and body bounds per connection */
+    accept_backoff *backoff;     /* pauses the listener when accept() runs out of fds; worker thread only */
     uint64_t forwarded_refusals; /* requests refused for their forwarded headers (logged 1 in 1000) */
     digest_memo_slot digest_memo[DIGEST_MEMO_SLOTS];
     sar_key_memo_slot sar_key_memo[SAR_KEY_MEMO_SLOTS];
@@ -178,8 +178,8 @@ typedef struct authz_request {
 } authz_request;
 
 static void send_review(worker *w, struct authz_request *ar, review_kind_id which, review_request *rr);
-static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
-                            const char *reason, size_t reason_len);
+static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started, const char *reason,
+                            size_t reason_len);
 static void send_refresh(worker *w, const char *token, size_t token_len, const char *const *audiences,
                          size_t n_audiences, const cache_key *key);
 static void on_connection_closed(struct evhttp_connection *evcon, void *arg);
@@ -325,7 +325,8 @@ static void arm_after(worker *w, policy_outcome_source source, int token_cached,
 {
     if (!w->policy || !policy_has_after(w->policy)) return;
     w->after.armed = true;
-    w->after.outcome = (policy_outcome){.source = source, .token_cached = token_cached,
+    w->after.outcome = (policy_outcome){.source = source,
+                                        .token_cached = token_cached,
                                         .sar_cached = source == POLICY_OUTCOME_SAR ? 0 : -1,
                                         .follows_authorize = follows_authorize};
     w->after.req = pr;
@@ -363,8 +364,8 @@ static void account_answer(worker *w, struct evhttp_request *req, const struct t
     if (w->access_log) record_decision(w, req, &w->note, status, status >= 300 ? body : NULL, latency_s);
 }
 
-static void reply(worker *w, struct evhttp_request *req, const struct timespec *started, int status,
-                  const char *reason, const char *body)
+static void reply(worker *w, struct evhttp_request *req, const struct timespec *started, int status, const char *reason,
+                  const char *body)
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     evhttp_add_header(out, "Cache-Control", "no-store");
@@ -389,15 +390,14 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
     if (!client_gone) account_answer(w, req, started, status, body);
 }
 
-static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started,
-                               const char *why)
+static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
     evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate\"");
     reply(w, req, started, 401, "Unauthorized", why);
 }
 
-static void reply_unavailable(worker *w, struct evhttp_request *req, const struct timespec *started,
-                              int retry_after_s, const char *why)
+static void reply_unavailable(worker *w, struct evhttp_request *req, const struct timespec *started, int retry_after_s,
+                              const char *why)
 {
     char value[16];
     snprintf(value, sizeof(value), "%d", retry_after_s > 0 ? retry_after_s : 1);
@@ -547,15 +547,16 @@ static void answer_allowed(worker *w, struct evhttp_request *req, const struct t
     }
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     if (allow)
-        for (size_t i = 0; i < allow->n_headers; i++) evhttp_add_header(out, allow->header_names[i], allow->header_values[i]);
+        for (size_t i = 0; i < allow->n_headers; i++)
+            evhttp_add_header(out, allow->header_names[i], allow->header_values[i]);
     evhttp_add_header(out, "X-Remote-User", id.user);
     evhttp_add_header(out, "X-Remote-Uid", id.uid);
     evhttp_add_header(out, "X-Remote-Groups", id.groups);
     reply(w, req, started, 200, "OK", NULL);
 }
 
-static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started,
-                            const char *reason, size_t reason_len)
+static void reply_forbidden(worker *w, struct evhttp_request *req, const struct timespec *started, const char *reason,
+                            size_t reason_len)
 {
     char body[320];
     snprintf(body, sizeof(body), "forbidden: %.*s", (int)(reason_len > 256 ? 256 : reason_len), reason);
@@ -580,8 +581,8 @@ static void reply_forbidden_cached(worker *w, struct evhttp_request *req, const 
     reply_forbidden(w, req, started, reason, reason_len);
 }
 
-static void reply_policy_error(worker *w, struct evhttp_request *req, const struct timespec *started,
-                               const char *hook, const char *message)
+static void reply_policy_error(worker *w, struct evhttp_request *req, const struct timespec *started, const char *hook,
+                               const char *message)
 {
     metric_add(&w->metrics.policy_errors, 1);
     log_warn("policy error; answering 500", "hook", hook, "error", message, NULL);
@@ -627,14 +628,13 @@ static void scan_forwarded_headers(const struct evkeyvalq *headers, forwarded_he
 {
     memset(f, 0, sizeof(*f));
     const struct evkeyval *kv;
-    TAILQ_FOREACH(kv, headers, next)
-    {
+    TAILQ_FOREACH(kv, headers, next) {
         const char *k = kv->key;
         /* Most headers are told apart by their length alone. */
-#define TAKE(field, name)                                                                          \
-    if (strcasecmp(k, name) == 0) {                                                                \
-        if (f->field && !f->repeated) f->repeated = name;                                          \
-        f->field = f->field ? f->field : kv->value;                                                \
+#define TAKE(field, name)                                                                                              \
+    if (strcasecmp(k, name) == 0) {                                                                                    \
+        if (f->field && !f->repeated) f->repeated = name;                                                              \
+        f->field = f->field ? f->field : kv->value;                                                                    \
     }
         switch (strlen(k)) {
         case 4: TAKE(host, "Host"); break;
@@ -693,15 +693,30 @@ static describe_result describe_request(const worker *w, struct evhttp_request *
     switch (w->forwarded_mode) {
     case FORWARDED_PROXY: break;
     case FORWARDED_NONE: {
-        const char *const other[] = {"X-Original-URI", f.original_uri, "X-Original-URL", f.original_url,
-                                     "X-Original-Method", f.original_method, "X-Forwarded-Uri", f.forwarded_uri,
-                                     "X-Forwarded-Method", f.forwarded_method, NULL, NULL};
+        const char *const other[] = {"X-Original-URI",
+                                     f.original_uri,
+                                     "X-Original-URL",
+                                     f.original_url,
+                                     "X-Original-Method",
+                                     f.original_method,
+                                     "X-Forwarded-Uri",
+                                     f.forwarded_uri,
+                                     "X-Forwarded-Method",
+                                     f.forwarded_method,
+                                     NULL,
+                                     NULL};
         foreign = first_present(other);
         break;
     }
     case FORWARDED_NGINX: {
-        const char *const other[] = {"X-Original-URL", f.original_url, "X-Forwarded-Uri", f.forwarded_uri,
-                                     "X-Forwarded-Method", f.forwarded_method, NULL, NULL};
+        const char *const other[] = {"X-Original-URL",
+                                     f.original_url,
+                                     "X-Forwarded-Uri",
+                                     f.forwarded_uri,
+                                     "X-Forwarded-Method",
+                                     f.forwarded_method,
+                                     NULL,
+                                     NULL};
         foreign = first_present(other);
         missing = !f.original_uri ? "X-Original-URI" : !f.original_method ? "X-Original-Method" : NULL;
         method = f.original_method;
@@ -710,8 +725,8 @@ static describe_result describe_request(const worker *w, struct evhttp_request *
         break;
     }
     case FORWARDED_INGRESS_NGINX: {
-        const char *const other[] = {"X-Forwarded-Uri", f.forwarded_uri, "X-Forwarded-Method", f.forwarded_method,
-                                     NULL, NULL};
+        const char *const other[] = {
+            "X-Forwarded-Uri", f.forwarded_uri, "X-Forwarded-Method", f.forwarded_method, NULL, NULL};
         foreign = first_present(other);
         missing = !f.original_url ? "X-Original-URL" : !f.original_method ? "X-Original-Method" : NULL;
         if (!foreign && !missing) {
@@ -730,8 +745,14 @@ static describe_result describe_request(const worker *w, struct evhttp_request *
         break;
     }
     case FORWARDED_TRAEFIK: {
-        const char *const other[] = {"X-Original-URI", f.original_uri, "X-Original-URL", f.original_url,
-                                     "X-Original-Method", f.original_method, NULL, NULL};
+        const char *const other[] = {"X-Original-URI",
+                                     f.original_uri,
+                                     "X-Original-URL",
+                                     f.original_url,
+                                     "X-Original-Method",
+                                     f.original_method,
+                                     NULL,
+                                     NULL};
         foreign = first_present(other);
         missing = !f.forwarded_uri      ? "X-Forwarded-Uri"
                   : !f.forwarded_method ? "X-Forwarded-Method"
@@ -818,7 +839,8 @@ static void reply_undescribable(worker *w, struct evhttp_request *req, const str
         reply(w, req, started, 400, "Bad Request", body);
         return;
     case DESCRIBE_TRAVERSAL:
-        reply_forbidden(w, req, started, why ? why : "path is not normalized", strlen(why ? why : "path is not normalized"));
+        reply_forbidden(w, req, started, why ? why : "path is not normalized",
+                        strlen(why ? why : "path is not normalized"));
         return;
     case DESCRIBE_FORWARDED:
         /* The proxy in front is not the one --forwarded-headers names, or a client added
@@ -839,9 +861,8 @@ static void reply_undescribable(worker *w, struct evhttp_request *req, const str
 
 /* ---- the authz request path -------------------------------------------------------- */
 
-static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
-                    const unsigned char *packed, size_t packed_len, const identity_view *view,
-                    const sar_attributes *attrs);
+static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started, const unsigned char *packed,
+                    size_t packed_len, const identity_view *view, const sar_attributes *attrs);
 
 /* An authenticated identity: let the policy decide (or allow, with --policy none).
  * described: the request as authz_handle described it, when this runs in the same turn;
@@ -899,8 +920,10 @@ static void authorize_identity(worker *w, struct evhttp_request *req, const stru
 
 static void authz_request_free(authz_request *ar)
 {
-    if (ar->prev) ar->prev->next = ar->next;
-    else ar->w->waiting = ar->next;
+    if (ar->prev)
+        ar->prev->next = ar->next;
+    else
+        ar->w->waiting = ar->next;
     if (ar->next) ar->next->prev = ar->prev;
     ar->w->requests_waiting--;
     OPENSSL_cleanse(ar->identity, ar->identity_len);
@@ -915,9 +938,7 @@ static void on_tokenreview_done(const review_outcome *outcome, void *arg)
     case REVIEW_POSITIVE:
         authorize_identity(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len, NULL, 0);
         break;
-    case REVIEW_NEGATIVE:
-        reply_unauthorized(ar->w, ar->req, &ar->started, "token not authenticated");
-        break;
+    case REVIEW_NEGATIVE: reply_unauthorized(ar->w, ar->req, &ar->started, "token not authenticated"); break;
     case REVIEW_ERROR:
         if (ar->identity_len) {
             /* --stale-if-error: the API server failed and this token had a positive verdict
@@ -956,9 +977,7 @@ static void on_sar_done(const review_outcome *outcome, void *arg)
         describe_request(ar->w, ar->req, &pr, &text, &why) == DESCRIBED)
         arm_after(ar->w, POLICY_OUTCOME_SAR, ar->token_cached, false, &pr, &view);
     switch (outcome->verdict) {
-    case REVIEW_POSITIVE:
-        answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL);
-        break;
+    case REVIEW_POSITIVE: answer_allowed(ar->w, ar->req, &ar->started, ar->identity, ar->identity_len, NULL); break;
     case REVIEW_NEGATIVE:
         reply_forbidden_cached(ar->w, ar->req, &ar->started, outcome->value, outcome->value_len);
         break;
@@ -1082,8 +1101,8 @@ static size_t sar_key_material(const unsigned char digest[IDENTITY_DIGEST_BYTES]
 }
 
 /* sar_cache_key, from the worker's memo when it asked this question for this identity last. */
-static int memo_sar_cache_key(worker *w, const unsigned char digest[IDENTITY_DIGEST_BYTES],
-                              const sar_attributes *attrs, cache_key *out)
+static int memo_sar_cache_key(worker *w, const unsigned char digest[IDENTITY_DIGEST_BYTES], const sar_attributes *attrs,
+                              cache_key *out)
 {
     unsigned char material[SAR_KEY_MEMO_MATERIAL_MAX];
     size_t len = sar_key_material(digest, attrs, material, sizeof(material));
@@ -1111,9 +1130,8 @@ static int64_t request_deadline_ms(const worker *w, const struct timespec *start
 }
 
 /* The policy asked a SubjectAccessReview: answer from the cache or wait for one. */
-static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started,
-                    const unsigned char *packed, size_t packed_len, const identity_view *view,
-                    const sar_attributes *attrs)
+static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec *started, const unsigned char *packed,
+                    size_t packed_len, const identity_view *view, const sar_attributes *attrs)
 {
     cache_key key;
     unsigned char digest[IDENTITY_DIGEST_BYTES];
@@ -1138,9 +1156,7 @@ static void sar_ask(worker *w, struct evhttp_request *req, const struct timespec
         reply_forbidden_cached(w, req, started, value, value_len);
         return;
     case TOKEN_CACHE_STALE_POSITIVE: /* not asked for: lookup without a stale window */
-    case TOKEN_CACHE_MISS:
-        metric_add(&rm->cache_misses, 1);
-        break;
+    case TOKEN_CACHE_MISS: metric_add(&rm->cache_misses, 1); break;
     }
     authz_request *ar = authz_request_new(w, req, started, on_sar_done, packed, packed_len);
     if (!ar) {
@@ -1182,8 +1198,7 @@ static const char *single_authorization(struct evkeyvalq *headers, bool *several
     const char *value = NULL;
     *several = false;
     struct evkeyval *kv;
-    TAILQ_FOREACH(kv, headers, next)
-    {
+    TAILQ_FOREACH(kv, headers, next) {
         if (strcasecmp(kv->key, "Authorization") != 0) continue;
         if (value) *several = true;
         value = kv->value;
@@ -1248,10 +1263,14 @@ static void handle_no_token(worker *w, struct evhttp_request *req, const struct 
         int rc = policy_anonymous(w->policy, pr, err, sizeof(err));
         /* after() only when the policy's anonymous() judged the request */
         if (policy_has_anonymous(w->policy)) arm_after(w, POLICY_OUTCOME_ANONYMOUS, -1, false, pr, NULL);
-        if (rc < 0) reply_policy_error(w, req, started, "anonymous", err);
-        else if (rc == 1 && w->upstream) forward_allowed(w, req, started, NULL, NULL);
-        else if (rc == 1) reply(w, req, started, 200, "OK", NULL);
-        else reply_unauthorized(w, req, started, why);
+        if (rc < 0)
+            reply_policy_error(w, req, started, "anonymous", err);
+        else if (rc == 1 && w->upstream)
+            forward_allowed(w, req, started, NULL, NULL);
+        else if (rc == 1)
+            reply(w, req, started, 200, "OK", NULL);
+        else
+            reply_unauthorized(w, req, started, why);
         w->after.armed = false;
         return;
     }
@@ -1266,13 +1285,12 @@ static int tokenreview_request_new(worker *w, const char *token, size_t token_le
     memset(rr, 0, sizeof(*rr));
     rr->key = *key;
     positive_ttls(cfg, token, token_len, &rr->positive_ttl_ms, &rr->positive_ttl_cap_ms);
-    rr->negative_ttl_ms = cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms
-                                                                              : cfg->cache_max_ttl_ms;
+    rr->negative_ttl_ms =
+        cfg->cache_negative_ttl_ms < cfg->cache_max_ttl_ms ? cfg->cache_negative_ttl_ms : cfg->cache_max_ttl_ms;
     cache_key_id(key, rr->token_id);
     rr->parse_arg = tokenreview_parse_arg_new(audiences, n_audiences);
     rr->parse_arg_free = free;
-    rr->body = rr->parse_arg ? tokenreview_request_body(token, token_len, audiences, n_audiences, &rr->body_len)
-                             : NULL;
+    rr->body = rr->parse_arg ? tokenreview_request_body(token, token_len, audiences, n_audiences, &rr->body_len) : NULL;
     if (!rr->body) {
         free(rr->parse_arg);
         return -1;
@@ -1289,8 +1307,8 @@ static void send_review(worker *w, authz_request *ar, review_kind_id which, revi
         OPENSSL_cleanse(rr->body, rr->body_len);
         free(rr->body);
         if (rr->parse_arg_free) rr->parse_arg_free(rr->parse_arg);
-        review_outcome outcome = {.verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1,
-                                  .reason = "out of memory"};
+        review_outcome outcome = {
+            .verdict = REVIEW_ERROR, .error = API_ERROR_NETWORK, .retry_after_s = 1, .reason = "out of memory"};
         ar->waiter.done(&outcome, ar);
         return;
     }
@@ -1571,7 +1589,8 @@ static void reload_policy(worker *w, policy_source *src)
     if (!w->policy || !src || policy_host_load_source(w->policy, src, err, sizeof(err)) == 0) return;
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
-    log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error", err, NULL);
+    log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error",
+              err, NULL);
 }
 
 static void worker_deliver(mail *link, void *arg)
@@ -1581,8 +1600,12 @@ static void worker_deliver(mail *link, void *arg)
     switch (m->kind) {
     case MAIL_REVIEW: {
         authz_request *ar = m->request;
-        review_outcome outcome = {.verdict = m->verdict, .error = m->error, .retry_after_s = m->retry_after_s,
-                                  .value = m->value, .value_len = m->value_len, .reason = m->reason};
+        review_outcome outcome = {.verdict = m->verdict,
+                                  .error = m->error,
+                                  .retry_after_s = m->retry_after_s,
+                                  .value = m->value,
+                                  .value_len = m->value_len,
+                                  .reason = m->reason};
         ar->waiter.done(&outcome, ar);
         break;
     }
@@ -1616,7 +1639,6 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     atomic_store_explicit(&w->heartbeat_ms, clock_ms(), memory_order_relaxed);
 }
 
-
 /* A worker's event loop. With the epoll backend, changes to a connection's events are
  * kept in a change list and applied once per loop turn: evhttp enables and disables
  * reading and writing around every response, and the list folds those into one
@@ -1644,11 +1666,11 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     w->shared = *shared;
     w->cfg = cfg;
     const char *fh = cfg->forwarded_headers;
-    w->forwarded_mode = config_proxy_mode(cfg)                 ? FORWARDED_PROXY
-                        : strcmp(fh, "traefik") == 0           ? FORWARDED_TRAEFIK
-                        : strcmp(fh, "nginx") == 0             ? FORWARDED_NGINX
-                        : strcmp(fh, "ingress-nginx") == 0     ? FORWARDED_INGRESS_NGINX
-                                                               : FORWARDED_NONE;
+    w->forwarded_mode = config_proxy_mode(cfg)             ? FORWARDED_PROXY
+                        : strcmp(fh, "traefik") == 0       ? FORWARDED_TRAEFIK
+                        : strcmp(fh, "nginx") == 0         ? FORWARDED_NGINX
+                        : strcmp(fh, "ingress-nginx") == 0 ? FORWARDED_INGRESS_NGINX
+                                                           : FORWARDED_NONE;
     w->index = index;
     w->tokenreview_cache = shared->tokenreview_cache;
     w->sar_cache = shared->sar_cache;
@@ -1730,8 +1752,7 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
         w->access_log_buffer = malloc(sizeof(*w->access_log_buffer));
         w->access_log_timer = event_new(w->base, -1, EV_PERSIST, on_access_log_timer, w);
         struct timeval every = {0, 200000};
-        if (!w->access_log_buffer || !w->access_log_timer || event_add(w->access_log_timer, &every) != 0)
-            goto fail_fd;
+        if (!w->access_log_buffer || !w->access_log_timer || event_add(w->access_log_timer, &every) != 0) goto fail_fd;
         access_log_buffer_init(w->access_log_buffer, 0x9e3779b97f4a7c15ULL * (index + 1) ^ (uint64_t)time(NULL));
     }
     w->bound = evhttp_accept_socket_with_handle(w->http, listen_fd);

@@ -56,15 +56,15 @@ typedef struct worker_shared {
     const cache_keyer *keyer; /* template: each worker clones it */
     token_cache *tokenreview_cache;
     token_cache *sar_cache;
-    custom_metrics *custom;   /* thread-safe */
-    mailbox *control;         /* where review_mails go */
-    tls_holder *tls;          /* NULL without --tls-cert-file */
-    size_t max_connections;   /* this worker's share of --max-connections */
-    size_t upstream_max_connections; /* this worker's share of --upstream-max-connections */
-    jwks_source *jwks;        /* --jwt-preverify; NULL when off (thread-safe) */
-    size_t max_buffered_body_bytes;  /* this worker's share of --max-buffered-body-bytes (0: none) */
+    custom_metrics *custom;              /* thread-safe */
+    mailbox *control;                    /* where review_mails go */
+    tls_holder *tls;                     /* NULL without --tls-cert-file */
+    size_t max_connections;              /* this worker's share of --max-connections */
+    size_t upstream_max_connections;     /* this worker's share of --upstream-max-connections */
+    jwks_source *jwks;                   /* --jwt-preverify; NULL when off (thread-safe) */
+    size_t max_buffered_body_bytes;      /* this worker's share of --max-buffered-body-bytes (0: none) */
     const struct access_log *access_log; /* --access-log; NULL: off */
-    policy_source *policy;    /* the validated policy the worker starts with (it takes a reference) */
+    policy_source *policy;               /* the validated policy the worker starts with (it takes a reference) */
 } worker_shared;
 
 typedef enum {
@@ -85,9 +85,9 @@ typedef struct gateway_mail {
     /* MAIL_REVIEW / MAIL_REFRESH */
     review_kind_id review;
     worker *from;
-    void *request;        /* the worker's waiting request; NULL for a refresh */
-    review_request rr;    /* body and parse_arg owned by the mail until the engine takes them */
-    review_waiter waiter; /* the control thread's waiter for this mail */
+    void *request;                    /* the worker's waiting request; NULL for a refresh */
+    review_request rr;                /* body and parse_arg owned by the mail until the engine takes them */
+    review_waiter waiter;             /* the control thread's waiter for this mail */
     struct gateway_mail *prev, *next; /* control: mails waiting on a flight */
     struct server *control;           /* control: whose list that is */
     /* the outcome, filled on the control thread */

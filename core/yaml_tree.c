@@ -14,11 +14,9 @@
 
 void ynode_free(ynode *n)
 {
-    if (!n)
-        return;
+    if (!n) return;
     wipe_free(n->value, n->len); /* scalars may be tokens or keys: wipe them all */
-    for (size_t i = 0; i < n->n; i++)
-        ynode_free(n->items[i]);
+    for (size_t i = 0; i < n->n; i++) ynode_free(n->items[i]);
     free(n->items);
     free(n);
 }
@@ -39,8 +37,7 @@ static void event_drop(yaml_event_t *ev)
 
 static int next_event(yreader *r, yaml_event_t *ev)
 {
-    if (yaml_parser_parse(&r->parser, ev))
-        return 0;
+    if (yaml_parser_parse(&r->parser, ev)) return 0;
     /* libyaml's problem and context strings are fixed texts, never input. */
     if (r->parser.error == YAML_MEMORY_ERROR) {
         set_err(r->err, r->err_cap, "out of memory while parsing YAML");
@@ -51,9 +48,8 @@ static int next_event(yreader *r, yaml_event_t *ev)
     } else {
         set_err(r->err, r->err_cap, "YAML error at line %zu, column %zu: %s%s%s%s",
                 (size_t)r->parser.problem_mark.line + 1, (size_t)r->parser.problem_mark.column + 1,
-                r->parser.problem ? r->parser.problem : "malformed YAML",
-                r->parser.context ? " (" : "", r->parser.context ? r->parser.context : "",
-                r->parser.context ? ")" : "");
+                r->parser.problem ? r->parser.problem : "malformed YAML", r->parser.context ? " (" : "",
+                r->parser.context ? r->parser.context : "", r->parser.context ? ")" : "");
     }
     return -1;
 }
@@ -98,15 +94,13 @@ static int read_children(yreader *r, ynode *n, int depth)
     bool is_map = n->kind == YN_MAP;
     for (;;) {
         yaml_event_t ev;
-        if (next_event(r, &ev) != 0)
-            return -1;
+        if (next_event(r, &ev) != 0) return -1;
         if (ev.type == YAML_MAPPING_END_EVENT || ev.type == YAML_SEQUENCE_END_EVENT) {
             event_drop(&ev);
             return 0;
         }
         ynode *child = read_node(r, &ev, depth + 1);
-        if (!child)
-            return -1;
+        if (!child) return -1;
         if (is_map) {
             shown b;
             if (child->kind != YN_SCALAR || memchr(child->value, '\0', child->len)) {
@@ -115,16 +109,15 @@ static int read_children(yreader *r, ynode *n, int depth)
                 return -1;
             }
             if (n->n / 2 >= YAML_MAX_MAP_KEYS) {
-                set_err(r->err, r->err_cap, "line %zu: more than %d keys in one mapping",
-                        child->line, YAML_MAX_MAP_KEYS);
+                set_err(r->err, r->err_cap, "line %zu: more than %d keys in one mapping", child->line,
+                        YAML_MAX_MAP_KEYS);
                 ynode_free(child);
                 return -1;
             }
             for (size_t i = 0; i < n->n; i += 2) {
                 const ynode *k = n->items[i];
                 if (k->len == child->len && memcmp(k->value, child->value, k->len) == 0) {
-                    set_err(r->err, r->err_cap,
-                            "line %zu: duplicate key \"%s\" (first at line %zu)", child->line,
+                    set_err(r->err, r->err_cap, "line %zu: duplicate key \"%s\" (first at line %zu)", child->line,
                             show_n(&b, child->value, child->len, SHOW_NAME_MAX), k->line);
                     ynode_free(child);
                     return -1;
@@ -136,11 +129,9 @@ static int read_children(yreader *r, ynode *n, int depth)
             return -1;
         }
         if (is_map) {
-            if (next_event(r, &ev) != 0)
-                return -1;
+            if (next_event(r, &ev) != 0) return -1;
             ynode *value = read_node(r, &ev, depth + 1);
-            if (!value)
-                return -1;
+            if (!value) return -1;
             if (push_item(r, n, value) != 0) {
                 ynode_free(value);
                 return -1;
@@ -175,13 +166,11 @@ static ynode *read_node(yreader *r, yaml_event_t *ev, int depth)
         ynode_kind kind = ev->type == YAML_MAPPING_START_EVENT ? YN_MAP : YN_SEQ;
         event_drop(ev);
         if (depth >= YAML_MAX_DEPTH) {
-            set_err(r->err, r->err_cap, "line %zu: YAML nested deeper than %d levels", line,
-                    YAML_MAX_DEPTH);
+            set_err(r->err, r->err_cap, "line %zu: YAML nested deeper than %d levels", line, YAML_MAX_DEPTH);
             return NULL;
         }
         ynode *n = new_node(r, kind, line);
-        if (!n)
-            return NULL;
+        if (!n) return NULL;
         if (read_children(r, n, depth) != 0) {
             ynode_free(n);
             return NULL;
@@ -189,8 +178,7 @@ static ynode *read_node(yreader *r, yaml_event_t *ev, int depth)
         return n;
     }
     case YAML_ALIAS_EVENT:
-        set_err(r->err, r->err_cap,
-                "line %zu: YAML aliases (*name) are not supported in a kubeconfig", line);
+        set_err(r->err, r->err_cap, "line %zu: YAML aliases (*name) are not supported in a kubeconfig", line);
         event_drop(ev);
         return NULL;
     default:
@@ -228,27 +216,21 @@ ynode *yaml_read(const char *text, size_t len, bool *empty, char *err, size_t ca
     yaml_event_t ev;
     /* stream start, document start (or stream end: empty), the root node, document end,
      * stream end */
-    if (next_event(&r, &ev) != 0)
-        goto done;
+    if (next_event(&r, &ev) != 0) goto done;
     event_drop(&ev);
-    if (next_event(&r, &ev) != 0)
-        goto done;
+    if (next_event(&r, &ev) != 0) goto done;
     if (ev.type == YAML_STREAM_END_EVENT) {
         event_drop(&ev);
         *empty = true;
         goto done;
     }
     event_drop(&ev);
-    if (next_event(&r, &ev) != 0)
-        goto done;
+    if (next_event(&r, &ev) != 0) goto done;
     root = read_node(&r, &ev, 0);
-    if (!root)
-        goto done;
-    if (next_event(&r, &ev) != 0)
-        goto fail;
+    if (!root) goto done;
+    if (next_event(&r, &ev) != 0) goto fail;
     event_drop(&ev);
-    if (next_event(&r, &ev) != 0)
-        goto fail;
+    if (next_event(&r, &ev) != 0) goto fail;
     bool more = ev.type != YAML_STREAM_END_EVENT;
     event_drop(&ev);
     if (more) {
@@ -267,36 +249,31 @@ done:
 
 bool ynode_is_null(const ynode *n)
 {
-    if (!n)
-        return true;
-    if (n->kind != YN_SCALAR)
-        return false;
+    if (!n) return true;
+    if (n->kind != YN_SCALAR) return false;
     if (n->len == 0) /* "" is Go's zero value: kubectl treats it as unset too */
         return true;
-    return n->plain && (strcmp(n->value, "~") == 0 || strcmp(n->value, "null") == 0 ||
-                        strcmp(n->value, "Null") == 0 || strcmp(n->value, "NULL") == 0);
+    return n->plain && (strcmp(n->value, "~") == 0 || strcmp(n->value, "null") == 0 || strcmp(n->value, "Null") == 0 ||
+                        strcmp(n->value, "NULL") == 0);
 }
 
 const ynode *ynode_map_get(const ynode *map, const char *key)
 {
-    if (!map || map->kind != YN_MAP)
-        return NULL;
+    if (!map || map->kind != YN_MAP) return NULL;
     size_t klen = strlen(key);
     for (size_t i = 0; i + 1 < map->n; i += 2)
-        if (map->items[i]->len == klen && memcmp(map->items[i]->value, key, klen) == 0)
-            return map->items[i + 1];
+        if (map->items[i]->len == klen && memcmp(map->items[i]->value, key, klen) == 0) return map->items[i + 1];
     return NULL;
 }
 
 /* A string field: 1 (present, *out set), 0 (absent or null), -1 (not a string; message
  * names where/key only). Text fields (binary = false) must not hold NUL bytes. */
-int ynode_get_str(const ynode *map, const char *key, const char *where, bool binary,
-                   const ynode **out, char *err, size_t cap)
+int ynode_get_str(const ynode *map, const char *key, const char *where, bool binary, const ynode **out, char *err,
+                  size_t cap)
 {
     const ynode *v = ynode_map_get(map, key);
     *out = NULL;
-    if (ynode_is_null(v))
-        return 0;
+    if (ynode_is_null(v)) return 0;
     if (v->kind != YN_SCALAR) {
         set_err(err, cap, "%s: %s must be a string (line %zu)", where, key, v->line);
         return -1;
@@ -312,20 +289,15 @@ int ynode_get_str(const ynode *map, const char *key, const char *where, bool bin
 /* YAML 1.1 booleans, as kubectl (go-yaml) reads them. 1 true, 0 false/absent, -1 neither. */
 int ynode_get_bool(const ynode *map, const char *key, const char *where, char *err, size_t cap)
 {
-    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES",
-                                      "on",   "On",   "ON",   "y",   "Y"};
-    static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO",
-                                     "off",   "Off",   "OFF",   "n",  "N"};
+    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON", "y", "Y"};
+    static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N"};
     const ynode *v = ynode_map_get(map, key);
-    if (ynode_is_null(v))
-        return 0;
+    if (ynode_is_null(v)) return 0;
     if (v->kind == YN_SCALAR) {
         for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-            if (strcmp(v->value, yes[i]) == 0)
-                return 1;
+            if (strcmp(v->value, yes[i]) == 0) return 1;
         for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-            if (strcmp(v->value, no[i]) == 0)
-                return 0;
+            if (strcmp(v->value, no[i]) == 0) return 0;
     }
     set_err(err, cap, "%s: %s must be true or false (line %zu)", where, key, v->line);
     return -1;

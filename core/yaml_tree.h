@@ -39,8 +39,8 @@ const ynode *ynode_map_get(const ynode *map, const char *key);
 
 /* A string field: 1 (present, *out set), 0 (absent or null), -1 (not a string; message
  * names where/key only). Text fields (binary = false) must not hold NUL bytes. */
-int ynode_get_str(const ynode *map, const char *key, const char *where, bool binary,
-                   const ynode **out, char *err, size_t cap);
+int ynode_get_str(const ynode *map, const char *key, const char *where, bool binary, const ynode **out, char *err,
+                  size_t cap);
 
 /* YAML 1.1 booleans, as kubectl (go-yaml) reads them. 1 true, 0 false/absent, -1 neither. */
 int ynode_get_bool(const ynode *map, const char *key, const char *where, char *err, size_t cap);

@@ -17,12 +17,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /* An invariant of the code under test does not hold: say which, then abort() so that
  * libFuzzer saves the input as crash-<sha1>. */
-#define FUZZ_CHECK(cond)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: invariant violated: %s\n", __FILE__, __LINE__, #cond);         \
-            abort();                                                                               \
-        }                                                                                          \
+#define FUZZ_CHECK(cond)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: invariant violated: %s\n", __FILE__, __LINE__, #cond);                             \
+            abort();                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 /* malloc that never returns NULL (an out-of-memory here is not a finding). */
@@ -89,8 +89,7 @@ static inline bool fuzz_utf8_valid(const char *s, size_t len)
             if ((p[i] & 0xC0) != 0x80) return false;
             cp = (cp << 6) | (p[i] & 0x3F);
         }
-        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
+        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
             return false;
         p += n;
     }
@@ -101,8 +100,7 @@ static inline bool fuzz_utf8_valid(const char *s, size_t len)
 static inline bool fuzz_has_c1(const char *s, size_t len)
 {
     for (size_t i = 0; i + 1 < len; i++)
-        if ((unsigned char)s[i] == 0xC2 && (unsigned char)s[i + 1] >= 0x80 &&
-            (unsigned char)s[i + 1] <= 0x9F)
+        if ((unsigned char)s[i] == 0xC2 && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9F)
             return true;
     return false;
 }

@@ -40,7 +40,8 @@ static enum ref_status reference(const char *s, i128 *lo_ns, i128 *slack_ns)
     static const struct {
         const char *name;
         long long ns;
-    } units[] = {{"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", 1000000000LL}, {"m", 60000000000LL}, {"h", 3600000000000LL}};
+    } units[] = {{"ns", 1},           {"us", 1000},         {"ms", 1000000},
+                 {"s", 1000000000LL}, {"m", 60000000000LL}, {"h", 3600000000000LL}};
     *lo_ns = 0;
     *slack_ns = 0;
     if (s[0] == '\0') return REF_MALFORMED;
@@ -54,8 +55,10 @@ static enum ref_status reference(const char *s, i128 *lo_ns, i128 *slack_ns)
             /* Exact up to 1e20 (ten years is 3.2e17 ns); beyond, only "far above ten
              * years" matters: saturate at 1e21 (no i128 overflow for fuzzer-sized input). */
             const i128 exact_limit = (i128)100000000000000000LL * 1000;
-            if (ipart <= exact_limit) ipart = ipart * 10 + (*p - '0');
-            else ipart = exact_limit * 10;
+            if (ipart <= exact_limit)
+                ipart = ipart * 10 + (*p - '0');
+            else
+                ipart = exact_limit * 10;
             p++;
             digits++;
         }

@@ -20,8 +20,8 @@
  *  - naming the chosen context explicitly gives the same server, credential kind, cluster
  *    and user;
  *  - apiserver_settings_free leaves the struct all zeroes. */
-#include "kubeconfig.h"
 #include "fuzz_common.h"
+#include "kubeconfig.h"
 
 #define ERR_CAP 512
 
@@ -100,8 +100,9 @@ static bool contains(const char *hay, const char *needle)
 
 static bool public_fields_contain(const apiserver_settings *s, const char *needle)
 {
-    const char *fields[] = {s->context,  s->cluster,    s->user,             s->namespace_,     s->server_url,
-                            s->ca_file, s->token_file, s->client_cert_file, s->client_key_file};
+    const char *fields[] = {s->context,    s->cluster,          s->user,
+                            s->namespace_, s->server_url,       s->ca_file,
+                            s->token_file, s->client_cert_file, s->client_key_file};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         if (fields[i] && contains(fields[i], needle)) return true;
     return false;

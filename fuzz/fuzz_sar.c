@@ -26,9 +26,9 @@
  *  - sar_cache_key is deterministic and tells apart absent from "", and resource from
  *    non-resource questions. */
 #include "cache_key.h"
+#include "fuzz_common.h"
 #include "identity.h"
 #include "sar.h"
-#include "fuzz_common.h"
 
 #include <jansson.h>
 
@@ -119,7 +119,7 @@ static void check_answer(const char *body, size_t size)
         json_t *why = json_object_get(status, "reason"), *eval = json_object_get(status, "evaluationError");
         FUZZ_CHECK(!why || json_is_string(why));
         FUZZ_CHECK(!eval || json_is_string(eval));
-        const char *text = why && json_string_length(why) ? json_string_value(why)
+        const char *text = why && json_string_length(why)     ? json_string_value(why)
                            : eval && json_string_length(eval) ? json_string_value(eval)
                            : r == SAR_ALLOWED                 ? "allowed"
                                                               : "denied";
@@ -284,8 +284,7 @@ static void check_question(const uint8_t *data, size_t size)
         FUZZ_CHECK(json_is_object(spec));
         FUZZ_CHECK(json_object_size(spec) == 3 + (uid.len > 0) + (n_extra > 0));
         FUZZ_CHECK(json_is_str(json_object_get(spec, "user"), username.ptr, username.len));
-        if (uid.len)
-            FUZZ_CHECK(json_is_str(json_object_get(spec, "uid"), uid.ptr, uid.len));
+        if (uid.len) FUZZ_CHECK(json_is_str(json_object_get(spec, "uid"), uid.ptr, uid.len));
         json_t *g = json_object_get(spec, "groups");
         FUZZ_CHECK(json_is_array(g) && json_array_size(g) == n_groups);
         for (size_t i = 0; i < n_groups; i++)
@@ -331,8 +330,8 @@ static void check_question(const uint8_t *data, size_t size)
     for (int i = 0; i < N_ATTRS; i++) {
         if (attr[i] && attr[i][0]) continue;
         other = attrs;
-        const char **field[N_ATTRS] = {&other.namespace_, &other.verb, &other.group, &other.version,
-                                       &other.resource, &other.subresource, &other.name, &other.path};
+        const char **field[N_ATTRS] = {&other.namespace_, &other.verb,        &other.group, &other.version,
+                                       &other.resource,   &other.subresource, &other.name,  &other.path};
         *field[i] = attr[i] ? NULL : ""; /* swap absent and "" */
         FUZZ_CHECK(sar_cache_key(keyer, digest, &other, &k2) == 0);
         FUZZ_CHECK(memcmp(&k1, &k2, sizeof(k1)) != 0);

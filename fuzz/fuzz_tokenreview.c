@@ -20,9 +20,9 @@
  *  - the same answer parsed into a buffer of exactly packed_len bytes succeeds with the
  *    same bytes, and into packed_len - 1 bytes does not succeed (exact-size heap buffers);
  *  - on UNAUTHENTICATED without audiences, status.authenticated is not true. */
+#include "fuzz_common.h"
 #include "identity.h"
 #include "tokenreview.h"
-#include "fuzz_common.h"
 
 #include <jansson.h>
 
@@ -51,8 +51,8 @@ static void parse(const char *body, size_t len, const char *const *auds, size_t 
 {
     memset(out->reason, 0x5a, sizeof(out->reason));
     out->packed_len = 0;
-    out->result = tokenreview_parse_response(body, len, auds, n, out->packed, sizeof(out->packed),
-                                             &out->packed_len, out->reason, sizeof(out->reason));
+    out->result = tokenreview_parse_response(body, len, auds, n, out->packed, sizeof(out->packed), &out->packed_len,
+                                             out->reason, sizeof(out->reason));
     FUZZ_CHECK(out->result == TOKENREVIEW_AUTHENTICATED || out->result == TOKENREVIEW_UNAUTHENTICATED ||
                out->result == TOKENREVIEW_BAD_RESPONSE || out->result == TOKENREVIEW_UNREPRESENTABLE);
     if (out->result == TOKENREVIEW_AUTHENTICATED) {
@@ -169,8 +169,10 @@ static void check_identity(const parsed *p, json_t *status, const char *const *a
         identity_read_string(&pos, &g);
         if (g.len == 0 || memchr(g.ptr, '|', g.len)) ambiguous = true;
     }
-    if (ambiguous) FUZZ_CHECK(jl == -2);
-    else check_joined_groups(&view, joined, jl);
+    if (ambiguous)
+        FUZZ_CHECK(jl == -2);
+    else
+        check_joined_groups(&view, joined, jl);
 
     str_view ns, name;
     if (identity_serviceaccount(view.username, &ns, &name)) {
@@ -245,7 +247,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *reason = fuzz_xmalloc(cap);
         unsigned char packed[64];
         size_t got = 0;
-        tokenreview_result r = tokenreview_parse_response(body, size, NULL, 0, packed, sizeof(packed), &got, reason, cap);
+        tokenreview_result r =
+            tokenreview_parse_response(body, size, NULL, 0, packed, sizeof(packed), &got, reason, cap);
         FUZZ_CHECK(r == none.result);
         FUZZ_CHECK(memchr(reason, '\0', cap) != NULL);
         FUZZ_CHECK(strncmp(reason, none.reason, cap - 1) == 0);

@@ -46,12 +46,10 @@ void log_json(const char *msg, json_t *extra)
     json_t *line = json_pack("{ss}", "msg", msg);
     char *text;
 
-    if (extra)
-        json_object_update(line, extra);
+    if (extra) json_object_update(line, extra);
     json_decref(extra);
     text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (text)
-        fprintf(stderr, "%s\n", text);
+    if (text) fprintf(stderr, "%s\n", text);
     fflush(stderr); /* tests wait for these lines in a log file */
     free(text);
     json_decref(line);
@@ -65,8 +63,7 @@ int log_listening(const char *name, int fd)
     const void *ip;
     int port;
 
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-        return -1;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -1;
     if (ss.ss_family == AF_INET6) {
         ip = &((struct sockaddr_in6 *)&ss)->sin6_addr;
         port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
@@ -74,8 +71,7 @@ int log_listening(const char *name, int fd)
         ip = &((struct sockaddr_in *)&ss)->sin_addr;
         port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
-    if (!evutil_inet_ntop(ss.ss_family, ip, host, sizeof host))
-        return -1;
+    if (!evutil_inet_ntop(ss.ss_family, ip, host, sizeof host)) return -1;
     snprintf(addr, sizeof addr, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
     log_json("listening", json_pack("{ss ss}", "listener", name, "addr", addr));
     return 0;
@@ -91,20 +87,17 @@ int parse_listen_addr(const char *addr, struct sockaddr_storage *ss, int *len)
     char host[256];
     size_t hostlen;
 
-    if (!colon || colon[1] == '\0')
-        return -1;
+    if (!colon || colon[1] == '\0') return -1;
     hostlen = (size_t)(colon - addr);
     if (hostlen >= 2 && addr[0] == '[' && addr[hostlen - 1] == ']') {
         addr++; /* [v6]:port */
         hostlen -= 2;
     }
-    if (hostlen >= sizeof host)
-        return -1;
+    if (hostlen >= sizeof host) return -1;
     memcpy(host, addr, hostlen);
     host[hostlen] = '\0';
     /* evutil_parse_sockaddr_port() refuses port 0, which the tests need. */
-    if (getaddrinfo(hostlen ? host : NULL, colon + 1, &hints, &res) != 0)
-        return -1;
+    if (getaddrinfo(hostlen ? host : NULL, colon + 1, &hints, &res) != 0) return -1;
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = (int)res->ai_addrlen;
     freeaddrinfo(res);
@@ -148,8 +141,8 @@ static int parse_args(int argc, char **argv, struct options *opt, struct fake_se
         }
         /* clang-format on */
     }
-    if (optind != argc || !opt->listen || !opt->control_listen || !opt->cert || !opt->key ||
-        !srv->tokens_path || !srv->credential_path)
+    if (optind != argc || !opt->listen || !opt->control_listen || !opt->cert || !opt->key || !srv->tokens_path ||
+        !srv->credential_path)
         return -1;
     return 0;
 }
@@ -159,12 +152,9 @@ static SSL_CTX *tls_context(struct fake_server *srv, const char *cert, const cha
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 
-    if (!ctx)
-        return NULL;
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
-        SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
+    if (!ctx) return NULL;
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 || SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -177,14 +167,11 @@ static int api_listen(struct fake_server *srv, const char *addr)
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
 
-    if (parse_listen_addr(addr, &ss, &sslen) < 0)
-        return -1;
-    srv->api_listener =
-        evconnlistener_new_bind(srv->base, api_conn_accept, srv,
-                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-                                128, (struct sockaddr *)&ss, sslen);
-    if (!srv->api_listener)
-        return -1;
+    if (parse_listen_addr(addr, &ss, &sslen) < 0) return -1;
+    srv->api_listener = evconnlistener_new_bind(srv->base, api_conn_accept, srv,
+                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
+                                                (struct sockaddr *)&ss, sslen);
+    if (!srv->api_listener) return -1;
     return log_listening("api", evconnlistener_get_fd(srv->api_listener));
 }
 
@@ -201,8 +188,7 @@ static int signals_start(struct fake_server *srv)
 {
     srv->sigterm = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
     srv->sigint = evsignal_new(srv->base, SIGINT, signal_cb, srv);
-    if (!srv->sigterm || !srv->sigint || evsignal_add(srv->sigterm, NULL) < 0 ||
-        evsignal_add(srv->sigint, NULL) < 0)
+    if (!srv->sigterm || !srv->sigint || evsignal_add(srv->sigterm, NULL) < 0 || evsignal_add(srv->sigint, NULL) < 0)
         return -1;
     return 0;
 }
@@ -221,8 +207,7 @@ static int server_start(struct fake_server *srv, const struct options *opt)
     }
     srv->ssl_ctx = tls_context(srv, opt->cert, opt->key);
     if (!srv->ssl_ctx) {
-        log_json("cannot load certificate",
-                 json_pack("{ss ss}", "cert", opt->cert, "key", opt->key));
+        log_json("cannot load certificate", json_pack("{ss ss}", "cert", opt->cert, "key", opt->key));
         return -1;
     }
     if (api_listen(srv, opt->listen) < 0) {
@@ -230,8 +215,7 @@ static int server_start(struct fake_server *srv, const struct options *opt)
         return -1;
     }
     if (control_start(srv, opt->control_listen) < 0) {
-        log_json("cannot listen",
-                 json_pack("{ss ss}", "listener", "control", "addr", opt->control_listen));
+        log_json("cannot listen", json_pack("{ss ss}", "listener", "control", "addr", opt->control_listen));
         return -1;
     }
     if (signals_start(srv) < 0) {
@@ -245,24 +229,18 @@ static int server_start(struct fake_server *srv, const struct options *opt)
  * reviews hold timers on the base and entries on srv->pending. */
 static void server_free(struct fake_server *srv)
 {
-    if (srv->api_listener)
-        evconnlistener_free(srv->api_listener);
-    while (!LIST_EMPTY(&srv->conns))
-        api_conn_free(LIST_FIRST(&srv->conns));
-    if (srv->control)
-        evhttp_free(srv->control);
-    if (srv->sigterm)
-        event_free(srv->sigterm);
-    if (srv->sigint)
-        event_free(srv->sigint);
+    if (srv->api_listener) evconnlistener_free(srv->api_listener);
+    while (!LIST_EMPTY(&srv->conns)) api_conn_free(LIST_FIRST(&srv->conns));
+    if (srv->control) evhttp_free(srv->control);
+    if (srv->sigterm) event_free(srv->sigterm);
+    if (srv->sigint) event_free(srv->sigint);
     SSL_CTX_free(srv->ssl_ctx);
     fake_cluster_free(srv);
     tables_free(&srv->tables);
     json_decref(srv->stats.by_token);
     json_decref(srv->success_cache);
     free(srv->jwks_json);
-    if (srv->base)
-        event_base_free(srv->base);
+    if (srv->base) event_base_free(srv->base);
 }
 
 int main(int argc, char **argv)
@@ -282,13 +260,10 @@ int main(int argc, char **argv)
     srv.stats.by_token = json_object();
     srv.success_cache = json_object();
     srv.base = event_base_new();
-    if (!srv.base || !srv.stats.by_token || !srv.success_cache || fake_issuer_init(&srv) != 0)
-        goto cleanup;
-    if (server_start(&srv, &opt) < 0)
-        goto cleanup;
+    if (!srv.base || !srv.stats.by_token || !srv.success_cache || fake_issuer_init(&srv) != 0) goto cleanup;
+    if (server_start(&srv, &opt) < 0) goto cleanup;
 
-    if (event_base_dispatch(srv.base) == 0 || event_base_got_break(srv.base))
-        rc = 0;
+    if (event_base_dispatch(srv.base) == 0 || event_base_got_break(srv.base)) rc = 0;
 cleanup:
     server_free(&srv);
     libevent_global_shutdown(); /* so that valgrind sees no leftovers */

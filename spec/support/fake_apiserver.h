@@ -135,9 +135,9 @@ struct fake_server {
     struct event *sigterm;
     struct event *sigint;
 
-    const char *tokens_path;     /* --tokens */
-    const char *sar_rules_path;  /* --sar-rules, or NULL: rules come from tokens_path */
-    const char *credential_path; /* --credential-file, re-read on every request */
+    const char *tokens_path;      /* --tokens */
+    const char *sar_rules_path;   /* --sar-rules, or NULL: rules come from tokens_path */
+    const char *credential_path;  /* --credential-file, re-read on every request */
     const char *signing_key_path; /* --signing-key, or NULL: a key made at start-up */
 
     struct fake_config config;
@@ -280,8 +280,8 @@ void fake_cluster_config_changed(struct fake_server *srv);
 /* A control request under /control/ that the cluster answers (ServiceAccounts, Pods,
  * watches); returns false when path is not one of them. Sets *status and *answer (a new
  * reference) otherwise. */
-bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, const json_t *body,
-                          int *status, json_t **answer);
+bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, const json_t *body, int *status,
+                          json_t **answer);
 /* Counters for GET /control/stats. */
 json_t *fake_cluster_stats(const struct fake_server *srv);
 
@@ -327,15 +327,15 @@ extern const struct api_proto fake_http2_proto; /* fake_http2.c */
 #endif
 
 /* Accept callback of the API listener (an evconnlistener_cb). */
-void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr,
-                     int addrlen, void *arg);
+void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
+                     void *arg);
 /* Close from the event loop, so no caller up the stack is left holding a freed conn. */
 void api_conn_close_later(struct api_conn *conn);
 /* Close now; only from a libevent callback or at shutdown. */
 void api_conn_free(struct api_conn *conn);
 /* The SSL_CTX ALPN selection callback: h2 when offered and enabled, else http/1.1. */
-int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-                    const unsigned char *in, unsigned int inlen, void *arg);
+int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                    unsigned int inlen, void *arg);
 /* Write an HTTP date (RFC 9110 IMF-fixdate) of now into buf. */
 void fake_http_date(char *buf, size_t len);
 

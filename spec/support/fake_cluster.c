@@ -95,13 +95,10 @@ static bool valid_dns(const char *s, size_t max, bool dots)
 {
     size_t len = s ? strlen(s) : 0;
 
-    if (len == 0 || len > max || !isalnum((unsigned char)s[0]) ||
-        !isalnum((unsigned char)s[len - 1]))
-        return false;
+    if (len == 0 || len > max || !isalnum((unsigned char)s[0]) || !isalnum((unsigned char)s[len - 1])) return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (!(islower(c) || isdigit(c) || c == '-' || (dots && c == '.')))
-            return false;
+        if (!(islower(c) || isdigit(c) || c == '-' || (dots && c == '.'))) return false;
     }
     return true;
 }
@@ -120,27 +117,23 @@ static bool valid_uid(const char *s)
 {
     size_t len = s ? strlen(s) : 0;
 
-    if (len == 0 || len > UID_MAX)
-        return false;
+    if (len == 0 || len > UID_MAX) return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (!(isalnum(c) || c == '-' || c == '.' || c == '_'))
-            return false;
+        if (!(isalnum(c) || c == '-' || c == '.' || c == '_')) return false;
     }
     return true;
 }
 
-static struct fake_object *object_new(enum fake_resource res, const char *ns, const char *name,
-                                      const char *uid, const char *serviceaccount, uint64_t rv,
-                                      time_t created)
+static struct fake_object *object_new(enum fake_resource res, const char *ns, const char *name, const char *uid,
+                                      const char *serviceaccount, uint64_t rv, time_t created)
 {
     size_t lns = strlen(ns) + 1, lname = strlen(name) + 1, luid = strlen(uid) + 1;
     size_t lsa = strlen(serviceaccount) + 1;
     struct fake_object *o = malloc(sizeof *o + lns + lname + luid + lsa);
     char *p;
 
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     o->refs = 1;
     o->res = res;
     o->rv = rv;
@@ -160,18 +153,15 @@ static struct fake_object *object_new(enum fake_resource res, const char *ns, co
 /* A new version of o (same object) at rv. */
 static struct fake_object *object_version(const struct fake_object *o, uint64_t rv)
 {
-    struct fake_object *v =
-        object_new(o->res, o->namespace_name, o->name, o->uid, o->serviceaccount, rv, o->created);
+    struct fake_object *v = object_new(o->res, o->namespace_name, o->name, o->uid, o->serviceaccount, rv, o->created);
 
-    if (v)
-        v->deleting = o->deleting;
+    if (v) v->deleting = o->deleting;
     return v;
 }
 
 static void object_unref(struct fake_object *o)
 {
-    if (o && --o->refs == 0)
-        free(o);
+    if (o && --o->refs == 0) free(o);
 }
 
 static void rfc3339(time_t t, char *buf, size_t len)
@@ -195,8 +185,7 @@ static size_t object_json(const struct fake_object *o, bool with_kind, char *buf
                  "\"uid\":\"%s\",\"resourceVersion\":\"%" PRIu64 "\","
                  "\"creationTimestamp\":\"%s\"",
                  with_kind ? "\"kind\":\"" : "", with_kind ? resource_kind[o->res] : "",
-                 with_kind ? "\",\"apiVersion\":\"v1\"," : "", o->name, o->namespace_name, o->uid,
-                 o->rv, created);
+                 with_kind ? "\",\"apiVersion\":\"v1\"," : "", o->name, o->namespace_name, o->uid, o->rv, created);
     if (o->deleting) {
         rfc3339(time(NULL), deleted, sizeof deleted);
         n += snprintf(buf + n, OBJECT_JSON_MAX - (size_t)n,
@@ -267,8 +256,7 @@ static int store_insert(struct fake_store *st, size_t pos, struct fake_object *o
     if (st->n == st->cap) {
         size_t cap = st->cap ? st->cap * 2 : 64;
         struct fake_object **grown = realloc(st->items, cap * sizeof *grown);
-        if (!grown)
-            return -1;
+        if (!grown) return -1;
         st->items = grown;
         st->cap = cap;
     }
@@ -291,8 +279,7 @@ static struct fake_object *store_remove(struct fake_store *st, size_t pos)
 
 static void history_clear(struct fake_history *h)
 {
-    for (size_t i = 0; i < h->count; i++)
-        object_unref(h->ring[(h->start + i) % HISTORY_MAX].obj);
+    for (size_t i = 0; i < h->count; i++) object_unref(h->ring[(h->start + i) % HISTORY_MAX].obj);
     h->start = h->count = 0;
 }
 
@@ -332,8 +319,7 @@ static void write_bookmark(struct fake_watcher *w)
     char line[256];
     int n = snprintf(line, sizeof line,
                      "{\"type\":\"BOOKMARK\",\"object\":{\"kind\":\"%s\",\"apiVersion\":\"v1\","
-                     "\"metadata\":{\"resourceVersion\":\"%" PRIu64
-                     "\",\"creationTimestamp\":null}}}\n",
+                     "\"metadata\":{\"resourceVersion\":\"%" PRIu64 "\",\"creationTimestamp\":null}}}\n",
                      resource_kind[w->res], w->srv->cluster.rv);
 
     w->ex->ops->stream_write(w->ex, line, (size_t)n);
@@ -358,8 +344,7 @@ static struct fake_exchange *watcher_detach(struct fake_watcher *w)
     struct fake_exchange *ex = w->ex;
 
     LIST_REMOVE(w, link);
-    if (w->timeout)
-        event_free(w->timeout);
+    if (w->timeout) event_free(w->timeout);
     ex->watch = NULL;
     free(w);
     return ex;
@@ -386,8 +371,7 @@ static void watch_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 void fake_cluster_cancel(struct fake_exchange *ex)
 {
-    if (ex->watch)
-        watcher_detach(ex->watch);
+    if (ex->watch) watcher_detach(ex->watch);
 }
 
 /* Record an event and send it to the watches of its resource. */
@@ -396,10 +380,8 @@ static void emit(struct fake_server *srv, const char *type, struct fake_object *
     struct fake_watcher *w;
 
     history_push(&srv->cluster.stores[o->res].history, type, o);
-    LIST_FOREACH(w, &srv->cluster.watchers, link)
-    {
-        if (w->res == o->res)
-            write_line(w->ex, type, o);
+    LIST_FOREACH(w, &srv->cluster.watchers, link) {
+        if (w->res == o->res) write_line(w->ex, type, o);
     }
 }
 
@@ -408,8 +390,7 @@ static size_t send_bookmarks(struct fake_server *srv, int res)
     struct fake_watcher *w;
     size_t n = 0;
 
-    LIST_FOREACH(w, &srv->cluster.watchers, link)
-    {
+    LIST_FOREACH(w, &srv->cluster.watchers, link) {
         if (w->bookmarks && (res < 0 || (int)w->res == res)) {
             write_bookmark(w);
             n++;
@@ -431,8 +412,7 @@ void fake_cluster_config_changed(struct fake_server *srv)
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
     evtimer_del(srv->cluster.bookmark_timer);
-    if (ms > 0)
-        evtimer_add(srv->cluster.bookmark_timer, &tv);
+    if (ms > 0) evtimer_add(srv->cluster.bookmark_timer, &tv);
 }
 
 /* End every watch of res (-1: all). */
@@ -443,8 +423,7 @@ static size_t end_watches(struct fake_server *srv, int res, bool abrupt, bool ex
 
     for (; w; w = next) {
         next = LIST_NEXT(w, link);
-        if (res >= 0 && (int)w->res != res)
-            continue;
+        if (res >= 0 && (int)w->res != res) continue;
         if (expired)
             write_expired(w->ex, srv->cluster.stores[w->res].history.compacted_rv - 1,
                           srv->cluster.stores[w->res].history.compacted_rv);
@@ -461,8 +440,7 @@ static void compact(struct fake_server *srv, int res)
 {
     srv->cluster.rv++;
     for (int r = 0; r < FAKE_RESOURCES; r++) {
-        if (res >= 0 && r != res)
-            continue;
+        if (res >= 0 && r != res) continue;
         history_clear(&srv->cluster.stores[r].history);
         srv->cluster.stores[r].history.compacted_rv = srv->cluster.rv;
     }
@@ -471,9 +449,8 @@ static void compact(struct fake_server *srv, int res)
 /* ---- creating and deleting ---- */
 
 /* Create an object; returns it (owned by the store), or NULL with *status and *why set. */
-static struct fake_object *create(struct fake_server *srv, enum fake_resource res, const char *ns,
-                                  const char *name, const char *uid, const char *serviceaccount,
-                                  int *status, const char **why)
+static struct fake_object *create(struct fake_server *srv, enum fake_resource res, const char *ns, const char *name,
+                                  const char *uid, const char *serviceaccount, int *status, const char **why)
 {
     struct fake_store *st = &srv->cluster.stores[res];
     struct fake_object *o;
@@ -495,8 +472,7 @@ static struct fake_object *create(struct fake_server *srv, enum fake_resource re
         fake_random_uuid(random_uid);
         uid = random_uid;
     }
-    o = object_new(res, ns, name, uid, res == FAKE_PODS ? serviceaccount : "", srv->cluster.rv + 1,
-                   time(NULL));
+    o = object_new(res, ns, name, uid, res == FAKE_PODS ? serviceaccount : "", srv->cluster.rv + 1, time(NULL));
     if (!o || store_insert(st, pos, o) < 0) {
         object_unref(o);
         *status = 500;
@@ -510,20 +486,17 @@ static struct fake_object *create(struct fake_server *srv, enum fake_resource re
 
 /* Delete ns/name; a Pod is first marked for deletion (MODIFIED with deletionTimestamp), as
  * the captured force-deletion shows. Returns the deleted version (a new reference) or NULL. */
-static struct fake_object *delete (struct fake_server *srv, enum fake_resource res, const char *ns,
-                                   const char *name)
+static struct fake_object *delete (struct fake_server *srv, enum fake_resource res, const char *ns, const char *name)
 {
     struct fake_store *st = &srv->cluster.stores[res];
     struct fake_object *o, *gone;
     size_t pos;
 
-    if (!ns || !name || store_find(st, ns, name, &pos) < 0)
-        return NULL;
+    if (!ns || !name || store_find(st, ns, name, &pos) < 0) return NULL;
     o = st->items[pos];
     if (res == FAKE_PODS) {
         struct fake_object *marked = object_version(o, srv->cluster.rv + 1);
-        if (!marked)
-            return NULL;
+        if (!marked) return NULL;
         marked->deleting = true;
         srv->cluster.rv++;
         st->items[pos] = marked;
@@ -532,8 +505,7 @@ static struct fake_object *delete (struct fake_server *srv, enum fake_resource r
         emit(srv, "MODIFIED", o);
     }
     gone = object_version(o, srv->cluster.rv + 1);
-    if (!gone)
-        return NULL;
+    if (!gone) return NULL;
     srv->cluster.rv++;
     object_unref(store_remove(st, pos));
     emit(srv, "DELETED", gone);
@@ -544,18 +516,15 @@ static struct fake_object *delete (struct fake_server *srv, enum fake_resource r
 
 /* The ServiceAccount of a user object, if its username is a valid system:serviceaccount:
  * name: ns and name are written into the buffers. */
-static bool user_serviceaccount(const json_t *user, char ns[NAMESPACE_MAX + 1],
-                                char name[NAME_MAX_LEN + 1])
+static bool user_serviceaccount(const json_t *user, char ns[NAMESPACE_MAX + 1], char name[NAME_MAX_LEN + 1])
 {
     const char *username = json_string_value(json_object_get(user, "username"));
     const char *rest, *colon;
 
-    if (!username || strncmp(username, SA_PREFIX, strlen(SA_PREFIX)) != 0)
-        return false;
+    if (!username || strncmp(username, SA_PREFIX, strlen(SA_PREFIX)) != 0) return false;
     rest = username + strlen(SA_PREFIX);
     colon = strchr(rest, ':');
-    if (!colon || (size_t)(colon - rest) > NAMESPACE_MAX || strlen(colon + 1) > NAME_MAX_LEN)
-        return false;
+    if (!colon || (size_t)(colon - rest) > NAMESPACE_MAX || strlen(colon + 1) > NAME_MAX_LEN) return false;
     memcpy(ns, rest, (size_t)(colon - rest));
     ns[colon - rest] = '\0';
     strcpy(name, colon + 1);
@@ -565,8 +534,7 @@ static bool user_serviceaccount(const json_t *user, char ns[NAMESPACE_MAX + 1],
 /* The first value of extra[key], or NULL. */
 static const char *user_extra(const json_t *user, const char *key)
 {
-    return json_string_value(
-        json_array_get(json_object_get(json_object_get(user, "extra"), key), 0));
+    return json_string_value(json_array_get(json_object_get(json_object_get(user, "extra"), key), 0));
 }
 
 static const char *user_uid(const json_t *user)
@@ -597,8 +565,7 @@ int fake_cluster_check_tokens(const json_t *tokens, char *err, size_t errlen)
     {
         json_t *user = json_object_get(entry, "user");
         const char *uid = user_uid(user);
-        if (!user_serviceaccount(user, ns, name))
-            continue;
+        if (!user_serviceaccount(user, ns, name)) continue;
         snprintf(key, sizeof key, "%s/%s", ns, name);
         seen = json_object_get(sa_uids, key);
         if (uid && seen && strcmp(json_string_value(seen), uid) != 0) {
@@ -607,10 +574,8 @@ int fake_cluster_check_tokens(const json_t *tokens, char *err, size_t errlen)
             rc = -1;
             break;
         }
-        if (uid && !seen)
-            json_object_set_new(sa_uids, key, json_string(uid));
-        if (!user_pod(user, &pod_uid, &pod_name))
-            continue;
+        if (uid && !seen) json_object_set_new(sa_uids, key, json_string(uid));
+        if (!user_pod(user, &pod_uid, &pod_name)) continue;
         snprintf(key, sizeof key, "%s/%s", ns, pod_name);
         seen = json_object_get(pods, pod_uid);
         if (seen && strcmp(json_string_value(seen), key) != 0) {
@@ -635,8 +600,7 @@ void fake_cluster_add_tokens(struct fake_server *srv, const json_t *old, const j
     /* Two passes: a ServiceAccount takes the uid a token gives it before one is made up
      * for tokens that name none. */
     for (int pass = 0; pass < 2; pass++) {
-        json_object_foreach((json_t *)tokens, token, entry)
-        {
+        json_object_foreach((json_t *)tokens, token, entry) {
             json_t *user = json_object_get(entry, "user");
             const char *uid = user_uid(user);
             size_t pos;
@@ -661,8 +625,7 @@ const char *fake_cluster_token_error(struct fake_server *srv, const json_t *user
     long i;
     size_t pos;
 
-    if (!user_serviceaccount(user, ns, name))
-        return NULL; /* not a ServiceAccount the fake models: never revoked */
+    if (!user_serviceaccount(user, ns, name)) return NULL; /* not a ServiceAccount the fake models: never revoked */
     i = store_find(&srv->cluster.stores[FAKE_SERVICEACCOUNTS], ns, name, &pos);
     if (i < 0) {
         snprintf(why, sizeof why, "serviceaccounts \"%s\" not found", name);
@@ -673,8 +636,7 @@ const char *fake_cluster_token_error(struct fake_server *srv, const json_t *user
                  srv->cluster.stores[FAKE_SERVICEACCOUNTS].items[i]->uid, uid);
         return why;
     }
-    if (!user_pod(user, &pod_uid, &pod_name))
-        return NULL;
+    if (!user_pod(user, &pod_uid, &pod_name)) return NULL;
     /* As kube-apiserver does: the bound pod, by name in the ServiceAccount's namespace,
      * must still exist with the same uid (a lookup, not a scan: 100 000 pods stay fast). */
     if (pod_name && (i = store_find(pods, ns, pod_name, &pos)) >= 0 && strcmp(pods->items[i]->uid, pod_uid) == 0)
@@ -696,8 +658,7 @@ struct list_query {
 
 static int hex_value(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
+    if (c >= '0' && c <= '9') return c - '0';
     c = (char)tolower((unsigned char)c);
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
@@ -715,8 +676,7 @@ static bool url_decode(const char *s, size_t len, char *out, size_t cap)
         } else if (c == '+') {
             c = ' ';
         }
-        if (n + 1 >= cap)
-            return false;
+        if (n + 1 >= cap) return false;
         out[n++] = c;
     }
     out[n] = '\0';
@@ -727,11 +687,9 @@ static bool parse_u64(const char *s, uint64_t *out)
 {
     uint64_t v = 0;
 
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (; *s; s++) {
-        if (!isdigit((unsigned char)*s) || v > (UINT64_MAX - 9) / 10)
-            return false;
+        if (!isdigit((unsigned char)*s) || v > (UINT64_MAX - 9) / 10) return false;
         v = v * 10 + (uint64_t)(*s - '0');
     }
     *out = v;
@@ -760,8 +718,7 @@ static void parse_query(const char *query, struct list_query *q)
                 q->bookmarks = is_true(value);
             else if (strcmp(name, "resourceVersion") == 0 && *value) {
                 q->has_rv = true;
-                if (!parse_u64(value, &q->rv))
-                    q->bad = true;
+                if (!parse_u64(value, &q->rv)) q->bad = true;
             } else if (strcmp(name, "limit") == 0) {
                 if (!parse_u64(value, &n) || n > 1000000000)
                     q->bad = true;
@@ -779,8 +736,7 @@ static void parse_query(const char *query, struct list_query *q)
             q->bad = true; /* too long to be anything a client sends */
         }
         query += len;
-        if (*query == '&')
-            query++;
+        if (*query == '&') query++;
     }
 }
 
@@ -790,15 +746,12 @@ static void continue_encode(uint64_t rv, const char *last_key, char *out, size_t
 {
     char json[NAMESPACE_MAX + NAME_MAX_LEN + 128];
     unsigned char b64[sizeof json * 4 / 3 + 8];
-    int n = snprintf(json, sizeof json,
-                     "{\"v\":\"meta.k8s.io/v1\",\"rv\":%" PRIu64 ",\"start\":\"%s\\u0000\"}", rv,
+    int n = snprintf(json, sizeof json, "{\"v\":\"meta.k8s.io/v1\",\"rv\":%" PRIu64 ",\"start\":\"%s\\u0000\"}", rv,
                      last_key);
     int len = EVP_EncodeBlock(b64, (const unsigned char *)json, n);
 
-    while (len > 0 && b64[len - 1] == '=')
-        len--;
-    for (int i = 0; i < len; i++)
-        b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+    while (len > 0 && b64[len - 1] == '=') len--;
+    for (int i = 0; i < len; i++) b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
     snprintf(out, cap, "%.*s", len, (const char *)b64);
 }
 
@@ -813,18 +766,13 @@ static bool continue_decode(const char *token, uint64_t *rv, char *start, size_t
     int n;
     bool ok = false;
 
-    if (len == 0 || len + 4 >= sizeof b64)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        b64[i] = token[i] == '-' ? '+' : token[i] == '_' ? '/' : token[i];
-    while (len % 4)
-        b64[len++] = '=';
+    if (len == 0 || len + 4 >= sizeof b64) return false;
+    for (size_t i = 0; i < len; i++) b64[i] = token[i] == '-' ? '+' : token[i] == '_' ? '/' : token[i];
+    while (len % 4) b64[len++] = '=';
     b64[len] = '\0';
     n = EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)len);
-    if (n <= 0)
-        return false;
-    while (n > 0 && raw[n - 1] == '\0')
-        n--; /* EVP_DecodeBlock pads its output with zeros */
+    if (n <= 0) return false;
+    while (n > 0 && raw[n - 1] == '\0') n--; /* EVP_DecodeBlock pads its output with zeros */
     doc = json_loadb((const char *)raw, (size_t)n, JSON_ALLOW_NUL, NULL);
     key = json_string_value(json_object_get(doc, "start"));
     if (json_is_integer(json_object_get(doc, "rv")) && key && strlen(key) < cap) {
@@ -868,15 +816,11 @@ static void answer_list(struct fake_server *srv, struct fake_exchange *ex, enum 
         fake_answer_status(&resp, 500, "fake-apiserver: out of memory");
         goto deliver;
     }
-    fprintf(
-        f,
-        "{\"kind\":\"%sList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"%" PRIu64
-        "\"",
-        resource_kind[res], rv);
+    fprintf(f, "{\"kind\":\"%sList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"%" PRIu64 "\"",
+            resource_kind[res], rv);
     if (end < st->n) {
         char token[1024];
-        snprintf(start, sizeof start, "%s/%s", st->items[end - 1]->namespace_name,
-                 st->items[end - 1]->name);
+        snprintf(start, sizeof start, "%s/%s", st->items[end - 1]->namespace_name, st->items[end - 1]->name);
         continue_encode(rv, start, token, sizeof token);
         fprintf(f, ",\"continue\":\"%s\",\"remainingItemCount\":%zu", token, st->n - end);
     }
@@ -910,8 +854,8 @@ static void answer_watch(struct fake_server *srv, struct fake_exchange *ex, enum
 
     if (expired && srv->config.watch_gone_http) {
         char message[128];
-        snprintf(message, sizeof message, "too old resource version: %" PRIu64 " (%" PRIu64 ")",
-                 q->rv, h->compacted_rv);
+        snprintf(message, sizeof message, "too old resource version: %" PRIu64 " (%" PRIu64 ")", q->rv,
+                 h->compacted_rv);
         fake_answer_status(&head, 410, message);
         ex->ops->respond(ex, &head);
         fake_response_clear(&head);
@@ -922,8 +866,7 @@ static void answer_watch(struct fake_server *srv, struct fake_exchange *ex, enum
         struct timeval tv = {q->timeout_seconds, 0};
         w->timeout = evtimer_new(srv->base, watch_timeout_cb, w);
         if (!w->timeout || evtimer_add(w->timeout, &tv) < 0) {
-            if (w->timeout)
-                event_free(w->timeout);
+            if (w->timeout) event_free(w->timeout);
             free(w);
             w = NULL;
         }
@@ -954,13 +897,11 @@ static void answer_watch(struct fake_server *srv, struct fake_exchange *ex, enum
 
     if (!q->has_rv || q->rv == 0) {
         /* "Start at most recent", from scratch: the current state as ADDED events. */
-        for (size_t i = 0; i < st->n; i++)
-            write_line(ex, "ADDED", st->items[i]);
+        for (size_t i = 0; i < st->n; i++) write_line(ex, "ADDED", st->items[i]);
     } else {
         for (size_t i = 0; i < h->count; i++) {
             const struct fake_history_event *e = &h->ring[(h->start + i) % HISTORY_MAX];
-            if (e->obj->rv > q->rv)
-                write_line(ex, e->type, e->obj);
+            if (e->obj->rv > q->rv) write_line(ex, e->type, e->obj);
         }
     }
 }
@@ -977,8 +918,7 @@ void fake_cluster_handle(struct fake_server *srv, struct fake_exchange *ex)
 {
     const char *path = ex->req.path;
     const char *query = strchr(path, '?');
-    enum fake_resource res =
-        strncmp(path, SA_PATH, strlen(SA_PATH)) == 0 ? FAKE_SERVICEACCOUNTS : FAKE_PODS;
+    enum fake_resource res = strncmp(path, SA_PATH, strlen(SA_PATH)) == 0 ? FAKE_SERVICEACCOUNTS : FAKE_PODS;
     struct fake_response resp;
     struct list_query q;
 
@@ -989,8 +929,7 @@ void fake_cluster_handle(struct fake_server *srv, struct fake_exchange *ex)
         srv->stats.list_calls++;
 
     if (strcmp(ex->req.method, "GET") != 0) {
-        fake_answer_status(&resp, 405,
-                           "the server does not allow this method on the requested resource");
+        fake_answer_status(&resp, 405, "the server does not allow this method on the requested resource");
     } else if (srv->config.watch_error_status >= 400) {
         char message[300];
         if (srv->config.watch_error_status == 403)
@@ -1021,8 +960,7 @@ static int resource_arg(const json_t *body, int *res)
     const char *name = json_string_value(json_object_get(body, "resource"));
 
     *res = -1;
-    if (!json_object_get(body, "resource"))
-        return 0;
+    if (!json_object_get(body, "resource")) return 0;
     for (int r = 0; r < FAKE_RESOURCES; r++) {
         if (name && strcmp(name, resource_plural[r]) == 0) {
             *res = r;
@@ -1055,14 +993,13 @@ static json_t *cluster_doc(const struct fake_server *srv)
     snprintf(pod_rv, sizeof pod_rv, "%" PRIu64, c->stores[FAKE_PODS].history.compacted_rv);
     json_t *doc = fake_cluster_stats(srv);
     json_object_set_new(doc, "resourceVersion", json_string(rv));
-    json_object_set_new(doc, "compacted",
-                        json_pack("{ss ss}", "serviceaccounts", sa_rv, "pods", pod_rv));
+    json_object_set_new(doc, "compacted", json_pack("{ss ss}", "serviceaccounts", sa_rv, "pods", pod_rv));
     return doc;
 }
 
 /* POST /control/{serviceaccounts,pods}/{create,delete}. */
-static void control_object(struct fake_server *srv, enum fake_resource res, bool create_it,
-                           const json_t *body, int *status, json_t **answer)
+static void control_object(struct fake_server *srv, enum fake_resource res, bool create_it, const json_t *body,
+                           int *status, json_t **answer)
 {
     const char *ns = json_string_value(json_object_get(body, "namespace"));
     const char *name = json_string_value(json_object_get(body, "name"));
@@ -1079,8 +1016,7 @@ static void control_object(struct fake_server *srv, enum fake_resource res, bool
     if (create_it) {
         o = create(srv, res, ns, name, uid, sa ? sa : "default", status, &why);
         *answer = o ? object_doc(o) : error_doc(why);
-        if (o)
-            *status = 200;
+        if (o) *status = 200;
         return;
     }
     o = delete (srv, res, ns, name);
@@ -1102,8 +1038,7 @@ static void control_bulk(struct fake_server *srv, const json_t *body, int *statu
     json_int_t n = json_integer_value(count);
     char name[64];
 
-    if (!ns)
-        ns = "bulk";
+    if (!ns) ns = "bulk";
     if (!json_is_integer(count) || n < 1 || n > BULK_MAX) {
         *status = 400;
         *answer = error_doc("count must be an integer from 1 to 1000000");
@@ -1121,11 +1056,10 @@ static void control_bulk(struct fake_server *srv, const json_t *body, int *statu
     json_object_set_new(*answer, "created", json_integer(n));
 }
 
-bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, const json_t *body,
-                          int *status, json_t **answer)
+bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, const json_t *body, int *status,
+                          json_t **answer)
 {
-    static const char *const prefixes[FAKE_RESOURCES] = {"/control/serviceaccounts/",
-                                                         "/control/pods/"};
+    static const char *const prefixes[FAKE_RESOURCES] = {"/control/serviceaccounts/", "/control/pods/"};
     const char *action;
     int res;
 
@@ -1135,8 +1069,7 @@ bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, 
         return true;
     }
     for (int r = 0; r < FAKE_RESOURCES; r++) {
-        if (strncmp(path, prefixes[r], strlen(prefixes[r])) != 0)
-            continue;
+        if (strncmp(path, prefixes[r], strlen(prefixes[r])) != 0) continue;
         action = path + strlen(prefixes[r]);
         if (strcmp(action, "create") != 0 && strcmp(action, "delete") != 0 &&
             (r != FAKE_SERVICEACCOUNTS || strcmp(action, "bulk-create") != 0))
@@ -1152,11 +1085,10 @@ bool fake_cluster_control(struct fake_server *srv, const char *path, bool post, 
         return true;
     }
 
-    if (strncmp(path, "/control/watch/", 15) != 0)
-        return false;
+    if (strncmp(path, "/control/watch/", 15) != 0) return false;
     action = path + 15;
-    if (strcmp(action, "drop") != 0 && strcmp(action, "bookmark") != 0 &&
-        strcmp(action, "compact") != 0 && strcmp(action, "expire") != 0)
+    if (strcmp(action, "drop") != 0 && strcmp(action, "bookmark") != 0 && strcmp(action, "compact") != 0 &&
+        strcmp(action, "expire") != 0)
         return false;
     if (!post) {
         *status = 405;
@@ -1189,8 +1121,7 @@ json_t *fake_cluster_stats(const struct fake_server *srv)
     const struct fake_watcher *w;
     json_int_t watches = 0;
 
-    LIST_FOREACH(w, &srv->cluster.watchers, link)
-    {
+    LIST_FOREACH(w, &srv->cluster.watchers, link) {
         watches++;
     }
     return json_pack("{sI sI sI}", "watches", watches, "serviceaccounts",
@@ -1210,8 +1141,7 @@ int fake_cluster_init(struct fake_server *srv)
     LIST_INIT(&c->watchers);
     for (int r = 0; r < FAKE_RESOURCES; r++) {
         c->stores[r].history.ring = calloc(HISTORY_MAX, sizeof *c->stores[r].history.ring);
-        if (!c->stores[r].history.ring)
-            return -1;
+        if (!c->stores[r].history.ring) return -1;
         c->stores[r].history.compacted_rv = c->rv;
     }
     c->bookmark_timer = event_new(srv->base, -1, EV_PERSIST, bookmark_timer_cb, srv);
@@ -1224,17 +1154,13 @@ void fake_cluster_free(struct fake_server *srv)
 
     /* Watches belong to connections, which server_free() closes first; any left are only
      * forgotten here. */
-    while (!LIST_EMPTY(&c->watchers))
-        watcher_detach(LIST_FIRST(&c->watchers));
-    if (c->bookmark_timer)
-        event_free(c->bookmark_timer);
+    while (!LIST_EMPTY(&c->watchers)) watcher_detach(LIST_FIRST(&c->watchers));
+    if (c->bookmark_timer) event_free(c->bookmark_timer);
     for (int r = 0; r < FAKE_RESOURCES; r++) {
         struct fake_store *st = &c->stores[r];
-        if (st->history.ring)
-            history_clear(&st->history);
+        if (st->history.ring) history_clear(&st->history);
         free(st->history.ring);
-        for (size_t i = 0; i < st->n; i++)
-            object_unref(st->items[i]);
+        for (size_t i = 0; i < st->n; i++) object_unref(st->items[i]);
         free(st->items);
     }
 }

@@ -71,8 +71,7 @@ static json_t *read_json(struct evhttp_request *req)
     json_t *doc;
 
     doc = json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, &jerr);
-    if (!doc)
-        reply_error(req, 400, jerr.text);
+    if (!doc) reply_error(req, 400, jerr.text);
     return doc;
 }
 
@@ -82,8 +81,7 @@ static void set_config(struct fake_server *srv, const struct fake_config *next)
     bool was_hung = srv->config.hang;
 
     srv->config = *next;
-    if (was_hung && !next->hang)
-        fake_review_release_hung(srv);
+    if (was_hung && !next->hang) fake_review_release_hung(srv);
     fake_cluster_config_changed(srv);
 }
 
@@ -93,8 +91,7 @@ static void post_config(struct fake_server *srv, struct evhttp_request *req)
     char err[256];
     json_t *patch = read_json(req);
 
-    if (!patch)
-        return;
+    if (!patch) return;
     if (config_merge(&next, patch, err, sizeof err) < 0) {
         reply_error(req, 400, err);
     } else {
@@ -125,17 +122,15 @@ static void post_reload(struct fake_server *srv, struct evhttp_request *req)
         reply_error(req, 500, err);
         return;
     }
-    log_json("reloaded",
-             json_pack("{sI sI}", "tokens", (json_int_t)json_object_size(srv->tables.tokens),
-                       "sar_rules", (json_int_t)json_array_size(srv->tables.sar_rules)));
+    log_json("reloaded", json_pack("{sI sI}", "tokens", (json_int_t)json_object_size(srv->tables.tokens), "sar_rules",
+                                   (json_int_t)json_array_size(srv->tables.sar_rules)));
     reply_json(req, 200,
-               json_pack("{sI sI}", "tokens", (json_int_t)json_object_size(srv->tables.tokens),
-                         "sar_rules", (json_int_t)json_array_size(srv->tables.sar_rules)));
+               json_pack("{sI sI}", "tokens", (json_int_t)json_object_size(srv->tables.tokens), "sar_rules",
+                         (json_int_t)json_array_size(srv->tables.sar_rules)));
 }
 
 /* A request the cluster answers; false when path is none of its endpoints. */
-static bool cluster_control(struct fake_server *srv, struct evhttp_request *req, const char *path,
-                            bool post)
+static bool cluster_control(struct fake_server *srv, struct evhttp_request *req, const char *path, bool post)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     json_t *body = NULL, *answer = NULL;
@@ -144,15 +139,13 @@ static bool cluster_control(struct fake_server *srv, struct evhttp_request *req,
 
     if (post && evbuffer_get_length(in) > 0) {
         body = read_json(req);
-        if (!body)
-            return true; /* answered 400 */
+        if (!body) return true; /* answered 400 */
     } else {
         body = json_object();
     }
     handled = fake_cluster_control(srv, path, post, body, &status, &answer);
     if (handled) {
-        if (post)
-            log_json("cluster", json_pack("{ss si}", "control", path, "status", status));
+        if (post) log_json("cluster", json_pack("{ss si}", "control", path, "status", status));
         reply_json(req, status, answer ? answer : json_pack("{ss}", "error", "out of memory"));
     }
     json_decref(body);
@@ -166,8 +159,7 @@ static void control_cb(struct evhttp_request *req, void *arg)
     bool get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
     bool post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
 
-    if (!path)
-        path = "";
+    if (!path) path = "";
     if (strcmp(path, "/control/config") == 0 && get)
         reply_json(req, 200, config_to_json(&srv->config));
     else if (strcmp(path, "/control/config") == 0 && post)
@@ -193,8 +185,7 @@ int control_start(struct fake_server *srv, const char *addr)
     struct evhttp_bound_socket *sock;
     unsigned short port;
 
-    if (parse_listen_addr(addr, &ss, &sslen) < 0)
-        return -1;
+    if (parse_listen_addr(addr, &ss, &sslen) < 0) return -1;
     /* evhttp binds by host string and port; recover them from the parsed address. */
     if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
@@ -207,12 +198,10 @@ int control_start(struct fake_server *srv, const char *addr)
     }
 
     srv->control = evhttp_new(srv->base);
-    if (!srv->control)
-        return -1;
+    if (!srv->control) return -1;
     evhttp_set_allowed_methods(srv->control, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
     evhttp_set_gencb(srv->control, control_cb, srv);
     sock = evhttp_bind_socket_with_handle(srv->control, host, port);
-    if (!sock)
-        return -1;
+    if (!sock) return -1;
     return log_listening("control", evhttp_bound_socket_get_fd(sock));
 }

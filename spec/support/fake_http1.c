@@ -163,8 +163,7 @@ static void h1_stream_write(struct fake_exchange *ex, const char *data, size_t l
 {
     struct evbuffer *out = bufferevent_get_output(((struct api_conn *)ex->owner)->bev);
 
-    if (len == 0)
-        return; /* a zero-length chunk would end the body */
+    if (len == 0) return; /* a zero-length chunk would end the body */
     evbuffer_add_printf(out, "%zx\r\n", len);
     evbuffer_add(out, data, len);
     evbuffer_add(out, "\r\n", 2);
@@ -187,8 +186,7 @@ static void h1_close(struct fake_exchange *ex)
     api_conn_close_later(conn);
 }
 
-static const struct fake_exchange_ops h1_ops = {h1_respond, h1_close, h1_stream_start,
-                                                h1_stream_write, h1_stream_end};
+static const struct fake_exchange_ops h1_ops = {h1_respond, h1_close, h1_stream_start, h1_stream_write, h1_stream_end};
 
 /* ---- parsing ---- */
 
@@ -198,8 +196,7 @@ static bool token_in_list(const char *list, const char *token)
 
     for (const char *p = list; *p;) {
         p += strspn(p, " \t,");
-        if (strncasecmp(p, token, len) == 0 && strchr(" \t,", p[len]))
-            return true;
+        if (strncasecmp(p, token, len) == 0 && strchr(" \t,", p[len])) return true;
         p += strcspn(p, ",");
     }
     return false;
@@ -210,11 +207,9 @@ static bool parse_length(const char *s, size_t *out)
 {
     size_t n = 0;
 
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (; *s; s++) {
-        if (!isdigit((unsigned char)*s) || n > MAX_BODY)
-            return false;
+        if (!isdigit((unsigned char)*s) || n > MAX_BODY) return false;
         n = n * 10 + (size_t)(*s - '0');
     }
     *out = n;
@@ -256,15 +251,12 @@ static void parse_request_line(struct h1_head *h, char *line)
     char *method = line, *path, *version;
 
     path = strchr(method, ' ');
-    if (!path)
-        goto bad;
+    if (!path) goto bad;
     *path++ = '\0';
     version = strchr(path, ' ');
-    if (!version)
-        goto bad;
+    if (!version) goto bad;
     *version++ = '\0';
-    if (strncmp(version, "HTTP/1.", 7) != 0 || !*method || *path != '/')
-        goto bad;
+    if (strncmp(version, "HTTP/1.", 7) != 0 || !*method || *path != '/') goto bad;
     h->keep_alive = strcmp(version, "HTTP/1.0") != 0;
     h->method = strdup(method);
     h->path = strdup(path);
@@ -279,8 +271,7 @@ static char *trim(char *s)
 
     s += strspn(s, " \t");
     end = s + strlen(s);
-    while (end > s && (end[-1] == ' ' || end[-1] == '\t'))
-        *--end = '\0';
+    while (end > s && (end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
     return s;
 }
 
@@ -307,8 +298,7 @@ static void parse_head(struct h1_head *h, char *text)
         *colon = '\0';
         parse_header(h, line, trim(colon + 1));
     }
-    if (!h->error && (!h->method || !h->path))
-        h->error = h->method ? 500 : 400; /* strdup failed, or no request line */
+    if (!h->error && (!h->method || !h->path)) h->error = h->method ? 500 : 400; /* strdup failed, or no request line */
 }
 
 static void head_free(struct h1_head *h)
@@ -329,8 +319,7 @@ static int read_head(struct api_conn *conn)
     char *text;
 
     if (end.pos < 0 || end.pos + 4 > MAX_HEAD) {
-        if (evbuffer_get_length(in) < MAX_HEAD)
-            return 0;
+        if (evbuffer_get_length(in) < MAX_HEAD) return 0;
         refuse(conn, 431);
         return -1;
     }
@@ -368,8 +357,7 @@ static int read_body(struct api_conn *conn)
     struct h1_state *st = state_of(conn);
     struct evbuffer *in = bufferevent_get_input(conn->bev);
 
-    if (evbuffer_get_length(in) < st->content_length)
-        return 0;
+    if (evbuffer_get_length(in) < st->content_length) return 0;
     st->ex.req.body = malloc(st->content_length + 1);
     if (!st->ex.req.body) {
         request_clear(&st->ex.req);
@@ -387,10 +375,8 @@ static void serve(struct api_conn *conn)
 {
     struct h1_state *st = state_of(conn);
 
-    if (st->phase == H1_HEAD && read_head(conn) <= 0)
-        return;
-    if (st->phase != H1_BODY || read_body(conn) <= 0)
-        return;
+    if (st->phase == H1_HEAD && read_head(conn) <= 0) return;
+    if (st->phase != H1_BODY || read_body(conn) <= 0) return;
     st->phase = H1_BUSY;
     st->ex.ops = &h1_ops;
     st->ex.owner = conn;
@@ -407,8 +393,7 @@ static void h1_read_cb(struct bufferevent *bev, void *arg)
     if (state_of(conn)->phase == H1_BUSY) {
         /* Pipelined bytes wait their turn; EOF still reaches h1_event_cb. A client that
          * floods meanwhile is cut off. */
-        if (evbuffer_get_length(bufferevent_get_input(conn->bev)) > MAX_HEAD + MAX_BODY)
-            api_conn_close_later(conn);
+        if (evbuffer_get_length(bufferevent_get_input(conn->bev)) > MAX_HEAD + MAX_BODY) api_conn_close_later(conn);
         return;
     }
     serve(conn);
@@ -419,8 +404,7 @@ static void h1_write_cb(struct bufferevent *bev, void *arg)
     struct api_conn *conn = arg;
 
     (void)bev;
-    if (state_of(conn)->phase == H1_DONE)
-        api_conn_free(conn); /* the last answer is out */
+    if (state_of(conn)->phase == H1_DONE) api_conn_free(conn); /* the last answer is out */
 }
 
 static void h1_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -436,8 +420,7 @@ static int h1_start(struct api_conn *conn)
 {
     struct h1_state *st = calloc(1, sizeof *st);
 
-    if (!st)
-        return -1;
+    if (!st) return -1;
     conn->proto_state = st;
     bufferevent_setcb(conn->bev, h1_read_cb, h1_write_cb, h1_event_cb, conn);
     bufferevent_enable(conn->bev, EV_READ | EV_WRITE);

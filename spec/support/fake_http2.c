@@ -111,8 +111,7 @@ static void close_after_output(struct h2_state *h2)
 {
     h2->closing = true;
     bufferevent_disable(h2->conn->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(h2->conn->bev)) == 0)
-        api_conn_close_later(h2->conn);
+    if (evbuffer_get_length(bufferevent_get_output(h2->conn->bev)) == 0) api_conn_close_later(h2->conn);
 }
 
 /* Move everything nghttp2 has to send into the bufferevent; close when both sides are
@@ -123,18 +122,14 @@ static void flush(struct h2_state *h2)
     const uint8_t *data;
     ssize_t n;
 
-    if (h2->in_recv || h2->closing)
-        return;
-    while ((n = nghttp2_session_mem_send(h2->session, &data)) > 0)
-        evbuffer_add(out, data, (size_t)n);
-    if (n < 0 ||
-        (!nghttp2_session_want_read(h2->session) && !nghttp2_session_want_write(h2->session)))
+    if (h2->in_recv || h2->closing) return;
+    while ((n = nghttp2_session_mem_send(h2->session, &data)) > 0) evbuffer_add(out, data, (size_t)n);
+    if (n < 0 || (!nghttp2_session_want_read(h2->session) && !nghttp2_session_want_write(h2->session)))
         close_after_output(h2);
 }
 
-static ssize_t answer_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                              size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                              void *user_data)
+static ssize_t answer_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                              uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
 {
     struct h2_stream *s = source->ptr;
     size_t n = s->answer_len - s->answer_off;
@@ -144,14 +139,11 @@ static ssize_t answer_read_cb(nghttp2_session *session, int32_t stream_id, uint8
     (void)user_data;
     if (n == 0 && s->streaming && !s->stream_done)
         return NGHTTP2_ERR_DEFERRED; /* resumed by h2_stream_write or h2_stream_end */
-    if (n > length)
-        n = length;
-    if (n > 0)
-        memcpy(buf, s->answer + s->answer_off, n);
+    if (n > length) n = length;
+    if (n > 0) memcpy(buf, s->answer + s->answer_off, n);
     s->answer_off += n;
     if (s->answer_off == s->answer_len) {
-        if (!s->streaming || s->stream_done)
-            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (!s->streaming || s->stream_done) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         s->answer_off = s->answer_len = 0; /* a watch reuses the buffer */
     }
     return (ssize_t)n;
@@ -159,8 +151,7 @@ static ssize_t answer_read_cb(nghttp2_session *session, int32_t stream_id, uint8
 
 static nghttp2_nv make_nv(const char *name, const char *value)
 {
-    nghttp2_nv nv = {(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
-                     NGHTTP2_NV_FLAG_NONE};
+    nghttp2_nv nv = {(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value), NGHTTP2_NV_FLAG_NONE};
     return nv;
 }
 
@@ -176,8 +167,7 @@ static int submit_answer(struct h2_stream *s, const struct fake_response *resp)
     snprintf(length, sizeof length, "%zu", resp->body_len);
     fake_http_date(date, sizeof date);
     nva[n++] = make_nv(":status", status);
-    for (size_t i = 0; i < resp->n_headers; i++)
-        nva[n++] = make_nv(resp->headers[i].name, resp->headers[i].value);
+    for (size_t i = 0; i < resp->n_headers; i++) nva[n++] = make_nv(resp->headers[i].name, resp->headers[i].value);
     nva[n++] = make_nv("content-length", length);
     nva[n++] = make_nv("date", date);
 
@@ -186,8 +176,7 @@ static int submit_answer(struct h2_stream *s, const struct fake_response *resp)
     s->answer_len = s->answer_off = s->answer_cap = 0;
     if (resp->body_len > 0) {
         s->answer = malloc(resp->body_len);
-        if (!s->answer)
-            return -1;
+        if (!s->answer) return -1;
         memcpy(s->answer, resp->body, resp->body_len);
         s->answer_len = s->answer_cap = resp->body_len;
     }
@@ -224,8 +213,7 @@ static void h2_stream_start(struct fake_exchange *ex, const struct fake_response
     snprintf(status, sizeof status, "%d", head->status);
     fake_http_date(date, sizeof date);
     nva[n++] = make_nv(":status", status);
-    for (size_t i = 0; i < head->n_headers; i++)
-        nva[n++] = make_nv(head->headers[i].name, head->headers[i].value);
+    for (size_t i = 0; i < head->n_headers; i++) nva[n++] = make_nv(head->headers[i].name, head->headers[i].value);
     nva[n++] = make_nv("date", date);
     s->streaming = true;
     if (nghttp2_submit_response(s->h2->session, s->id, nva, n, &provider) != 0)
@@ -246,8 +234,7 @@ static void h2_stream_write(struct fake_exchange *ex, const char *data, size_t l
         size_t cap = (s->answer_len + len) * 2;
         char *grown = realloc(s->answer, cap);
         if (!grown) {
-            nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                      NGHTTP2_INTERNAL_ERROR);
+            nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
             flush(s->h2);
             return;
         }
@@ -269,8 +256,7 @@ static void h2_stream_end(struct fake_exchange *ex)
     flush(s->h2);
 }
 
-static const struct fake_exchange_ops h2_ops = {h2_respond, h2_close, h2_stream_start,
-                                                h2_stream_write, h2_stream_end};
+static const struct fake_exchange_ops h2_ops = {h2_respond, h2_close, h2_stream_start, h2_stream_write, h2_stream_end};
 
 /* A request stream is complete: hand it to the review core. */
 static void dispatch(struct h2_stream *s)
@@ -290,11 +276,9 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     struct h2_state *h2 = user_data;
     struct h2_stream *s;
 
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     s = calloc(1, sizeof *s);
-    if (!s)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets just this stream */
+    if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets just this stream */
     s->h2 = h2;
     s->id = frame->hd.stream_id;
     s->ex.ops = &h2_ops;
@@ -304,17 +288,15 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user_data)
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
     struct h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
     char **slot = NULL;
 
     (void)flags;
     (void)user_data;
-    if (!s || frame->hd.type != NGHTTP2_HEADERS)
-        return 0;
+    if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
     /* nghttp2 has already checked the pseudo-headers and lower-cased names. */
     if (namelen == 7 && memcmp(name, ":method", 7) == 0)
         slot = &s->ex.req.method;
@@ -331,15 +313,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     return 0;
 }
 
-static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-                         const uint8_t *data, size_t len, void *user_data)
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
+                         void *user_data)
 {
     struct h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
 
     (void)flags;
     (void)user_data;
-    if (s)
-        body_append(s, data, len);
+    if (s) body_append(s, data, len);
     return 0;
 }
 
@@ -352,14 +333,12 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-    if (s)
-        dispatch(s);
+    if (s) dispatch(s);
     return 0;
 }
 
 /* Answered, or reset by the client: either way the stream's review is over. */
-static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
-                           void *user_data)
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data)
 {
     struct h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
 
@@ -376,8 +355,7 @@ static nghttp2_session_callbacks *make_callbacks(void)
 {
     nghttp2_session_callbacks *cbs;
 
-    if (nghttp2_session_callbacks_new(&cbs) != 0)
-        return NULL;
+    if (nghttp2_session_callbacks_new(&cbs) != 0) return NULL;
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
@@ -396,8 +374,7 @@ static void h2_read_cb(struct bufferevent *bev, void *arg)
     size_t len = evbuffer_get_length(in);
     ssize_t n;
 
-    if (h2->closing || len == 0)
-        return;
+    if (h2->closing || len == 0) return;
     h2->in_recv = true;
     n = nghttp2_session_mem_recv(h2->session, evbuffer_pullup(in, -1), len);
     h2->in_recv = false;
@@ -407,8 +384,7 @@ static void h2_read_cb(struct bufferevent *bev, void *arg)
         evbuffer_drain(in, len);
         nghttp2_session_terminate_session(h2->session, NGHTTP2_PROTOCOL_ERROR);
         flush(h2);
-        if (!h2->closing)
-            close_after_output(h2);
+        if (!h2->closing) close_after_output(h2);
         return;
     }
     evbuffer_drain(in, (size_t)n);
@@ -420,8 +396,7 @@ static void h2_write_cb(struct bufferevent *bev, void *arg)
     struct api_conn *conn = arg;
 
     (void)bev;
-    if (state_of(conn)->closing)
-        api_conn_close_later(conn); /* everything we had to say is out */
+    if (state_of(conn)->closing) api_conn_close_later(conn); /* everything we had to say is out */
 }
 
 static void h2_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -440,12 +415,10 @@ static int h2_start(struct api_conn *conn)
     struct h2_state *h2 = calloc(1, sizeof *h2);
     int rc = -1;
 
-    if (!cbs || !h2)
-        goto cleanup;
+    if (!cbs || !h2) goto cleanup;
     h2->conn = conn;
     LIST_INIT(&h2->streams);
-    if (nghttp2_session_server_new(&h2->session, cbs, h2) != 0)
-        goto cleanup;
+    if (nghttp2_session_server_new(&h2->session, cbs, h2) != 0) goto cleanup;
     if (nghttp2_submit_settings(h2->session, NGHTTP2_FLAG_NONE, settings, 1) != 0) {
         nghttp2_session_del(h2->session);
         goto cleanup;

@@ -54,8 +54,7 @@ static void resp_header(struct fake_response *r, const char *name, const char *f
     va_list ap;
     struct fake_header *h;
 
-    if (r->n_headers == FAKE_MAX_HEADERS)
-        abort(); /* a programming error: every answer has a fixed set of headers */
+    if (r->n_headers == FAKE_MAX_HEADERS) abort(); /* a programming error: every answer has a fixed set of headers */
     h = &r->headers[r->n_headers++];
     h->name = name;
     va_start(ap, fmt);
@@ -68,19 +67,16 @@ void fake_random_uuid(char out[37])
 {
     unsigned char b[16];
 
-    if (RAND_bytes(b, sizeof b) != 1)
-        memset(b, 0x5a, sizeof b); /* not worth failing an answer over */
+    if (RAND_bytes(b, sizeof b) != 1) memset(b, 0x5a, sizeof b); /* not worth failing an answer over */
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3],
+             b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 /* Begin an answer with the headers every kube-apiserver answer has. HDR_FLOW adds the
  * API Priority and Fairness UIDs that requests past authentication carry. */
-static void resp_start(struct fake_response *r, int status, const char *content_type,
-                       unsigned flags)
+static void resp_start(struct fake_response *r, int status, const char *content_type, unsigned flags)
 {
     char uuid[37];
 
@@ -90,8 +86,7 @@ static void resp_start(struct fake_response *r, int status, const char *content_
     resp_header(r, "audit-id", "%s", uuid);
     resp_header(r, "cache-control", "no-cache, private");
     resp_header(r, "content-type", "%s", content_type);
-    if (flags & HDR_NOSNIFF)
-        resp_header(r, "x-content-type-options", "nosniff");
+    if (flags & HDR_NOSNIFF) resp_header(r, "x-content-type-options", "nosniff");
     if (flags & HDR_FLOW) {
         resp_header(r, "x-kubernetes-pf-flowschema-uid", "fc3e4398-1b50-4cbd-a1c6-28eccc7ed471");
         resp_header(r, "x-kubernetes-pf-prioritylevel-uid", "be18b8ad-25d4-4f85-9875-b675cdbb7ff7");
@@ -112,8 +107,7 @@ static void resp_json(struct fake_response *r, json_t *doc, bool indented)
     char *text = doc ? json_dumps(doc, flags) : NULL;
 
     json_decref(doc);
-    if (!text)
-        return; /* out of memory: an empty body is still a well-formed answer */
+    if (!text) return; /* out of memory: an empty body is still a well-formed answer */
     if (!indented) {
         size_t len = strlen(text);
         char *grown = realloc(text, len + 2);
@@ -181,20 +175,17 @@ static const char *status_reason(int code)
 /* A metav1.Status failure object; details (stolen) may be NULL. */
 static json_t *k8s_status(int code, const char *message, json_t *details)
 {
-    json_t *st = json_pack("{ss ss s{} ss ss}", "kind", "Status", "apiVersion", "v1", "metadata",
-                           "status", "Failure", "message", message);
+    json_t *st = json_pack("{ss ss s{} ss ss}", "kind", "Status", "apiVersion", "v1", "metadata", "status", "Failure",
+                           "message", message);
     const char *reason = status_reason(code);
 
-    if (*reason)
-        json_object_set_new(st, "reason", json_string(reason));
-    if (details)
-        json_object_set_new(st, "details", details);
+    if (*reason) json_object_set_new(st, "reason", json_string(reason));
+    if (details) json_object_set_new(st, "details", details);
     json_object_set_new(st, "code", json_integer(code));
     return st;
 }
 
-static void answer_status(struct fake_response *r, int code, unsigned flags, const char *message,
-                          json_t *details)
+static void answer_status(struct fake_response *r, int code, unsigned flags, const char *message, json_t *details)
 {
     resp_start(r, code, JSON_TYPE, flags);
     resp_json(r, k8s_status(code, message, details), true);
@@ -234,8 +225,7 @@ static void answer_forbidden(struct fake_response *r, enum fake_review_kind kind
              "%s.%s is forbidden: User \"%s\" cannot create resource \"%s\" in API group \"%s\" "
              "at the cluster scope",
              resource, group, CALLER, resource, group);
-    answer_status(r, 403, HDR_FLOW | HDR_NOSNIFF, message,
-                  json_pack("{ss ss}", "group", group, "kind", resource));
+    answer_status(r, 403, HDR_FLOW | HDR_NOSNIFF, message, json_pack("{ss ss}", "group", group, "kind", resource));
 }
 
 /* The error_rate knob's answer: error_status in the shape the real server uses for it. */
@@ -246,8 +236,7 @@ static void answer_injected(struct fake_server *srv, struct fake_response *r)
     if (code == 429) {
         answer_throttled(srv, r);
     } else if (code == 503) {
-        answer_status(r, code, HDR_FLOW, "the server is currently unable to handle the request",
-                      json_object());
+        answer_status(r, code, HDR_FLOW, "the server is currently unable to handle the request", json_object());
         resp_header(r, "retry-after", "%d", srv->config.retry_after);
     } else if (code == 504) {
         answer_status(r, code, HDR_FLOW,
@@ -255,8 +244,7 @@ static void answer_injected(struct fake_server *srv, struct fake_response *r)
                       "still be processing the request",
                       json_object());
     } else {
-        answer_status(r, code, HDR_FLOW, "Internal error occurred: injected by fake-apiserver",
-                      NULL);
+        answer_status(r, code, HDR_FLOW, "Internal error occurred: injected by fake-apiserver", NULL);
     }
 }
 
@@ -278,15 +266,11 @@ static void quote_list(const json_t *list, char *out, size_t len)
     json_t *item;
 
     used += (size_t)snprintf(out, len, "[");
-    json_array_foreach(list, i, item)
-    {
-        if (used >= len)
-            break;
-        used += (size_t)snprintf(out + used, len - used, "%s\"%s\"", i ? " " : "",
-                                 json_string_value(item));
+    json_array_foreach(list, i, item) {
+        if (used >= len) break;
+        used += (size_t)snprintf(out + used, len - used, "%s\"%s\"", i ? " " : "", json_string_value(item));
     }
-    if (used < len)
-        snprintf(out + used, len - used, "]");
+    if (used < len) snprintf(out + used, len - used, "]");
 }
 
 static bool is_string_list(const json_t *v)
@@ -294,12 +278,9 @@ static bool is_string_list(const json_t *v)
     size_t i;
     json_t *item;
 
-    if (!json_is_array(v))
-        return false;
-    json_array_foreach(v, i, item)
-    {
-        if (!json_is_string(item))
-            return false;
+    if (!json_is_array(v)) return false;
+    json_array_foreach(v, i, item) {
+        if (!json_is_string(item)) return false;
     }
     return true;
 }
@@ -311,10 +292,8 @@ static json_t *audience_intersection(const json_t *requested, const json_t *toke
     size_t i, j;
     json_t *want, *have;
 
-    json_array_foreach(requested, i, want)
-    {
-        json_array_foreach(token_aud, j, have)
-        {
+    json_array_foreach(requested, i, want) {
+        json_array_foreach(token_aud, j, have) {
             if (json_equal(want, have)) {
                 json_array_append(out, want);
                 break;
@@ -330,8 +309,7 @@ static json_t *unauthenticated(const char *error)
 }
 
 /* status of a TokenReview of a known token. */
-static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry,
-                                 const json_t *requested)
+static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry, const json_t *requested)
 {
     json_t *token_aud = json_object_get(entry, "audiences");
     json_t *accepted;
@@ -339,8 +317,7 @@ static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry,
     const char *revoked;
 
     if (json_object_get(entry, "error")) {
-        snprintf(error, sizeof error, "[invalid bearer token, %s]",
-                 json_string_value(json_object_get(entry, "error")));
+        snprintf(error, sizeof error, "[invalid bearer token, %s]", json_string_value(json_object_get(entry, "error")));
         return unauthenticated(error);
     }
     /* Its ServiceAccount or its Pod was deleted: the captures' wording. */
@@ -350,18 +327,17 @@ static json_t *tokenreview_known(struct fake_server *srv, const json_t *entry,
         return unauthenticated(error);
     }
     if (json_array_size(requested) == 0)
-        return json_pack("{sb sO sO}", "authenticated", 1, "user", json_object_get(entry, "user"),
-                         "audiences", token_aud);
+        return json_pack("{sb sO sO}", "authenticated", 1, "user", json_object_get(entry, "user"), "audiences",
+                         token_aud);
 
     accepted = audience_intersection(requested, token_aud);
     if (json_array_size(accepted) > 0)
-        return json_pack("{sb sO so}", "authenticated", 1, "user", json_object_get(entry, "user"),
-                         "audiences", accepted);
+        return json_pack("{sb sO so}", "authenticated", 1, "user", json_object_get(entry, "user"), "audiences",
+                         accepted);
     json_decref(accepted);
     quote_list(token_aud, have, sizeof have);
     quote_list(requested, want, sizeof want);
-    snprintf(error, sizeof error,
-             "[invalid bearer token, token audiences %s is invalid for the target audiences %s]",
+    snprintf(error, sizeof error, "[invalid bearer token, token audiences %s is invalid for the target audiences %s]",
              have, want);
     return unauthenticated(error);
 }
@@ -379,8 +355,7 @@ static char *success_cache_key(const char *token, const json_t *requested)
     char *aud = requested ? json_dumps(requested, JSON_COMPACT) : NULL;
     size_t len = (aud ? strlen(aud) : 0) + strlen(token) + 2;
     char *key = malloc(len);
-    if (key)
-        snprintf(key, len, "%s\n%s", aud ? aud : "", token);
+    if (key) snprintf(key, len, "%s\n%s", aud ? aud : "", token);
     free(aud);
     return key;
 }
@@ -391,11 +366,9 @@ static json_t *success_cache_get(struct fake_server *srv, const char *token, con
     json_t *hit = NULL;
     char *key;
 
-    if (srv->config.success_cache_ms <= 0)
-        return NULL;
+    if (srv->config.success_cache_ms <= 0) return NULL;
     key = success_cache_key(token, requested);
-    if (!key)
-        return NULL;
+    if (!key) return NULL;
     json_t *entry = json_object_get(srv->success_cache, key);
     if (entry && json_integer_value(json_object_get(entry, "until")) > now_ms())
         hit = json_deep_copy(json_object_get(entry, "status"));
@@ -405,27 +378,21 @@ static json_t *success_cache_get(struct fake_server *srv, const char *token, con
     return hit;
 }
 
-static void success_cache_put(struct fake_server *srv, const char *token, const json_t *requested,
-                              const json_t *status)
+static void success_cache_put(struct fake_server *srv, const char *token, const json_t *requested, const json_t *status)
 {
     char *key;
 
-    if (srv->config.success_cache_ms <= 0 ||
-        !json_is_true(json_object_get(status, "authenticated")))
-        return;
-    if (json_object_size(srv->success_cache) >= FAKE_SUCCESS_CACHE_MAX)
-        json_object_clear(srv->success_cache);
+    if (srv->config.success_cache_ms <= 0 || !json_is_true(json_object_get(status, "authenticated"))) return;
+    if (json_object_size(srv->success_cache) >= FAKE_SUCCESS_CACHE_MAX) json_object_clear(srv->success_cache);
     key = success_cache_key(token, requested);
-    if (!key)
-        return;
-    json_object_set_new(srv->success_cache, key,
-                        json_pack("{sO sI}", "status", status, "until",
-                                  (json_int_t)(now_ms() + srv->config.success_cache_ms)));
+    if (!key) return;
+    json_object_set_new(
+        srv->success_cache, key,
+        json_pack("{sO sI}", "status", status, "until", (json_int_t)(now_ms() + srv->config.success_cache_ms)));
     free(key);
 }
 
-static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex,
-                               struct fake_response *r)
+static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex, struct fake_response *r)
 {
     json_t *spec = json_object_get(ex->doc, "spec");
     const char *token = json_string_value(json_object_get(spec, "token"));
@@ -437,8 +404,7 @@ static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex
         return;
     }
     if (!token || !*token) {
-        answer_status(r, 400, HDR_FLOW, "token is required for TokenReview in authentication",
-                      NULL);
+        answer_status(r, 400, HDR_FLOW, "token is required for TokenReview in authentication", NULL);
         return;
     }
     if (requested && !is_string_list(requested)) {
@@ -452,20 +418,17 @@ static void answer_tokenreview(struct fake_server *srv, struct fake_exchange *ex
     status = success_cache_get(srv, token, requested);
     if (!status) {
         entry = json_object_get(srv->tables.tokens, token);
-        status = entry ? tokenreview_known(srv, entry, requested)
-                       : unauthenticated("invalid bearer token");
+        status = entry ? tokenreview_known(srv, entry, requested) : unauthenticated("invalid bearer token");
         success_cache_put(srv, token, requested, status);
     }
     /* A real server echoes the spec, token included. */
     echo = json_pack("{ss}", "token", token);
-    if (requested)
-        json_object_set(echo, "audiences", requested);
+    if (requested) json_object_set(echo, "audiences", requested);
 
     resp_start(r, 201, JSON_TYPE, HDR_FLOW);
     resp_json(r,
-              json_pack("{ss ss s{sn} so so}", "kind", "TokenReview", "apiVersion",
-                        "authentication.k8s.io/v1", "metadata", "creationTimestamp", "spec", echo,
-                        "status", status),
+              json_pack("{ss ss s{sn} so so}", "kind", "TokenReview", "apiVersion", "authentication.k8s.io/v1",
+                        "metadata", "creationTimestamp", "spec", echo, "status", status),
               false);
 }
 
@@ -477,36 +440,27 @@ static bool rule_value_matches(const json_t *rule, const char *field, const char
     const char *want = json_string_value(json_object_get(rule, field));
     size_t len;
 
-    if (!want || strcmp(want, "*") == 0)
-        return true;
-    if (!actual)
-        return false;
+    if (!want || strcmp(want, "*") == 0) return true;
+    if (!actual) return false;
     len = strlen(want);
-    if (strcmp(field, "path") == 0 && len > 0 && want[len - 1] == '*')
-        return strncmp(want, actual, len - 1) == 0;
+    if (strcmp(field, "path") == 0 && len > 0 && want[len - 1] == '*') return strncmp(want, actual, len - 1) == 0;
     return strcmp(want, actual) == 0;
 }
 
 /* Does rule allow the request? attrs is resourceAttributes or nonResourceAttributes. */
 static bool rule_matches(const json_t *rule, const char *user, const json_t *attrs, bool resource)
 {
-    static const char *const fields[] = {"verb",        "namespace", "group", "resource",
-                                         "subresource", "name",      "path"};
+    static const char *const fields[] = {"verb", "namespace", "group", "resource", "subresource", "name", "path"};
 
     /* A rule about paths is for non-resource requests only, and vice versa. */
-    if (json_object_get(rule, "path") && resource)
-        return false;
-    if (json_object_get(rule, "resource") && !resource)
-        return false;
-    if (!rule_value_matches(rule, "user", user))
-        return false;
+    if (json_object_get(rule, "path") && resource) return false;
+    if (json_object_get(rule, "resource") && !resource) return false;
+    if (!rule_value_matches(rule, "user", user)) return false;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         const char *actual = json_string_value(json_object_get(attrs, fields[i]));
         /* Kubernetes treats an absent namespace/group of a resource request as "". */
-        if (!actual && resource && strcmp(fields[i], "path") != 0)
-            actual = "";
-        if (!rule_value_matches(rule, fields[i], actual))
-            return false;
+        if (!actual && resource && strcmp(fields[i], "path") != 0) actual = "";
+        if (!rule_value_matches(rule, fields[i], actual)) return false;
     }
     return true;
 }
@@ -520,28 +474,23 @@ static long sar_match(const struct fake_server *srv, const json_t *spec)
     size_t i;
     json_t *rule;
 
-    if (!resource)
-        attrs = json_object_get(spec, "nonResourceAttributes");
-    json_array_foreach(srv->tables.sar_rules, i, rule)
-    {
-        if (rule_matches(rule, user, attrs, resource))
-            return (long)i;
+    if (!resource) attrs = json_object_get(spec, "nonResourceAttributes");
+    json_array_foreach(srv->tables.sar_rules, i, rule) {
+        if (rule_matches(rule, user, attrs, resource)) return (long)i;
     }
     return -1;
 }
 
 /* 422 as the real server words a SubjectAccessReview spec it rejects. */
-static void answer_sar_invalid(struct fake_response *r, const char *field, const char *value,
-                               const char *detail)
+static void answer_sar_invalid(struct fake_response *r, const char *field, const char *value, const char *detail)
 {
     char cause[300], message[400];
 
     snprintf(cause, sizeof cause, "Invalid value: \"%s\": %s", value, detail);
-    snprintf(message, sizeof message, ".authorization.k8s.io \"\" is invalid: %s: %s", field,
-             cause);
+    snprintf(message, sizeof message, ".authorization.k8s.io \"\" is invalid: %s: %s", field, cause);
     answer_status(r, 422, HDR_FLOW, message,
-                  json_pack("{ss s[{ss ss ss}]}", "group", "authorization.k8s.io", "causes",
-                            "reason", "FieldValueInvalid", "message", cause, "field", field));
+                  json_pack("{ss s[{ss ss ss}]}", "group", "authorization.k8s.io", "causes", "reason",
+                            "FieldValueInvalid", "message", cause, "field", field));
 }
 
 /* The validation kube-apiserver does before authorizing; 0 when the spec is fine. */
@@ -580,10 +529,8 @@ static void answer_sar(struct fake_server *srv, struct fake_exchange *ex, struct
         answer_bad_json(ex, r);
         return;
     }
-    if (!json_is_object(spec))
-        spec = NULL;
-    if (sar_validate(spec, r) < 0)
-        return;
+    if (!json_is_object(spec)) spec = NULL;
+    if (sar_validate(spec, r) < 0) return;
 
     rule = sar_match(srv, spec);
     if (rule >= 0) {
@@ -591,14 +538,12 @@ static void answer_sar(struct fake_server *srv, struct fake_exchange *ex, struct
         status = json_pack("{sb ss}", "allowed", 1, "reason", reason);
     } else {
         /* The API omits allowed when false; the knob mimics the captures, which have it. */
-        status =
-            srv->config.sar_send_allowed_false ? json_pack("{sb}", "allowed", 0) : json_object();
+        status = srv->config.sar_send_allowed_false ? json_pack("{sb}", "allowed", 0) : json_object();
     }
     resp_start(r, 201, JSON_TYPE, HDR_FLOW);
     resp_json(r,
-              json_pack("{ss ss s{sn} sO so}", "kind", "SubjectAccessReview", "apiVersion",
-                        "authorization.k8s.io/v1", "metadata", "creationTimestamp", "spec", spec,
-                        "status", status),
+              json_pack("{ss ss s{sn} sO so}", "kind", "SubjectAccessReview", "apiVersion", "authorization.k8s.io/v1",
+                        "metadata", "creationTimestamp", "spec", spec, "status", status),
               false);
 }
 
@@ -609,14 +554,12 @@ static double random_unit(void)
 {
     uint64_t x = 0;
 
-    if (RAND_bytes((unsigned char *)&x, sizeof x) != 1)
-        return 1.0; /* never inject an error by accident */
+    if (RAND_bytes((unsigned char *)&x, sizeof x) != 1) return 1.0; /* never inject an error by accident */
     return (double)(x >> 11) / (double)(UINT64_C(1) << 53);
 }
 
 /* The answer of an admitted review, after any latency or hang: knobs first. */
-static void answer_review(struct fake_server *srv, struct fake_exchange *ex,
-                          struct fake_response *r)
+static void answer_review(struct fake_server *srv, struct fake_exchange *ex, struct fake_response *r)
 {
     const struct fake_config *c = &srv->config;
 
@@ -637,18 +580,15 @@ static void answer_review(struct fake_server *srv, struct fake_exchange *ex,
         answer_tokenreview(srv, ex, r);
     else
         answer_sar(srv, ex, r);
-    if (c->truncated_body && r->status == 201)
-        r->body_len /= 2; /* the framing stays right: the JSON itself is cut */
+    if (c->truncated_body && r->status == 201) r->body_len /= 2; /* the framing stays right: the JSON itself is cut */
 }
 
 static enum fake_review_kind review_kind(const char *path)
 {
     size_t len = strcspn(path, "?");
 
-    if (len == strlen(TOKENREVIEW_PATH) && strncmp(path, TOKENREVIEW_PATH, len) == 0)
-        return REVIEW_TOKEN;
-    if (len == strlen(SAR_PATH) && strncmp(path, SAR_PATH, len) == 0)
-        return REVIEW_SAR;
+    if (len == strlen(TOKENREVIEW_PATH) && strncmp(path, TOKENREVIEW_PATH, len) == 0) return REVIEW_TOKEN;
+    if (len == strlen(SAR_PATH) && strncmp(path, SAR_PATH, len) == 0) return REVIEW_SAR;
     return REVIEW_NONE;
 }
 
@@ -660,14 +600,11 @@ static char *read_credential(const char *path)
     char *buf = NULL;
     size_t len;
 
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     buf = malloc(MAX_CREDENTIAL + 1);
-    if (!buf)
-        goto cleanup;
+    if (!buf) goto cleanup;
     len = fread(buf, 1, MAX_CREDENTIAL, f);
-    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' ' ||
-                       buf[len - 1] == '\t'))
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' ' || buf[len - 1] == '\t'))
         len--;
     buf[len] = '\0';
     if (len == 0 || memchr(buf, '\0', len)) {
@@ -684,11 +621,9 @@ static bool credential_ok(const struct fake_server *srv, const char *authorizati
     char *credential;
     bool ok;
 
-    if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
-        return false;
+    if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return false;
     authorization += 7;
-    while (*authorization == ' ')
-        authorization++;
+    while (*authorization == ' ') authorization++;
     credential = read_credential(srv->credential_path);
     ok = credential && strcmp(credential, authorization) == 0;
     free(credential);
@@ -713,8 +648,7 @@ static void review_arrived(struct fake_server *srv, struct fake_exchange *ex)
         return;
     }
     token = json_string_value(json_object_get(json_object_get(ex->doc, "spec"), "token"));
-    if (ex->kind == REVIEW_TOKEN && token && *token)
-        stats_count_token(srv, token);
+    if (ex->kind == REVIEW_TOKEN && token && *token) stats_count_token(srv, token);
 }
 
 /* Drop everything the core holds for ex, leaving it ready for the next request. */
@@ -780,8 +714,7 @@ static void admit(struct fake_server *srv, struct fake_exchange *ex)
     }
     ex->admitted = true;
     srv->inflight++;
-    if (srv->inflight > srv->stats.max_inflight_seen)
-        srv->stats.max_inflight_seen = srv->inflight;
+    if (srv->inflight > srv->stats.max_inflight_seen) srv->stats.max_inflight_seen = srv->inflight;
     TAILQ_INSERT_TAIL(&srv->pending, ex, link);
 
     if (srv->config.hang) {
@@ -807,19 +740,16 @@ static bool throttle(const struct fake_server *srv)
 
 static void b64url(const unsigned char *in, size_t len, char *out, size_t cap)
 {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t o = 0;
 
     for (size_t i = 0; i < len && o + 5 < cap; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) |
-                     (i + 2 < len ? in[i + 2] : 0);
+        unsigned v =
+            (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
         out[o++] = alphabet[v >> 18 & 63];
         out[o++] = alphabet[v >> 12 & 63];
-        if (i + 1 < len)
-            out[o++] = alphabet[v >> 6 & 63];
-        if (i + 2 < len)
-            out[o++] = alphabet[v & 63];
+        if (i + 1 < len) out[o++] = alphabet[v >> 6 & 63];
+        if (i + 2 < len) out[o++] = alphabet[v & 63];
     }
     out[o] = 0;
 }
@@ -845,14 +775,13 @@ int fake_issuer_init(struct fake_server *srv)
         !EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e))
         goto done;
     der_len = i2d_PUBKEY(key, &der);
-    if (der_len <= 0)
-        goto done;
+    if (der_len <= 0) goto done;
     SHA256(der, (size_t)der_len, digest);
     b64url(digest, sizeof digest, kid, sizeof kid);
     b64url(buf, (size_t)BN_bn2bin(n, buf), n64, sizeof n64);
     b64url(buf, (size_t)BN_bn2bin(e, buf), e64, sizeof e64);
-    srv->jwks_json = json_dumps(json_pack("{s[{ss ss ss ss ss ss}]}", "keys", "use", "sig", "kty",
-                                          "RSA", "kid", kid, "alg", "RS256", "n", n64, "e", e64),
+    srv->jwks_json = json_dumps(json_pack("{s[{ss ss ss ss ss ss}]}", "keys", "use", "sig", "kty", "RSA", "kid", kid,
+                                          "alg", "RS256", "n", n64, "e", e64),
                                 JSON_COMPACT | JSON_PRESERVE_ORDER);
     rc = srv->jwks_json ? 0 : -1;
 done:
@@ -865,16 +794,14 @@ done:
 
 /* What kube-apiserver answers on its two issuer discovery paths: the document (JSON) and
  * the keys (only as application/jwk-set+json: an Accept that does not allow it is 406). */
-static void answer_issuer(struct fake_server *srv, const struct fake_exchange *ex,
-                          struct fake_response *r, bool jwks)
+static void answer_issuer(struct fake_server *srv, const struct fake_exchange *ex, struct fake_response *r, bool jwks)
 {
     const char *type = jwks ? "application/jwk-set+json" : JSON_TYPE;
     const char *accept = ex->req.accept;
     char message[128];
 
     if (accept && *accept && !strstr(accept, type) && !strstr(accept, "*/*")) {
-        snprintf(message, sizeof message, "406: Not Acceptable\n\nAvailable representations: %s",
-                 type);
+        snprintf(message, sizeof message, "406: Not Acceptable\n\nAvailable representations: %s", type);
         answer_status(r, 406, HDR_FLOW, message, json_object());
         return;
     }
@@ -889,9 +816,8 @@ static void answer_issuer(struct fake_server *srv, const struct fake_exchange *e
     }
     /* jwks_uri names the advertised address, which clients may not reach: as the real one. */
     resp_json(r,
-              json_pack("{ss ss s[s] s[s] s[s]}", "issuer", FAKE_ISSUER, "jwks_uri",
-                        "https://192.0.2.2:6443" JWKS_PATH, "response_types_supported", "id_token",
-                        "subject_types_supported", "public",
+              json_pack("{ss ss s[s] s[s] s[s]}", "issuer", FAKE_ISSUER, "jwks_uri", "https://192.0.2.2:6443" JWKS_PATH,
+                        "response_types_supported", "id_token", "subject_types_supported", "public",
                         "id_token_signing_alg_values_supported", "RS256"),
               false);
 }
@@ -922,11 +848,9 @@ void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
                (strcmp(ex->req.path, DISCOVERY_PATH) == 0 || strcmp(ex->req.path, JWKS_PATH) == 0)) {
         answer_issuer(srv, ex, &resp, strcmp(ex->req.path, JWKS_PATH) == 0);
     } else if (ex->kind == REVIEW_NONE) {
-        answer_status(&resp, 404, HDR_FLOW, "the server could not find the requested resource",
-                      json_object());
+        answer_status(&resp, 404, HDR_FLOW, "the server could not find the requested resource", json_object());
     } else if (strcmp(ex->req.method, "POST") != 0) {
-        answer_status(&resp, 405, HDR_FLOW,
-                      "the server does not allow this method on the requested resource",
+        answer_status(&resp, 405, HDR_FLOW, "the server does not allow this method on the requested resource",
                       json_object());
     } else if (throttle(srv)) {
         answer_throttled(srv, &resp);
@@ -939,10 +863,8 @@ void fake_review_handle(struct fake_server *srv, struct fake_exchange *ex)
 
 void fake_review_cancel(struct fake_exchange *ex)
 {
-    if (ex->watch)
-        fake_cluster_cancel(ex);
-    if (ex->srv)
-        release(ex);
+    if (ex->watch) fake_cluster_cancel(ex);
+    if (ex->srv) release(ex);
 }
 
 void fake_review_release_hung(struct fake_server *srv)
@@ -951,8 +873,7 @@ void fake_review_release_hung(struct fake_server *srv)
 
     /* Answer from the event loop rather than here: answering lets a transport start its
      * next request, which could change the list being walked. */
-    TAILQ_FOREACH(ex, &srv->pending, link)
-    {
+    TAILQ_FOREACH(ex, &srv->pending, link) {
         if (ex->hung) {
             ex->hung = false;
             event_active(ex->timer, EV_TIMEOUT, 1);

@@ -56,8 +56,7 @@ static void *knob_field(struct fake_config *config, const struct knob *k)
 static const struct knob *knob_find(const char *name)
 {
     for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
-        if (strcmp(knobs[i].name, name) == 0)
-            return &knobs[i];
+        if (strcmp(knobs[i].name, name) == 0) return &knobs[i];
     }
     return NULL;
 }
@@ -88,25 +87,21 @@ json_t *config_to_json(const struct fake_config *config)
 }
 
 /* Store one JSON value into a knob of *config; -1 with a message when it does not fit. */
-static int knob_set(struct fake_config *config, const struct knob *k, const json_t *v, char *err,
-                    size_t errlen)
+static int knob_set(struct fake_config *config, const struct knob *k, const json_t *v, char *err, size_t errlen)
 {
     void *field = knob_field(config, k);
 
     switch (k->type) {
     case KNOB_BOOL:
-        if (!json_is_boolean(v))
-            goto wrong;
+        if (!json_is_boolean(v)) goto wrong;
         *(bool *)field = json_is_true(v);
         return 0;
     case KNOB_INT:
-        if (!json_is_integer(v) || json_integer_value(v) < k->min || json_integer_value(v) > k->max)
-            goto wrong;
+        if (!json_is_integer(v) || json_integer_value(v) < k->min || json_integer_value(v) > k->max) goto wrong;
         *(int *)field = (int)json_integer_value(v);
         return 0;
     case KNOB_RATIO:
-        if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1)
-            goto wrong;
+        if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1) goto wrong;
         *(double *)field = json_number_value(v);
         return 0;
     }
@@ -130,15 +125,13 @@ int config_merge(struct fake_config *config, const json_t *patch, char *err, siz
         snprintf(err, errlen, "config must be a JSON object");
         return -1;
     }
-    json_object_foreach((json_t *)patch, name, value)
-    {
+    json_object_foreach((json_t *)patch, name, value) {
         const struct knob *k = knob_find(name);
         if (!k) {
             snprintf(err, errlen, "unknown config field \"%s\"", name);
             return -1;
         }
-        if (knob_set(&next, k, value, err, errlen) < 0)
-            return -1;
+        if (knob_set(&next, k, value, err, errlen) < 0) return -1;
     }
     *config = next;
     return 0;
@@ -162,15 +155,13 @@ json_t *stats_to_json(const struct fake_server *srv)
 {
     const struct fake_stats *s = &srv->stats;
 
-    json_t *out =
-        json_pack("{sI sI sI sI sI sI sI sI sI sI sI sO}", "calls", (json_int_t)s->calls,
-                  "tokenreview_calls", (json_int_t)s->tokenreview_calls,
-                  "subjectaccessreview_calls", (json_int_t)s->subjectaccessreview_calls, "inflight",
-                  (json_int_t)srv->inflight, "max_inflight_seen", (json_int_t)s->max_inflight_seen,
-                  "throttled", (json_int_t)s->throttled, "connections", (json_int_t)s->connections,
-                  "h2_connections", (json_int_t)s->h2_connections, "unauthorized",
-                  (json_int_t)s->unauthorized, "list_calls", (json_int_t)s->list_calls,
-                  "watch_calls", (json_int_t)s->watch_calls, "by_token", s->by_token);
+    json_t *out = json_pack(
+        "{sI sI sI sI sI sI sI sI sI sI sI sO}", "calls", (json_int_t)s->calls, "tokenreview_calls",
+        (json_int_t)s->tokenreview_calls, "subjectaccessreview_calls", (json_int_t)s->subjectaccessreview_calls,
+        "inflight", (json_int_t)srv->inflight, "max_inflight_seen", (json_int_t)s->max_inflight_seen, "throttled",
+        (json_int_t)s->throttled, "connections", (json_int_t)s->connections, "h2_connections",
+        (json_int_t)s->h2_connections, "unauthorized", (json_int_t)s->unauthorized, "list_calls",
+        (json_int_t)s->list_calls, "watch_calls", (json_int_t)s->watch_calls, "by_token", s->by_token);
 
     json_t *cluster = fake_cluster_stats(srv); /* open watches, object counts */
 
@@ -206,12 +197,9 @@ static bool is_string_array(const json_t *v)
     size_t i;
     json_t *item;
 
-    if (!json_is_array(v))
-        return false;
-    json_array_foreach(v, i, item)
-    {
-        if (!json_is_string(item))
-            return false;
+    if (!json_is_array(v)) return false;
+    json_array_foreach(v, i, item) {
+        if (!json_is_string(item)) return false;
     }
     return true;
 }
@@ -222,12 +210,9 @@ static bool is_extra(const json_t *v)
     const char *key;
     json_t *item;
 
-    if (!json_is_object(v))
-        return false;
-    json_object_foreach((json_t *)v, key, item)
-    {
-        if (!is_string_array(item))
-            return false;
+    if (!json_is_object(v)) return false;
+    json_object_foreach((json_t *)v, key, item) {
+        if (!is_string_array(item)) return false;
     }
     return true;
 }
@@ -235,22 +220,19 @@ static bool is_extra(const json_t *v)
 static bool field_allowed(const char *name, const char *const *allowed)
 {
     for (; *allowed; allowed++) {
-        if (strcmp(name, *allowed) == 0)
-            return true;
+        if (strcmp(name, *allowed) == 0) return true;
     }
     return false;
 }
 
-static int check_fields(const json_t *obj, const char *const *allowed, const char *what,
-                        size_t index, char *err, size_t errlen)
+static int check_fields(const json_t *obj, const char *const *allowed, const char *what, size_t index, char *err,
+                        size_t errlen)
 {
     const char *name;
     json_t *value;
 
-    json_object_foreach((json_t *)obj, name, value)
-    {
-        if (!field_allowed(name, allowed))
-            return fail(err, errlen, "%s %zu: unknown field \"%s\"", what, index, name);
+    json_object_foreach((json_t *)obj, name, value) {
+        if (!field_allowed(name, allowed)) return fail(err, errlen, "%s %zu: unknown field \"%s\"", what, index, name);
     }
     return 0;
 }
@@ -263,31 +245,23 @@ static json_t *token_user(const json_t *in)
     json_t *groups = json_object_get(in, "groups");
     json_t *extra = json_object_get(in, "extra");
 
-    if (uid && json_string_length(uid) > 0)
-        json_object_set(user, "uid", uid);
-    if (groups && json_array_size(groups) > 0)
-        json_object_set(user, "groups", groups);
-    if (extra && json_object_size(extra) > 0)
-        json_object_set(user, "extra", extra);
+    if (uid && json_string_length(uid) > 0) json_object_set(user, "uid", uid);
+    if (groups && json_array_size(groups) > 0) json_object_set(user, "groups", groups);
+    if (extra && json_object_size(extra) > 0) json_object_set(user, "extra", extra);
     return user;
 }
 
 /* Validate one entry of "tokens" and add it to the table keyed by token. */
 static int token_add(json_t *table, const json_t *in, size_t i, char *err, size_t errlen)
 {
-    static const char *const allowed[] = {"token", "username",  "uid",   "groups",
-                                          "extra", "audiences", "error", NULL};
+    static const char *const allowed[] = {"token", "username", "uid", "groups", "extra", "audiences", "error", NULL};
     const char *token = json_string_value(json_object_get(in, "token"));
     json_t *audiences, *error, *entry;
 
-    if (!json_is_object(in))
-        return fail(err, errlen, "token %zu: not an object", i);
-    if (check_fields(in, allowed, "token", i, err, errlen) < 0)
-        return -1;
-    if (!token || !*token)
-        return fail(err, errlen, "token %zu: \"token\" must be a non-empty string", i);
-    if (json_object_get(table, token))
-        return fail(err, errlen, "token %zu: duplicate token", i);
+    if (!json_is_object(in)) return fail(err, errlen, "token %zu: not an object", i);
+    if (check_fields(in, allowed, "token", i, err, errlen) < 0) return -1;
+    if (!token || !*token) return fail(err, errlen, "token %zu: \"token\" must be a non-empty string", i);
+    if (json_object_get(table, token)) return fail(err, errlen, "token %zu: duplicate token", i);
     if (!json_is_string(json_object_get(in, "username")))
         return fail(err, errlen, "token %zu: \"username\" must be a string", i);
     if (json_object_get(in, "uid") && !json_is_string(json_object_get(in, "uid")))
@@ -300,16 +274,14 @@ static int token_add(json_t *table, const json_t *in, size_t i, char *err, size_
     if (audiences && !is_string_array(audiences))
         return fail(err, errlen, "token %zu: \"audiences\" must be a list of strings", i);
     error = json_object_get(in, "error");
-    if (error && !json_is_string(error))
-        return fail(err, errlen, "token %zu: \"error\" must be a string", i);
+    if (error && !json_is_string(error)) return fail(err, errlen, "token %zu: \"error\" must be a string", i);
 
     entry = json_pack("{so}", "user", token_user(in));
     if (audiences)
         json_object_set(entry, "audiences", audiences);
     else
         json_object_set_new(entry, "audiences", json_pack("[s]", DEFAULT_AUDIENCE));
-    if (error)
-        json_object_set(entry, "error", error);
+    if (error) json_object_set(entry, "error", error);
     json_object_set_new(table, token, entry);
     return 0;
 }
@@ -322,18 +294,12 @@ static int rules_check(const json_t *rules, char *err, size_t errlen)
     json_t *rule, *value;
     const char *name;
 
-    if (!json_is_array(rules))
-        return fail(err, errlen, "\"sar_rules\" must be a list");
-    json_array_foreach(rules, i, rule)
-    {
-        if (!json_is_object(rule))
-            return fail(err, errlen, "sar rule %zu: not an object", i);
-        if (check_fields(rule, allowed, "sar rule", i, err, errlen) < 0)
-            return -1;
-        json_object_foreach(rule, name, value)
-        {
-            if (!json_is_string(value))
-                return fail(err, errlen, "sar rule %zu: \"%s\" must be a string", i, name);
+    if (!json_is_array(rules)) return fail(err, errlen, "\"sar_rules\" must be a list");
+    json_array_foreach(rules, i, rule) {
+        if (!json_is_object(rule)) return fail(err, errlen, "sar rule %zu: not an object", i);
+        if (check_fields(rule, allowed, "sar rule", i, err, errlen) < 0) return -1;
+        json_object_foreach(rule, name, value) {
+            if (!json_is_string(value)) return fail(err, errlen, "sar rule %zu: \"%s\" must be a string", i, name);
         }
     }
     return 0;
@@ -344,8 +310,7 @@ static json_t *load_json(const char *path, char *err, size_t errlen)
     json_error_t jerr;
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
 
-    if (!doc)
-        fail(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
+    if (!doc) fail(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
     return doc;
 }
 
@@ -361,10 +326,8 @@ static json_t *tokens_build(const json_t *doc, char *err, size_t errlen)
         fail(err, errlen, "\"tokens\" must be a list");
         goto error;
     }
-    json_array_foreach(list, i, item)
-    {
-        if (token_add(table, item, i, err, errlen) < 0)
-            goto error;
+    json_array_foreach(list, i, item) {
+        if (token_add(table, item, i, err, errlen) < 0) goto error;
     }
     return table;
 error:
@@ -374,15 +337,13 @@ error:
 
 /* The rules: from --sar-rules (a list, or an object with "sar_rules") if given, else
  * from the token file's "sar_rules", else none. Returns a new reference. */
-static json_t *rules_build(const struct fake_server *srv, const json_t *token_doc, char *err,
-                           size_t errlen)
+static json_t *rules_build(const struct fake_server *srv, const json_t *token_doc, char *err, size_t errlen)
 {
     json_t *doc = NULL, *rules;
 
     if (srv->sar_rules_path) {
         doc = load_json(srv->sar_rules_path, err, errlen);
-        if (!doc)
-            return NULL;
+        if (!doc) return NULL;
         rules = json_is_object(doc) ? json_object_get(doc, "sar_rules") : doc;
     } else {
         rules = json_object_get(token_doc, "sar_rules");
@@ -403,22 +364,17 @@ int tables_load(struct fake_server *srv, char *err, size_t errlen)
     int rc = -1;
 
     doc = load_json(srv->tokens_path, err, errlen);
-    if (!doc)
-        return -1;
+    if (!doc) return -1;
     if (!json_is_object(doc)) {
         fail(err, errlen, "%s: must be a JSON object", srv->tokens_path);
         goto cleanup;
     }
-    if (check_fields(doc, allowed, "token file", 0, err, errlen) < 0)
-        goto cleanup;
+    if (check_fields(doc, allowed, "token file", 0, err, errlen) < 0) goto cleanup;
     tokens = tokens_build(doc, err, errlen);
-    if (!tokens)
-        goto cleanup;
+    if (!tokens) goto cleanup;
     rules = rules_build(srv, doc, err, errlen);
-    if (!rules)
-        goto cleanup;
-    if (fake_cluster_check_tokens(tokens, err, errlen) < 0)
-        goto cleanup;
+    if (!rules) goto cleanup;
+    if (fake_cluster_check_tokens(tokens, err, errlen) < 0) goto cleanup;
 
     /* Tokens new to the table get their ServiceAccount and Pod; deleted ones stay deleted
      * for the tokens the table already had. */

@@ -30,8 +30,8 @@ void fake_http_date(char *buf, size_t len)
     strftime(buf, len, "%a, %d %b %Y %H:%M:%S GMT", &tm);
 }
 
-int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-                    const unsigned char *in, unsigned int inlen, void *arg)
+int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                    unsigned int inlen, void *arg)
 {
     static const unsigned char http11[] = "\x08http/1.1";
     unsigned char *selected;
@@ -39,8 +39,8 @@ int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     static const unsigned char h2[] = "\x02h2";
     const struct fake_server *srv = arg;
 
-    if (srv->config.http2 && SSL_select_next_proto(&selected, outlen, h2, sizeof h2 - 1, in,
-                                                   inlen) == OPENSSL_NPN_NEGOTIATED) {
+    if (srv->config.http2 &&
+        SSL_select_next_proto(&selected, outlen, h2, sizeof h2 - 1, in, inlen) == OPENSSL_NPN_NEGOTIATED) {
         *out = selected;
         return SSL_TLSEXT_ERR_OK;
     }
@@ -48,8 +48,7 @@ int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     (void)arg;
 #endif
     (void)ssl;
-    if (SSL_select_next_proto(&selected, outlen, http11, sizeof http11 - 1, in, inlen) ==
-        OPENSSL_NPN_NEGOTIATED) {
+    if (SSL_select_next_proto(&selected, outlen, http11, sizeof http11 - 1, in, inlen) == OPENSSL_NPN_NEGOTIATED) {
         *out = selected;
         return SSL_TLSEXT_ERR_OK;
     }
@@ -59,11 +58,9 @@ int api_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 
 void api_conn_free(struct api_conn *conn)
 {
-    if (conn->proto)
-        conn->proto->stop(conn);
+    if (conn->proto) conn->proto->stop(conn);
     LIST_REMOVE(conn, link);
-    if (conn->close_ev)
-        event_free(conn->close_ev);
+    if (conn->close_ev) event_free(conn->close_ev);
     bufferevent_free(conn->bev); /* closes the socket and frees the SSL */
     free(conn);
 }
@@ -89,8 +86,7 @@ static const struct api_proto *negotiated_proto(struct api_conn *conn)
     unsigned int len = 0;
 
     SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(conn->bev), &alpn, &len);
-    if (len == 2 && memcmp(alpn, "h2", 2) == 0)
-        return &fake_http2_proto;
+    if (len == 2 && memcmp(alpn, "h2", 2) == 0) return &fake_http2_proto;
 #else
     (void)conn;
 #endif
@@ -114,8 +110,7 @@ static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr,
-                     int addrlen, void *arg)
+void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int addrlen, void *arg)
 {
     struct fake_server *srv = arg;
     struct api_conn *conn = NULL;
@@ -126,18 +121,15 @@ void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct
     (void)addrlen;
     conn = calloc(1, sizeof *conn);
     ssl = SSL_new(srv->ssl_ctx);
-    if (!conn || !ssl)
-        goto error;
+    if (!conn || !ssl) goto error;
     /* Deferred callbacks: no callback of ours runs inside a bufferevent call of ours. */
     conn->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (!conn->bev)
-        goto error;
+    if (!conn->bev) goto error;
     ssl = NULL; /* owned by the bufferevent now, and so is fd */
     fd = -1;
     conn->close_ev = event_new(srv->base, -1, 0, close_cb, conn);
-    if (!conn->close_ev)
-        goto error;
+    if (!conn->close_ev) goto error;
 
     conn->srv = srv;
     LIST_INSERT_HEAD(&srv->conns, conn, link);
@@ -149,10 +141,8 @@ void api_conn_accept(struct evconnlistener *listener, evutil_socket_t fd, struct
 
 error:
     log_json("accept failed", NULL);
-    if (conn && conn->bev)
-        bufferevent_free(conn->bev);
+    if (conn && conn->bev) bufferevent_free(conn->bev);
     free(conn);
     SSL_free(ssl);
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
 }

@@ -37,8 +37,8 @@
 typedef struct conn {
     int fd;
     bool open;
-    size_t sent;      /* bytes of the request sent */
-    char answer[16];  /* the first bytes of the answer */
+    size_t sent;     /* bytes of the request sent */
+    char answer[16]; /* the first bytes of the answer */
     size_t answer_len;
 } conn;
 
@@ -68,14 +68,22 @@ int main(int argc, char **argv)
     size_t n_headers = 0, n_conns = 1, body_bytes = 0;
     double duration_s = 5, interval_s = 0.5;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--addr")) addr = argv[i + 1];
-        else if (!strcmp(argv[i], "--connections")) n_conns = strtoul(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--mode")) mode = argv[i + 1];
-        else if (!strcmp(argv[i], "--duration-s")) duration_s = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--interval-ms")) interval_s = atof(argv[i + 1]) / 1000;
-        else if (!strcmp(argv[i], "--body-bytes")) body_bytes = strtoul(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
-        else if (!strcmp(argv[i], "--header") && n_headers < MAX_HEADERS) headers[n_headers++] = argv[i + 1];
+        if (!strcmp(argv[i], "--addr"))
+            addr = argv[i + 1];
+        else if (!strcmp(argv[i], "--connections"))
+            n_conns = strtoul(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--mode"))
+            mode = argv[i + 1];
+        else if (!strcmp(argv[i], "--duration-s"))
+            duration_s = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--interval-ms"))
+            interval_s = atof(argv[i + 1]) / 1000;
+        else if (!strcmp(argv[i], "--body-bytes"))
+            body_bytes = strtoul(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--path"))
+            path = argv[i + 1];
+        else if (!strcmp(argv[i], "--header") && n_headers < MAX_HEADERS)
+            headers[n_headers++] = argv[i + 1];
         else {
             fprintf(stderr, "raw-client: unknown option %s\n", argv[i]);
             return 2;
@@ -102,13 +110,15 @@ int main(int argc, char **argv)
 
     /* The request head every connection sends (slowloris: byte by byte, never ending). */
     char head[4096];
-    int head_len = snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: %s\r\n", body_bytes ? "POST" : "GET",
-                            path, addr);
+    int head_len =
+        snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: %s\r\n", body_bytes ? "POST" : "GET", path, addr);
     for (size_t i = 0; i < n_headers; i++)
         head_len += snprintf(head + head_len, sizeof(head) - (size_t)head_len, "%s\r\n", headers[i]);
-    if (slowloris) head_len += snprintf(head + head_len, sizeof(head) - (size_t)head_len, "X-Slow: ");
-    else head_len += snprintf(head + head_len, sizeof(head) - (size_t)head_len, "Content-Length: %zu\r\n\r\n",
-                              body_bytes);
+    if (slowloris)
+        head_len += snprintf(head + head_len, sizeof(head) - (size_t)head_len, "X-Slow: ");
+    else
+        head_len +=
+            snprintf(head + head_len, sizeof(head) - (size_t)head_len, "Content-Length: %zu\r\n\r\n", body_bytes);
     if (head_len >= (int)sizeof(head)) return 2;
 
     conn *conns = calloc(n_conns, sizeof(*conns));
@@ -155,8 +165,9 @@ int main(int argc, char **argv)
                 char buf[4096];
                 ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
                 if (n > 0 && c->answer_len < sizeof(c->answer) - 1) {
-                    size_t take = (size_t)n < sizeof(c->answer) - 1 - c->answer_len ? (size_t)n
-                                                                                   : sizeof(c->answer) - 1 - c->answer_len;
+                    size_t take = (size_t)n < sizeof(c->answer) - 1 - c->answer_len
+                                      ? (size_t)n
+                                      : sizeof(c->answer) - 1 - c->answer_len;
                     memcpy(c->answer + c->answer_len, buf, take);
                     c->answer_len += take;
                 }

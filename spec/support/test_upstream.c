@@ -125,8 +125,10 @@ static later *laters;
 
 static void later_free(later *l)
 {
-    if (l->prev) l->prev->next = l->next;
-    else laters = l->next;
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        laters = l->next;
     if (l->next) l->next->prev = l->prev;
     event_free(l->timer);
     free(l);
@@ -181,8 +183,10 @@ static stream *streams;
 
 static void stream_free(stream *st)
 {
-    if (st->prev) st->prev->next = st->next;
-    else streams = st->next;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        streams = st->next;
     if (st->next) st->next->prev = st->prev;
     free(st);
 }
@@ -319,9 +323,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
         json_array_append_new(headers, json_pack("[ss]", kv->key, kv->value));
-    json_t *line = json_pack("{ss ss so sI ss sI}", "method", method, "uri", uri ? uri : "",
-                             "headers", headers, "body_bytes",
-                             (json_int_t)evbuffer_get_length(evhttp_request_get_input_buffer(req)),
+    json_t *line = json_pack("{ss ss so sI ss sI}", "method", method, "uri", uri ? uri : "", "headers", headers,
+                             "body_bytes", (json_int_t)evbuffer_get_length(evhttp_request_get_input_buffer(req)),
                              "body_sha256", sha, "connection", (json_int_t)connection_number(req));
     char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     if (text) {
@@ -372,8 +375,10 @@ int main(int argc, char **argv)
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'l') listen = optarg;
-        else if (c == 'r') record_path = optarg;
+        if (c == 'l')
+            listen = optarg;
+        else if (c == 'r')
+            record_path = optarg;
         else {
             fprintf(stderr, "usage: test-upstream --listen HOST:PORT --record FILE\n");
             return 2;

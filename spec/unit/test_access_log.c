@@ -38,8 +38,10 @@ static size_t read_lines(const char *path, json_t **out, size_t max, size_t *lon
         json_error_t error;
         out[n] = json_loadb(line, (size_t)len, 0, &error);
         CHECK(out[n] != NULL);
-        if (!out[n]) fprintf(stderr, "    not JSON: %s (%s)\n", line, error.text);
-        else n++;
+        if (!out[n])
+            fprintf(stderr, "    not JSON: %s (%s)\n", line, error.text);
+        else
+            n++;
     }
     free(line);
     fclose(f);
@@ -61,10 +63,21 @@ static void test_fields_and_escaping(void)
 
     static const char hostile_path[] = "/a\"b\\c\n\x01\x7f\xff\xc3\xa9/d";
     access_log_entry e = {
-        .method = "GET", .path = hostile_path, .path_len = sizeof(hostile_path) - 1, .status = 403,
-        .user = "system:serviceaccount:team-a:app", .user_len = 32, .uid = "uid-1", .uid_len = 5,
-        .namespace_name = "team-a", .namespace_len = 6, .source = DECISION_POLICY, .reason = "forbidden: \"no\"",
-        .latency_s = 0.0012345, .cache_hit = 1, .policy_sha256 = "abc123",
+        .method = "GET",
+        .path = hostile_path,
+        .path_len = sizeof(hostile_path) - 1,
+        .status = 403,
+        .user = "system:serviceaccount:team-a:app",
+        .user_len = 32,
+        .uid = "uid-1",
+        .uid_len = 5,
+        .namespace_name = "team-a",
+        .namespace_len = 6,
+        .source = DECISION_POLICY,
+        .reason = "forbidden: \"no\"",
+        .latency_s = 0.0012345,
+        .cache_hit = 1,
+        .policy_sha256 = "abc123",
     };
     access_log_add(t.log, buf, &e);
 
@@ -73,14 +86,30 @@ static void test_fields_and_escaping(void)
     char *long_path = malloc(big);
     REQUIRE(long_path != NULL);
     for (size_t i = 0; i < big; i++) long_path[i] = i % 7 ? 'p' : '\xff';
-    access_log_entry huge = {.method = "POST", .path = long_path, .path_len = big, .status = 200,
-                             .user = long_path, .user_len = big, .uid = long_path, .uid_len = big,
-                             .namespace_name = long_path, .namespace_len = big, .source = DECISION_CACHE,
-                             .reason = NULL, .latency_s = 2.5, .cache_hit = -1, .policy_sha256 = NULL};
+    access_log_entry huge = {.method = "POST",
+                             .path = long_path,
+                             .path_len = big,
+                             .status = 200,
+                             .user = long_path,
+                             .user_len = big,
+                             .uid = long_path,
+                             .uid_len = big,
+                             .namespace_name = long_path,
+                             .namespace_len = big,
+                             .source = DECISION_CACHE,
+                             .reason = NULL,
+                             .latency_s = 2.5,
+                             .cache_hit = -1,
+                             .policy_sha256 = NULL};
     huge.reason = NULL;
     access_log_add(t.log, buf, &huge);
-    access_log_entry anonymous = {.method = "HEAD", .path = "/x", .path_len = 2, .status = 401,
-                                  .source = DECISION_ANONYMOUS, .reason = "no bearer token", .cache_hit = -1};
+    access_log_entry anonymous = {.method = "HEAD",
+                                  .path = "/x",
+                                  .path_len = 2,
+                                  .status = 401,
+                                  .source = DECISION_ANONYMOUS,
+                                  .reason = "no bearer token",
+                                  .cache_hit = -1};
     access_log_add(t.log, buf, &anonymous);
     access_log_flush(t.log, buf);
     CHECK_EQ_INT(buf->written, 3);
@@ -129,10 +158,15 @@ static void test_sampling_and_buffering(void)
     access_log_buffer *buf = malloc(sizeof(*buf));
     REQUIRE(buf != NULL);
     access_log_buffer_init(buf, 7);
-    access_log_entry allowed = {.method = "GET", .path = "/ok", .path_len = 3, .status = 200,
-                                .source = DECISION_CACHE, .cache_hit = 1};
-    access_log_entry denied = {.method = "GET", .path = "/no", .path_len = 3, .status = 403,
-                               .source = DECISION_CACHE, .reason = "forbidden", .cache_hit = 1};
+    access_log_entry allowed = {
+        .method = "GET", .path = "/ok", .path_len = 3, .status = 200, .source = DECISION_CACHE, .cache_hit = 1};
+    access_log_entry denied = {.method = "GET",
+                               .path = "/no",
+                               .path_len = 3,
+                               .status = 403,
+                               .source = DECISION_CACHE,
+                               .reason = "forbidden",
+                               .cache_hit = 1};
     for (int i = 0; i < 4000; i++) access_log_add(t.log, buf, &allowed);
     for (int i = 0; i < 500; i++) access_log_add(t.log, buf, &denied);
     access_log_flush(t.log, buf);

@@ -27,7 +27,8 @@ static void test_cross_site(void)
 {
     /* curl, Prometheus, kubelet: no Origin, no Sec-Fetch-Site. */
     CHECK(admin_cross_site_violation(true, "127.0.0.1:9090", NULL, NULL, NULL, 0) == NULL);
-    CHECK(admin_cross_site_violation(true, "127.0.0.1:9090", NULL, NULL, "application/x-www-form-urlencoded", 0) == NULL);
+    CHECK(admin_cross_site_violation(true, "127.0.0.1:9090", NULL, NULL, "application/x-www-form-urlencoded", 0) ==
+          NULL);
     CHECK(admin_cross_site_violation(true, "127.0.0.1:9090", NULL, NULL, "application/json", 2) == NULL);
     CHECK(admin_cross_site_violation(false, "127.0.0.1:9090", "http://127.0.0.1:9090", "same-origin", NULL, 0) == NULL);
     CHECK(admin_cross_site_violation(false, "h", NULL, "none", NULL, 0) == NULL);

@@ -48,8 +48,7 @@ static void check_no_secrets_at(int line, const char *text)
         unit_checks++;
         if (text && strstr(text, secrets[i])) {
             unit_failures++;
-            fprintf(stderr, "%s:%d: secret \"%s\" leaked into: %s\n", __FILE__, line, secrets[i],
-                    text);
+            fprintf(stderr, "%s:%d: secret \"%s\" leaked into: %s\n", __FILE__, line, secrets[i], text);
         }
     }
 }
@@ -60,8 +59,7 @@ static void check_contains_at(int line, const char *text, const char *needle)
     unit_checks++;
     if (!text || !strstr(text, needle)) {
         unit_failures++;
-        fprintf(stderr, "%s:%d: expected \"%s\" in: %s\n", __FILE__, line, needle,
-                text ? text : "(null)");
+        fprintf(stderr, "%s:%d: expected \"%s\" in: %s\n", __FILE__, line, needle, text ? text : "(null)");
     }
 }
 
@@ -75,13 +73,11 @@ static bool settings_zero(const apiserver_settings *s)
 static char *read_all(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     char *buf = malloc(1 << 20);
     *len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
     fclose(f);
-    if (buf)
-        buf[*len] = '\0';
+    if (buf) buf[*len] = '\0';
     return buf;
 }
 
@@ -107,8 +103,7 @@ static const char *tmp_path(const char *name)
 }
 
 /* Resolves a kubeconfig given by --kubeconfig only. */
-static int resolve_kubeconfig(const char *path, const char *context, apiserver_settings *s,
-                              char *err)
+static int resolve_kubeconfig(const char *path, const char *context, apiserver_settings *s, char *err)
 {
     apiserver_inputs in = {.kubeconfig = path, .context = context};
     return apiserver_resolve(&in, s, err, ERR_CAP);
@@ -116,8 +111,7 @@ static int resolve_kubeconfig(const char *path, const char *context, apiserver_s
 
 /* Expects apiserver_resolve(in) to fail with rc and an err containing want. */
 #define EXPECT_RESOLVE_ERROR(in, rc, want) expect_resolve_error_at(__LINE__, (in), (rc), (want))
-static void expect_resolve_error_at(int line, const apiserver_inputs *in, int want_rc,
-                                    const char *want)
+static void expect_resolve_error_at(int line, const apiserver_inputs *in, int want_rc, const char *want)
 {
     apiserver_settings s;
     char err[ERR_CAP];
@@ -126,16 +120,15 @@ static void expect_resolve_error_at(int line, const apiserver_inputs *in, int wa
     unit_checks++;
     if (rc != want_rc || !strstr(err, want) || !settings_zero(&s)) {
         unit_failures++;
-        fprintf(stderr, "%s:%d: expected rc %d and an error containing \"%s\", got rc %d: %s\n",
-                __FILE__, line, want_rc, want, rc, err);
+        fprintf(stderr, "%s:%d: expected rc %d and an error containing \"%s\", got rc %d: %s\n", __FILE__, line,
+                want_rc, want, rc, err);
     }
     check_no_secrets_at(line, err);
     apiserver_settings_free(&s);
 }
 
 /* Expects kubeconfig_parse(yaml, context) to fail with an err containing want. */
-#define EXPECT_PARSE_ERROR(yaml, context, want)                                                    \
-    expect_parse_error_at(__LINE__, (yaml), (context), (want))
+#define EXPECT_PARSE_ERROR(yaml, context, want) expect_parse_error_at(__LINE__, (yaml), (context), (want))
 static void expect_parse_error_at(int line, const char *yaml, const char *context, const char *want)
 {
     apiserver_settings s;
@@ -144,8 +137,8 @@ static void expect_parse_error_at(int line, const char *yaml, const char *contex
     unit_checks++;
     if (rc != -1 || !strstr(err, want) || !settings_zero(&s)) {
         unit_failures++;
-        fprintf(stderr, "%s:%d: expected a parse error containing \"%s\", got rc %d: %s\n",
-                __FILE__, line, want, rc, err);
+        fprintf(stderr, "%s:%d: expected a parse error containing \"%s\", got rc %d: %s\n", __FILE__, line, want, rc,
+                err);
     }
     check_no_secrets_at(line, err);
     apiserver_settings_free(&s);
@@ -207,13 +200,11 @@ static void test_token_kubeconfig(void)
     CHECK_STR(s.context, "gateway");
     CHECK_STR(s.cluster, "local");
     CHECK_STR(s.user, "tokengate");
-    CHECK_STR(
-        s.why,
-        "kubeconfig " FIX(
-            "token.yaml") " (from --kubeconfig): context \"gateway\" (current-context), "
-                          "cluster \"local\" at https://127.0.0.1:6443, CA file " FIX(
-                              "ca.crt") ", user \"tokengate\" "
-                                        "with an inline token, namespace \"tokengate-system\"");
+    CHECK_STR(s.why,
+              "kubeconfig " FIX("token.yaml") " (from --kubeconfig): context \"gateway\" (current-context), "
+                                              "cluster \"local\" at https://127.0.0.1:6443, CA file " FIX(
+                                                  "ca.crt") ", user \"tokengate\" "
+                                                            "with an inline token, namespace \"tokengate-system\"");
     CHECK_NO_SECRETS(s.why);
     apiserver_settings_free(&s);
     CHECK(settings_zero(&s));
@@ -279,10 +270,8 @@ static void test_embedded_kubeconfig(void)
         CHECK_STR(s.client_key_pem, key);
         CHECK(s.client_cert_file == NULL && s.client_key_file == NULL);
         CHECK(s.token == NULL && s.token_file == NULL);
-        CHECK_CONTAINS(
-            s.why,
-            "CA from certificate-authority-data, user \"kind-embedded\" with a client certificate "
-            "(embedded)");
+        CHECK_CONTAINS(s.why, "CA from certificate-authority-data, user \"kind-embedded\" with a client certificate "
+                              "(embedded)");
         CHECK_NO_SECRETS(s.why);
     }
     apiserver_settings_free(&s);
@@ -347,64 +336,54 @@ static void test_several_contexts(void)
     apiserver_inputs in = {.kubeconfig = FIX("contexts.yaml"), .context = "staging"};
     EXPECT_RESOLVE_ERROR(
         &in, APISERVER_ERROR,
-        "kubeconfig " FIX(
-            "contexts.yaml") " (from --kubeconfig): cluster \"staging-cluster\": "
-                             "certificate-authority /nonexistent/tokengate-test/ca.crt: No such "
-                             "file or directory");
+        "kubeconfig " FIX("contexts.yaml") " (from --kubeconfig): cluster \"staging-cluster\": "
+                                           "certificate-authority /nonexistent/tokengate-test/ca.crt: No such "
+                                           "file or directory");
     in.context = "cloud";
-    EXPECT_RESOLVE_ERROR(
-        &in, APISERVER_ERROR,
-        "user \"cloud-user\" uses an exec credential plugin, which is not supported: give the "
-        "gateway a token, tokenFile or client-certificate/client-key");
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
+                         "user \"cloud-user\" uses an exec credential plugin, which is not supported: give the "
+                         "gateway a token, tokenFile or client-certificate/client-key");
     in.context = "orphan";
-    EXPECT_RESOLVE_ERROR(
-        &in, APISERVER_ERROR,
-        "cluster \"no-such-cluster\" not found (available: \"dev-cluster\", \"prod-cluster\", "
-        "\"staging-cluster\")");
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
+                         "cluster \"no-such-cluster\" not found (available: \"dev-cluster\", \"prod-cluster\", "
+                         "\"staging-cluster\")");
     in.context = "missing";
     EXPECT_RESOLVE_ERROR(
         &in, APISERVER_ERROR,
-        "kubeconfig " FIX(
-            "contexts.yaml") " (from --kubeconfig): context \"missing\" not found "
-                             "(available: \"dev\", \"prod\", \"staging\", \"cloud\", \"orphan\")");
+        "kubeconfig " FIX("contexts.yaml") " (from --kubeconfig): context \"missing\" not found "
+                                           "(available: \"dev\", \"prod\", \"staging\", \"cloud\", \"orphan\")");
 }
 
 static void test_refused_sample_files(void)
 {
     apiserver_inputs in = {.kubeconfig = FIX("exec.yaml")};
-    EXPECT_RESOLVE_ERROR(
-        &in, APISERVER_ERROR,
-        "kubeconfig " FIX("exec.yaml") " (from --kubeconfig): user \"eks-user\" uses an exec "
-                                       "credential plugin, which is not supported");
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
+                         "kubeconfig " FIX("exec.yaml") " (from --kubeconfig): user \"eks-user\" uses an exec "
+                                                        "credential plugin, which is not supported");
     in.kubeconfig = FIX("auth-provider.yaml");
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
                          "user \"oidc-user\" uses an auth-provider plugin, which is not supported");
     in.kubeconfig = FIX("insecure.yaml");
-    EXPECT_RESOLVE_ERROR(
-        &in, APISERVER_ERROR,
-        "cluster \"insecure\" sets insecure-skip-tls-verify: true, which tokengate refuses: TLS to "
-        "the API server is always verified");
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
+                         "cluster \"insecure\" sets insecure-skip-tls-verify: true, which tokengate refuses: TLS to "
+                         "the API server is always verified");
     in.kubeconfig = FIX("malformed.yaml");
     EXPECT_RESOLVE_ERROR(
         &in, APISERVER_ERROR,
-        "kubeconfig " FIX(
-            "malformed.yaml") " (from --kubeconfig): YAML error at line 8, column 4: "
-                              "did not find expected key (while parsing a block mapping)");
+        "kubeconfig " FIX("malformed.yaml") " (from --kubeconfig): YAML error at line 8, column 4: "
+                                            "did not find expected key (while parsing a block mapping)");
     in.kubeconfig = FIX("duplicate-key.yaml");
-    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
-                         "line 10: duplicate key \"server\" (first at line 8)");
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, "line 10: duplicate key \"server\" (first at line 8)");
     in.kubeconfig = FIX("http-server.yaml");
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
                          "cluster \"plain\": server http://127.0.0.1:8080 uses plain http://: the "
                          "API server must be "
                          "https://");
     in.kubeconfig = FIX("no-such-file.yaml");
-    EXPECT_RESOLVE_ERROR(
-        &in, APISERVER_ERROR,
-        "kubeconfig " FIX("no-such-file.yaml") " (from --kubeconfig): No such file or directory");
-    in.kubeconfig = FIXDIR;
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR,
-                         "kubeconfig " FIXDIR " (from --kubeconfig): Is a directory");
+                         "kubeconfig " FIX("no-such-file.yaml") " (from --kubeconfig): No such file or directory");
+    in.kubeconfig = FIXDIR;
+    EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, "kubeconfig " FIXDIR " (from --kubeconfig): Is a directory");
 }
 
 /* ---- precedence ---- */
@@ -414,17 +393,15 @@ static void test_precedence_flags(void)
     int rc;
     apiserver_settings s;
     char err[ERR_CAP];
-    apiserver_inputs in = {.apiserver = "https://10.0.0.1:6443/",
-                           .apiserver_ca = FIX("ca.crt"),
-                           .apiserver_token_file = FIX("token")};
+    apiserver_inputs in = {
+        .apiserver = "https://10.0.0.1:6443/", .apiserver_ca = FIX("ca.crt"), .apiserver_token_file = FIX("token")};
     rc = apiserver_resolve(&in, &s, err, sizeof(err));
     REQUIRE(rc == APISERVER_OK);
     CHECK_EQ_INT(s.source, APISERVER_FROM_FLAGS);
     CHECK_STR(s.server_url, "https://10.0.0.1:6443");
     CHECK_STR(s.ca_file, FIX("ca.crt"));
     CHECK_STR(s.token_file, FIX("token"));
-    CHECK(s.token == NULL && s.ca_pem == NULL && s.client_cert_file == NULL &&
-          s.kubeconfig_path == NULL);
+    CHECK(s.token == NULL && s.ca_pem == NULL && s.client_cert_file == NULL && s.kubeconfig_path == NULL);
     CHECK_STR(s.why, "explicit flags: --apiserver https://10.0.0.1:6443, --apiserver-ca " FIX(
                          "ca.crt") ", --apiserver-token-file " FIX("token"));
     apiserver_settings_free(&s);
@@ -438,22 +415,17 @@ static void test_precedence_flags(void)
     rc = apiserver_resolve(&in, &s, err, sizeof(err));
     REQUIRE(rc == APISERVER_OK);
     CHECK_EQ_INT(s.source, APISERVER_FROM_FLAGS);
-    CHECK_CONTAINS(
-        s.why,
-        "; ignored (explicit flags take precedence): --kubeconfig --context $KUBECONFIG in-cluster "
-        "environment");
+    CHECK_CONTAINS(s.why, "; ignored (explicit flags take precedence): --kubeconfig --context $KUBECONFIG in-cluster "
+                          "environment");
     apiserver_settings_free(&s);
 
     /* All three or nothing: the error names what is missing, even when a kubeconfig exists. */
-    apiserver_inputs partial = {.apiserver = "https://10.0.0.1:6443",
-                                .kubeconfig = FIX("token.yaml")};
-    EXPECT_RESOLVE_ERROR(
-        &partial, APISERVER_ERROR,
-        "--apiserver-ca and --apiserver-token-file missing: --apiserver, --apiserver-ca and "
-        "--apiserver-token-file are used together");
-    partial = (apiserver_inputs){.apiserver_ca = FIX("ca.crt")};
+    apiserver_inputs partial = {.apiserver = "https://10.0.0.1:6443", .kubeconfig = FIX("token.yaml")};
     EXPECT_RESOLVE_ERROR(&partial, APISERVER_ERROR,
-                         "--apiserver and --apiserver-token-file missing:");
+                         "--apiserver-ca and --apiserver-token-file missing: --apiserver, --apiserver-ca and "
+                         "--apiserver-token-file are used together");
+    partial = (apiserver_inputs){.apiserver_ca = FIX("ca.crt")};
+    EXPECT_RESOLVE_ERROR(&partial, APISERVER_ERROR, "--apiserver and --apiserver-token-file missing:");
     partial = (apiserver_inputs){.apiserver_token_file = FIX("token")};
     EXPECT_RESOLVE_ERROR(&partial, APISERVER_ERROR, "--apiserver and --apiserver-ca missing:");
     partial = (apiserver_inputs){.apiserver = "https://h", .apiserver_ca = FIX("ca.crt")};
@@ -462,25 +434,20 @@ static void test_precedence_flags(void)
     EXPECT_RESOLVE_ERROR(&partial, APISERVER_ERROR, "--apiserver-ca missing:");
 
     /* Each value checked. */
-    apiserver_inputs bad = {.apiserver = "http://10.0.0.1:8080",
-                            .apiserver_ca = FIX("ca.crt"),
-                            .apiserver_token_file = FIX("token")};
-    EXPECT_RESOLVE_ERROR(
-        &bad, APISERVER_ERROR,
-        "--apiserver http://10.0.0.1:8080 uses plain http://: the API server must be https://");
-    bad.apiserver = "10.0.0.1:6443";
+    apiserver_inputs bad = {
+        .apiserver = "http://10.0.0.1:8080", .apiserver_ca = FIX("ca.crt"), .apiserver_token_file = FIX("token")};
     EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR,
-                         "--apiserver 10.0.0.1:6443 is not an https://HOST[:PORT] URL");
+                         "--apiserver http://10.0.0.1:8080 uses plain http://: the API server must be https://");
+    bad.apiserver = "10.0.0.1:6443";
+    EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR, "--apiserver 10.0.0.1:6443 is not an https://HOST[:PORT] URL");
     bad.apiserver = "https://10.0.0.1:6443";
     bad.apiserver_ca = "/nonexistent/ca.crt";
-    EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR,
-                         "--apiserver-ca /nonexistent/ca.crt: No such file or directory");
+    EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR, "--apiserver-ca /nonexistent/ca.crt: No such file or directory");
     bad.apiserver_ca = FIXDIR;
     EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR, "--apiserver-ca " FIXDIR ": is a directory");
     bad.apiserver_ca = FIX("ca.crt");
     bad.apiserver_token_file = "/nonexistent/token";
-    EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR,
-                         "--apiserver-token-file /nonexistent/token: No such file or directory");
+    EXPECT_RESOLVE_ERROR(&bad, APISERVER_ERROR, "--apiserver-token-file /nonexistent/token: No such file or directory");
 }
 
 static void test_precedence_kubeconfig(void)
@@ -497,8 +464,7 @@ static void test_precedence_kubeconfig(void)
     REQUIRE(rc == APISERVER_OK);
     CHECK_STR(s.kubeconfig_path, FIX("token.yaml"));
     CHECK_CONTAINS(s.why, "(from --kubeconfig)");
-    CHECK_CONTAINS(s.why,
-                   "; ignored (--kubeconfig takes precedence): $KUBECONFIG in-cluster environment");
+    CHECK_CONTAINS(s.why, "; ignored (--kubeconfig takes precedence): $KUBECONFIG in-cluster environment");
     apiserver_settings_free(&s);
 
     /* $KUBECONFIG beats in-cluster; --context applies to it. */
@@ -509,8 +475,7 @@ static void test_precedence_kubeconfig(void)
     CHECK_EQ_INT(s.source, APISERVER_FROM_KUBECONFIG);
     CHECK_STR(s.kubeconfig_path, FIX("contexts.yaml"));
     CHECK_STR(s.context, "prod");
-    CHECK_CONTAINS(s.why, "kubeconfig " FIX(
-                              "contexts.yaml") " (from $KUBECONFIG): context \"prod\" (--context)");
+    CHECK_CONTAINS(s.why, "kubeconfig " FIX("contexts.yaml") " (from $KUBECONFIG): context \"prod\" (--context)");
     CHECK_CONTAINS(s.why, "; ignored ($KUBECONFIG takes precedence): in-cluster environment");
     apiserver_settings_free(&s);
 
@@ -523,25 +488,19 @@ static void test_precedence_kubeconfig(void)
     apiserver_settings_free(&s);
 
     env.kubeconfig_env = "/nonexistent/kubeconfig:" FIX("token.yaml");
-    EXPECT_RESOLVE_ERROR(
-        &env, APISERVER_ERROR,
-        "kubeconfig /nonexistent/kubeconfig (from $KUBECONFIG): No such file or directory");
+    EXPECT_RESOLVE_ERROR(&env, APISERVER_ERROR,
+                         "kubeconfig /nonexistent/kubeconfig (from $KUBECONFIG): No such file or directory");
 
     /* --context needs a kubeconfig. */
     apiserver_inputs ctx = {.context = "prod", .service_host = "10.96.0.1", .service_port = "443"};
-    EXPECT_RESOLVE_ERROR(&ctx, APISERVER_ERROR,
-                         "--context prod needs a kubeconfig (--kubeconfig FILE or $KUBECONFIG)");
+    EXPECT_RESOLVE_ERROR(&ctx, APISERVER_ERROR, "--context prod needs a kubeconfig (--kubeconfig FILE or $KUBECONFIG)");
 
     /* Nothing at all. Empty strings count as unset. */
-    apiserver_inputs none = {.apiserver = "",
-                             .kubeconfig = "",
-                             .kubeconfig_env = ":",
-                             .service_host = "",
-                             .service_port = ""};
-    EXPECT_RESOLVE_ERROR(
-        &none, APISERVER_NOT_CONFIGURED,
-        "no API server configured: pass --apiserver, --apiserver-ca and --apiserver-token-file, or "
-        "--kubeconfig FILE, or set $KUBECONFIG, or run in a pod (KUBERNETES_SERVICE_HOST/PORT)");
+    apiserver_inputs none = {
+        .apiserver = "", .kubeconfig = "", .kubeconfig_env = ":", .service_host = "", .service_port = ""};
+    EXPECT_RESOLVE_ERROR(&none, APISERVER_NOT_CONFIGURED,
+                         "no API server configured: pass --apiserver, --apiserver-ca and --apiserver-token-file, or "
+                         "--kubeconfig FILE, or set $KUBECONFIG, or run in a pod (KUBERNETES_SERVICE_HOST/PORT)");
     apiserver_inputs zero = {0};
     EXPECT_RESOLVE_ERROR(&zero, APISERVER_NOT_CONFIGURED, "no API server configured");
 }
@@ -575,32 +534,25 @@ static void test_kubeconfig_file_limits(void)
     const char *big = tmp_path("big.yaml");
     FILE *f = fopen(big, "wb");
     REQUIRE(f != NULL);
-    for (size_t i = 0; i < KUBECONFIG_MAX_BYTES / 16 + 1; i++)
-        fputs("# padding......\n", f);
+    for (size_t i = 0; i < KUBECONFIG_MAX_BYTES / 16 + 1; i++) fputs("# padding......\n", f);
     fclose(f);
     apiserver_inputs in = {.kubeconfig = big};
     char want[PATH_MAX + 128];
-    snprintf(want, sizeof(want), "kubeconfig %s (from --kubeconfig) is larger than 1048576 bytes",
-             big);
+    snprintf(want, sizeof(want), "kubeconfig %s (from --kubeconfig) is larger than 1048576 bytes", big);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
 
     /* Files the kubeconfig names must be readable. */
     write_file(tmp_path("ca.crt"), "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n");
     const char *kc_path = tmp_path("missing-key.yaml");
-    write_file(kc_path,
-               kc(OK_CLUSTER, "    client-certificate: ca.crt\n    client-key: missing.key\n"));
+    write_file(kc_path, kc(OK_CLUSTER, "    client-certificate: ca.crt\n    client-key: missing.key\n"));
     in.kubeconfig = kc_path;
-    snprintf(want, sizeof(want), "user \"u\": client-key %s/missing.key: No such file or directory",
-             tmp_root);
+    snprintf(want, sizeof(want), "user \"u\": client-key %s/missing.key: No such file or directory", tmp_root);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
-    write_file(kc_path,
-               kc(OK_CLUSTER, "    client-certificate: nope.crt\n    client-key: ca.crt\n"));
-    snprintf(want, sizeof(want),
-             "user \"u\": client-certificate %s/nope.crt: No such file or directory", tmp_root);
+    write_file(kc_path, kc(OK_CLUSTER, "    client-certificate: nope.crt\n    client-key: ca.crt\n"));
+    snprintf(want, sizeof(want), "user \"u\": client-certificate %s/nope.crt: No such file or directory", tmp_root);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
     write_file(kc_path, kc(OK_CLUSTER, "    tokenFile: no-token\n"));
-    snprintf(want, sizeof(want), "user \"u\": tokenFile %s/no-token: No such file or directory",
-             tmp_root);
+    snprintf(want, sizeof(want), "user \"u\": tokenFile %s/no-token: No such file or directory", tmp_root);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
 
     /* A very long path: why stays within its buffer and ends with "...". */
@@ -657,8 +609,7 @@ static void test_in_cluster(void)
     make_sa_dir(dir, true, true, "team-a\n");
     apiserver_settings s;
     char err[ERR_CAP];
-    apiserver_inputs in = {
-        .service_host = "10.96.0.1", .service_port = "443", .serviceaccount_dir = dir};
+    apiserver_inputs in = {.service_host = "10.96.0.1", .service_port = "443", .serviceaccount_dir = dir};
     rc = apiserver_resolve(&in, &s, err, sizeof(err));
     REQUIRE(rc == APISERVER_OK);
     CHECK_EQ_INT(s.source, APISERVER_FROM_IN_CLUSTER);
@@ -668,8 +619,7 @@ static void test_in_cluster(void)
     CHECK_STR(s.token_file, p); /* the path: the kubelet rotates the projected token */
     snprintf(p, sizeof(p), "%s/ca.crt", dir);
     CHECK_STR(s.ca_file, p);
-    CHECK(s.token == NULL && s.ca_pem == NULL && s.client_cert_file == NULL &&
-          s.client_cert_pem == NULL);
+    CHECK(s.token == NULL && s.ca_pem == NULL && s.client_cert_file == NULL && s.client_cert_pem == NULL);
     CHECK_STR(s.namespace_, "team-a");
     CHECK(s.kubeconfig_path == NULL && s.context == NULL);
     snprintf(want, sizeof(want),
@@ -723,42 +673,32 @@ static void test_in_cluster(void)
              dir);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
     make_sa_dir(dir, true, false, "team-a");
-    snprintf(want, sizeof(want),
-             "in-cluster: service-account CA %s/ca.crt: No such file or directory", dir);
+    snprintf(want, sizeof(want), "in-cluster: service-account CA %s/ca.crt: No such file or directory", dir);
     EXPECT_RESOLVE_ERROR(&in, APISERVER_ERROR, want);
     make_sa_dir(dir, true, true, "team-a");
 
     apiserver_inputs half = {.service_host = "10.96.0.1", .serviceaccount_dir = dir};
-    EXPECT_RESOLVE_ERROR(
-        &half, APISERVER_ERROR,
-        "in-cluster: KUBERNETES_SERVICE_HOST is set but KUBERNETES_SERVICE_PORT is not");
+    EXPECT_RESOLVE_ERROR(&half, APISERVER_ERROR,
+                         "in-cluster: KUBERNETES_SERVICE_HOST is set but KUBERNETES_SERVICE_PORT is not");
     half = (apiserver_inputs){.service_port = "443", .serviceaccount_dir = dir};
-    EXPECT_RESOLVE_ERROR(
-        &half, APISERVER_ERROR,
-        "in-cluster: KUBERNETES_SERVICE_PORT is set but KUBERNETES_SERVICE_HOST is not");
+    EXPECT_RESOLVE_ERROR(&half, APISERVER_ERROR,
+                         "in-cluster: KUBERNETES_SERVICE_PORT is set but KUBERNETES_SERVICE_HOST is not");
     static const char *const bad_ports[] = {"https", "0", "65536", "-1", "443 ", "123456"};
     for (size_t i = 0; i < sizeof(bad_ports) / sizeof(bad_ports[0]); i++) {
-        apiserver_inputs bp = {
-            .service_host = "10.96.0.1", .service_port = bad_ports[i], .serviceaccount_dir = dir};
-        snprintf(want, sizeof(want),
-                 "in-cluster: KUBERNETES_SERVICE_PORT \"%s\" is not a port number", bad_ports[i]);
+        apiserver_inputs bp = {.service_host = "10.96.0.1", .service_port = bad_ports[i], .serviceaccount_dir = dir};
+        snprintf(want, sizeof(want), "in-cluster: KUBERNETES_SERVICE_PORT \"%s\" is not a port number", bad_ports[i]);
         EXPECT_RESOLVE_ERROR(&bp, APISERVER_ERROR, want);
     }
-    static const char *const bad_hosts[] = {"evil.example.com/x", "user@10.0.0.1", "h?x",
-                                            "[fd00::1",           "h h",           "[]"};
+    static const char *const bad_hosts[] = {"evil.example.com/x", "user@10.0.0.1", "h?x", "[fd00::1", "h h", "[]"};
     for (size_t i = 0; i < sizeof(bad_hosts) / sizeof(bad_hosts[0]); i++) {
-        apiserver_inputs bh = {
-            .service_host = bad_hosts[i], .service_port = "443", .serviceaccount_dir = dir};
-        snprintf(want, sizeof(want),
-                 "in-cluster: KUBERNETES_SERVICE_HOST \"%s\" is not a host name or IP address",
+        apiserver_inputs bh = {.service_host = bad_hosts[i], .service_port = "443", .serviceaccount_dir = dir};
+        snprintf(want, sizeof(want), "in-cluster: KUBERNETES_SERVICE_HOST \"%s\" is not a host name or IP address",
                  bad_hosts[i]);
         EXPECT_RESOLVE_ERROR(&bh, APISERVER_ERROR, want);
     }
     /* Host characters that pass the first check still go through the URL check. */
-    apiserver_inputs bh = {
-        .service_host = "fd00::1]", .service_port = "443", .serviceaccount_dir = dir};
-    EXPECT_RESOLVE_ERROR(&bh, APISERVER_ERROR,
-                         "in-cluster: KUBERNETES_SERVICE_HOST \"fd00::1]\" is not a host");
+    apiserver_inputs bh = {.service_host = "fd00::1]", .service_port = "443", .serviceaccount_dir = dir};
+    EXPECT_RESOLVE_ERROR(&bh, APISERVER_ERROR, "in-cluster: KUBERNETES_SERVICE_HOST \"fd00::1]\" is not a host");
     bh.service_host = "g::1";
     EXPECT_RESOLVE_ERROR(&bh, APISERVER_ERROR,
                          "in-cluster: KUBERNETES_SERVICE_HOST/PORT give https://[g::1]:443: not a "
@@ -769,8 +709,7 @@ static void test_in_cluster(void)
     make_sa_dir(fifo_dir, false, true, NULL);
     snprintf(fifo, sizeof(fifo), "%s/token", fifo_dir);
     if (mkfifo(fifo, 0600) == 0) {
-        apiserver_inputs ff = {
-            .service_host = "10.96.0.1", .service_port = "443", .serviceaccount_dir = fifo_dir};
+        apiserver_inputs ff = {.service_host = "10.96.0.1", .service_port = "443", .serviceaccount_dir = fifo_dir};
         apiserver_settings fs;
         char ferr[ERR_CAP];
         CHECK_EQ_INT(apiserver_resolve(&ff, &fs, ferr, sizeof(ferr)), APISERVER_OK);
@@ -780,9 +719,8 @@ static void test_in_cluster(void)
     /* The default directory is the real mount point. */
     if (access(APISERVER_DEFAULT_SERVICEACCOUNT_DIR "/token", F_OK) != 0) {
         apiserver_inputs def = {.service_host = "10.96.0.1", .service_port = "443"};
-        EXPECT_RESOLVE_ERROR(
-            &def, APISERVER_ERROR,
-            "in-cluster: service-account token " APISERVER_DEFAULT_SERVICEACCOUNT_DIR "/token: ");
+        EXPECT_RESOLVE_ERROR(&def, APISERVER_ERROR,
+                             "in-cluster: service-account token " APISERVER_DEFAULT_SERVICEACCOUNT_DIR "/token: ");
     }
 }
 
@@ -819,41 +757,32 @@ static void test_parse_structure_errors(void)
     EXPECT_PARSE_ERROR("---\n", NULL, "empty (no clusters, users or contexts)");
     EXPECT_PARSE_ERROR("- a\n- b\n", NULL, "not a YAML mapping");
     EXPECT_PARSE_ERROR("just text\n", NULL, "not a YAML mapping");
-    EXPECT_PARSE_ERROR("a: 1\n---\nb: 2\n", NULL,
-                       "more than one YAML document (a kubeconfig is one)");
-    EXPECT_PARSE_ERROR("a: [1, 2\n", NULL,
-                       "YAML error at line 2, column 1: did not find expected ',' or ']'");
-    EXPECT_PARSE_ERROR("a: \"\x01\"\n", NULL,
-                       "YAML error at byte 4: control characters are not allowed");
+    EXPECT_PARSE_ERROR("a: 1\n---\nb: 2\n", NULL, "more than one YAML document (a kubeconfig is one)");
+    EXPECT_PARSE_ERROR("a: [1, 2\n", NULL, "YAML error at line 2, column 1: did not find expected ',' or ']'");
+    EXPECT_PARSE_ERROR("a: \"\x01\"\n", NULL, "YAML error at byte 4: control characters are not allowed");
     EXPECT_PARSE_ERROR("kind: Pod\n", NULL, "not a kubeconfig: kind is \"Pod\", expected Config");
     EXPECT_PARSE_ERROR("kind: [Config]\n", NULL, "kubeconfig: kind must be a string (line 1)");
     EXPECT_PARSE_ERROR("apiVersion: v2\nkind: Config\n", NULL,
                        "unsupported kubeconfig apiVersion \"v2\" (expected v1)");
-    EXPECT_PARSE_ERROR("x: &a 1\ny: *a\n", NULL,
-                       "line 2: YAML aliases (*name) are not supported in a kubeconfig");
+    EXPECT_PARSE_ERROR("x: &a 1\ny: *a\n", NULL, "line 2: YAML aliases (*name) are not supported in a kubeconfig");
     EXPECT_PARSE_ERROR("? [a]\n: b\n", NULL, "line 1: mapping keys must be strings");
     EXPECT_PARSE_ERROR("\"a\\0b\": 1\n", NULL, "line 1: mapping keys must be strings");
     EXPECT_PARSE_ERROR("a: 1\nb: 2\na: 3\n", NULL, "line 3: duplicate key \"a\" (first at line 1)");
-    EXPECT_PARSE_ERROR("\"k\\x01\": 1\n\"k\\x01\": 2\n", NULL,
-                       "line 2: duplicate key \"k?\" (first at line 1)");
+    EXPECT_PARSE_ERROR("\"k\\x01\": 1\n\"k\\x01\": 2\n", NULL, "line 2: duplicate key \"k?\" (first at line 1)");
     /* Duplicates are refused at any depth, also in flow style. */
-    EXPECT_PARSE_ERROR("users:\n- name: u\n  user: {token: a, token: b}\n", NULL,
-                       "line 3: duplicate key \"token\"");
+    EXPECT_PARSE_ERROR("users:\n- name: u\n  user: {token: a, token: b}\n", NULL, "line 3: duplicate key \"token\"");
 
     /* Bounds: nesting, keys per mapping, nodes, bytes. */
     char deep[512] = "a: ";
-    for (int i = 0; i < 70; i++)
-        strcat(deep, "[");
-    for (int i = 0; i < 70; i++)
-        strcat(deep, "]");
+    for (int i = 0; i < 70; i++) strcat(deep, "[");
+    for (int i = 0; i < 70; i++) strcat(deep, "]");
     EXPECT_PARSE_ERROR(deep, NULL, "line 1: YAML nested deeper than 64 levels");
     size_t cap = 1100 * 16;
     char *wide = malloc(cap);
     REQUIRE(wide != NULL);
     wide[0] = '\0';
     size_t used = 0;
-    for (int i = 0; i < 1100; i++)
-        used += (size_t)snprintf(wide + used, cap - used, "k%d: 1\n", i);
+    for (int i = 0; i < 1100; i++) used += (size_t)snprintf(wide + used, cap - used, "k%d: 1\n", i);
     EXPECT_PARSE_ERROR(wide, NULL, "line 1025: more than 1024 keys in one mapping");
     free(wide);
     cap = 2 * 200001 + 8;
@@ -887,39 +816,31 @@ static void test_parse_structure_errors(void)
 
 static void test_parse_context_errors(void)
 {
-    EXPECT_PARSE_ERROR(
-        "contexts:\n- name: a\n  context: {cluster: c, user: u}\n- name: b\n  context: {}\n", NULL,
-        "no current-context set; pass --context NAME (available: \"a\", \"b\")");
+    EXPECT_PARSE_ERROR("contexts:\n- name: a\n  context: {cluster: c, user: u}\n- name: b\n  context: {}\n", NULL,
+                       "no current-context set; pass --context NAME (available: \"a\", \"b\")");
     EXPECT_PARSE_ERROR("current-context: \"\"\n", NULL,
                        "no current-context set; pass --context NAME (available: none)");
     EXPECT_PARSE_ERROR("current-context: x\n", NULL, "context \"x\" not found (available: none)");
     EXPECT_PARSE_ERROR("contexts: {}\n", "x", "contexts must be a list (line 1)");
     EXPECT_PARSE_ERROR("contexts: [x]\n", "x", "contexts[0] is not a mapping (line 1)");
     EXPECT_PARSE_ERROR("contexts:\n- context: {}\n", "x", "contexts[0] has no name (line 2)");
-    EXPECT_PARSE_ERROR(
-        "contexts:\n- {name: x, context: {cluster: c, user: u}}\n- {name: x, context: {}}\n", "x",
-        "context \"x\" is defined twice (lines 2 and 3)");
-    EXPECT_PARSE_ERROR("contexts:\n- name: x\n", "x",
-                       "context \"x\" has no context: mapping (line 2)");
-    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: [a]}\n", "x",
-                       "context \"x\" has no context: mapping");
-    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {user: u}}\n", "x",
-                       "context \"x\" names no cluster");
-    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c}}\n", "x",
-                       "context \"x\" names no user");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c, user: u}}\n- {name: x, context: {}}\n", "x",
+                       "context \"x\" is defined twice (lines 2 and 3)");
+    EXPECT_PARSE_ERROR("contexts:\n- name: x\n", "x", "context \"x\" has no context: mapping (line 2)");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: [a]}\n", "x", "context \"x\" has no context: mapping");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {user: u}}\n", "x", "context \"x\" names no cluster");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c}}\n", "x", "context \"x\" names no user");
     EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: [c], user: u}}\n", "x",
                        "context \"x\": cluster must be a string (line 2)");
     EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c, user: u}}\n", "x",
                        "cluster \"c\" not found (available: none)");
-    EXPECT_PARSE_ERROR(
-        "contexts:\n- {name: x, context: {cluster: c, user: u}}\n"
-        "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /ca}}\n",
-        "x", "user \"u\" not found (available: none)");
-    EXPECT_PARSE_ERROR(
-        "contexts:\n- {name: x, context: {cluster: c, user: u}}\n"
-        "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /ca}}\n"
-        "- {name: c, cluster: {server: \"https://evil\", certificate-authority: /ca}}\n",
-        "x", "cluster \"c\" is defined twice (lines 4 and 5)");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c, user: u}}\n"
+                       "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /ca}}\n",
+                       "x", "user \"u\" not found (available: none)");
+    EXPECT_PARSE_ERROR("contexts:\n- {name: x, context: {cluster: c, user: u}}\n"
+                       "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /ca}}\n"
+                       "- {name: c, cluster: {server: \"https://evil\", certificate-authority: /ca}}\n",
+                       "x", "cluster \"c\" is defined twice (lines 4 and 5)");
     /* Names are shown sanitised and bounded. */
     EXPECT_PARSE_ERROR("current-context: \"bad\\tname\"\n", NULL, "context \"bad?name\" not found");
     char long_name[200];
@@ -934,10 +855,8 @@ static void test_parse_cluster(void)
 {
     apiserver_settings s;
     /* Normalisation of the server URL. */
-    if (PARSE_OK(
-            kc("    server: HTTPS://Host.Example.com:6443///\n    certificate-authority: ca.crt\n",
-               OK_USER),
-            NULL, &s)) {
+    if (PARSE_OK(kc("    server: HTTPS://Host.Example.com:6443///\n    certificate-authority: ca.crt\n", OK_USER), NULL,
+                 &s)) {
         CHECK_STR(s.server_url, "https://Host.Example.com:6443");
         CHECK_STR(s.ca_file, "/base/ca.crt"); /* relative to base_dir */
         CHECK_STR(s.why, "context \"c\" (current-context), cluster \"c\" at "
@@ -945,8 +864,7 @@ static void test_parse_cluster(void)
                          "/base/ca.crt, user \"u\" with an inline token");
         apiserver_settings_free(&s);
     }
-    if (PARSE_OK(kc("    server: https://h\n    certificate-authority: /etc/k8s/ca.crt\n", OK_USER),
-                 NULL, &s)) {
+    if (PARSE_OK(kc("    server: https://h\n    certificate-authority: /etc/k8s/ca.crt\n", OK_USER), NULL, &s)) {
         CHECK_STR(s.server_url, "https://h");
         CHECK_STR(s.ca_file, "/etc/k8s/ca.crt"); /* absolute paths untouched */
         apiserver_settings_free(&s);
@@ -983,21 +901,18 @@ static void test_parse_cluster(void)
         apiserver_settings_free(&s);
     }
 
-    EXPECT_PARSE_ERROR(kc("    certificate-authority: ca.crt\n", OK_USER), NULL,
-                       "cluster \"c\" has no server");
+    EXPECT_PARSE_ERROR(kc("    certificate-authority: ca.crt\n", OK_USER), NULL, "cluster \"c\" has no server");
     EXPECT_PARSE_ERROR(kc("    server: ~\n    certificate-authority: ca.crt\n", OK_USER), NULL,
                        "cluster \"c\" has no server");
-    EXPECT_PARSE_ERROR(kc("    server: {a: b}\n", OK_USER), NULL,
-                       "cluster \"c\": server must be a string (line 7)");
+    EXPECT_PARSE_ERROR(kc("    server: {a: b}\n", OK_USER), NULL, "cluster \"c\": server must be a string (line 7)");
     EXPECT_PARSE_ERROR(kc("    server: ftp://h\n", OK_USER), NULL,
                        "cluster \"c\": server ftp://h is not an https://HOST[:PORT] URL");
     EXPECT_PARSE_ERROR(kc("    server: http://h:8080\n", OK_USER), NULL,
                        "cluster \"c\": server http://h:8080 uses plain http://: the API server "
                        "must be https:// (the "
                        "gateway's credential and callers' tokens travel on that connection)");
-    EXPECT_PARSE_ERROR(
-        kc("    server: https://admin:hunter2@h:6443\n", OK_USER), NULL,
-        "cluster \"c\": server: user information (user:password@) in the URL is not supported");
+    EXPECT_PARSE_ERROR(kc("    server: https://admin:hunter2@h:6443\n", OK_USER), NULL,
+                       "cluster \"c\": server: user information (user:password@) in the URL is not supported");
     EXPECT_PARSE_ERROR(kc("    server: http://admin:hunter2@h:6443\n", OK_USER), NULL,
                        "cluster \"c\": server (not shown) uses plain http://");
     static const char *const bad_urls[] = {
@@ -1006,8 +921,7 @@ static void test_parse_cluster(void)
         "https://[::1]6443", "https://h h",   "https://h:6443:1", "https://[fe80::1%25eth0]"};
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         char cluster[256], want[256];
-        snprintf(cluster, sizeof(cluster),
-                 "    server: \"%s\"\n    certificate-authority: ca.crt\n", bad_urls[i]);
+        snprintf(cluster, sizeof(cluster), "    server: \"%s\"\n    certificate-authority: ca.crt\n", bad_urls[i]);
         snprintf(want, sizeof(want),
                  "cluster \"c\": server %s: not a valid https://HOST[:PORT] URL (IPv6 addresses go "
                  "in brackets)",
@@ -1018,8 +932,7 @@ static void test_parse_cluster(void)
                        "cluster \"c\": server https://h/api?x=1: the URL may hold a path prefix "
                        "but no query, fragment "
                        "or spaces");
-    EXPECT_PARSE_ERROR(kc("    server: \"https://h/a b\"\n", OK_USER), NULL,
-                       "but no query, fragment or spaces");
+    EXPECT_PARSE_ERROR(kc("    server: \"https://h/a b\"\n", OK_USER), NULL, "but no query, fragment or spaces");
     EXPECT_PARSE_ERROR(kc("    server: \"https://h\\0\"\n", OK_USER), NULL,
                        "cluster \"c\": server contains a NUL byte");
 
@@ -1031,22 +944,16 @@ static void test_parse_cluster(void)
                        "refuses: TLS to the API "
                        "server is always verified; give the cluster certificate-authority or "
                        "certificate-authority-data");
-    EXPECT_PARSE_ERROR(
-        kc("    server: https://h\n    insecure-skip-tls-verify: \"True\"\n", OK_USER), NULL,
-        "sets insecure-skip-tls-verify: true");
-    EXPECT_PARSE_ERROR(kc("    server: https://h\n    insecure-skip-tls-verify: maybe\n", OK_USER),
-                       NULL,
+    EXPECT_PARSE_ERROR(kc("    server: https://h\n    insecure-skip-tls-verify: \"True\"\n", OK_USER), NULL,
+                       "sets insecure-skip-tls-verify: true");
+    EXPECT_PARSE_ERROR(kc("    server: https://h\n    insecure-skip-tls-verify: maybe\n", OK_USER), NULL,
                        "cluster \"c\": insecure-skip-tls-verify must be true or false (line 8)");
+    EXPECT_PARSE_ERROR(kc("    server: https://h\n    certificate-authority: a\n    tls-server-name: k8s\n", OK_USER),
+                       NULL,
+                       "cluster \"c\": tls-server-name is not supported (the server URL's host must match its "
+                       "certificate)");
     EXPECT_PARSE_ERROR(
-        kc("    server: https://h\n    certificate-authority: a\n    tls-server-name: k8s\n",
-           OK_USER),
-        NULL,
-        "cluster \"c\": tls-server-name is not supported (the server URL's host must match its "
-        "certificate)");
-    EXPECT_PARSE_ERROR(
-        kc("    server: https://h\n    certificate-authority: a\n    proxy-url: http://p:3128\n",
-           OK_USER),
-        NULL,
+        kc("    server: https://h\n    certificate-authority: a\n    proxy-url: http://p:3128\n", OK_USER), NULL,
         "cluster \"c\": proxy-url is not supported (the gateway connects to the API server "
         "directly)");
     EXPECT_PARSE_ERROR(kc("    server: https://h\n", OK_USER), NULL,
@@ -1059,28 +966,24 @@ static void test_parse_cluster(void)
                        NULL, "has neither certificate-authority nor certificate-authority-data");
     EXPECT_PARSE_ERROR(kc("    server: https://h\n    certificate-authority: [a]\n", OK_USER), NULL,
                        "cluster \"c\": certificate-authority must be a string (line 8)");
-    EXPECT_PARSE_ERROR(
-        kc("    server: https://h\n    certificate-authority-data: \"not base64!\"\n", OK_USER),
-        NULL,
-        "cluster \"c\": certificate-authority-data is not valid base64 (line 8; it holds the "
-        "base64 of "
-        "the PEM file)");
+    EXPECT_PARSE_ERROR(kc("    server: https://h\n    certificate-authority-data: \"not base64!\"\n", OK_USER), NULL,
+                       "cluster \"c\": certificate-authority-data is not valid base64 (line 8; it holds the "
+                       "base64 of "
+                       "the PEM file)");
     /* The PEM pasted as is (a common mistake) is not base64 either. */
     EXPECT_PARSE_ERROR(kc("    server: https://h\n    certificate-authority-data: |\n"
                           "      -----BEGIN CERTIFICATE-----\n"
                           "      MIIB\n      -----END CERTIFICATE-----\n",
                           OK_USER),
                        NULL, "certificate-authority-data is not valid base64");
-    EXPECT_PARSE_ERROR(
-        kc("    server: https://h\n    certificate-authority-data: aGVsbG8=\n", OK_USER), NULL,
-        "cluster \"c\": certificate-authority-data does not decode to a PEM certificate (line 8)");
+    EXPECT_PARSE_ERROR(kc("    server: https://h\n    certificate-authority-data: aGVsbG8=\n", OK_USER), NULL,
+                       "cluster \"c\": certificate-authority-data does not decode to a PEM certificate (line 8)");
     static const char *const bad_b64[] = {"QQ=A", "Q", "QQ===", "QQ=", "====", "Q\\0Q="};
     for (size_t i = 0; i < sizeof(bad_b64) / sizeof(bad_b64[0]); i++) {
         char cluster[256];
-        snprintf(cluster, sizeof(cluster),
-                 "    server: https://h\n    certificate-authority-data: \"%s\"\n", bad_b64[i]);
-        EXPECT_PARSE_ERROR(kc(cluster, OK_USER), NULL,
-                           "certificate-authority-data is not valid base64");
+        snprintf(cluster, sizeof(cluster), "    server: https://h\n    certificate-authority-data: \"%s\"\n",
+                 bad_b64[i]);
+        EXPECT_PARSE_ERROR(kc(cluster, OK_USER), NULL, "certificate-authority-data is not valid base64");
     }
 }
 
@@ -1088,8 +991,7 @@ static void test_parse_user(void)
 {
     apiserver_settings s;
     /* token beats tokenFile (as documented for kubeconfig), and why says so. */
-    if (PARSE_OK(kc(OK_CLUSTER, "    token: tgtest-inline-token-7f3a9c\n    tokenFile: /t\n"), NULL,
-                 &s)) {
+    if (PARSE_OK(kc(OK_CLUSTER, "    token: tgtest-inline-token-7f3a9c\n    tokenFile: /t\n"), NULL, &s)) {
         CHECK_STR(s.token, "tgtest-inline-token-7f3a9c");
         CHECK(s.token_file == NULL);
         CHECK_CONTAINS(s.why, "with an inline token (over tokenFile)");
@@ -1105,9 +1007,8 @@ static void test_parse_user(void)
         apiserver_settings_free(&s);
     }
     /* Mixed certificate forms: data for one, file for the other. */
-    if (PARSE_OK(kc(OK_CLUSTER,
-                    "    client-certificate-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==\n"
-                    "    client-key: k.pem\n"),
+    if (PARSE_OK(kc(OK_CLUSTER, "    client-certificate-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==\n"
+                                "    client-key: k.pem\n"),
                  NULL, &s)) {
         CHECK_STR(s.client_cert_pem, "-----BEGIN CERTIFICATE-----\n");
         CHECK_STR(s.client_key_file, "/base/k.pem");
@@ -1116,79 +1017,62 @@ static void test_parse_user(void)
         apiserver_settings_free(&s);
     }
     /* -data beats the file form. Base64 of "-----BEGIN EC PRIVATE KEY-----\nhunter2\n". */
-    if (PARSE_OK(kc(OK_CLUSTER,
-                    "    client-certificate: c.pem\n    client-key: k.pem\n"
-                    "    client-key-data: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCmh1bnRlcjIK\n"
-                    "    token: tgtest-inline-token-7f3a9c\n"),
+    if (PARSE_OK(kc(OK_CLUSTER, "    client-certificate: c.pem\n    client-key: k.pem\n"
+                                "    client-key-data: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCmh1bnRlcjIK\n"
+                                "    token: tgtest-inline-token-7f3a9c\n"),
                  NULL, &s)) {
         CHECK_STR(s.client_cert_file, "/base/c.pem");
         CHECK(s.client_key_file == NULL);
         CHECK_STR(s.client_key_pem, "-----BEGIN EC PRIVATE KEY-----\nhunter2\n");
         CHECK_EQ_INT(s.client_key_pem_len, 39);
         CHECK_STR(s.token, "tgtest-inline-token-7f3a9c");
-        CHECK_CONTAINS(
-            s.why,
-            "with an inline token and a client certificate (certificate file, embedded key)");
+        CHECK_CONTAINS(s.why, "with an inline token and a client certificate (certificate file, embedded key)");
         apiserver_settings_free(&s);
     }
 
-    const char *advice =
-        "give the gateway a token, tokenFile or client-certificate/client-key (for example a "
-        "ServiceAccount token)";
+    const char *advice = "give the gateway a token, tokenFile or client-certificate/client-key (for example a "
+                         "ServiceAccount token)";
     char want[512];
-    snprintf(want, sizeof(want),
-             "user \"u\" uses an exec credential plugin, which is not supported: %s", advice);
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    exec: {command: aws}\n    token: tgtest-inline-token-7f3a9c\n"), NULL,
-        want);
+    snprintf(want, sizeof(want), "user \"u\" uses an exec credential plugin, which is not supported: %s", advice);
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    exec: {command: aws}\n    token: tgtest-inline-token-7f3a9c\n"), NULL, want);
     EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    auth-provider: {name: gcp}\n"), NULL,
                        "user \"u\" uses an auth-provider plugin, which is not supported");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    username: admin\n    password: hunter2\n"), NULL,
-        "user \"u\" uses basic authentication (username/password), which is not supported");
-    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    password: hunter2\n"), NULL,
-                       "uses basic authentication");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    username: admin\n    password: hunter2\n"), NULL,
+                       "user \"u\" uses basic authentication (username/password), which is not supported");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    password: hunter2\n"), NULL, "uses basic authentication");
     static const char *const imp[] = {"as", "as-uid", "as-groups", "as-user-extra"};
     for (size_t i = 0; i < sizeof(imp) / sizeof(imp[0]); i++) {
         char user[128];
         snprintf(user, sizeof(user), OK_USER "    %s: [someone]\n", imp[i]);
-        snprintf(want, sizeof(want),
-                 "user \"u\" asks for impersonation (%s), which is not supported", imp[i]);
+        snprintf(want, sizeof(want), "user \"u\" asks for impersonation (%s), which is not supported", imp[i]);
         EXPECT_PARSE_ERROR(kc(OK_CLUSTER, user), NULL, want);
     }
     EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    {}\n"), NULL,
                        "user \"u\" has no credential: the gateway needs a token, tokenFile or "
                        "client-certificate/client-key to create TokenReviews");
     EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    token: ~\n"), NULL, "user \"u\" has no credential");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    token: \"tgtest-bad token\"\n"), NULL,
-        "user \"u\": token is not a valid bearer token (printable ASCII, no spaces, at most 16383 "
-        "bytes)");
-    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    token: \"tgtest-bad token\\0\"\n"), NULL,
-                       "token is not a valid bearer");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    token: \"tgtest-bad token\"\n"), NULL,
+                       "user \"u\": token is not a valid bearer token (printable ASCII, no spaces, at most 16383 "
+                       "bytes)");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    token: \"tgtest-bad token\\0\"\n"), NULL, "token is not a valid bearer");
     EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    token: {a: hunter2}\n"), NULL,
                        "user \"u\": token must be a string (line 12)");
     EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    tokenFile: \"/t\\0x\"\n"), NULL,
                        "user \"u\": tokenFile contains a NUL byte");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    client-certificate: c.pem\n"), NULL,
-        "user \"u\" has a client certificate but no client key (client-key or client-key-data)");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    client-key-data: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==\n"), NULL,
-        "user \"u\" has a client key but no client certificate (client-certificate or "
-        "client-certificate-data)");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    client-certificate: c.pem\n"), NULL,
+                       "user \"u\" has a client certificate but no client key (client-key or client-key-data)");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    client-key-data: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==\n"), NULL,
+                       "user \"u\" has a client key but no client certificate (client-certificate or "
+                       "client-certificate-data)");
     /* A certificate where the key belongs, and the other way round. */
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    client-certificate: c.pem\n"
-                       "    client-key-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==\n"),
-        NULL, "user \"u\": client-key-data does not decode to a PEM private key (line 13)");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    client-certificate-data: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==\n"
-                       "    client-key: k.pem\n"),
-        NULL, "user \"u\": client-certificate-data does not decode to a PEM certificate (line 12)");
-    EXPECT_PARSE_ERROR(
-        kc(OK_CLUSTER, "    client-certificate: c.pem\n    client-key-data: \"hunter2!\"\n"), NULL,
-        "user \"u\": client-key-data is not valid base64");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    client-certificate: c.pem\n"
+                                      "    client-key-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==\n"),
+                       NULL, "user \"u\": client-key-data does not decode to a PEM private key (line 13)");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    client-certificate-data: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==\n"
+                                      "    client-key: k.pem\n"),
+                       NULL, "user \"u\": client-certificate-data does not decode to a PEM certificate (line 12)");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    client-certificate: c.pem\n    client-key-data: \"hunter2!\"\n"), NULL,
+                       "user \"u\": client-key-data is not valid base64");
 
     /* The longest accepted token, and one byte more. */
     size_t n = 16383;
@@ -1223,34 +1107,28 @@ static void test_parse_user(void)
 static void test_secrets_never_echoed(void)
 {
     /* A token where a name or key is expected. */
-    EXPECT_PARSE_ERROR(
-        "current-context: c\ncontexts:\n- {name: c, context: {cluster: c, user: u}}\n"
-        "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /a}}\n"
-        "users:\n- name: u\n  user:\n    token: tgtest-inline-token-7f3a9c\n"
-        "    token: tgtest-dev-token-11aa\n",
-        NULL, "duplicate key \"token\"");
-    EXPECT_PARSE_ERROR(
-        "current-context: c\ncontexts:\n- {name: c, context: {cluster: c, user: u}}\n"
-        "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /a}}\n"
-        "users:\n- name: u\n  user: tgtest-inline-token-7f3a9c\n",
-        NULL, "user \"u\" has no user: mapping");
+    EXPECT_PARSE_ERROR("current-context: c\ncontexts:\n- {name: c, context: {cluster: c, user: u}}\n"
+                       "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /a}}\n"
+                       "users:\n- name: u\n  user:\n    token: tgtest-inline-token-7f3a9c\n"
+                       "    token: tgtest-dev-token-11aa\n",
+                       NULL, "duplicate key \"token\"");
+    EXPECT_PARSE_ERROR("current-context: c\ncontexts:\n- {name: c, context: {cluster: c, user: u}}\n"
+                       "clusters:\n- {name: c, cluster: {server: \"https://h\", certificate-authority: /a}}\n"
+                       "users:\n- name: u\n  user: tgtest-inline-token-7f3a9c\n",
+                       NULL, "user \"u\" has no user: mapping");
     /* Syntax errors right inside a token or a key. */
-    EXPECT_PARSE_ERROR("users:\n- name: u\n  user:\n    token: \"tgtest-inline-token-7f3a9c\n",
-                       NULL, "YAML error at line");
-    EXPECT_PARSE_ERROR(
-        "users:\n- name: u\n  user:\n    client-key-data: LS0tLS1CRUdJTiBQUklWQVRF: x\n", NULL,
-        "YAML error at line 4");
+    EXPECT_PARSE_ERROR("users:\n- name: u\n  user:\n    token: \"tgtest-inline-token-7f3a9c\n", NULL,
+                       "YAML error at line");
+    EXPECT_PARSE_ERROR("users:\n- name: u\n  user:\n    client-key-data: LS0tLS1CRUdJTiBQUklWQVRF: x\n", NULL,
+                       "YAML error at line 4");
     /* A password in the server URL. */
-    EXPECT_PARSE_ERROR(kc("    server: \"https://u:hunter2@h/x y\"\n", OK_USER), NULL,
-                       "not supported");
+    EXPECT_PARSE_ERROR(kc("    server: \"https://u:hunter2@h/x y\"\n", OK_USER), NULL, "not supported");
     /* The exec plugin's environment often carries a secret. */
-    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    exec:\n      env: [{name: T, value: hunter2}]\n"), NULL,
-                       "exec");
+    EXPECT_PARSE_ERROR(kc(OK_CLUSTER, "    exec:\n      env: [{name: T, value: hunter2}]\n"), NULL, "exec");
     /* And the why of a successful embedded-key kubeconfig. */
     apiserver_settings s;
     char err[ERR_CAP];
-    if (resolve_kubeconfig(FIX("embedded.yaml"), NULL, &s, err) == APISERVER_OK)
-        CHECK_NO_SECRETS(s.why);
+    if (resolve_kubeconfig(FIX("embedded.yaml"), NULL, &s, err) == APISERVER_OK) CHECK_NO_SECRETS(s.why);
     apiserver_settings_free(&s);
 }
 

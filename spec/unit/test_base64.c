@@ -41,15 +41,15 @@ static void test_alphabets(void)
 static void test_refusals(void)
 {
     char out[16];
-    CHECK_EQ_INT(dec("Zm9v!", 0, out, sizeof(out)), -1);      /* outside the alphabet */
-    CHECK_EQ_INT(dec("Zm9vY", 0, out, sizeof(out)), -1);      /* 4n+1 characters */
-    CHECK_EQ_INT(dec("Zg=x", 0, out, sizeof(out)), -1);       /* data after '=' */
-    CHECK_EQ_INT(dec("Zg===", 0, out, sizeof(out)), -1);      /* three '=' */
-    CHECK_EQ_INT(dec("Zm8==", 0, out, sizeof(out)), -1);      /* padding past the group */
-    CHECK_EQ_INT(dec("Zg=", 0, out, sizeof(out)), -1);        /* padding short of the group */
-    CHECK_EQ_INT(dec("Zm9v Zg==", 0, out, sizeof(out)), -1);  /* whitespace not allowed */
-    CHECK_EQ_INT(dec("Zm9vYmFy", 0, out, 5), -1);             /* out too small */
-    CHECK_EQ_INT(dec("Zm9vYmFy", 0, out, 6), 6);              /* exactly big enough */
+    CHECK_EQ_INT(dec("Zm9v!", 0, out, sizeof(out)), -1);     /* outside the alphabet */
+    CHECK_EQ_INT(dec("Zm9vY", 0, out, sizeof(out)), -1);     /* 4n+1 characters */
+    CHECK_EQ_INT(dec("Zg=x", 0, out, sizeof(out)), -1);      /* data after '=' */
+    CHECK_EQ_INT(dec("Zg===", 0, out, sizeof(out)), -1);     /* three '=' */
+    CHECK_EQ_INT(dec("Zm8==", 0, out, sizeof(out)), -1);     /* padding past the group */
+    CHECK_EQ_INT(dec("Zg=", 0, out, sizeof(out)), -1);       /* padding short of the group */
+    CHECK_EQ_INT(dec("Zm9v Zg==", 0, out, sizeof(out)), -1); /* whitespace not allowed */
+    CHECK_EQ_INT(dec("Zm9vYmFy", 0, out, 5), -1);            /* out too small */
+    CHECK_EQ_INT(dec("Zm9vYmFy", 0, out, 6), 6);             /* exactly big enough */
     unsigned char nul[4];
     CHECK_EQ_INT(base64_decode("Zm\0v", 4, 0, nul, sizeof(nul)), -1); /* a NUL inside */
 }

@@ -103,8 +103,10 @@ static void test_extract_rejects(void)
         "Bearer =abc",
         "Bearer ==",
         "Bearer abc=d=",
-        "Bearer a\x01" "b",
-        "Bearer a\x7f" "b",
+        "Bearer a\x01"
+        "b",
+        "Bearer a\x7f"
+        "b",
         "Bearer abc\x1b",
         "Bearer \x01",
         "Bearer caf\xc3\xa9",
@@ -274,8 +276,8 @@ static void test_jwt_exp_ok(void)
 
 static void test_jwt_exp_rejects(void)
 {
-    CHECK_EQ_INT(exp_of(make_jwt("{\"iat\":1700000000}")), NO_EXP);        /* missing */
-    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":\"1700000000\"}")), NO_EXP);    /* string */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"iat\":1700000000}")), NO_EXP);     /* missing */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":\"1700000000\"}")), NO_EXP); /* string */
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":null}")), NO_EXP);
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":true}")), NO_EXP);
     CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":[1700000000]}")), NO_EXP);
@@ -285,10 +287,10 @@ static void test_jwt_exp_rejects(void)
     CHECK_EQ_INT(exp_of(make_jwt("[{\"exp\":1700000000}]")), NO_EXP); /* array */
     CHECK_EQ_INT(exp_of(make_jwt("1700000000")), NO_EXP);
     CHECK_EQ_INT(exp_of(make_jwt("\"exp\"")), NO_EXP);
-    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1700000000")), NO_EXP);          /* truncated */
-    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1700000000}x")), NO_EXP);        /* trailing garbage */
-    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1,\"exp\":2}")), NO_EXP);        /* duplicate key */
-    CHECK_EQ_INT(exp_of(make_jwt("")), NO_EXP);                             /* empty payload */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1700000000")), NO_EXP);   /* truncated */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1700000000}x")), NO_EXP); /* trailing garbage */
+    CHECK_EQ_INT(exp_of(make_jwt("{\"exp\":1,\"exp\":2}")), NO_EXP); /* duplicate key */
+    CHECK_EQ_INT(exp_of(make_jwt("")), NO_EXP);                      /* empty payload */
 
     char seg_h[64], seg_p[64];
     b64url(jwt_header, strlen(jwt_header), seg_h);

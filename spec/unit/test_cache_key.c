@@ -22,8 +22,8 @@ static void be32(unsigned char *p, uint32_t v)
 }
 
 /* be32(len) token be32(n_aud) {be32(len) aud}, HMAC-SHA256 (docs/ARCHITECTURE.md, step 3). */
-static int reference_key(const unsigned char *secret, const char *token, size_t token_len,
-                         const char *const *auds, size_t n_auds, unsigned char out[32])
+static int reference_key(const unsigned char *secret, const char *token, size_t token_len, const char *const *auds,
+                         size_t n_auds, unsigned char out[32])
 {
     size_t total = 4 + token_len + 4;
     for (size_t i = 0; i < n_auds; i++) total += 4 + strlen(auds[i]);
@@ -302,7 +302,8 @@ static void test_large_tokens(void)
         cache_keyer_free(k);
         REQUIRE(token != NULL);
     }
-    for (size_t i = 0; i < big; i++) token[i] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[i % 64];
+    for (size_t i = 0; i < big; i++)
+        token[i] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[i % 64];
     token[big] = '\0';
     const char *const auds[] = {"https://kubernetes.default.svc", "aud-2"};
     unsigned char ref[32];

@@ -162,8 +162,8 @@ static void test_cold_burst_reaches_the_burst_at_once(void)
  * run_ms after idle_ms; 429s back after reject_ms. Returns the share of calls refused. */
 static double throttled_run(int idle_ms, int reject_ms, int64_t run_ms, sim_result *r, concurrency_limit *cl)
 {
-    server_model apf = {.seats = 5, .latency_ms = 300, .retry_after_ms = 1000, .reject_ms = reject_ms,
-                        .idle_ms = idle_ms};
+    server_model apf = {
+        .seats = 5, .latency_ms = 300, .retry_after_ms = 1000, .reject_ms = reject_ms, .idle_ms = idle_ms};
     concurrency_limit_init(cl, 100, 0);
     *r = simulate(&apf, cl, 200, true, run_ms);
     double share = (double)r->throttled / (double)(r->answered + r->throttled);
@@ -272,7 +272,8 @@ static void test_latency_cut_is_a_push_back(void)
     CHECK_EQ_INT(concurrency_limit_get(&cl), 28);
     CHECK(cl.slow_start);
     /* Four times slower: a latency cut ends slow start, as a 429 would ... */
-    for (t = 200; !cl.latency_cuts && t < 300; t++) concurrency_limit_answered(&cl, 400, concurrency_limit_get(&cl) - 1, t);
+    for (t = 200; !cl.latency_cuts && t < 300; t++)
+        concurrency_limit_answered(&cl, 400, concurrency_limit_get(&cl) - 1, t);
     CHECK_EQ_INT(cl.latency_cuts, 1);
     CHECK(!cl.slow_start);
     size_t after_cut = concurrency_limit_get(&cl);
@@ -291,7 +292,7 @@ static void test_limits_and_calm(void)
 {
     concurrency_limit cl;
     concurrency_limit_init(&cl, 3, 0);
-    CHECK_EQ_INT(concurrency_limit_get(&cl), 3); /* the ceiling caps even the initial limit */
+    CHECK_EQ_INT(concurrency_limit_get(&cl), 3);                 /* the ceiling caps even the initial limit */
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 3, 10, 100), -1); /* at the ceiling: no growth */
     concurrency_limit_init(&cl, 100, 0);
     CHECK_EQ_INT(concurrency_limit_demand(&cl, 2, 10, 1), -1); /* below the limit: not blocked */

@@ -98,17 +98,24 @@ static void test_flag_forms(void)
     CHECK_EQ_INT(cfg.cache_ttl_ms, 30000);
 
     char *all[] = {"tokengate",
-                   "--listen", "127.0.0.1:18080",
+                   "--listen",
+                   "127.0.0.1:18080",
                    "--admin-listen=127.0.0.1:19090",
-                   "--cache-negative-ttl", "500ms",
+                   "--cache-negative-ttl",
+                   "500ms",
                    "--cache-max-ttl=1h",
-                   "--cache-max-entries", "123",
+                   "--cache-max-entries",
+                   "123",
                    "--review-timeout=1500ms",
-                   "--max-token-bytes", "8192",
+                   "--max-token-bytes",
+                   "8192",
                    "--apiserver=https://10.0.0.1:6443/path?a=b",
-                   "--apiserver-ca", "/etc/ca.pem",
-                   "--apiserver-token-file", "/var/run/token",
-                   "--log-level", "debug",
+                   "--apiserver-ca",
+                   "/etc/ca.pem",
+                   "--apiserver-token-file",
+                   "/var/run/token",
+                   "--log-level",
+                   "debug",
                    "--check"};
     CHECK_EQ_INT(parse_args(&cfg, ARGC(all), all, &err), CONFIG_RUN);
     CHECK_STR(capture_close(&err), "");
@@ -209,7 +216,7 @@ static void test_bool_values(void)
     capture_free(&err);
     CHECK(cfg.watch_revocations && cfg.watch_pods);
 
-    char *words[] = {"tokengate", "--watch-revocations=true", "--watch-pods=TRUE", "--policy-watch=False",
+    char *words[] = {"tokengate", "--watch-revocations=true",       "--watch-pods=TRUE", "--policy-watch=False",
                      "--check=1", "--upstream-keep-authorization=0"};
     CHECK_EQ_INT(parse_args(&cfg, ARGC(words), words, &err), CONFIG_RUN);
     CHECK_STR(capture_close(&err), "");
@@ -238,8 +245,8 @@ static void test_byte_quantities(void)
 {
     config cfg;
     capture err;
-    char *binary[] = {"tokengate", "--max-token-bytes", "16Ki", "--max-body-bytes=10Mi",
-                      "--policy-max-memory-bytes", "1Gi"};
+    char *binary[] = {"tokengate", "--max-token-bytes", "16Ki", "--max-body-bytes=10Mi", "--policy-max-memory-bytes",
+                      "1Gi"};
     CHECK_EQ_INT(parse_args(&cfg, ARGC(binary), binary, &err), CONFIG_RUN);
     CHECK_STR(capture_close(&err), "");
     capture_free(&err);
@@ -370,8 +377,9 @@ static void test_validate(void)
     }
     capture out;
 
-    char *good[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                    "--apiserver-token-file", tok.path};
+    char *good[] = {"tokengate",      "--apiserver", "https://10.0.0.1:6443",
+                    "--apiserver-ca", ca.path,       "--apiserver-token-file",
+                    tok.path};
     CHECK_EQ_INT(validate_args(ARGC(good), good, &out), 0);
     CHECK_STR(out.text ? out.text : "", "");
     capture_free(&out);
@@ -381,61 +389,112 @@ static void test_validate(void)
     CHECK(out.text && strstr(out.text, "--apiserver"));
     capture_free(&out);
 
-    char *http[] = {"tokengate", "--apiserver", "http://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                    "--apiserver-token-file", tok.path};
+    char *http[] = {"tokengate",      "--apiserver", "http://10.0.0.1:6443",
+                    "--apiserver-ca", ca.path,       "--apiserver-token-file",
+                    tok.path};
     CHECK_EQ_INT(validate_args(ARGC(http), http, &out), -1);
     CHECK(out.text && strstr(out.text, "https"));
     capture_free(&out);
 
     /* Root may read any existing file, so "unreadable" is a path that does not exist. */
-    char *no_ca[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca",
-                     "/nonexistent/tokengate-unit/ca.pem", "--apiserver-token-file", tok.path};
+    char *no_ca[] = {"tokengate",
+                     "--apiserver",
+                     "https://10.0.0.1:6443",
+                     "--apiserver-ca",
+                     "/nonexistent/tokengate-unit/ca.pem",
+                     "--apiserver-token-file",
+                     tok.path};
     CHECK_EQ_INT(validate_args(ARGC(no_ca), no_ca, &out), -1);
     CHECK(out.text && strstr(out.text, "/nonexistent/tokengate-unit/ca.pem"));
     capture_free(&out);
 
-    char *no_token[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                        "--apiserver-token-file", "/nonexistent/tokengate-unit/token"};
+    char *no_token[] = {"tokengate",
+                        "--apiserver",
+                        "https://10.0.0.1:6443",
+                        "--apiserver-ca",
+                        ca.path,
+                        "--apiserver-token-file",
+                        "/nonexistent/tokengate-unit/token"};
     CHECK_EQ_INT(validate_args(ARGC(no_token), no_token, &out), -1);
     capture_free(&out);
 
-    char *proxy[] = {"tokengate", "--mode", "proxy", "--apiserver", "https://10.0.0.1:6443",
-                     "--apiserver-ca", ca.path, "--apiserver-token-file", tok.path};
+    char *proxy[] = {"tokengate",
+                     "--mode",
+                     "proxy",
+                     "--apiserver",
+                     "https://10.0.0.1:6443",
+                     "--apiserver-ca",
+                     ca.path,
+                     "--apiserver-token-file",
+                     tok.path};
     CHECK_EQ_INT(validate_args(ARGC(proxy), proxy, &out), -1);
     CHECK(out.text && strstr(out.text, "proxy"));
     capture_free(&out);
 
-    char *zero_entries[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                            "--apiserver-token-file", tok.path, "--cache-max-entries", "0"};
+    char *zero_entries[] = {"tokengate",
+                            "--apiserver",
+                            "https://10.0.0.1:6443",
+                            "--apiserver-ca",
+                            ca.path,
+                            "--apiserver-token-file",
+                            tok.path,
+                            "--cache-max-entries",
+                            "0"};
     CHECK_EQ_INT(validate_args(ARGC(zero_entries), zero_entries, &out), -1);
     capture_free(&out);
 
-    char *bad_level[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                         "--apiserver-token-file", tok.path, "--log-level", "chatty"};
+    char *bad_level[] = {"tokengate",      "--apiserver", "https://10.0.0.1:6443",
+                         "--apiserver-ca", ca.path,       "--apiserver-token-file",
+                         tok.path,         "--log-level", "chatty"};
     CHECK_EQ_INT(validate_args(ARGC(bad_level), bad_level, &out), -1);
     capture_free(&out);
 
-    char *zero_header_timeout[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                                   "--apiserver-token-file", tok.path, "--header-timeout", "0s"};
+    char *zero_header_timeout[] = {"tokengate",
+                                   "--apiserver",
+                                   "https://10.0.0.1:6443",
+                                   "--apiserver-ca",
+                                   ca.path,
+                                   "--apiserver-token-file",
+                                   tok.path,
+                                   "--header-timeout",
+                                   "0s"};
     CHECK_EQ_INT(validate_args(ARGC(zero_header_timeout), zero_header_timeout, &out), -1);
     CHECK(out.text && strstr(out.text, "--header-timeout"));
     capture_free(&out);
 
-    char *zero_admin_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                              "--apiserver-token-file", tok.path, "--admin-max-connections", "0"};
+    char *zero_admin_cap[] = {"tokengate",
+                              "--apiserver",
+                              "https://10.0.0.1:6443",
+                              "--apiserver-ca",
+                              ca.path,
+                              "--apiserver-token-file",
+                              tok.path,
+                              "--admin-max-connections",
+                              "0"};
     CHECK_EQ_INT(validate_args(ARGC(zero_admin_cap), zero_admin_cap, &out), -1);
     CHECK(out.text && strstr(out.text, "--admin-max-connections"));
     capture_free(&out);
 
-    char *dos_flags[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                         "--apiserver-token-file", tok.path, "--header-timeout", "2s", "--body-timeout", "5m",
-                         "--admin-max-connections", "8"};
+    char *dos_flags[] = {"tokengate",
+                         "--apiserver",
+                         "https://10.0.0.1:6443",
+                         "--apiserver-ca",
+                         ca.path,
+                         "--apiserver-token-file",
+                         tok.path,
+                         "--header-timeout",
+                         "2s",
+                         "--body-timeout",
+                         "5m",
+                         "--admin-max-connections",
+                         "8"};
     CHECK_EQ_INT(validate_args(ARGC(dos_flags), dos_flags, &out), 0);
     capture_free(&out);
 
     /* Log levels in any case mean the same level, spelled canonically afterwards. */
-    char *upper_level[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                           "--apiserver-token-file", tok.path, "--log-level", "DEBUG"};
+    char *upper_level[] = {"tokengate",      "--apiserver", "https://10.0.0.1:6443",
+                           "--apiserver-ca", ca.path,       "--apiserver-token-file",
+                           tok.path,         "--log-level", "DEBUG"};
     CHECK_EQ_INT(validate_args(ARGC(upper_level), upper_level, &out), 0);
     capture_free(&out);
     {
@@ -448,25 +507,37 @@ static void test_validate(void)
     }
 
     /* A TTL above its cap is refused, naming both flags and which one is a default. */
-    char *ttl_over_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                            "--apiserver-token-file", tok.path, "--cache-ttl", "1h", "--cache-max-ttl", "10m"};
+    char *ttl_over_cap[] = {"tokengate",       "--apiserver", "https://10.0.0.1:6443",
+                            "--apiserver-ca",  ca.path,       "--apiserver-token-file",
+                            tok.path,          "--cache-ttl", "1h",
+                            "--cache-max-ttl", "10m"};
     CHECK_EQ_INT(validate_args(ARGC(ttl_over_cap), ttl_over_cap, &out), -1);
     CHECK(out.text && strstr(out.text, "--cache-ttl 1h is above --cache-max-ttl 10m (the default)"));
     capture_free(&out);
-    char *cap_below_default[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                                 "--apiserver-token-file", tok.path, "--cache-max-ttl", "5s"};
+    char *cap_below_default[] = {"tokengate",      "--apiserver",     "https://10.0.0.1:6443",
+                                 "--apiserver-ca", ca.path,           "--apiserver-token-file",
+                                 tok.path,         "--cache-max-ttl", "5s"};
     CHECK_EQ_INT(validate_args(ARGC(cap_below_default), cap_below_default, &out), -1);
     CHECK(out.text && strstr(out.text, "--cache-ttl 2m (the default) is above --cache-max-ttl 5s"));
     CHECK(out.text && strstr(out.text, "--cache-negative-ttl 10s (the default) is above --cache-max-ttl 5s"));
     capture_free(&out);
-    char *ttl_at_cap[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                          "--apiserver-token-file", tok.path, "--cache-ttl", "10m", "--cache-negative-ttl", "10m"};
+    char *ttl_at_cap[] = {"tokengate",
+                          "--apiserver",
+                          "https://10.0.0.1:6443",
+                          "--apiserver-ca",
+                          ca.path,
+                          "--apiserver-token-file",
+                          tok.path,
+                          "--cache-ttl",
+                          "10m",
+                          "--cache-negative-ttl",
+                          "10m"};
     CHECK_EQ_INT(validate_args(ARGC(ttl_at_cap), ttl_at_cap, &out), 0);
     capture_free(&out);
 
     /* Nothing validate prints reveals the credential. */
-    char *all_bad[] = {"tokengate", "--apiserver", "http://x", "--apiserver-ca", tok.path,
-                       "--apiserver-token-file", tok.path};
+    char *all_bad[] = {"tokengate", "--apiserver", "http://x", "--apiserver-ca", tok.path, "--apiserver-token-file",
+                       tok.path};
     validate_args(ARGC(all_bad), all_bad, &out);
     CHECK(out.text == NULL || strstr(out.text, "SUPER-SECRET") == NULL);
     capture_free(&out);
@@ -485,8 +556,9 @@ static void test_print_never_shows_credential(void)
     }
     config cfg;
     capture err;
-    char *argv[] = {"tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path,
-                    "--apiserver-token-file", tok.path, "--audiences", "aud-1,aud-2", "--cache-ttl", "90s"};
+    char *argv[] = {
+        "tokengate", "--apiserver", "https://10.0.0.1:6443", "--apiserver-ca", ca.path, "--apiserver-token-file",
+        tok.path,    "--audiences", "aud-1,aud-2",           "--cache-ttl",    "90s"};
     CHECK_EQ_INT(parse_args(&cfg, ARGC(argv), argv, &err), CONFIG_RUN);
     capture_free(&err);
     capture out;
@@ -539,13 +611,22 @@ static void test_validate_proxy(void)
     char *ok[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://127.0.0.1:8081/prefix/"};
     CHECK_EQ_INT(validate_args(ARGC(ok), ok, &out), 0);
     capture_free(&out);
-    char *ok_tls[] = {"tokengate", API, "--mode", "proxy", "--upstream", "https://app.default.svc:8443",
-                      "--upstream-ca", ca.path, "--upstream-keep-authorization", "--forwarded-headers", "none"};
+    char *ok_tls[] = {"tokengate",
+                      API,
+                      "--mode",
+                      "proxy",
+                      "--upstream",
+                      "https://app.default.svc:8443",
+                      "--upstream-ca",
+                      ca.path,
+                      "--upstream-keep-authorization",
+                      "--forwarded-headers",
+                      "none"};
     CHECK_EQ_INT(validate_args(ARGC(ok_tls), ok_tls, &out), 0);
     capture_free(&out);
 
-    const char *bad_urls[] = {"ftp://x", "http://", "http://user:pw@x", "http://x/?q=1", "http://x/#f", "x:80",
-                              "http://x /y"};
+    const char *bad_urls[] = {"ftp://x",     "http://", "http://user:pw@x", "http://x/?q=1",
+                              "http://x/#f", "x:80",    "http://x /y"};
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         char *bad[] = {"tokengate", API, "--mode", "proxy", "--upstream", (char *)bad_urls[i]};
         CHECK_EQ_INT(validate_args(ARGC(bad), bad, &out), -1);
@@ -567,8 +648,8 @@ static void test_validate_proxy(void)
     CHECK_EQ_INT(validate_args(ARGC(plain_ca), plain_ca, &out), -1);
     CHECK(out.text && strstr(out.text, "https"));
     capture_free(&out);
-    char *nginx_headers[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--forwarded-headers",
-                             "nginx"};
+    char *nginx_headers[] = {"tokengate",           API,    "--mode", "proxy", "--upstream", "http://x",
+                             "--forwarded-headers", "nginx"};
     CHECK_EQ_INT(validate_args(ARGC(nginx_headers), nginx_headers, &out), -1);
     CHECK(out.text && strstr(out.text, "--forwarded-headers"));
     capture_free(&out);
@@ -586,7 +667,7 @@ static void test_validate_proxy(void)
         CHECK_EQ_INT(validate_args(ARGC(family), family, &out), 0);
         capture_free(&out);
     }
-    char *ingress_proxy[] = {"tokengate", API, "--mode", "proxy", "--upstream", "http://x", "--forwarded-headers",
+    char *ingress_proxy[] = {"tokengate",    API, "--mode", "proxy", "--upstream", "http://x", "--forwarded-headers",
                              "ingress-nginx"};
     CHECK_EQ_INT(validate_args(ARGC(ingress_proxy), ingress_proxy, &out), -1);
     capture_free(&out);
@@ -632,8 +713,14 @@ static void test_no_temp_file_left(void)
 }
 
 static int require_calls;
-static int counted_true(void) { return ++require_calls > 0; }
-static void require_once(void) { REQUIRE(counted_true()); }
+static int counted_true(void)
+{
+    return ++require_calls > 0;
+}
+static void require_once(void)
+{
+    REQUIRE(counted_true());
+}
 
 static void test_require_evaluates_once(void)
 {

@@ -18,8 +18,8 @@ static void test_parse_cpu_max(void)
     CHECK(cpus > 1.4999 && cpus < 1.5001);
     CHECK_EQ_INT(cpu_budget_parse_cpu_max("50000 100000", &cpus), 1);
     CHECK(cpus > 0.4999 && cpus < 0.5001);
-    const char *bad[] = {"", "\n", "max", "150000", "150000 0", "0 100000", "-1 100000", "max x", "1.5 100000",
-                         "150000  100000", "150000 100000 7"};
+    const char *bad[] = {"",          "\n",    "max",        "150000",         "150000 0",       "0 100000",
+                         "-1 100000", "max x", "1.5 100000", "150000  100000", "150000 100000 7"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = cpu_budget_parse_cpu_max(bad[i], &cpus);
         CHECK_EQ_INT(rc, -1);
@@ -89,8 +89,8 @@ static void fake_close(fake_root *r)
     CHECK_EQ_INT(system(cmd), 0);
 }
 
-#define V2_MOUNTINFO                                                                                        \
-    "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"                                                          \
+#define V2_MOUNTINFO                                                                                                   \
+    "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"                                                                     \
     "30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 
 /* A kubelet pod on cgroup v2: the container has no quota, the pod has 1.5 CPUs. The

@@ -48,9 +48,8 @@ static void test_counter_gauge_histogram(void)
     CHECK_EQ_INT(g, 1);
     CHECK_EQ_INT(h, 2);
     /* the same declaration again finds the same metric; another shape fails */
-    CHECK_EQ_INT(custom_metrics_declare(cm, CUSTOM_COUNTER, "decisions_total", "", labels, 2, NULL, 0, err,
-                                        sizeof(err)),
-                 0);
+    CHECK_EQ_INT(
+        custom_metrics_declare(cm, CUSTOM_COUNTER, "decisions_total", "", labels, 2, NULL, 0, err, sizeof(err)), 0);
     CHECK_EQ_INT(custom_metrics_declare(cm, CUSTOM_GAUGE, "decisions_total", "", labels, 2, NULL, 0, err, sizeof(err)),
                  -1);
     const char *a[] = {"team-a", "allow"}, *b[] = {"team-b", "deny"};
@@ -60,7 +59,7 @@ static void test_counter_gauge_histogram(void)
     CHECK_EQ_INT(custom_metrics_update(cm, c, CUSTOM_OP_INC, b, 2, -1, err, sizeof(err)), -1); /* counters only go up */
     CHECK_EQ_INT(custom_metrics_update(cm, c, CUSTOM_OP_SET, b, 2, 1, err, sizeof(err)), -1);
     CHECK_EQ_INT(custom_metrics_update(cm, c, CUSTOM_OP_INC, a, 1, 1, err, sizeof(err)), -1); /* label count */
-    CHECK_EQ_INT(custom_metrics_update(cm, 7, CUSTOM_OP_INC, a, 2, 1, err, sizeof(err)), -1);  /* unknown id */
+    CHECK_EQ_INT(custom_metrics_update(cm, 7, CUSTOM_OP_INC, a, 2, 1, err, sizeof(err)), -1); /* unknown id */
     CHECK_EQ_INT(custom_metrics_update(cm, g, CUSTOM_OP_SET, NULL, 0, 5, err, sizeof(err)), 0);
     CHECK_EQ_INT(custom_metrics_update(cm, g, CUSTOM_OP_INC, NULL, 0, -7, err, sizeof(err)), 0);
     CHECK_EQ_INT(custom_metrics_update(cm, h, CUSTOM_OP_OBSERVE, NULL, 0, 0.05, err, sizeof(err)), 0);
@@ -109,7 +108,8 @@ static void test_series_limit(void)
     memset(long_value, 'x', sizeof(long_value) - 1);
     long_value[sizeof(long_value) - 1] = '\0';
     const char *lv[] = {long_value};
-    for (int i = 0; i < 5; i++) CHECK_EQ_INT(custom_metrics_update(cm2, c2, CUSTOM_OP_INC, lv, 1, 1, err, sizeof(err)), 0);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ_INT(custom_metrics_update(cm2, c2, CUSTOM_OP_INC, lv, 1, 1, err, sizeof(err)), 0);
     char *text = render(cm);
     CHECK(contains(text, "ids_total{id=\"v0\"} 2\n"));
     CHECK(contains(text, "gateway_policy_metric_series_overflow_total{metric=\"ids_total\"} 7\n"));
@@ -253,8 +253,10 @@ static void on_render_write(struct evbuffer *buf, const struct evbuffer_cb_info 
         if (pthread_cond_timedwait(&p->cond, &p->lock, &until) != 0) break;
     p->finished_in_time = p->done;
     pthread_mutex_unlock(&p->lock);
-    if (p->finished_in_time) pthread_join(thread, NULL);
-    else pthread_detach(thread); /* it finishes once the render lets go */
+    if (p->finished_in_time)
+        pthread_join(thread, NULL);
+    else
+        pthread_detach(thread); /* it finishes once the render lets go */
 }
 
 static void test_update_never_waits_for_a_scrape(void)

@@ -35,7 +35,7 @@ static void test_units(void)
 static void test_rejects(void)
 {
     CHECK_EQ_INT(parsed(""), -1);
-    CHECK_EQ_INT(parsed("5"), -1);  /* a unit is required except for "0" */
+    CHECK_EQ_INT(parsed("5"), -1); /* a unit is required except for "0" */
     CHECK_EQ_INT(parsed("s"), -1);
     CHECK_EQ_INT(parsed("-1s"), -1);
     CHECK_EQ_INT(parsed("1d"), -1);
@@ -89,8 +89,25 @@ static void test_quantities(void)
     CHECK_EQ_INT(quantity_parse_bytes("0.5k", max, &v), 0);
     CHECK_EQ_INT(v, 500);
     /* Refused: no whole byte count, above max, not a Kubernetes spelling. */
-    const char *bad[] = {"", "Mi", "-1", "+1", "1.", ".5Ki", "0.1Ki", "1.5", "16K", "16KB", "16kb", "1 Mi",
-                         "1Mi ", "1e3", "1Pi", "2Ti", "0x10", "18446744073709551616", "1.0000000000000000001Ki"};
+    const char *bad[] = {"",
+                         "Mi",
+                         "-1",
+                         "+1",
+                         "1.",
+                         ".5Ki",
+                         "0.1Ki",
+                         "1.5",
+                         "16K",
+                         "16KB",
+                         "16kb",
+                         "1 Mi",
+                         "1Mi ",
+                         "1e3",
+                         "1Pi",
+                         "2Ti",
+                         "0x10",
+                         "18446744073709551616",
+                         "1.0000000000000000001Ki"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         v = 12345;
         int rc = quantity_parse_bytes(bad[i], max, &v);

@@ -58,7 +58,8 @@ static void test_round_robin_between_flows_fifo_within(void)
 static void test_ready_predicate_skips_items_not_ready(void)
 {
     fair_queue *q = fair_queue_new(10);
-    entry e[3] = {{.flow = 1, .seq = 0, .ready = false}, {.flow = 1, .seq = 1, .ready = true},
+    entry e[3] = {{.flow = 1, .seq = 0, .ready = false},
+                  {.flow = 1, .seq = 1, .ready = true},
                   {.flow = 2, .seq = 0, .ready = false}};
     fair_queue_item *out;
     fair_queue_push(q, &e[0].item, 1, false, &out);
@@ -104,8 +105,10 @@ static void test_a_flood_cannot_keep_another_flow_out(void)
     for (int i = 0; i < 4; i++) {
         third[i] = (entry){.flow = 3, .seq = i, .ready = true};
         fair_queue_admission a = fair_queue_push(q, &third[i].item, 3, false, &out);
-        if (a == FAIR_QUEUE_ADMITTED_PUSHED_OUT) admitted++;
-        else CHECK_EQ_INT(a, FAIR_QUEUE_FULL);
+        if (a == FAIR_QUEUE_ADMITTED_PUSHED_OUT)
+            admitted++;
+        else
+            CHECK_EQ_INT(a, FAIR_QUEUE_FULL);
     }
     CHECK_EQ_INT(admitted, 3);
     CHECK_EQ_INT(fair_queue_length(q), CAP);

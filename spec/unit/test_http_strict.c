@@ -19,18 +19,18 @@ static const char *check(int minor, const char *const *fields)
     return why;
 }
 
-#define EXPECT_OK(minor, ...)                                                                      \
-    do {                                                                                           \
-        const char *const f_[] = {__VA_ARGS__, NULL};                                              \
-        const char *why_ = check(minor, f_);                                                       \
-        CHECK(why_ == NULL);                                                                       \
-        if (why_) fprintf(stderr, "    refused: %s\n", why_);                                      \
+#define EXPECT_OK(minor, ...)                                                                                          \
+    do {                                                                                                               \
+        const char *const f_[] = {__VA_ARGS__, NULL};                                                                  \
+        const char *why_ = check(minor, f_);                                                                           \
+        CHECK(why_ == NULL);                                                                                           \
+        if (why_) fprintf(stderr, "    refused: %s\n", why_);                                                          \
     } while (0)
 
-#define EXPECT_REFUSED(minor, ...)                                                                 \
-    do {                                                                                           \
-        const char *const f_[] = {__VA_ARGS__, NULL};                                              \
-        CHECK(check(minor, f_) != NULL);                                                           \
+#define EXPECT_REFUSED(minor, ...)                                                                                     \
+    do {                                                                                                               \
+        const char *const f_[] = {__VA_ARGS__, NULL};                                                                  \
+        CHECK(check(minor, f_) != NULL);                                                                               \
     } while (0)
 
 static void test_ordinary_requests_pass(void)
@@ -77,7 +77,9 @@ static void test_syntax_refused(void)
     EXPECT_REFUSED(1, "Host", "h", "Author ization", "Bearer x");
     EXPECT_REFUSED(1, "Host", "h", "X-A\x01", "v");
     EXPECT_REFUSED(1, "Host", "h", "", "v");
-    EXPECT_REFUSED(1, "Host", "h", "X-A", "a\x01" "b");
+    EXPECT_REFUSED(1, "Host", "h", "X-A",
+                   "a\x01"
+                   "b");
     EXPECT_REFUSED(1, "Host", "h", "X-A", "a\x7f");
     EXPECT_REFUSED(1, "Host", "h", "X-A", "a\x1b[31m");
 }

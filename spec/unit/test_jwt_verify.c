@@ -9,8 +9,8 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ecdsa.h>
-#include <openssl/rsa.h>
 #include <openssl/evp.h>
+#include <openssl/rsa.h>
 #include <stdlib.h>
 
 #define ISSUER "https://kubernetes.default.svc.cluster.local"
@@ -21,7 +21,8 @@ static void b64url(const unsigned char *in, size_t len, char *out, size_t cap)
     static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t o = 0;
     for (size_t i = 0; i < len && o + 5 < cap; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
+        unsigned v =
+            (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
         out[o++] = alphabet[v >> 18 & 63];
         out[o++] = alphabet[v >> 12 & 63];
         if (i + 1 < len) out[o++] = alphabet[v >> 6 & 63];
@@ -30,7 +31,10 @@ static void b64url(const unsigned char *in, size_t len, char *out, size_t cap)
     out[o] = 0;
 }
 
-static void b64url_str(const char *s, char *out, size_t cap) { b64url((const unsigned char *)s, strlen(s), out, cap); }
+static void b64url_str(const char *s, char *out, size_t cap)
+{
+    b64url((const unsigned char *)s, strlen(s), out, cap);
+}
 
 static void bn_b64url(EVP_PKEY *key, const char *param, size_t pad, char *out, size_t cap)
 {
@@ -104,12 +108,13 @@ static void setup_keys(void)
     bn_b64url(rsa_key, OSSL_PKEY_PARAM_RSA_E, 0, e, sizeof(e));
     bn_b64url(ec_key, OSSL_PKEY_PARAM_EC_PUB_X, 32, x, sizeof(x));
     bn_b64url(ec_key, OSSL_PKEY_PARAM_EC_PUB_Y, 32, y, sizeof(y));
-    snprintf(jwks_json, sizeof(jwks_json),
-             "{\"keys\":[{\"use\":\"sig\",\"kty\":\"RSA\",\"kid\":\"rsa-1\",\"alg\":\"RS256\",\"n\":\"%s\",\"e\":\"%s\"},"
-             "{\"use\":\"sig\",\"kty\":\"EC\",\"kid\":\"ec-1\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"},"
-             "{\"use\":\"enc\",\"kty\":\"RSA\",\"kid\":\"skipped\",\"n\":\"%s\",\"e\":\"%s\"},"
-             "{\"kty\":\"oct\",\"kid\":\"secret\",\"k\":\"AAAA\"}]}",
-             n, e, x, y, n, e);
+    snprintf(
+        jwks_json, sizeof(jwks_json),
+        "{\"keys\":[{\"use\":\"sig\",\"kty\":\"RSA\",\"kid\":\"rsa-1\",\"alg\":\"RS256\",\"n\":\"%s\",\"e\":\"%s\"},"
+        "{\"use\":\"sig\",\"kty\":\"EC\",\"kid\":\"ec-1\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"},"
+        "{\"use\":\"enc\",\"kty\":\"RSA\",\"kid\":\"skipped\",\"n\":\"%s\",\"e\":\"%s\"},"
+        "{\"kty\":\"oct\",\"kid\":\"secret\",\"k\":\"AAAA\"}]}",
+        n, e, x, y, n, e);
     char err[256];
     keys = jwks_parse(ISSUER, jwks_json, strlen(jwks_json), err, sizeof(err));
 }
@@ -135,8 +140,10 @@ static void test_jwks_parse(void)
 
 static void test_valid_tokens(void)
 {
-    char *rs = sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-1\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
-    char *es = sign(ec_key, true, "{\"alg\":\"ES256\",\"kid\":\"ec-1\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
+    char *rs =
+        sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-1\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
+    char *es =
+        sign(ec_key, true, "{\"alg\":\"ES256\",\"kid\":\"ec-1\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
     char *no_kid = sign(rsa_key, false, "{\"alg\":\"RS256\"}", payload(NOW + 3600, NOW, "\"api\"", ISSUER));
     CHECK_EQ_INT(check(rs, NULL, 0), JWT_VALID);
     CHECK_EQ_INT(check(es, NULL, 0), JWT_VALID);
@@ -173,8 +180,8 @@ static void test_refused_tokens(void)
     const char *aud[] = {"tokengate"};
     CHECK_EQ_INT(check(good, aud, 1), JWT_INVALID);
     /* The right kid with the wrong key type cannot verify. */
-    char *kid_mismatch = sign(ec_key, true, "{\"alg\":\"ES256\",\"kid\":\"rsa-1\"}",
-                              payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
+    char *kid_mismatch =
+        sign(ec_key, true, "{\"alg\":\"ES256\",\"kid\":\"rsa-1\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
     CHECK_EQ_INT(check(kid_mismatch, NULL, 0), JWT_INVALID);
     /* Algorithms no public key verifies. */
     char h[256], p[1024], t[2048];
@@ -203,8 +210,8 @@ static void test_undecided_tokens(void)
     snprintf(t, sizeof(t), "%s.%s.c2ln", h, p);
     CHECK_EQ_INT(check(t, NULL, 0), JWT_UNDECIDED);
     /* A key id not in the set (a rotation the gateway has not seen yet). */
-    char *unknown = sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-2\"}",
-                         payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
+    char *unknown =
+        sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-2\"}", payload(NOW + 3600, NOW, "[\"api\"]", ISSUER));
     CHECK_EQ_INT(check(unknown, NULL, 0), JWT_UNKNOWN_KID);
     /* Another issuer (an OIDC provider, a legacy Secret-based token). */
     char *oidc = sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-1\"}",
@@ -218,7 +225,8 @@ static void test_undecided_tokens(void)
     CHECK_EQ_INT(check("...", NULL, 0), JWT_NOT_JWT);
     /* Without keys nothing is refused. */
     char reason[64];
-    char *good = sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-1\"}", payload(NOW - 3600, NOW - 7200, "[\"api\"]", ISSUER));
+    char *good = sign(rsa_key, false, "{\"alg\":\"RS256\",\"kid\":\"rsa-1\"}",
+                      payload(NOW - 3600, NOW - 7200, "[\"api\"]", ISSUER));
     CHECK_EQ_INT(jwt_preverify(NULL, good, strlen(good), NOW, NULL, 0, reason, sizeof(reason)), JWT_OTHER_ISSUER);
     free(unknown);
     free(oidc);

@@ -18,7 +18,7 @@ static void test_accepted(void)
     check_split("0.0.0.0:8080", "0.0.0.0", 8080);
     check_split("127.0.0.1:9090", "127.0.0.1", 9090);
     check_split("localhost:1", "localhost", 1);
-    check_split("[::1]:9090", "::1", 9090);     /* brackets removed for getaddrinfo */
+    check_split("[::1]:9090", "::1", 9090); /* brackets removed for getaddrinfo */
     check_split("[::]:65535", "::", 65535);
     check_split(":8080", "", 8080);             /* every address */
     check_split("127.0.0.1:0", "127.0.0.1", 0); /* the kernel picks the port */
@@ -27,12 +27,12 @@ static void test_accepted(void)
 static void test_refused(void)
 {
     static const char *const bad[] = {
-        "8080",             /* no colon */
-        "localhost",        /* no colon */
-        "127.0.0.1:",       /* no port */
-        "127.0.0.1:80x",    /* trailing garbage */
-        "127.0.0.1:65536",  /* out of range */
-        "127.0.0.1:-1",     /* negative */
+        "8080",                              /* no colon */
+        "localhost",                         /* no colon */
+        "127.0.0.1:",                        /* no port */
+        "127.0.0.1:80x",                     /* trailing garbage */
+        "127.0.0.1:65536",                   /* out of range */
+        "127.0.0.1:-1",                      /* negative */
         "127.0.0.1:99999999999999999999999", /* overflows long */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -12,12 +12,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define MUST(cond)                                                                                 \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: setup failed: %s\n", __FILE__, __LINE__, #cond);               \
-            exit(1);                                                                               \
-        }                                                                                          \
+#define MUST(cond)                                                                                                     \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: setup failed: %s\n", __FILE__, __LINE__, #cond);                                   \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 static policy_source *source_of(const char *text)
@@ -58,10 +58,11 @@ static void test_crash_is_contained(void)
     policy_limits limits = {.max_instructions = 100000000, .max_memory_bytes = 64u << 20};
     /* 90 nested gsub callbacks: under the sandbox's depth limit (100), about 1 MiB of C
      * stack, more than the 128 KiB the child may have. */
-    policy_source *deep = source_of("local n = 0\n"
-                                    "local function f() n = n + 1 if n < 90 then return (('ab'):gsub('.', f)) end return 'x' end\n"
-                                    "f()\n"
-                                    "return { authorize = function() return require('tokengate').allow() end }");
+    policy_source *deep =
+        source_of("local n = 0\n"
+                  "local function f() n = n + 1 if n < 90 then return (('ab'):gsub('.', f)) end return 'x' end\n"
+                  "f()\n"
+                  "return { authorize = function() return require('tokengate').allow() end }");
     struct rlimit saved, small = {.rlim_cur = 128 * 1024, .rlim_max = RLIM_INFINITY};
     REQUIRE(getrlimit(RLIMIT_STACK, &saved) == 0);
     small.rlim_max = saved.rlim_max;

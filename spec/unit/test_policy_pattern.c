@@ -124,7 +124,8 @@ int main(void)
     /* 5. A gmatch iterator charges the budget on every step too. */
     spent = 0;
     limit = 100;
-    CHECK(luaL_loadstring(L, "local n = 0 for _ in bounded.gmatch(('x'):rep(1000), 'x') do n = n + 1 end return n") == 0);
+    CHECK(luaL_loadstring(L, "local n = 0 for _ in bounded.gmatch(('x'):rep(1000), 'x') do n = n + 1 end return n") ==
+          0);
     CHECK(lua_pcall(L, 0, 1, 0) != 0);
     lua_settop(L, 0);
 

@@ -25,11 +25,11 @@ static void test_ordinary_targets_pass(void)
     expect("/api/v1.2/x..y", TARGET_OK);
     expect("/a/.hidden/b", TARGET_OK);
     expect("/a/...", TARGET_OK);
-    expect("/files/na%C3%AFve", TARGET_OK);      /* U+00EF */
-    expect("/files/%E2%82%AC", TARGET_OK);       /* U+20AC */
-    expect("/files/%F0%9F%98%80", TARGET_OK);    /* U+1F600 */
-    expect("/files/a%20b", TARGET_OK);           /* an encoded space is data */
-    expect("/files/100%25", TARGET_OK);          /* an encoded '%' not followed by hex */
+    expect("/files/na%C3%AFve", TARGET_OK);   /* U+00EF */
+    expect("/files/%E2%82%AC", TARGET_OK);    /* U+20AC */
+    expect("/files/%F0%9F%98%80", TARGET_OK); /* U+1F600 */
+    expect("/files/a%20b", TARGET_OK);        /* an encoded space is data */
+    expect("/files/100%25", TARGET_OK);       /* an encoded '%' not followed by hex */
     expect("/x:y@z!$&'()*+,=~_-", TARGET_OK);
     expect("/search?q=a/../b&x=%2e%2e;y|z[]", TARGET_OK); /* the query is not a path */
     expect("/p?", TARGET_OK);
@@ -70,7 +70,9 @@ static void test_malformed_targets_are_400(void)
     expect("*", TARGET_MALFORMED);
     expect("/a b", TARGET_MALFORMED);
     expect("/a\tb", TARGET_MALFORMED);
-    expect("/a\x01" "b", TARGET_MALFORMED);
+    expect("/a\x01"
+           "b",
+           TARGET_MALFORMED);
     expect("/a\x7f", TARGET_MALFORMED);
     expect("/a\xff", TARGET_MALFORMED);
     expect("/caf\xc3\xa9", TARGET_MALFORMED); /* raw non-ASCII: must be encoded */
@@ -85,11 +87,11 @@ static void test_malformed_targets_are_400(void)
     expect("/a%0d%0aSet-Cookie:x", TARGET_MALFORMED);
     expect("/a%09", TARGET_MALFORMED);
     expect("/a%7F", TARGET_MALFORMED);
-    expect("/a%80", TARGET_MALFORMED);       /* a lone continuation byte */
-    expect("/a%C3", TARGET_MALFORMED);       /* truncated */
+    expect("/a%80", TARGET_MALFORMED); /* a lone continuation byte */
+    expect("/a%C3", TARGET_MALFORMED); /* truncated */
     expect("/a%C3x", TARGET_MALFORMED);
-    expect("/a%C3%28", TARGET_MALFORMED);    /* not a continuation */
-    expect("/a%ED%A0%80", TARGET_MALFORMED); /* a UTF-16 surrogate */
+    expect("/a%C3%28", TARGET_MALFORMED);       /* not a continuation */
+    expect("/a%ED%A0%80", TARGET_MALFORMED);    /* a UTF-16 surrogate */
     expect("/a%F4%90%80%80", TARGET_MALFORMED); /* beyond U+10FFFF */
     expect("/a%F5%80%80%80", TARGET_MALFORMED);
     expect("/a%FF", TARGET_MALFORMED);
@@ -116,8 +118,8 @@ static void test_url_split(void)
     CHECK_STRN(a, al, "[::1]");
     CHECK_STRN(t, tl, "/");
     const char *bad[] = {
-        "/hooks/x", "ftp://h/x", "https://", "https:///x", "https://h", "https://h?x=/y",
-        "https://user@h/x", "https://h%2f/x", "https://h x/y", "https://h#/x", "//h/x", "https:/h/x",
+        "/hooks/x",         "ftp://h/x",      "https://",      "https:///x",   "https://h", "https://h?x=/y",
+        "https://user@h/x", "https://h%2f/x", "https://h x/y", "https://h#/x", "//h/x",     "https:/h/x",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = request_url_split(bad[i], strlen(bad[i]), &a, &al, &t, &tl);

@@ -71,8 +71,13 @@ static void answer(world *w, size_t i, api_error error, long status, int retry_a
         return;
     }
     w->calls[i].answered = true;
-    api_response r = {.error = error, .http_status = status, .retry_after_s = retry_after_s, .body = body,
-                      .body_len = body ? strlen(body) : 0, .latency_s = 0.01, .detail = "test"};
+    api_response r = {.error = error,
+                      .http_status = status,
+                      .retry_after_s = retry_after_s,
+                      .body = body,
+                      .body_len = body ? strlen(body) : 0,
+                      .latency_s = 0.01,
+                      .detail = "test"};
     w->calls[i].done(&r, w->calls[i].arg);
 }
 
@@ -107,8 +112,13 @@ typedef struct fixture {
 
 static review_limits limits_of(int64_t timeout_ms, double qps, double burst)
 {
-    return (review_limits){.timeout_ms = timeout_ms, .qps = qps, .burst = burst, .max_pending = 100,
-                           .circuit_failures = 5, .circuit_cooldown_ms = 1000, .retry_after_cap_s = 32};
+    return (review_limits){.timeout_ms = timeout_ms,
+                           .qps = qps,
+                           .burst = burst,
+                           .max_pending = 100,
+                           .circuit_failures = 5,
+                           .circuit_cooldown_ms = 1000,
+                           .retry_after_cap_s = 32};
 }
 
 static bool fixture_init(fixture *fx, const review_limits *limits)
@@ -118,8 +128,8 @@ static bool fixture_init(fixture *fx, const review_limits *limits)
     fx->w.now = 1000000; /* any origin: the engine only uses differences */
     token_cache_options co = {.max_entries = 100};
     fx->cache = token_cache_new(&co);
-    fx->kind = (review_kind){.name = "test", .api_path = "/apis/test", .cache = fx->cache, .metrics = &fx->metrics,
-                             .parse = parse_yes_no};
+    fx->kind = (review_kind){
+        .name = "test", .api_path = "/apis/test", .cache = fx->cache, .metrics = &fx->metrics, .parse = parse_yes_no};
     review_io io = {.now_ms = world_now, .post = world_post, .arm_timer = world_arm, .ctx = &fx->w};
     fx->engine = review_engine_new_with_io(&io, limits);
     return fx->cache && fx->engine;
@@ -167,8 +177,12 @@ static cache_key key_of(unsigned n)
 
 static review_request request_of(unsigned n, int64_t positive_ttl_ms)
 {
-    review_request r = {.key = key_of(n), .body = strdup("body"), .body_len = 4, .positive_ttl_ms = positive_ttl_ms,
-                        .positive_ttl_cap_ms = 3600000, .negative_ttl_ms = 5000};
+    review_request r = {.key = key_of(n),
+                        .body = strdup("body"),
+                        .body_len = 4,
+                        .positive_ttl_ms = positive_ttl_ms,
+                        .positive_ttl_cap_ms = 3600000,
+                        .negative_ttl_ms = 5000};
     snprintf(r.token_id, sizeof(r.token_id), "t%u", n);
     return r;
 }
@@ -278,7 +292,7 @@ static void test_429_retry_after(void)
     CHECK_EQ_INT(a.told, 0); /* retried after its Retry-After, within its deadline */
     CHECK_EQ_INT(stats(&fx).throttled, 1);
     CHECK_EQ_INT(stats(&fx).concurrency_limit, 1); /* nothing else was in flight: 1 */
-    CHECK(stats(&fx).circuit_open == 0);            /* a 429 is not a failure */
+    CHECK(stats(&fx).circuit_open == 0);           /* a 429 is not a failure */
     /* Only the rejected review waits: another one is sent at once, within the limit. */
     start(&fx, 2, &b);
     CHECK_EQ_INT(fx.w.n_calls, 2);
@@ -371,7 +385,7 @@ static void test_request_deadline(void)
     CHECK_EQ_INT(a.error, API_ERROR_THROTTLED);
     /* A joiner with an earlier deadline brings the flight's forward. */
     box b, c;
-    start(&fx, 2, &b); /* deadline now + 5 s */
+    start(&fx, 2, &b);                              /* deadline now + 5 s */
     answer(&fx.w, 1, API_ERROR_HTTP, 503, 0, NULL); /* queued for a retry with backoff */
     box_init(&c);
     cache_key k2 = key_of(2);

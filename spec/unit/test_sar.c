@@ -58,8 +58,7 @@ static int pack(const test_user *u, packed_user *p)
     identity_builder_string(&b, u->username, strlen(u->username));
     identity_builder_string(&b, u->uid, strlen(u->uid));
     identity_builder_count(&b, u->n_groups);
-    for (size_t i = 0; i < u->n_groups; i++)
-        identity_builder_string(&b, u->groups[i], strlen(u->groups[i]));
+    for (size_t i = 0; i < u->n_groups; i++) identity_builder_string(&b, u->groups[i], strlen(u->groups[i]));
     identity_builder_count(&b, u->n_extra);
     for (size_t i = 0; i < u->n_extra; i++) {
         identity_builder_string(&b, u->extra[i].key, strlen(u->extra[i].key));
@@ -67,8 +66,7 @@ static int pack(const test_user *u, packed_user *p)
         for (size_t v = 0; v < u->extra[i].n_values; v++)
             identity_builder_string(&b, u->extra[i].values[v], strlen(u->extra[i].values[v]));
     }
-    if (b.failed)
-        return -1;
+    if (b.failed) return -1;
     p->len = b.len;
     return identity_view_parse(p->packed, p->len, &p->view);
 }
@@ -81,8 +79,7 @@ static const extra_entry pod_extra[] = {
     {"authentication.kubernetes.io/pod-name", pod_name, 1},
     {"authentication.kubernetes.io/pod-uid", pod_uid, 1},
 };
-static const test_user webhook_sender = {
-    sa_user, "84aa73c3-2ab6-4096-82bf-62bbbc52c53a", sa_groups, 3, pod_extra, 2};
+static const test_user webhook_sender = {sa_user, "84aa73c3-2ab6-4096-82bf-62bbbc52c53a", sa_groups, 3, pod_extra, 2};
 
 static const sar_attributes create_webhooks = {
     .nonresource = false,
@@ -221,8 +218,8 @@ static void test_request_body_matches_capture(void)
     REQUIRE(tr != NULL);
     static packed_user p;
     char reason[REASON_CAP];
-    tokenreview_result r = tokenreview_parse_response(tr, len, NULL, 0, p.packed, sizeof(p.packed),
-                                                      &p.len, reason, sizeof(reason));
+    tokenreview_result r =
+        tokenreview_parse_response(tr, len, NULL, 0, p.packed, sizeof(p.packed), &p.len, reason, sizeof(reason));
     free(tr);
     REQUIRE(r == TOKENREVIEW_AUTHENTICATED);
     REQUIRE(identity_view_parse(p.packed, p.len, &p.view) == 0);
@@ -232,17 +229,10 @@ static void test_request_body_matches_capture(void)
         sar_attributes attrs;
     } cases[] = {
         {"sar-resource-allowed.body",
-         {.namespace_ = "team-a",
-          .verb = "create",
-          .group = "gateway.example.com",
-          .resource = "webhooks"}},
+         {.namespace_ = "team-a", .verb = "create", .group = "gateway.example.com", .resource = "webhooks"}},
         {"sar-resource-denied.body",
-         {.namespace_ = "team-b",
-          .verb = "create",
-          .group = "gateway.example.com",
-          .resource = "webhooks"}},
-        {"sar-nonresource-denied.body",
-         {.nonresource = true, .path = "/hooks/deliver", .verb = "post"}},
+         {.namespace_ = "team-b", .verb = "create", .group = "gateway.example.com", .resource = "webhooks"}},
+        {"sar-nonresource-denied.body", {.nonresource = true, .path = "/hooks/deliver", .verb = "post"}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *captured = read_fixture(cases[i].file, &len);
@@ -256,12 +246,10 @@ static void test_request_body_matches_capture(void)
         CHECK(json_is_object(want_root));
         CHECK(json_is_object(got_root));
         json_t *want = json_object_get(want_root, "spec"), *got = json_object_get(got_root, "spec");
-        const char *kind =
-            cases[i].attrs.nonresource ? "nonResourceAttributes" : "resourceAttributes";
+        const char *kind = cases[i].attrs.nonresource ? "nonResourceAttributes" : "resourceAttributes";
         bool same_attrs = json_equal(json_object_get(got, kind), json_object_get(want, kind));
         CHECK(same_attrs);
-        if (!same_attrs)
-            fprintf(stderr, "    file %s\n", cases[i].file);
+        if (!same_attrs) fprintf(stderr, "    file %s\n", cases[i].file);
         CHECK(json_equal(json_object_get(got, "user"), json_object_get(want, "user")));
         /* The nonresource capture was made with two of the three groups only. */
         if (!cases[i].attrs.nonresource)
@@ -273,18 +261,14 @@ static void test_request_body_matches_capture(void)
 
 static void test_request_body_escaping(void)
 {
-    static const char *const g[] = {"we\"ird\\group", "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x94\x91",
-                                    "</script>"};
+    static const char *const g[] = {"we\"ird\\group", "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x94\x91", "</script>"};
     static const char *const vals[] = {"v\"1", "v\\2", "\xe2\x80\xa8"};
     static const extra_entry ex[] = {{"key\"with\\quote", vals, 3}, {"\xc3\xbc", vals, 1}};
     test_user u = {"sys\"tem:\\user", "u\"id", g, 3, ex, 2};
     static packed_user p;
     REQUIRE(pack(&u, &p) == 0);
-    sar_attributes a = {.namespace_ = "n\"s",
-                        .verb = "g\\et",
-                        .group = "gr\xc3\xb6up",
-                        .resource = "r\n\t",
-                        .name = "na\x01me"};
+    sar_attributes a = {
+        .namespace_ = "n\"s", .verb = "g\\et", .group = "gr\xc3\xb6up", .resource = "r\n\t", .name = "na\x01me"};
     size_t len = 0;
     char *body = sar_request_body(&p.view, &a, &len);
     REQUIRE(body != NULL);
@@ -295,8 +279,7 @@ static void test_request_body_escaping(void)
     CHECK(strstr(body, "\"key\\\"with\\\\quote\":[\"v\\\"1\",\"v\\\\2\",") != NULL);
     CHECK(strstr(body, "\"resource\":\"r\\n\\t\"") != NULL);
     CHECK(strstr(body, "\"name\":\"na\\u0001me\"") != NULL);
-    for (size_t i = 0; i < len; i++)
-        CHECK((unsigned char)body[i] >= 0x20); /* no raw controls */
+    for (size_t i = 0; i < len; i++) CHECK((unsigned char)body[i] >= 0x20); /* no raw controls */
 
     /* Round trip: every string comes back byte for byte. */
     json_t *root = load(body, len);
@@ -306,14 +289,12 @@ static void test_request_body_escaping(void)
     CHECK_STR(member(spec, "uid"), u.uid);
     json_t *groups = json_object_get(spec, "groups");
     CHECK_EQ_INT(json_array_size(groups), 3);
-    for (size_t i = 0; i < 3; i++)
-        CHECK_STR(json_string_value(json_array_get(groups, i)), g[i]);
+    for (size_t i = 0; i < 3; i++) CHECK_STR(json_string_value(json_array_get(groups, i)), g[i]);
     json_t *extra = json_object_get(spec, "extra");
     CHECK_EQ_INT(json_object_size(extra), 2);
     json_t *v0 = json_object_get(extra, ex[0].key);
     CHECK_EQ_INT(json_array_size(v0), 3);
-    for (size_t i = 0; i < 3; i++)
-        CHECK_STR(json_string_value(json_array_get(v0, i)), vals[i]);
+    for (size_t i = 0; i < 3; i++) CHECK_STR(json_string_value(json_array_get(v0, i)), vals[i]);
     CHECK_EQ_INT(json_array_size(json_object_get(extra, ex[1].key)), 1);
     json_t *ra = json_object_get(spec, "resourceAttributes");
     CHECK_STR(member(ra, "namespace"), a.namespace_);
@@ -329,8 +310,7 @@ static void test_request_body_extra_and_groups(void)
 {
     static const char *const many[] = {"a", "b", "c"};
     static const char *const one[] = {"x"};
-    static const extra_entry ex[] = {
-        {"z-last-alphabetically", many, 3}, {"a-first", one, 1}, {"empty", NULL, 0}};
+    static const extra_entry ex[] = {{"z-last-alphabetically", many, 3}, {"a-first", one, 1}, {"empty", NULL, 0}};
     static const char *const g[] = {"g2", "g1", "g3"};
     test_user u = {"carol", "", g, 3, ex, 3};
     static packed_user p;
@@ -343,14 +323,12 @@ static void test_request_body_extra_and_groups(void)
     CHECK(json_object_get(spec, "uid") == NULL); /* empty uid omitted */
     json_t *groups = json_object_get(spec, "groups");
     CHECK_EQ_INT(json_array_size(groups), 3);
-    for (size_t i = 0; i < 3; i++)
-        CHECK_STR(json_string_value(json_array_get(groups, i)), g[i]);
+    for (size_t i = 0; i < 3; i++) CHECK_STR(json_string_value(json_array_get(groups, i)), g[i]);
     json_t *extra = json_object_get(spec, "extra");
     CHECK_EQ_INT(json_object_size(extra), 3);
     json_t *zl = json_object_get(extra, "z-last-alphabetically");
     CHECK_EQ_INT(json_array_size(zl), 3);
-    for (size_t i = 0; i < 3; i++)
-        CHECK_STR(json_string_value(json_array_get(zl, i)), many[i]);
+    for (size_t i = 0; i < 3; i++) CHECK_STR(json_string_value(json_array_get(zl, i)), many[i]);
     CHECK_STR(json_string_value(json_array_get(json_object_get(extra, "a-first"), 0)), "x");
     CHECK(json_is_array(json_object_get(extra, "empty")));
     CHECK_EQ_INT(json_array_size(json_object_get(extra, "empty")), 0);
@@ -403,20 +381,12 @@ static void test_request_body_refused(void)
         {{.nonresource = true, .verb = "get", .path = ""}, "nonresource with empty path", false},
         {{.nonresource = true, .path = "/x"}, "nonresource without verb", false},
         {{.nonresource = true, .path = "/x", .verb = ""}, "nonresource with empty verb", false},
-        {{.nonresource = true, .path = "/x", .verb = "get", .namespace_ = "ns"},
-         "nonresource with namespace",
-         false},
-        {{.nonresource = true, .path = "/x", .verb = "get", .resource = "r"},
-         "nonresource with resource",
-         false},
-        {{.nonresource = true, .path = "/x", .verb = "get", .name = ""},
-         "nonresource with name",
-         false},
+        {{.nonresource = true, .path = "/x", .verb = "get", .namespace_ = "ns"}, "nonresource with namespace", false},
+        {{.nonresource = true, .path = "/x", .verb = "get", .resource = "r"}, "nonresource with resource", false},
+        {{.nonresource = true, .path = "/x", .verb = "get", .name = ""}, "nonresource with name", false},
         {{.verb = "create", .resource = "web\xffhooks"}, "resource not UTF-8", true},
         {{.verb = "cr\xc3", .resource = "webhooks"}, "verb cut mid-sequence", true},
-        {{.namespace_ = "\xed\xa0\x80", .verb = "get", .resource = "r"},
-         "namespace a UTF-16 surrogate",
-         true},
+        {{.namespace_ = "\xed\xa0\x80", .verb = "get", .resource = "r"}, "namespace a UTF-16 surrogate", true},
         {{.verb = "get", .resource = "r", .subresource = "\xc0\xaf"}, "subresource overlong", true},
         {{.nonresource = true, .path = "/\xfe", .verb = "get"}, "path not UTF-8", true},
     };
@@ -471,12 +441,10 @@ static char *read_fixture(const char *name, size_t *len)
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     for (;;) {
-        if (!buf)
-            break;
+        if (!buf) break;
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
-        if (n < cap)
-            break;
+        if (n < cap) break;
         char *grown = realloc(buf, cap * 2);
         if (!grown) {
             free(buf);
@@ -603,8 +571,7 @@ static void test_fixture_not_sars(void)
         const parsed *p = parse_fixture(files[i]);
         CHECK_EQ_INT(p->result, SAR_BAD_RESPONSE);
         CHECK(p->reason[0] != '\0');
-        if (p->result != SAR_BAD_RESPONSE)
-            fprintf(stderr, "    file %s\n", files[i]);
+        if (p->result != SAR_BAD_RESPONSE) fprintf(stderr, "    file %s\n", files[i]);
     }
 }
 
@@ -634,16 +601,13 @@ static void test_every_body_fixture_is_covered(void)
     struct dirent *de;
     while ((de = readdir(dir)) != NULL) {
         size_t n = strlen(de->d_name);
-        if (n < 5 || strcmp(de->d_name + n - 5, ".body") != 0)
-            continue;
+        if (n < 5 || strcmp(de->d_name + n - 5, ".body") != 0) continue;
         bodies++;
         bool found = false;
         for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-            if (strcmp(known[i], de->d_name) == 0)
-                found = true;
+            if (strcmp(known[i], de->d_name) == 0) found = true;
         CHECK(found);
-        if (!found)
-            fprintf(stderr, "    no expectation for fixture %s\n", de->d_name);
+        if (!found) fprintf(stderr, "    no expectation for fixture %s\n", de->d_name);
     }
     closedir(dir);
     CHECK_EQ_INT(bodies, sizeof(known) / sizeof(known[0]));
@@ -657,12 +621,10 @@ static void test_fixture_truncations(void)
         size_t len = 0;
         char *body = read_fixture(files[f], &len);
         REQUIRE(body != NULL);
-        while (len > 0 && (body[len - 1] == '\n' || body[len - 1] == ' '))
-            len--;
+        while (len > 0 && (body[len - 1] == '\n' || body[len - 1] == ' ')) len--;
         int accepted = 0;
         for (size_t cut = 0; cut < len; cut++)
-            if (parse(body, cut)->result != SAR_BAD_RESPONSE)
-                accepted++;
+            if (parse(body, cut)->result != SAR_BAD_RESPONSE) accepted++;
         CHECK_EQ_INT(accepted, 0);
         CHECK(parse(body, len)->result != SAR_BAD_RESPONSE);
         free(body);
@@ -685,8 +647,7 @@ static void test_handmade_verdicts(void)
         {"{}", SAR_DENIED, "denied"}, /* allowed omitted: false, as kube-apiserver sends it */
         {"{\"reason\":\"no RBAC rule\"}", SAR_DENIED, "no RBAC rule"},
         {"{\"denied\":true,\"reason\":\"webhook says no\"}", SAR_DENIED, "webhook says no"},
-        {"{\"allowed\":true,\"denied\":true,\"reason\":\"explicit deny\"}", SAR_DENIED,
-         "explicit deny"},
+        {"{\"allowed\":true,\"denied\":true,\"reason\":\"explicit deny\"}", SAR_DENIED, "explicit deny"},
         {"{\"denied\":true,\"allowed\":true}", SAR_DENIED, "denied"},
         {"{\"allowed\":false,\"denied\":false}", SAR_DENIED, "denied"},
         {"{\"evaluationError\":\"webhook timed out\"}", SAR_DENIED, "webhook timed out"},
@@ -697,12 +658,10 @@ static void test_handmade_verdicts(void)
         {"{\"allowed\":false,\"unknownField\":{\"x\":[1,2]}}", SAR_DENIED, "denied"},
         /* Reasons may reach clients: controls become '?', UTF-8 is kept. */
         {"{\"reason\":\"line1\\r\\nX-Injected: 1\"}", SAR_DENIED, "line1??X-Injected: 1"},
-        {"{\"reason\":\"a\\tb\\u0000c\"}", SAR_BAD_RESPONSE,
-         NULL}, /* NUL inside: refused by the parser */
+        {"{\"reason\":\"a\\tb\\u0000c\"}", SAR_BAD_RESPONSE, NULL}, /* NUL inside: refused by the parser */
         {"{\"reason\":\"a\\tb\\u001bc\\u007fd\"}", SAR_DENIED, "a?b?c?d"},
         {"{\"reason\":\"nel\\u0085 csi\\u009b end\"}", SAR_DENIED, "nel? csi? end"},
-        {"{\"reason\":\"caf\\u00e9 \\u00a0 \\u2603\"}", SAR_DENIED,
-         "caf\xc3\xa9 \xc2\xa0 \xe2\x98\x83"},
+        {"{\"reason\":\"caf\\u00e9 \\u00a0 \\u2603\"}", SAR_DENIED, "caf\xc3\xa9 \xc2\xa0 \xe2\x98\x83"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const parsed *p = parse_status(cases[i].status);
@@ -711,8 +670,7 @@ static void test_handmade_verdicts(void)
             CHECK_STR(p->reason, cases[i].reason);
         else
             CHECK(p->reason[0] != '\0');
-        if (p->result != cases[i].want)
-            fprintf(stderr, "    status %s\n", cases[i].status);
+        if (p->result != cases[i].want) fprintf(stderr, "    status %s\n", cases[i].status);
     }
 
     /* No kind at all: judged on its status, as TokenReview answers are. */
@@ -746,8 +704,7 @@ static void test_handmade_reason_truncation(void)
 static void expect_bad(const parsed *p, const char *what)
 {
     CHECK_EQ_INT(p->result, SAR_BAD_RESPONSE);
-    if (p->result != SAR_BAD_RESPONSE)
-        fprintf(stderr, "    accepted: %s\n", what);
+    if (p->result != SAR_BAD_RESPONSE) fprintf(stderr, "    accepted: %s\n", what);
     CHECK(p->reason[0] != '\0');
 }
 
@@ -812,11 +769,9 @@ static void test_handmade_hostile(void)
         "Too many requests, please try again later.\n",
         "<html><body>502 Bad Gateway</body></html>",
     };
-    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++)
-        expect_bad(parse_str(bodies[i]), bodies[i]);
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) expect_bad(parse_str(bodies[i]), bodies[i]);
 
-    static const char raw_nul[] =
-        "{\"kind\":\"SubjectAccessReview\",\"status\":{\"allowed\":true}}\0garbage";
+    static const char raw_nul[] = "{\"kind\":\"SubjectAccessReview\",\"status\":{\"allowed\":true}}\0garbage";
     expect_bad(parse(raw_nul, sizeof(raw_nul) - 1), "NUL then garbage within body_len");
     /* body_len is honoured: what follows is not read. */
     static const char prefix[] = "{\"status\":{\"allowed\":true}}{\"status\":{\"allowed\":false}}";
@@ -831,14 +786,12 @@ static void test_handmade_hostile(void)
 static const unsigned char secret_a[CACHE_KEY_SECRET_BYTES] = "0123456789abcdef0123456789abcde";
 static const unsigned char secret_b[CACHE_KEY_SECRET_BYTES] = "0123456789abcdef0123456789abcdX";
 
-static bool key_of(const cache_keyer *k, const test_user *u, const sar_attributes *a,
-                   cache_key *out)
+static bool key_of(const cache_keyer *k, const test_user *u, const sar_attributes *a, cache_key *out)
 {
     static packed_user p;
     memset(out, 0, sizeof(*out));
     unsigned char digest[IDENTITY_DIGEST_BYTES];
-    if (pack(u, &p) != 0 || identity_digest(p.packed, p.len, digest) != 0)
-        return false;
+    if (pack(u, &p) != 0 || identity_digest(p.packed, p.len, digest) != 0) return false;
     return sar_cache_key(k, digest, a, out) == 0;
 }
 
@@ -876,14 +829,26 @@ static void test_cache_key_reference(void)
     REQUIRE(pack(&u, &p) == 0);
     unsigned char packed[64];
     size_t n = 0;
-    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'u';     /* username */
-    packed[n++] = 0; packed[n++] = 0;                       /* uid "" */
-    packed[n++] = 1; packed[n++] = 0;                       /* 1 group */
-    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'g';
-    packed[n++] = 1; packed[n++] = 0;                       /* 1 extra key */
-    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'k';
-    packed[n++] = 1; packed[n++] = 0;                       /* 1 value */
-    packed[n++] = 1; packed[n++] = 0; packed[n++] = 'v';
+    packed[n++] = 1;
+    packed[n++] = 0;
+    packed[n++] = 'u'; /* username */
+    packed[n++] = 0;
+    packed[n++] = 0; /* uid "" */
+    packed[n++] = 1;
+    packed[n++] = 0; /* 1 group */
+    packed[n++] = 1;
+    packed[n++] = 0;
+    packed[n++] = 'g';
+    packed[n++] = 1;
+    packed[n++] = 0; /* 1 extra key */
+    packed[n++] = 1;
+    packed[n++] = 0;
+    packed[n++] = 'k';
+    packed[n++] = 1;
+    packed[n++] = 0; /* 1 value */
+    packed[n++] = 1;
+    packed[n++] = 0;
+    packed[n++] = 'v';
     CHECK_EQ_INT((int)p.len, (int)n);
     CHECK_MEM(p.packed, packed, n);
     unsigned char digest[32];
@@ -896,11 +861,10 @@ static void test_cache_key_reference(void)
     o += 4;
     part(msg, &o, digest, 32);
     part(msg, &o, "N", 1);
-    part(msg, &o, "", 0);        /* namespace */
-    part(msg, &o, "\x01get", 4); /* verb */
-    for (int i = 0; i < 5; i++)
-        part(msg, &o, "", 0);   /* group version resource subresource name */
-    part(msg, &o, "\x01/p", 3); /* path */
+    part(msg, &o, "", 0);                             /* namespace */
+    part(msg, &o, "\x01get", 4);                      /* verb */
+    for (int i = 0; i < 5; i++) part(msg, &o, "", 0); /* group version resource subresource name */
+    part(msg, &o, "\x01/p", 3);                       /* path */
     unsigned char want[32];
     unsigned int mac_len = 0;
     CHECK(HMAC(EVP_sha256(), secret_a, CACHE_KEY_SECRET_BYTES, msg, o, want, &mac_len) != NULL);
@@ -1016,8 +980,7 @@ static void test_cache_key_distinct(void)
     cache_keyer *k = cache_keyer_new_with_secret(secret_a);
     REQUIRE(k != NULL);
     cache_key keys[64];
-    for (size_t i = 0; i < n; i++)
-        CHECK(key_of(k, &cases[i].u, &cases[i].a, &keys[i]));
+    for (size_t i = 0; i < n; i++) CHECK(key_of(k, &cases[i].u, &cases[i].a, &keys[i]));
     /* Pairwise distinct: each case differs from the base and from every other case. */
     int collisions = 0;
     for (size_t i = 0; i < n; i++)
@@ -1125,7 +1088,7 @@ static void test_cache_value_pack(void)
     CHECK_EQ_INT(sar_cache_value_unpack(out, n, &identity, &identity_len, &reason, &reason_len), 0);
     CHECK_EQ_INT((int)identity_len, 0);
     CHECK_EQ_INT(sar_cache_value_pack(id, 8, "x", 1, out, 3), 0); /* no room at all */
-    out[0] = 200; /* identity length beyond the value */
+    out[0] = 200;                                                 /* identity length beyond the value */
     CHECK_EQ_INT(sar_cache_value_unpack(out, 10, &identity, &identity_len, &reason, &reason_len), -1);
     CHECK_EQ_INT(sar_cache_value_unpack(out, 3, &identity, &identity_len, &reason, &reason_len), -1);
 }

@@ -611,12 +611,9 @@ static void *conc_worker(void *arg)
                 if (rc != 0 && !(rc == 1 && negative)) t->bad_rc++;
             } else if (op < 95) {
                 size_t len = 0;
-                token_cache_result res =
-                    token_cache_lookup(cache, &key, now, out, sizeof(out), &len, NULL);
-                if (res == TOKEN_CACHE_HIT_POSITIVE && (i % 2 != 0 || !conc_value_ok(i, out, len, false)))
-                    t->corrupt++;
-                if (res == TOKEN_CACHE_HIT_NEGATIVE && (i % 2 != 1 || !conc_value_ok(i, out, len, true)))
-                    t->corrupt++;
+                token_cache_result res = token_cache_lookup(cache, &key, now, out, sizeof(out), &len, NULL);
+                if (res == TOKEN_CACHE_HIT_POSITIVE && (i % 2 != 0 || !conc_value_ok(i, out, len, false))) t->corrupt++;
+                if (res == TOKEN_CACHE_HIT_NEGATIVE && (i % 2 != 1 || !conc_value_ok(i, out, len, true))) t->corrupt++;
             } else if (op < 97) {
                 token_cache_remove(cache, &key);
             } else if (op < 99) {
@@ -639,8 +636,8 @@ static void *conc_worker(void *arg)
  * negatives never become due; 0 % never. */
 static void test_refresh_ahead_claims(void)
 {
-    token_cache_options options = {.max_entries = 100, .shards = 1, .refresh_ahead_percent = 10,
-                                   .refresh_retry_ms = 200};
+    token_cache_options options = {
+        .max_entries = 100, .shards = 1, .refresh_ahead_percent = 10, .refresh_retry_ms = 200};
     token_cache *cache = token_cache_new(&options);
     CHECK(cache != NULL);
     cache_key k = key_of(1), n = key_of(2);
@@ -658,18 +655,24 @@ static void test_refresh_ahead_claims(void)
     CHECK(!due); /* expired: a miss, never a refresh */
     /* A failed refresh: the claim lapses after refresh_retry_ms and a later hit retries. */
     CHECK_EQ_INT(token_cache_insert(cache, &k, false, "id", 2, 3000, 1000), 0);
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2800, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2800, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(due);
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2999, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2999, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(!due);
     CHECK_EQ_INT(token_cache_insert(cache, &k, false, "id", 2, 10000, 2000), 0);
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2001, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 2001, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(!due); /* replaced: due again only at 9200 */
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9200, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9200, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(due);
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9300, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9300, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(!due);
-    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9400, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_POSITIVE);
+    CHECK_EQ_INT(token_cache_lookup_refresh(cache, &k, 9400, 0, out, sizeof(out), &len, &due),
+                 TOKEN_CACHE_HIT_POSITIVE);
     CHECK(due); /* 200 ms after the last claim */
     CHECK_EQ_INT(token_cache_insert(cache, &n, true, "", 0, 1000, 0), 0);
     CHECK_EQ_INT(token_cache_lookup_refresh(cache, &n, 999, 0, out, sizeof(out), &len, &due), TOKEN_CACHE_HIT_NEGATIVE);
@@ -700,8 +703,10 @@ static void test_concurrency_smoke(void)
     int started = 0;
     for (int i = 0; i < THREADS; i++) {
         threads[i] = (conc_thread){&shared, 0x1234u + (uint64_t)i * 7919u, 0, 0, 0};
-        if (pthread_create(&tids[i], NULL, conc_worker, &threads[i]) == 0) started++;
-        else break;
+        if (pthread_create(&tids[i], NULL, conc_worker, &threads[i]) == 0)
+            started++;
+        else
+            break;
     }
     CHECK_EQ_INT(started, THREADS);
     for (int i = 0; i < started; i++) {

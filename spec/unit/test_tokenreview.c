@@ -151,8 +151,8 @@ static const parsed *parse(const char *body, size_t body_len, const char *const 
         return &p;
     }
     memcpy(copy, body, body_len);
-    p.result = tokenreview_parse_response(copy, body_len, auds, n_auds, p.packed, sizeof(p.packed),
-                                          &p.packed_len, p.reason, sizeof(p.reason));
+    p.result = tokenreview_parse_response(copy, body_len, auds, n_auds, p.packed, sizeof(p.packed), &p.packed_len,
+                                          p.reason, sizeof(p.reason));
     free(copy);
     return &p;
 }
@@ -269,8 +269,7 @@ static void test_fixture_unauthenticated(void)
          "[invalid bearer token, token audiences [\"https://kubernetes.default.svc.cluster.local\"] is "
          "invalid for the target audiences [\"https://hooks.example.com\"]]",
          1},
-        {"tokenreview-serviceaccount-deleted.body",
-         "[invalid bearer token, serviceaccounts \"doomed\" not found]", 0},
+        {"tokenreview-serviceaccount-deleted.body", "[invalid bearer token, serviceaccounts \"doomed\" not found]", 0},
         {"tokenreview-pod-deleted.body", "[invalid bearer token, service account token has been invalidated]", 0},
     };
     const char *const auds[] = {hooks_aud};
@@ -331,11 +330,11 @@ static void test_fixture_audience_match(void)
 static void test_fixture_not_tokenreviews(void)
 {
     static const char *const files[] = {
-        "tokenreview-empty-token.body", "tokenreview-gateway-credential-invalid.body",
+        "tokenreview-empty-token.body",       "tokenreview-gateway-credential-invalid.body",
         "tokenreview-caller-lacks-rbac.body", "throttled-429.body",
-        "sar-resource-allowed.body", "sar-resource-denied.body",
-        "sar-nonresource-denied.body", "sar-invalid-spec.body",
-        "list-serviceaccounts-page.json", "sa-token-claims-pod-bound.json",
+        "sar-resource-allowed.body",          "sar-resource-denied.body",
+        "sar-nonresource-denied.body",        "sar-invalid-spec.body",
+        "list-serviceaccounts-page.json",     "sa-token-claims-pod-bound.json",
     };
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         const parsed *p = parse_fixture(files[i], NULL, 0);
@@ -349,12 +348,21 @@ static void test_fixture_not_tokenreviews(void)
 static void test_every_body_fixture_is_covered(void)
 {
     static const char *const known[] = {
-        "tokenreview-authenticated.body", "tokenreview-pod-bound.body", "tokenreview-invalid.body",
-        "tokenreview-audience-match.body", "tokenreview-audience-mismatch.body",
-        "tokenreview-serviceaccount-deleted.body", "tokenreview-pod-deleted.body",
-        "tokenreview-empty-token.body", "tokenreview-gateway-credential-invalid.body",
-        "tokenreview-caller-lacks-rbac.body", "throttled-429.body", "sar-resource-allowed.body",
-        "sar-resource-denied.body", "sar-nonresource-denied.body", "sar-invalid-spec.body",
+        "tokenreview-authenticated.body",
+        "tokenreview-pod-bound.body",
+        "tokenreview-invalid.body",
+        "tokenreview-audience-match.body",
+        "tokenreview-audience-mismatch.body",
+        "tokenreview-serviceaccount-deleted.body",
+        "tokenreview-pod-deleted.body",
+        "tokenreview-empty-token.body",
+        "tokenreview-gateway-credential-invalid.body",
+        "tokenreview-caller-lacks-rbac.body",
+        "throttled-429.body",
+        "sar-resource-allowed.body",
+        "sar-resource-denied.body",
+        "sar-nonresource-denied.body",
+        "sar-invalid-spec.body",
     };
     DIR *dir = opendir(TOKENGATE_TESTDATA);
     REQUIRE(dir != NULL);
@@ -380,8 +388,8 @@ static void test_every_body_fixture_is_covered(void)
 static const parsed *parse_status(const char *status_json)
 {
     static char body[65536 + 1024];
-    snprintf(body, sizeof(body),
-             "{\"kind\":\"TokenReview\",\"apiVersion\":\"authentication.k8s.io/v1\",\"status\":%s}", status_json);
+    snprintf(body, sizeof(body), "{\"kind\":\"TokenReview\",\"apiVersion\":\"authentication.k8s.io/v1\",\"status\":%s}",
+             status_json);
     return parse_str(body);
 }
 
@@ -400,7 +408,8 @@ static void test_handmade_ok(void)
     CHECK_STR(joined, "g1|g2");
 
     /* A '|' inside a group name, or an empty name, has no unambiguous joined form. */
-    p = parse_status("{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"dev|system:masters\",\"g2\"]}}");
+    p = parse_status(
+        "{\"authenticated\":true,\"user\":{\"username\":\"alice\",\"groups\":[\"dev|system:masters\",\"g2\"]}}");
     CHECK_EQ_INT(p->result, TOKENREVIEW_AUTHENTICATED);
     CHECK_EQ_INT(identity_view_parse(p->packed, p->packed_len, &view), 0);
     CHECK_EQ_INT(identity_join_groups(&view, joined, sizeof(joined)), -2);
@@ -438,8 +447,8 @@ static void test_handmade_ok(void)
     snprintf(body, sizeof(body), "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true,%s}}", GOOD_USER);
     p = parse(body, strlen(body), auds, 1);
     CHECK_EQ_INT(p->result, TOKENREVIEW_UNAUTHENTICATED);
-    snprintf(body, sizeof(body),
-             "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true,\"audiences\":[],%s}}", GOOD_USER);
+    snprintf(body, sizeof(body), "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true,\"audiences\":[],%s}}",
+             GOOD_USER);
     p = parse(body, strlen(body), auds, 1);
     CHECK_EQ_INT(p->result, TOKENREVIEW_UNAUTHENTICATED);
     snprintf(body, sizeof(body),
@@ -494,7 +503,8 @@ static void test_handmade_hostile(void)
         "[]",
         "true",
     };
-    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) expect_bad(parse_status(statuses[i]), statuses[i]);
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+        expect_bad(parse_status(statuses[i]), statuses[i]);
 
     /* Authenticated and well-formed, but not representable (control characters would be
      * header injection): refused as unauthenticated — a verdict, cached — never allowed. */
@@ -528,7 +538,7 @@ static void test_handmade_hostile(void)
         "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":false,\"authenticated\":true," GOOD_USER "}}",
         "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "},"
         "\"status\":{\"authenticated\":true," GOOD_USER "}}",
-        "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "}", /* truncated */
+        "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "}",   /* truncated */
         "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "}}x", /* trailing */
         "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true," GOOD_USER "}}{}",
         "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true,\"user\":{\"username\":\"al\xff\"}}}",
@@ -602,9 +612,9 @@ static void test_handmade_limits(void)
     memset(small, 0xCC, sizeof(small));
     size_t packed_len = 999;
     char reason[128] = "";
-    CHECK_EQ_INT(tokenreview_parse_response(body, strlen(body), NULL, 0, small, 16, &packed_len, reason,
-                                            sizeof(reason)),
-                 TOKENREVIEW_UNREPRESENTABLE);
+    CHECK_EQ_INT(
+        tokenreview_parse_response(body, strlen(body), NULL, 0, small, 16, &packed_len, reason, sizeof(reason)),
+        TOKENREVIEW_UNREPRESENTABLE);
     for (size_t i = 16; i < sizeof(small); i++) CHECK_EQ_INT(small[i], 0xCC);
     CHECK(reason[0] != '\0');
 }
@@ -628,7 +638,7 @@ static void test_identity_serviceaccount(void)
     CHECK_STRN(name.ptr, name.len, "b");
 
     static const char *const no[] = {
-        "team-a:webhook-sender",                 /* no prefix */
+        "team-a:webhook-sender", /* no prefix */
         "alice",
         "system:serviceaccounts:team-a",         /* a group, not a user */
         "system:serviceaccount:team-a:",         /* missing name */
@@ -673,8 +683,8 @@ static void test_identity_builder_and_view(void)
     identity_builder_string(&b, "v1", 2);
     identity_builder_string(&b, "v2", 2);
     CHECK(!b.failed);
-    static const unsigned char want[] = {3, 0, 'b', 'o', 'b', 0, 0, 2, 0, 1, 0, 'a', 2, 0, 'b', 'c',
-                                         1, 0, 1, 0, 'k', 2, 0, 2, 0, 'v', '1', 2, 0, 'v', '2'};
+    static const unsigned char want[] = {3, 0, 'b', 'o', 'b', 0, 0, 2, 0, 1,   0,   'a', 2, 0,   'b', 'c',
+                                         1, 0, 1,   0,   'k', 2, 0, 2, 0, 'v', '1', 2,   0, 'v', '2'};
     CHECK_EQ_INT(b.len, sizeof(want));
     CHECK_MEM(buf, want, sizeof(want));
     identity_view view;

@@ -1,7 +1,7 @@
 /* Unit tests for core/util.h: the monotonic clock, free_secret, and BUG_ON (which must abort
  * the process, in every build, when its invariant is false). */
-#include "util.h"
 #include "unit.h"
+#include "util.h"
 
 #include <signal.h>
 #include <string.h>
