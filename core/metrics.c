@@ -274,6 +274,9 @@ int metrics_render(struct evbuffer *out, const gateway_metrics *m, const metrics
     rc |= render_counter(out, "gateway_unauthenticated_bodies_limited_total",
                          "Proxy mode: requests without Authorization held to --max-unauthenticated-body-bytes.",
                          m->unauthenticated_bodies);
+    rc |= render_counter(out, "gateway_unauthenticated_bodies_refused_total",
+                         "Proxy mode: requests without Authorization answered 401 on their headers, body unread.",
+                         m->refused_on_headers);
     rc |= render_counter(out, "gateway_accept_errors_total",
                          "accept() failures on the listeners (out of file descriptors or memory).", m->accept_errors);
     rc |= render_counter(out, "gateway_accept_backoffs_total",
@@ -336,6 +339,7 @@ void metrics_add(gateway_metrics *into, const gateway_metrics *from)
     metric_add(&into->closed_body_timeout, metric_get(&from->closed_body_timeout));
     metric_add(&into->closed_body_budget, metric_get(&from->closed_body_budget));
     metric_add(&into->unauthenticated_bodies, metric_get(&from->unauthenticated_bodies));
+    metric_add(&into->refused_on_headers, metric_get(&from->refused_on_headers));
     metric_add(&into->accept_errors, metric_get(&from->accept_errors));
     metric_add(&into->accept_backoffs, metric_get(&from->accept_backoffs));
     metric_add(&into->access_log_written, metric_get(&from->access_log_written));

@@ -96,6 +96,7 @@ typedef struct gateway_metrics {
     metric_counter closed_body_timeout;    /* {reason="body_timeout"} */
     metric_counter closed_body_budget;     /* {reason="body_budget"} */
     metric_counter unauthenticated_bodies; /* gateway_unauthenticated_bodies_limited_total */
+    metric_counter refused_on_headers;     /* gateway_unauthenticated_bodies_refused_total */
     metric_counter accept_errors;          /* gateway_accept_errors_total (EMFILE and the like) */
     metric_counter accept_backoffs;        /* gateway_accept_backoffs_total */
     /* --access-log lines (summed from the workers' buffers at scrape time) */

@@ -315,6 +315,58 @@ static void track_answer_while_stopping(worker *w, struct evhttp_request *req)
     w->requests_waiting++;
 }
 
+/* ---- proxy mode: answering on the headers ----------------------------------------------- */
+
+/* conn_guard's refuse callback: a request without Authorization whose body was announced
+ * and will not be read gets the answer reply_unauthorized would give, closing the
+ * connection, and is counted and logged like any other answer. */
+static void refuse_on_headers(void *arg, const conn_guard_refusal *request, struct evbuffer *response)
+{
+    worker *w = arg;
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    const char *why = bearer_status_reason(BEARER_MISSING);
+    char date[64];
+    if (!evutil_date_rfc1123(date, sizeof(date), NULL)) date[0] = '\0';
+    evbuffer_add_printf(response,
+                        "HTTP/1.1 401 Unauthorized\r\n"
+                        "WWW-Authenticate: Bearer realm=\"tokengate\"\r\n"
+                        "Cache-Control: no-store\r\n"
+                        "Content-Type: text/plain; charset=utf-8\r\n"
+                        "Date: %s\r\n"
+                        "Connection: close\r\n"
+                        "Content-Length: %zu\r\n\r\n%s\n",
+                        date, strlen(why) + 1, why);
+    double latency_s = seconds_since(&started);
+    metrics_count_request(&w->metrics, 401, latency_s);
+    if (!w->access_log) return;
+    note_begin(w, DECISION_ANONYMOUS, -1);
+    char method[32] = "";
+    if (request->method_len < sizeof(method)) {
+        memcpy(method, request->method, request->method_len);
+        method[request->method_len] = '\0';
+    }
+    access_log_entry e = {
+        .method = method,
+        .path = request->path ? request->path : "",
+        .path_len = request->path_len,
+        .status = 401,
+        .source = DECISION_ANONYMOUS,
+        .reason = why,
+        .latency_s = latency_s,
+        .cache_hit = -1,
+    };
+    entry_add(w, &e, &w->note);
+}
+
+/* In proxy mode a request without a token can only be answered 401 unless the policy's
+ * anonymous() may let it through; then (and while stopping) it is read whole as usual. */
+static void update_refusal_on_headers(worker *w)
+{
+    bool refuse = w->upstream && !w->shutting_down && !(w->policy && policy_has_anonymous(w->policy));
+    conn_guard_set_refuse_unauthenticated(w->guards, refuse);
+}
+
 /* ---- after(): the policy hears what was answered ------------------------------------- */
 
 /* Arms after() for the request the policy is judging (see worker.after). follows_authorize:
@@ -1572,6 +1624,7 @@ void gateway_mail_free(gateway_mail *m)
 static void stop_accepting(worker *w)
 {
     w->shutting_down = true;
+    update_refusal_on_headers(w);
     accept_backoff_free(w->backoff); /* before its listener goes */
     w->backoff = NULL;
     if (w->upstream) upstream_set_draining(w->upstream);
@@ -1586,7 +1639,10 @@ static void stop_accepting(worker *w)
 static void reload_policy(worker *w, policy_source *src)
 {
     char err[1024];
-    if (!w->policy || !src || policy_host_load_source(w->policy, src, err, sizeof(err)) == 0) return;
+    if (!w->policy || !src || policy_host_load_source(w->policy, src, err, sizeof(err)) == 0) {
+        update_refusal_on_headers(w);
+        return;
+    }
     char index[16];
     snprintf(index, sizeof(index), "%zu", w->index);
     log_error("policy reload failed on a worker; it keeps the previous policy", LOG_NUMBER "worker", index, "error",
@@ -1695,6 +1751,8 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
         .max_unauthenticated_body = cfg->max_unauthenticated_body_bytes,
         .max_body = cfg->max_body_bytes,
         .expected_connections = shared->max_connections,
+        .refuse = refuse_on_headers,
+        .refuse_arg = w,
     };
     w->guards = conn_guard_set_new(w->base, &guard_options);
     if (!w->keyer || !w->inbox || !w->adopt_event || !w->http || !w->guards) goto fail_fd;
@@ -1757,6 +1815,7 @@ worker *worker_new(const worker_shared *shared, size_t index, int listen_fd)
     }
     w->bound = evhttp_accept_socket_with_handle(w->http, listen_fd);
     if (!w->bound) goto fail_fd;
+    update_refusal_on_headers(w);
     return w;
 fail_fd:
     if (!w->bound) close(listen_fd);
@@ -1870,6 +1929,7 @@ void worker_add_metrics(const worker *w, gateway_metrics *sum, uint64_t *stale_s
     metric_add(&sum->closed_body_timeout, gs.body_timeouts);
     metric_add(&sum->closed_body_budget, gs.body_budget_closes);
     metric_add(&sum->unauthenticated_bodies, gs.unauthenticated_bodies);
+    metric_add(&sum->refused_on_headers, gs.refused_on_headers);
     if (w->access_log_buffer) {
         metric_add(&sum->access_log_written, metric_get(&w->access_log_buffer->written));
         metric_add(&sum->access_log_sampled_out, metric_get(&w->access_log_buffer->sampled_out));

@@ -121,6 +121,7 @@ describe("tokengate under hostile clients", function()
     local up
     lazy_setup(function() up = upstream_mod.start{ dir = fake.dir } end)
     lazy_teardown(function() if up then up:stop() end end)
+    before_each(function() up:clear() end)
 
     local function proxy_args(extra)
       local args = { "--mode", "proxy", "--upstream", up.url, "--policy", "none", "--workers", "2" }
@@ -128,21 +129,122 @@ describe("tokengate under hostile clients", function()
       return args
     end
 
-    it("never buffers the bodies of requests without a token: 60 connections x 10 MiB", function()
+    it("answers 401 on the headers of requests without a token, never reading their bodies: 60 x 10 MiB", function()
       with_gateway({ args = proxy_args() }, function(gw)
         local before = rss_bytes(gw:pid())
         local r = raw(addr_of(gw.url), { mode = "body", connections = 60, ["body-bytes"] = 10 * MiB,
           ["duration-s"] = 60, path = "/upload" })
         local after = rss_bytes(gw:pid())
-        io.stderr:write(string.format("\n    60 x 10 MiB without a token: VmRSS %.1f MiB before, %.1f MiB after\n",
-          before / MiB, after / MiB))
+        io.stderr:write(string.format("\n    60 x 10 MiB without a token: VmRSS %.1f MiB before, %.1f MiB after; " ..
+          "%.1f MiB of body sent before the answers\n", before / MiB, after / MiB, (r.sent_bytes or 0) / MiB))
         assert.equal(60, r.opened)
-        assert.same({ ["413"] = 60 }, r.answered)
-        assert.equal(60, gw:metric("gateway_unauthenticated_bodies_limited_total"))
+        assert.same({ ["401"] = 60 }, r.answered)
+        assert.equal(60, gw:metric("gateway_unauthenticated_bodies_refused_total"))
+        assert.equal(0, gw:metric("gateway_unauthenticated_bodies_limited_total"))
+        assert.equal(60, gw:metric('gateway_requests_total{code="401"}'))
         assert.equal(0, #up:requests())
         if not sanitized_build() then -- ASan's quarantine (TSan's shadow) keeps memory resident
           assert.is_true(after - before < 48 * MiB, "RSS grew by " .. (after - before) / MiB .. " MiB")
         end
+        -- The gateway still serves, and the connections are all gone.
+        assert.equal(200, gw:request(TOKEN.token).status)
+        -- (The clients closed on reading the answer; what they had sent is still read and
+        -- dropped from the sockets before the gateway sees the close.)
+        local deadline = proc.now() + 40
+        while gw:metric("gateway_connections_open") > 0 and proc.now() < deadline do proc.sleep(0.1) end
+        assert.equal(0, gw:metric("gateway_connections_open"))
+      end)
+    end)
+
+    it("answers before any byte of the body is sent: headers announcing 10 MiB, then nothing", function()
+      with_gateway({ args = proxy_args() }, function(gw)
+        -- slowbody with a tick longer than the run: the headers and not one body byte. The
+        -- answer and the end of the stream come without the body (else nothing would come
+        -- before --body-timeout, 10 s by default, and the connection would be closed
+        -- without an answer).
+        local r = raw(addr_of(gw.url), { mode = "slowbody", connections = 20, ["body-bytes"] = 10 * MiB,
+          ["interval-ms"] = 60000, ["duration-s"] = 5, path = "/upload" })
+        assert.equal(20, r.opened)
+        assert.same({ ["401"] = 20 }, r.answered)
+        assert.equal(20, r.closed_by_server)
+        assert.equal(20, gw:metric("gateway_unauthenticated_bodies_refused_total"))
+        assert.equal(0, gw:metric('gateway_connections_closed_total{reason="body_timeout"}'))
+      end)
+    end)
+
+    it("answers curl's uploads on the headers over plain and TLS listeners, chunked or not", function()
+      local file = fake.dir .. "/upload-2m.bin"
+      proc.write_file(file, string.rep("u", 2 * MiB))
+      local function upload(url, extra)
+        local args = { "curl", "-sS", "-k", "-o", "/dev/null", "-D", "-", "-w", "\n%{http_code} %{size_upload}\n",
+          "--max-time", "30", "-T", file }
+        for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+        args[#args + 1] = url .. "/upload"
+        local quoted = {}
+        for _, a in ipairs(args) do quoted[#quoted + 1] = proc.quote(a) end
+        return proc.run(table.concat(quoted, " "))
+      end
+      local function check(gw, url)
+        -- curl asks Expect: 100-continue for a body this large: the 401 comes instead of the
+        -- 100, so not one byte of the body is sent.
+        local out = upload(url)
+        assert.equal("401 0", out:match("(%d+ %d+)%s*$"), out)
+        assert.truthy(out:find('WWW-Authenticate: Bearer realm="tokengate"', 1, true), out)
+        assert.truthy(out:lower():find("connection: close", 1, true), out)
+        assert.truthy(out:find("Cache-Control: no-store", 1, true), out)
+        -- Without Expect, and chunked: the body starts at once and is dropped as it comes.
+        out = upload(url, { "-H", "Expect:" })
+        assert.equal("401", out:match("(%d+) %d+%s*$"), out)
+        out = upload(url, { "-H", "Expect:", "-H", "Transfer-Encoding: chunked" })
+        assert.equal("401", out:match("(%d+) %d+%s*$"), out)
+        assert.equal(3, gw:metric("gateway_unauthenticated_bodies_refused_total"))
+        assert.equal(0, #up:requests())
+        -- The same upload with a token goes through whole.
+        out = upload(url, { "-H", "Authorization: Bearer " .. TOKEN.token })
+        assert.equal("200 " .. 2 * MiB, out:match("(%d+ %d+)%s*$"), out)
+        assert.equal(2 * MiB, up:requests()[1].body_bytes)
+        up:clear()
+      end
+      with_gateway({ args = proxy_args() }, function(gw) check(gw, gw.url) end)
+      with_gateway({ args = proxy_args{ "--tls-cert-file", fake.dir .. "/server.crt",
+                                        "--tls-key-file", fake.dir .. "/server.key" } }, function(gw)
+        check(gw, (gw.url:gsub("^http:", "https:")))
+      end)
+      os.remove(file)
+    end)
+
+    it("reads the body when the policy's anonymous() may let the request through, and follows reloads", function()
+      local policy = fake.dir .. "/anonymous-uploads.lua"
+      local without_hook = "return { authorize = function(req, user) return true end }\n"
+      local with_hook = "return { authorize = function(req, user) return true end,\n" ..
+        "  anonymous = function(req) return req.path == '/public' end }\n"
+      proc.write_file(policy, with_hook)
+      local args = proxy_args()
+      for i, a in ipairs(args) do if a == "none" then args[i] = policy end end
+      with_gateway({ args = args }, function(gw)
+        local ok = raw(addr_of(gw.url), { mode = "body", connections = 1, ["body-bytes"] = 1000, ["duration-s"] = 10,
+          path = "/public" })
+        assert.same({ ["200"] = 1 }, ok.answered)
+        assert.equal(1000, up:requests()[1].body_bytes)
+        up:clear()
+        local no = raw(addr_of(gw.url), { mode = "body", connections = 1, ["body-bytes"] = 1000, ["duration-s"] = 10,
+          path = "/private" })
+        assert.same({ ["401"] = 1 }, no.answered)
+        assert.equal(0, gw:metric("gateway_unauthenticated_bodies_refused_total"))
+        assert.equal(2, gw:metric("gateway_unauthenticated_bodies_limited_total"))
+        -- Reloaded without the hook: the next upload without a token is refused on its headers.
+        proc.write_file(policy, without_hook)
+        proc.signal(gw.handle, "HUP")
+        local deadline = proc.now() + 30
+        local refused = 0
+        while refused == 0 and proc.now() < deadline do
+          local r = raw(addr_of(gw.url), { mode = "slowbody", connections = 1, ["body-bytes"] = 1000,
+            ["interval-ms"] = 60000, ["duration-s"] = 1, path = "/public" })
+          refused = gw:metric("gateway_unauthenticated_bodies_refused_total")
+          if refused == 0 then proc.sleep(0.1) else assert.same({ ["401"] = 1 }, r.answered) end
+        end
+        assert.equal(1, refused)
+        assert.equal(0, #up:requests())
       end)
     end)
 

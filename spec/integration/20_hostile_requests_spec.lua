@@ -356,6 +356,43 @@ describe("hostile requests", function()
       end)
     end
 
+    it("proxy mode without a token: ambiguous framing is still 400; a clear body is refused 401 on the headers", function()
+      local post = "POST /hooks/team-a/x HTTP/1.1\r\nHost: " .. HOST
+      local no_token = {
+        { "two Content-Length, different values", case(post .. "\r\nContent-Length: 3\r\nContent-Length: 5", "abcde") },
+        { "two Content-Length, same value", case(post .. "\r\nContent-Length: 3\r\nContent-Length: 3", "abc") },
+        { "Content-Length: +5", case(post .. "\r\nContent-Length: +5", "abcde") },
+        { "Content-Length: 0x5", case(post .. "\r\nContent-Length: 0x5", "abcde") },
+        { "Transfer-Encoding: xchunked", case(post .. "\r\nTransfer-Encoding: xchunked", "") },
+        { "Transfer-Encoding and Content-Length", case(post .. "\r\nTransfer-Encoding: chunked\r\nContent-Length: 5",
+          "0\r\n\r\n") },
+        { "two Host", case(post .. "\r\nHost: evil.example\r\nContent-Length: 5", "abcde") },
+        { "no Host", case("POST /hooks/team-a/x HTTP/1.1\r\nContent-Length: 5", "abcde") },
+      }
+      -- The suite's policy has an anonymous() hook, which must see such requests whole: this
+      -- gateway's policy has none, so its answer to them can only be 401.
+      local without_anonymous = dir .. "/hostile-policy-no-anonymous.lua"
+      proc.write_file(without_anonymous, (POLICY:gsub("\n%s*anonymous = [^\n]*", "")))
+      assert.is_nil(proc.read_file(without_anonymous):find("anonymous", 1, true))
+      local g = gateway_mod.start{ fake = fake, args = { "--policy", without_anonymous, "--mode", "proxy",
+        "--upstream", up.url } }
+      started[#started + 1] = g
+      for _, c in ipairs(no_token) do
+        local res = raw(hostport(g.url), c[2])
+        assert.same({ 400 }, res.statuses, c[1])
+      end
+      assert.equal(0, g:metric("gateway_unauthenticated_bodies_refused_total"))
+      -- Well framed, no token: 401 from the headers, the connection closed, so neither the
+      -- body nor the request after it is ever read or forwarded.
+      for _, framing in ipairs{ "Content-Length: 5\r\n\r\nabcde", "Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n" } do
+        local res = raw(hostport(g.url), post .. "\r\n" .. framing .. SMUGGLED)
+        assert.same({ 401 }, res.statuses, framing)
+        assert.truthy(res.text:lower():find("connection: close", 1, true), framing)
+      end
+      assert.equal(2, g:metric("gateway_unauthenticated_bodies_refused_total"))
+      assert.equal(0, #up:requests())
+    end)
+
     it("refuses a NUL byte in the request head on the main listener (libevent would cut the value there)", function()
       local nul_cases = {
         { "NUL inside Authorization", case("GET /hooks/team-a/x HTTP/1.1\r\nHost: " .. HOST ..
