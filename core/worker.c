@@ -315,6 +315,9 @@ static void track_answer_while_stopping(worker *w, struct evhttp_request *req)
     w->requests_waiting++;
 }
 
+/* The challenge of every 401 of the main listener (RFC 6750). */
+#define BEARER_CHALLENGE "Bearer realm=\"tokengate\""
+
 /* ---- proxy mode: answering on the headers ----------------------------------------------- */
 
 /* conn_guard's refuse callback: a request without Authorization whose body was announced
@@ -330,7 +333,7 @@ static void refuse_on_headers(void *arg, const conn_guard_refusal *request, stru
     if (!evutil_date_rfc1123(date, sizeof(date), NULL)) date[0] = '\0';
     evbuffer_add_printf(response,
                         "HTTP/1.1 401 Unauthorized\r\n"
-                        "WWW-Authenticate: Bearer realm=\"tokengate\"\r\n"
+                        "WWW-Authenticate: " BEARER_CHALLENGE "\r\n"
                         "Cache-Control: no-store\r\n"
                         "Content-Type: text/plain; charset=utf-8\r\n"
                         "Date: %s\r\n"
@@ -444,7 +447,7 @@ static void reply(worker *w, struct evhttp_request *req, const struct timespec *
 
 static void reply_unauthorized(worker *w, struct evhttp_request *req, const struct timespec *started, const char *why)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"tokengate\"");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", BEARER_CHALLENGE);
     reply(w, req, started, 401, "Unauthorized", why);
 }
 
