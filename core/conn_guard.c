@@ -69,8 +69,9 @@ typedef struct conn_guard {
     unsigned host_fields;
     bool limit_lowered; /* headers_complete lowered evhttp's body limit for this request */
     size_t line_len;    /* the current line's bytes, CRs at its start excluded */
-    size_t head_kept;   /* how many of them line_head holds (CRs skipped) */
-    char line_head[REQUEST_LINE_KEEP];
+    size_t head_kept;   /* how many of them are kept (CRs skipped): in line_head, or in
+                         * request_line for the request line */
+    char line_head[HEADER_HEAD_KEEP];
     char request_line[REQUEST_LINE_KEEP]; /* proxy mode: the request line, if it fitted */
     size_t request_line_len;
     /* While lingering: evhttp's bufferevent callbacks, given back when the connection ends,
@@ -288,7 +289,10 @@ static void framing_field(conn_guard *g, size_t name_len, bool is_length)
     while (end > p && (end[-1] == ' ' || end[-1] == '\t')) end--;
     if (is_length) {
         bool nonzero = false;
-        if (p == end || end - p > 19) g->framing_unclear = true;
+        if (p == end || end - p > 19) { /* empty, or past what an int64 holds for sure */
+            g->framing_unclear = true;
+            return;
+        }
         for (; p < end; p++) {
             if (*p < '0' || *p > '9') {
                 g->framing_unclear = true;
@@ -313,10 +317,7 @@ static void line_complete(conn_guard *g)
         if (g->request_line_seen) headers_complete(g);
     } else if (!g->request_line_seen) {
         g->request_line_seen = true;
-        if (heads && g->line_len <= REQUEST_LINE_KEEP) {
-            memcpy(g->request_line, g->line_head, g->head_kept);
-            g->request_line_len = g->head_kept;
-        }
+        if (heads && g->line_len <= REQUEST_LINE_KEEP) g->request_line_len = g->head_kept;
     } else if (heads) {
         /* Header names are matched lowercased (line_head holds them so). */
         if (g->head_kept >= AUTHORIZATION_PREFIX_LEN &&
@@ -350,11 +351,12 @@ static size_t scan_headers(conn_guard *g, const unsigned char *p, size_t n)
         if (heads) {
             const bool header_line = g->request_line_seen;
             const size_t keep = header_line ? HEADER_HEAD_KEEP : REQUEST_LINE_KEEP;
+            char *kept = header_line ? g->line_head : g->request_line;
             for (; i < end && g->line_len < keep; i++) {
                 unsigned char c = p[i];
                 if (c == '\r') continue;
                 if (header_line && c >= 'A' && c <= 'Z') c = (unsigned char)(c + ('a' - 'A'));
-                g->line_head[g->line_len++] = (char)c;
+                kept[g->line_len++] = (char)c;
                 g->head_kept++;
             }
         } else {

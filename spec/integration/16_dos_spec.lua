@@ -172,6 +172,30 @@ describe("tokengate under hostile clients", function()
       end)
     end)
 
+    it("ends the lingering after the 401 when the client neither sends nor closes", function()
+      with_gateway({ args = proxy_args() }, function(gw)
+        -- The clients announce 10 MiB, send nothing more and keep their sockets open for
+        -- 20 s, even after the gateway's end of stream (--hold). After its 401 the gateway
+        -- lingers 5 s without a byte, then closes and frees the slot while the clients
+        -- still hold theirs.
+        local log = fake.dir .. "/raw-linger.json"
+        local client = proc.spawn({ proc.build_path("spec/support/raw-client"), "--addr", addr_of(gw.url),
+          "--mode", "slowbody", "--connections", "10", "--body-bytes", tostring(10 * MiB),
+          "--interval-ms", "60000", "--duration-s", "20", "--path", "/upload", "--hold", "1" }, log)
+        proc.wait_until("10 refusals", function()
+          return gw:metric("gateway_unauthenticated_bodies_refused_total") == 10
+        end, 15)
+        proc.wait_until("the lingering connections closed", function()
+          return gw:metric("gateway_connections_open") == 0
+        end, 14)
+        assert.is_true(proc.alive(client), "the clients were meant to outlive the lingering")
+        proc.wait_until("raw-client to finish", function() return not proc.alive(client) end, 30)
+        local r = cjson.decode(proc.read_file(log):match("({.*})%s*$"))
+        assert.same({ ["401"] = 10 }, r.answered)
+        assert.equal(10, r.closed_by_server)
+      end)
+    end)
+
     it("answers curl's uploads on the headers over plain and TLS listeners, chunked or not", function()
       local file = fake.dir .. "/upload-2m.bin"
       proc.write_file(file, string.rep("u", 2 * MiB))

@@ -13,6 +13,8 @@
  *   --duration-s S   how long to run (default 5); connections still open then are counted
  *   --path P         request target (default /)
  *   --header H       an extra header line (repeatable, at most 8)
+ *   --hold 1         after the server's end of stream, keep the socket open (neither read
+ *                    nor closed) until the run ends, as a client that never closes would
  *
  * Summary: {"opened":..,"connect_errors":..,"closed_by_server":..,"still_open":..,
  *           "answered":{"STATUS":count,...},"sent_bytes":..}
@@ -37,6 +39,7 @@
 typedef struct conn {
     int fd;
     bool open;
+    bool held;       /* --hold: the server ended the stream; the socket is kept, unread */
     size_t sent;     /* bytes of the request sent */
     char answer[16]; /* the first bytes of the answer */
     size_t answer_len;
@@ -67,6 +70,7 @@ int main(int argc, char **argv)
     const char *headers[MAX_HEADERS];
     size_t n_headers = 0, n_conns = 1, body_bytes = 0;
     double duration_s = 5, interval_s = 0.5;
+    bool hold = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--addr"))
             addr = argv[i + 1];
@@ -80,6 +84,8 @@ int main(int argc, char **argv)
             interval_s = atof(argv[i + 1]) / 1000;
         else if (!strcmp(argv[i], "--body-bytes"))
             body_bytes = strtoul(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--hold"))
+            hold = atoi(argv[i + 1]) != 0;
         else if (!strcmp(argv[i], "--path"))
             path = argv[i + 1];
         else if (!strcmp(argv[i], "--header") && n_headers < MAX_HEADERS)
@@ -153,7 +159,7 @@ int main(int argc, char **argv)
             if (body && conns[i].open && conns[i].sent < total && conns[i].answer_len == 0) pfds[i].events |= POLLOUT;
             if (conns[i].open) n_open++;
         }
-        if (n_open == 0) break;
+        if (n_open == 0 && !hold) break;
         int timeout_ms = (int)((next_tick - now_s()) * 1000);
         if (timeout_ms < 0) timeout_ms = 0;
         if (timeout_ms > 100) timeout_ms = 100;
@@ -173,7 +179,10 @@ int main(int argc, char **argv)
                 }
                 if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                     c->open = false;
-                    close(c->fd);
+                    if (hold && n == 0)
+                        c->held = true;
+                    else
+                        close(c->fd);
                     closed++;
                     continue;
                 }
@@ -220,6 +229,8 @@ int main(int argc, char **argv)
             answered[status]++;
         if (c->open) {
             still_open++;
+            close(c->fd);
+        } else if (c->held) {
             close(c->fd);
         }
     }
